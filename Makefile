@@ -1,0 +1,48 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv when it is missing
+# (and refresh it when pyproject.toml or the pinned ML requirements change).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format venv services browser-deps bench clean
+
+$(STAMP): pyproject.toml requirements/ml.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned, from the local wheel cache; nothing later may pull another torch.
+	$(PIP) install -q -r requirements/ml.txt
+	$(PIP) install -q -e '.[ml,dev,test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+services:
+	@scripts/ensure-services.sh
+
+browser-deps:
+	@scripts/ensure-chromium.sh || true
+
+test: $(STAMP) services browser-deps
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/step.py
+	$(PY) bench/job.py
+
+clean:
+	rm -rf demo-output .mergetune test-artifacts

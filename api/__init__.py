@@ -1,0 +1,1 @@
+"""The FastAPI process: routes, schemas, services, dependencies, errors (no torch here)."""

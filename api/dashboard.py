@@ -1,0 +1,598 @@
+"""The MLOps dashboard: server-rendered pages under ``/`` plus two tiny JSON endpoints for polling.
+
+Login takes an API token (the same bearer tokens the REST API uses) and keeps it in an HttpOnly,
+SameSite=Strict cookie; every page and JSON endpoint resolves the cookie to the token's project and
+shows only that project's objects (other projects' ids answer 404, like the REST API). Without a
+valid cookie, pages redirect to ``/login`` and JSON endpoints answer 401. State-changing forms
+(new job, cancel, logout) carry a CSRF token derived from the cookie (an HMAC), checked on POST.
+
+Job creation and cancellation go through the same service functions as ``POST /v1/jobs`` and
+``POST /v1/jobs/{id}/cancel`` so the dashboard never bypasses validation or the enqueue-after-commit
+rule. Everything else is read-only SQL over the shared ORM models.
+
+Wire it with ``app.include_router(dashboard.router)`` (static files are served by a route of this
+router, so nothing has to be mounted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import mimetypes
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import SessionDep, SettingsDep
+from api.errors import ApiError
+from api.schemas import JobCreate
+from api.services import jobs as job_service
+from common import repositories as repo
+from common.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    ApiToken,
+    Artifact,
+    Checkpoint,
+    CheckpointStatus,
+    Dataset,
+    Job,
+    JobEvent,
+    JobStatus,
+)
+from common.storage import ArtifactNotFound, get_store
+from core.config import HeadHyperparameters, Hyperparameters, Method
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+COOKIE = "mergetune_token"
+PAGE_SIZE = 20
+EVENTS_PAGE = 200
+WORKER_RECENT = timedelta(seconds=60)
+TERMINAL = {s.value for s in TERMINAL_STATUSES}
+STATUSES = [s.value for s in JobStatus]
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+
+
+# ------------------------------------------------------------------------------------ template helpers
+
+
+def _fmt_time(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "—"
+    seconds = int(((end or datetime.now(UTC)) - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def _fmt_num(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)  # pragma: no cover
+
+
+templates.env.filters["time"] = _fmt_time
+templates.env.filters["num"] = _fmt_num
+templates.env.filters["bytes"] = _fmt_bytes
+templates.env.globals["duration"] = _fmt_duration
+templates.env.globals["TERMINAL"] = TERMINAL
+
+
+# ------------------------------------------------------------------------------------------------ auth
+
+
+class Viewer:
+    """The logged-in token: its project and the CSRF token for its forms."""
+
+    def __init__(self, token: ApiToken, raw: str) -> None:
+        self.token = token
+        self.project_id = token.project_id
+        self.project_name = token.project.name if token.project is not None else token.project_id
+        self.csrf = csrf_token(raw)
+
+
+def csrf_token(raw: str) -> str:
+    """A per-token CSRF value: forging it needs the HttpOnly cookie, which scripts cannot read."""
+    return hmac.new(raw.encode("utf-8"), b"mergetune-dashboard-csrf", hashlib.sha256).hexdigest()
+
+
+def _lookup(session: Session, raw: str | None) -> ApiToken | None:
+    if not raw or len(raw) > 512:
+        return None
+    return session.scalar(select(ApiToken).where(ApiToken.token_hash == repo.hash_token(raw)))
+
+
+def _viewer(request: Request, session: Session) -> Viewer | None:
+    raw = request.cookies.get(COOKIE)
+    token = _lookup(session, raw)
+    return Viewer(token, raw) if token is not None and raw else None
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: no scheme, no host, no protocol-relative "//evil".
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _check_csrf(viewer: Viewer, value: str | None) -> bool:
+    return bool(value) and hmac.compare_digest(viewer.csrf, value or "")
+
+
+def _render(request: Request, name: str, viewer: Viewer | None, status_code: int = 200, **context: Any):
+    context.update(viewer=viewer, statuses=STATUSES, nav=name.removesuffix(".html"))
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _not_found(request: Request, viewer: Viewer, what: str) -> Response:
+    return _render(request, "not_found.html", viewer, status_code=404, what=what)
+
+
+# --------------------------------------------------------------------------------------------- queries
+
+
+def _job(session: Session, viewer: Viewer, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.project_id == viewer.project_id))
+
+
+def _artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
+
+
+def _events(session: Session, job_id: str, after: int = 0) -> list[JobEvent]:
+    query = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.id > after)
+        .order_by(JobEvent.id)
+        .limit(EVENTS_PAGE)
+    )
+    return list(session.scalars(query))
+
+
+def _checkpoints(session: Session, viewer: Viewer) -> list[Checkpoint]:
+    query = (
+        select(Checkpoint)
+        .where(Checkpoint.project_id == viewer.project_id, Checkpoint.deleted_at.is_(None))
+        .order_by(Checkpoint.id.desc())
+    )
+    return list(session.scalars(query))
+
+
+def _datasets(session: Session, viewer: Viewer) -> list[Dataset]:
+    query = select(Dataset).where(Dataset.project_id == viewer.project_id).order_by(Dataset.id.desc())
+    return list(session.scalars(query))
+
+
+def queue_health(session: Session) -> dict[str, Any]:
+    """Queue depth and activity over all projects (one queue serves them all) + recent workers."""
+    counts = repo.count_jobs_by_status(session)
+    active = sum(counts.get(s.value, 0) for s in ACTIVE_STATUSES)
+    workers = sorted(repo.live_workers(session, datetime.now(UTC) - WORKER_RECENT), key=lambda w: w.hostname)
+    return {
+        "queued": counts.get(JobStatus.queued.value, 0) + counts.get(JobStatus.validating.value, 0),
+        "running": active,
+        "workers": [
+            {
+                "hostname": w.hostname,
+                "last_seen": _fmt_time(w.last_seen),
+                "age_s": int((datetime.now(UTC) - w.last_seen).total_seconds()),
+                "current_job_id": w.current_job_id,
+            }
+            for w in workers
+        ],
+    }
+
+
+def _event_json(event: JobEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "created_at": _fmt_time(event.created_at),
+        "level": event.level,
+        "type": event.type,
+        "message": event.message,
+    }
+
+
+def job_live(session: Session, job: Job, after: int = 0) -> dict[str, Any]:
+    """What the job page polls: status, progress, metrics, new events."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "terminal": job.status in TERMINAL,
+        "progress": job.progress or {},
+        "metrics": job.metrics,
+        "error": job.error,
+        "started_at": _fmt_time(job.started_at),
+        "finished_at": _fmt_time(job.finished_at),
+        "duration": _fmt_duration(job.started_at, job.finished_at),
+        "events": [_event_json(e) for e in _events(session, job.id, after)],
+    }
+
+
+# -------------------------------------------------------------------------------------- new-job form
+
+FORM_INTS = ("epochs", "shots", "batch_size", "num_samples", "seed")
+FORM_FLOATS = ("lr", "w_zs", "w_lmc")
+
+
+class FormError(Exception):
+    """A message for the person filling the new-job form."""
+
+
+def default_form() -> dict[str, str]:
+    # The bundled tiny CLIP is the one backbone every installation has; a fresh idempotency key per
+    # rendered form turns a double submit into one job.
+    return {
+        "backbone_model": "tiny-clip",
+        "backbone_pretrained": "builtin",
+        "idempotency_key": secrets.token_hex(16),
+    }
+
+
+def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str]) -> JobCreate:
+    """The ``POST /v1/jobs`` body the form describes (only fields the checkpoint's method knows)."""
+    checkpoint = repo.get_checkpoint(session, viewer.project_id, form.get("checkpoint_id", ""))
+    if checkpoint is None:
+        raise FormError("Pick a checkpoint of this project.")
+    is_head = checkpoint.method == Method.linear_head.value
+    known = (HeadHyperparameters if is_head else Hyperparameters).model_fields
+    hyperparameters: dict[str, Any] = {}
+    for name in FORM_INTS + FORM_FLOATS:
+        text = (form.get(name) or "").strip()
+        if not text or name not in known:
+            continue
+        try:
+            hyperparameters[name] = int(text) if name in FORM_INTS else float(text)
+        except ValueError:
+            raise FormError(f"{name} must be a number, not {text!r}.") from None
+    metadata = {"name": form["name"].strip()} if (form.get("name") or "").strip() else {}
+    try:
+        return JobCreate(
+            checkpoint_id=checkpoint.id,
+            dataset_id=form.get("dataset_id", ""),
+            backbone={
+                "model": form.get("backbone_model", "").strip(),
+                "pretrained": form.get("backbone_pretrained", "").strip(),
+            },
+            hyperparameters=hyperparameters,
+            metadata=metadata,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise FormError(f"{where}: {first.get('msg')}") from None
+
+
+# ------------------------------------------------------------------------------------------- login
+
+
+@router.get("/login")
+def login_page(request: Request, session: SessionDep, next: str = "/") -> Response:
+    if _viewer(request, session) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _render(request, "login.html", None, next=_safe_next(next), error=None)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    raw = token.strip()
+    found = _lookup(session, raw)
+    if found is None:
+        return _render(
+            request,
+            "login.html",
+            None,
+            status_code=401,
+            next=_safe_next(next),
+            error="Unknown or revoked token.",
+        )
+    found.last_used_at = datetime.now(UTC)
+    session.commit()
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE,
+        raw,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=7 * 24 * 3600,
+        path="/",
+    )
+    logger.info("dashboard login for project %s", found.project_id)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: SessionDep, csrf: Annotated[str, Form()] = "") -> Response:
+    viewer = _viewer(request, session)
+    if viewer is not None and not _check_csrf(viewer, csrf):
+        return Response("bad CSRF token", status_code=403)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# -------------------------------------------------------------------------------------------- pages
+
+
+@router.get("/")
+def job_list(
+    request: Request,
+    session: SessionDep,
+    status: str | None = None,
+    dataset_id: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = PAGE_SIZE,
+) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    query = select(Job).where(Job.project_id == viewer.project_id)
+    if status in STATUSES:
+        query = query.where(Job.status == status)
+    else:
+        status = None
+    if dataset_id:
+        query = query.where(Job.dataset_id == dataset_id)
+    if after:
+        query = query.where(Job.id < after)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    jobs, more = rows[:limit], len(rows) > limit
+    datasets = _datasets(session, viewer)
+    names = {d.id: d.name for d in datasets}
+    ckpt_names = {c.id: c.name for c in _checkpoints(session, viewer)}
+    base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
+    if limit != PAGE_SIZE:
+        base["limit"] = str(limit)
+    next_url = "/?" + urlencode({**base, "after": jobs[-1].id}) if more and jobs else None
+    first_url = "/?" + urlencode(base) if after else None
+    return _render(
+        request,
+        "jobs.html",
+        viewer,
+        jobs=jobs,
+        dataset_names=names,
+        checkpoint_names=ckpt_names,
+        datasets=datasets,
+        status=status,
+        dataset_id=dataset_id,
+        next_url=next_url,
+        first_url=first_url,
+        health=queue_health(session),
+    )
+
+
+@router.get("/jobs/new")
+def new_job_page(request: Request, session: SessionDep) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
+    return _render(
+        request,
+        "new_job.html",
+        viewer,
+        checkpoints=checkpoints,
+        datasets=_datasets(session, viewer),
+        error=None,
+        form=default_form(),
+    )
+
+
+@router.post("/jobs")
+async def create_job(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    if not _check_csrf(viewer, form.get("csrf")):
+        return Response("bad CSRF token", status_code=403)
+    try:
+        body = job_create_from_form(session, viewer, form)
+        job, _ = job_service.create_job(
+            session, settings, viewer.project_id, body, idempotency_key=form.get("idempotency_key") or None
+        )
+    except (FormError, ApiError) as exc:
+        checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
+        return _render(
+            request,
+            "new_job.html",
+            viewer,
+            status_code=422,
+            checkpoints=checkpoints,
+            datasets=_datasets(session, viewer),
+            error=getattr(exc, "message", None) or str(exc),
+            form={**default_form(), **form},
+        )
+    return RedirectResponse(f"/jobs/{quote(job.id)}", status_code=303)
+
+
+@router.get("/jobs/{job_id}")
+def job_detail(request: Request, session: SessionDep, job_id: str) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    job = _job(session, viewer, job_id)
+    if job is None:
+        return _not_found(request, viewer, f"job {job_id}")
+    artifacts = _artifacts(session, job.id)
+    events = _events(session, job.id)
+    return _render(
+        request,
+        "job.html",
+        viewer,
+        job=job,
+        artifacts=artifacts,
+        artifact_names={a.name for a in artifacts},
+        events=events,
+        last_event_id=events[-1].id if events else 0,
+        dataset=session.get(Dataset, job.dataset_id),
+        checkpoint=session.get(Checkpoint, job.checkpoint_id),
+    )
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, session: SessionDep, job_id: str) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not _check_csrf(viewer, csrf if isinstance(csrf, str) else None):
+        return Response("bad CSRF token", status_code=403)
+    job = _job(session, viewer, job_id)
+    if job is None:
+        return _not_found(request, viewer, f"job {job_id}")
+    if job.status not in TERMINAL:
+        try:
+            job_service.cancel_job(session, viewer.project_id, job.id)
+        except ApiError as exc:  # finished meanwhile: the page shows the final status
+            logger.info("dashboard cancel of %s refused: %s", job.id, exc.message)
+    return RedirectResponse(f"/jobs/{quote(job.id)}", status_code=303)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+def job_artifact(
+    request: Request, session: SessionDep, settings: SettingsDep, job_id: str, name: str
+) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    job = _job(session, viewer, job_id)
+    artifact = (
+        session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+        if job is not None
+        else None
+    )
+    if artifact is None:
+        return _not_found(request, viewer, f"artifact {name}")
+    store = get_store(settings)
+    try:
+        size = store.size(artifact.key)
+    except ArtifactNotFound:
+        return _not_found(request, viewer, f"artifact {name}")
+    inline = artifact.media_type.startswith(("image/", "text/html"))
+    disposition = "inline" if inline else "attachment"
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'{disposition}; filename="{quote(artifact.name)}"',
+        "X-Content-Type-Options": "nosniff",
+    }
+    if artifact.media_type.startswith("text/html"):
+        # The report is self-contained: no scripts, no external loads.
+        headers["Content-Security-Policy"] = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    return StreamingResponse(store.iter_chunks(artifact.key), media_type=artifact.media_type, headers=headers)
+
+
+@router.get("/checkpoints")
+def checkpoint_list(request: Request, session: SessionDep) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    return _render(request, "checkpoints.html", viewer, checkpoints=_checkpoints(session, viewer))
+
+
+@router.get("/datasets")
+def dataset_list(request: Request, session: SessionDep) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return _to_login(request)
+    return _render(request, "datasets.html", viewer, datasets=_datasets(session, viewer))
+
+
+# -------------------------------------------------------------------------------------- JSON polling
+
+
+@router.get("/ui/jobs/{job_id}/live")
+def job_live_json(
+    request: Request, session: SessionDep, job_id: str, after: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return JSONResponse({"error": {"code": "unauthenticated", "message": "log in"}}, status_code=401)
+    job = _job(session, viewer, job_id)
+    if job is None:
+        return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
+    return JSONResponse(job_live(session, job, after), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/ui/overview")
+def overview_json(request: Request, session: SessionDep, ids: str = "") -> Response:
+    """Health panel numbers and the statuses of the jobs shown on the list page."""
+    viewer = _viewer(request, session)
+    if viewer is None:
+        return JSONResponse({"error": {"code": "unauthenticated", "message": "log in"}}, status_code=401)
+    wanted = [i for i in ids.split(",") if i][:100]
+    statuses = {}
+    if wanted:
+        rows = session.execute(
+            select(Job.id, Job.status, Job.progress).where(
+                Job.project_id == viewer.project_id, Job.id.in_(wanted)
+            )
+        ).all()
+        statuses = {r.id: {"status": r.status, "progress": r.progress or {}} for r in rows}
+    return JSONResponse(
+        {"health": queue_health(session), "jobs": statuses}, headers={"Cache-Control": "no-store"}
+    )
+
+
+# ------------------------------------------------------------------------------------------- static
+
+_STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    path = _STATIC_FILES.get(name)
+    if path is None:
+        return Response("not found", status_code=404)
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+__all__ = ["router", "queue_health", "job_live", "csrf_token"]

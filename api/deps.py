@@ -1,0 +1,112 @@
+"""Dependencies, declared once as ``Annotated`` aliases: ``SettingsDep``, ``SessionDep``,
+``PrincipalDep``, ``StoreDep``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import Unauthorized
+from common import repositories as repo
+from common.db import get_sessionmaker, session_scope
+from common.models import ApiToken, utcnow
+from common.settings import Settings
+from common.storage import ArtifactStore, get_store
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    """One session per request. Write routes commit explicitly (before enqueueing or responding);
+    whatever is left uncommitted is rolled back here."""
+    session = get_sessionmaker(settings.DATABASE_URL)()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_artifact_store(settings: SettingsDep) -> ArtifactStore:
+    return get_store(settings)
+
+
+StoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    project_id: str
+    project_name: str
+    token_id: str
+
+
+_TOUCH_EVERY = timedelta(minutes=1)
+
+
+def get_principal(
+    settings: SettingsDep,
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer <token> header", code="missing_token")
+    scheme, _, secret = authorization.partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized("Authorization header must be `Bearer <token>`", code="invalid_token")
+    token: ApiToken | None = session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == repo.hash_token(secret))
+    )
+    if token is None:
+        raise Unauthorized("invalid or revoked token", code="invalid_token")
+    now = utcnow()
+    if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
+        # Its own short transaction, so read-only requests do not have to commit.
+        with session_scope(settings.DATABASE_URL) as s:
+            row = s.get(ApiToken, token.id)
+            if row is not None:
+                row.last_used_at = now
+    return Principal(project_id=token.project_id, project_name=token.project.name, token_id=token.id)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+@dataclass(frozen=True)
+class PageParams:
+    limit: int
+    after: str | None
+
+
+def get_page_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size (1..100)")] = 20,
+    after: Annotated[
+        str | None, Query(max_length=64, description="Cursor: `next_cursor` of the previous page")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, after=after)
+
+
+PageDep = Annotated[PageParams, Depends(get_page_params)]
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", max_length=255, description="Same key + same body returns the same object"
+    ),
+]

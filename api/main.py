@@ -1,0 +1,75 @@
+"""The FastAPI application factory.
+
+Run with ``uvicorn --factory api.main:create_app`` (what ``mergetune serve`` does) or
+``uvicorn api.main:app`` (built lazily from the environment on first access).
+
+At start-up the app refuses to serve an unmigrated database (:class:`common.db.DatabaseNotMigrated`
+with a message naming the current and the needed revision).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import install_error_handlers
+from api.metrics import LatencyMiddleware, Metrics
+from api.routes import checkpoints, datasets, jobs, ops
+from common.db import DatabaseNotMigrated, check_migrated, get_engine
+from common.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_DESCRIPTION = """MergeTune recovery service: upload a fine-tuned CLIP prompt/head checkpoint, register a
+dataset, run a recovery job, download the recovered prompts and report.
+
+Every error answers `{"error": {"code", "message", "param"}}`; `param` names the offending field."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        if settings.REQUIRE_MIGRATED:
+            try:
+                await run_in_threadpool(check_migrated, get_engine(settings.DATABASE_URL))
+            except DatabaseNotMigrated as exc:
+                log.critical("refusing to start: %s", exc)
+                raise
+        yield
+
+    app = FastAPI(
+        title="MergeTune recovery service",
+        version="1.0.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics(settings.DATABASE_URL)
+    install_error_handlers(app)
+    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
+
+    app.include_router(ops.router)
+    app.include_router(checkpoints.router)
+    app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    # Dashboard pages (api/dashboard.py, owned by the dashboard helper) are mounted here by the lead:
+    #     from api import dashboard
+    #     app.include_router(dashboard.router)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``api.main:app`` for plain ``uvicorn api.main:app`` / gunicorn: built from the environment."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

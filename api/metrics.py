@@ -1,0 +1,120 @@
+"""Prometheus metrics of the API process (one registry per app, so tests can build several apps).
+
+- ``mergetune_jobs{status}``: jobs by status, read from the database at scrape time (the record of
+  truth, so it is right whichever process changed the rows).
+- ``mergetune_queue_depth``: jobs waiting in the queue (status ``queued``), also from the database.
+- ``mergetune_job_duration_seconds``: histogram of started_at -> finished_at of finished jobs, by final
+  status, built from the database at scrape time (bounded to the latest ``DURATION_WINDOW`` jobs).
+- ``mergetune_upload_bytes_total``: bytes of checkpoint uploads received by this process.
+- ``mergetune_http_request_duration_seconds{method,route,status}``: request latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common import repositories as repo
+from common.db import get_sessionmaker
+from common.models import TERMINAL_STATUSES, Job
+
+log = logging.getLogger(__name__)
+
+DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
+DURATION_WINDOW = 10000
+
+
+class _DatabaseCollector(Collector):
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterable[Any]:
+        jobs = GaugeMetricFamily("mergetune_jobs", "Jobs by status", labels=["status"])
+        depth = GaugeMetricFamily("mergetune_queue_depth", "Jobs waiting in the queue (status queued)")
+        duration = HistogramMetricFamily(
+            "mergetune_job_duration_seconds",
+            "Wall time of finished jobs (started -> finished)",
+            labels=["status"],
+        )
+        try:
+            session = get_sessionmaker(self.database_url)()
+            try:
+                counts = repo.count_jobs_by_status(session)
+                rows = session.execute(
+                    select(Job.status, Job.started_at, Job.finished_at)
+                    .where(
+                        Job.status.in_([s.value for s in TERMINAL_STATUSES]),
+                        Job.started_at.is_not(None),
+                        Job.finished_at.is_not(None),
+                    )
+                    .order_by(Job.id.desc())
+                    .limit(DURATION_WINDOW)
+                ).all()
+            finally:
+                session.close()
+        except Exception:  # a scrape must not fail because the DB blinked
+            log.warning("metrics: database unavailable", exc_info=True)
+            return []
+        for status, n in sorted(counts.items()):
+            jobs.add_metric([status], n)
+        depth.add_metric([], counts.get("queued", 0))
+        by_status: dict[str, list[float]] = {}
+        for status, started, finished in rows:
+            by_status.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
+        for status, values in sorted(by_status.items()):
+            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            duration.add_metric([status], buckets, sum(values))
+        return [jobs, depth, duration]
+
+
+class Metrics:
+    def __init__(self, database_url: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.upload_bytes = Counter(
+            "mergetune_upload_bytes", "Bytes of checkpoint uploads received", registry=self.registry
+        )
+        self.http_latency = Histogram(
+            "mergetune_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(_DatabaseCollector(database_url))
+
+
+class LatencyMiddleware:
+    """Pure ASGI middleware (streams untouched) observing latency per route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_latency.labels(scope.get("method", ""), path, str(status["code"])).observe(
+                time.perf_counter() - start
+            )

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from api.errors import NotFound, error_responses
+from api.schemas import CheckpointList, CheckpointRead, DeletedRead
+from api.services.checkpoints import create_checkpoint
+from api.uploads import receive_multipart
+from common import repositories as repo
+from common.models import utcnow
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Dassl .pth.tar / .pth / .pt, or .safetensors",
+                        },
+                        "method": {
+                            "type": "string",
+                            "enum": ["coop", "kgcoop", "linear_head"],
+                            "description": "Detected when absent",
+                        },
+                        "name": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CheckpointRead,
+    openapi_extra=_UPLOAD_SCHEMA,
+    responses=error_responses(400, 401, 409, 413, 415, 422),
+    summary="Upload a fine-tuned checkpoint (streamed, validated without unpickling code)",
+)
+async def upload_checkpoint(
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> CheckpointRead:
+    upload = await receive_multipart(request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES)
+    try:
+        request.app.state.metrics.upload_bytes.inc(upload.size)
+        ckpt, created = await run_in_threadpool(
+            create_checkpoint,
+            session,
+            settings,
+            store,
+            principal.project_id,
+            upload,
+            idempotency_key=idempotency_key,
+        )
+    finally:
+        upload.cleanup()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return CheckpointRead.model_validate(ckpt)
+
+
+@router.get("", response_model=CheckpointList, responses=error_responses(401, 422))
+def list_checkpoints(principal: PrincipalDep, session: SessionDep, page: PageDep) -> CheckpointList:
+    p = repo.list_checkpoints(session, principal.project_id, limit=page.limit, after=page.after)
+    return CheckpointList(
+        data=[CheckpointRead.model_validate(c) for c in p.items],
+        has_more=p.has_more,
+        next_cursor=p.next_cursor,
+    )
+
+
+@router.get("/{checkpoint_id}", response_model=CheckpointRead, responses=error_responses(401, 404))
+def get_checkpoint(checkpoint_id: str, principal: PrincipalDep, session: SessionDep) -> CheckpointRead:
+    ckpt = repo.get_checkpoint(session, principal.project_id, checkpoint_id)
+    if ckpt is None:
+        raise NotFound(f"checkpoint {checkpoint_id!r} not found", param="id")
+    return CheckpointRead.model_validate(ckpt)
+
+
+@router.delete("/{checkpoint_id}", response_model=DeletedRead, responses=error_responses(401, 404))
+def delete_checkpoint(checkpoint_id: str, principal: PrincipalDep, session: SessionDep) -> DeletedRead:
+    """Soft delete: the checkpoint disappears from the API; stored files stay for jobs and audit."""
+    ckpt = repo.get_checkpoint(session, principal.project_id, checkpoint_id)
+    if ckpt is None:
+        raise NotFound(f"checkpoint {checkpoint_id!r} not found", param="id")
+    ckpt.deleted_at = utcnow()
+    session.commit()
+    return DeletedRead(id=checkpoint_id, object="checkpoint")

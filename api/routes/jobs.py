@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from api.errors import NotFound, Unprocessable, error_responses
+from api.schemas import ArtifactList, ArtifactRead, EventList, EventRead, JobCreate, JobList, JobRead
+from api.services.jobs import cancel_job, create_job, job_read
+from common import repositories as repo
+from common.models import Job, JobStatus
+from common.storage import LocalStore
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _get_job(session: SessionDep, project_id: str, job_id: str) -> Job:
+    job = repo.get_job(session, project_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found", param="id")
+    return job
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses=error_responses(401, 404, 409, 422, 503),
+    summary="Create a MergeTune recovery job",
+)
+def post_job(
+    body: JobCreate,
+    response: Response,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobRead:
+    job, created = create_job(session, settings, principal.project_id, body, idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job_read(session, settings, job)
+
+
+@router.get("", response_model=JobList, responses=error_responses(401, 422))
+def list_jobs(
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    page: PageDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    dataset_id: Annotated[str | None, Query(max_length=40)] = None,
+) -> JobList:
+    p = repo.list_jobs(
+        session,
+        principal.project_id,
+        limit=page.limit,
+        after=page.after,
+        status=status_.value if status_ else None,
+        dataset_id=dataset_id,
+    )
+    return JobList(
+        data=[job_read(session, settings, j) for j in p.items], has_more=p.has_more, next_cursor=p.next_cursor
+    )
+
+
+@router.get("/{job_id}", response_model=JobRead, responses=error_responses(401, 404))
+def get_job(job_id: str, principal: PrincipalDep, settings: SettingsDep, session: SessionDep) -> JobRead:
+    return job_read(session, settings, _get_job(session, principal.project_id, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(401, 404, 409))
+def post_cancel(job_id: str, principal: PrincipalDep, settings: SettingsDep, session: SessionDep) -> JobRead:
+    """queued -> cancelled at once; running -> cancelling (the worker stops at its next step);
+    finished jobs -> 409."""
+    job = cancel_job(session, principal.project_id, job_id)
+    return job_read(session, settings, job)
+
+
+@router.get("/{job_id}/events", response_model=EventList, responses=error_responses(401, 404, 422))
+def get_events(
+    job_id: str,
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[
+        str | None, Query(max_length=20, description="Last event id seen (events are oldest first)")
+    ] = None,
+) -> EventList:
+    job = _get_job(session, principal.project_id, job_id)
+    after_id: int | None = None
+    if after:
+        if not after.isdigit():
+            raise Unprocessable("after must be an event id", param="after")
+        after_id = int(after)
+    p = repo.list_events(session, job.id, limit=limit, after=after_id)
+    return EventList(
+        data=[EventRead.model_validate(e) for e in p.items],
+        has_more=p.has_more,
+        next_cursor=str(p.items[-1].id) if p.has_more and p.items else None,
+    )
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=error_responses(401, 404))
+def list_artifacts(job_id: str, principal: PrincipalDep, session: SessionDep) -> ArtifactList:
+    job = _get_job(session, principal.project_id, job_id)
+    return ArtifactList(data=[ArtifactRead.model_validate(a) for a in repo.list_artifacts(session, job.id)])
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The artifact bytes"},
+        **error_responses(401, 404),
+    },
+    response_class=Response,
+)
+def download_artifact(
+    job_id: str, name: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> Response:
+    job = _get_job(session, principal.project_id, job_id)
+    art = repo.get_artifact(session, job.id, name)
+    if art is None:
+        raise NotFound(f"job {job.id} has no artifact {name!r}", param="name")
+    headers = {"ETag": f'"{art.sha256}"', "X-Content-SHA256": art.sha256}
+    if isinstance(store, LocalStore):
+        return FileResponse(
+            store.local_path(art.key), media_type=art.media_type, filename=art.name, headers=headers
+        )
+    headers["Content-Disposition"] = f'attachment; filename="{art.name}"'
+    headers["Content-Length"] = str(art.bytes)
+    return StreamingResponse(store.iter_chunks(art.key), media_type=art.media_type, headers=headers)

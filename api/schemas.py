@@ -1,0 +1,187 @@
+"""Request/response schemas (``XCreate`` / ``XRead`` / ``XList``), separate from the ORM models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import BackboneSpec, DatasetKind
+
+T = TypeVar("T")
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ListResponse(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None = Field(default=None, description="Pass as `after` to get the next page")
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+class CheckpointError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class CheckpointRead(_Read):
+    id: str
+    object: str = "checkpoint"
+    name: str
+    filename: str
+    bytes: int
+    sha256: str
+    format: str | None
+    method: str | None
+    status: str = Field(description="ready | rejected")
+    error: CheckpointError | None = None
+    n_ctx: int | None
+    ctx_dim: int | None
+    csc: bool | None
+    n_cls: int | None
+    created_at: datetime
+
+
+class CheckpointList(ListResponse[CheckpointRead]):
+    pass
+
+
+class DeletedRead(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+# -- datasets -----------------------------------------------------------------------------------
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    kind: DatasetKind
+    path: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Relative to the server's data root (not needed for builtin)",
+    )
+    coop_name: str | None = Field(default=None, max_length=64, description="CoOp layout name, e.g. eurosat")
+    options: dict[str, Any] | None = Field(
+        default=None, description="Kind-specific options (builtin: domain, seed)"
+    )
+
+
+class DatasetRead(_Read):
+    id: str
+    object: str = "dataset"
+    name: str
+    kind: str
+    path: str | None
+    coop_name: str | None
+    options: dict[str, Any] | None
+    num_classes: int
+    classnames: list[str]
+    base_classes: list[str]
+    novel_classes: list[str]
+    split_sizes: dict[str, int]
+    template: str
+    sha256_of_split: str
+    created_at: datetime
+
+
+class DatasetList(ListResponse[DatasetRead]):
+    pass
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: str = Field(min_length=1, max_length=40)
+    dataset_id: str = Field(min_length=1, max_length=40)
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="core.config.Hyperparameters (prompt checkpoints) or HeadHyperparameters (linear_head); "
+        "unset fields take the reference defaults and are echoed back resolved",
+    )
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+
+
+class JobError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = "error"
+    message: str = ""
+    user_error: bool | None = None
+
+
+class JobRead(BaseModel):
+    id: str
+    object: str = "job"
+    status: str
+    job_type: str
+    checkpoint_id: str
+    dataset_id: str
+    backbone: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    metadata: dict[str, str]
+    progress: Progress | None = None
+    metrics: dict[str, Any] | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    queue_position: int | None = None
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    estimated_finish: datetime | None = None
+
+
+class JobList(ListResponse[JobRead]):
+    pass
+
+
+class EventRead(_Read):
+    id: int
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class EventList(ListResponse[EventRead]):
+    pass
+
+
+class ArtifactRead(_Read):
+    name: str
+    bytes: int
+    sha256: str
+    media_type: str
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    data: list[ArtifactRead]
+    has_more: bool = False
+    next_cursor: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,150 @@
+"""Checkpoint uploads: validation with the torch-free safe loader, storage of the original (audit)
+and of the extracted tensors (safetensors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import NotFound, Unprocessable
+from api.services.idempotency import replayed_id, request_hash
+from api.uploads import ReceivedUpload, safe_filename
+from common import repositories as repo
+from common.models import Checkpoint, CheckpointStatus, new_id
+from common.settings import Settings
+from common.storage import ArtifactStore
+from core.config import Method
+from core.errors import CheckpointError
+from core.ingest import IngestedCheckpoint, ingest_checkpoint
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "POST /v1/checkpoints"
+
+
+def parse_method(value: str | None) -> Method | None:
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return Method(value.strip())
+    except ValueError:
+        choices = ", ".join(m.value for m in Method)
+        raise Unprocessable(f"method must be one of {choices}", param="method") from None
+
+
+def create_checkpoint(
+    session: Session,
+    settings: Settings,
+    store: ArtifactStore,
+    project_id: str,
+    upload: ReceivedUpload,
+    *,
+    idempotency_key: str | None,
+) -> tuple[Checkpoint, bool]:
+    """Validate and store one upload; returns (checkpoint, created). Commits."""
+    assert upload.path is not None
+    method = parse_method(upload.fields.get("method"))
+    filename = (upload.filename or "checkpoint").strip()[:255] or "checkpoint"
+    name = (upload.fields.get("name") or "").strip()[:255] or filename
+    req_hash = request_hash(
+        ENDPOINT, {"sha256": upload.sha256, "method": method, "name": name, "filename": filename}
+    )
+    existing = replayed_id(session, project_id, idempotency_key, req_hash)
+    if existing is not None:
+        return _replay(session, project_id, existing), False
+
+    ckpt_id = new_id("ckpt")
+    original_key = f"checkpoints/{ckpt_id}/original/{safe_filename(filename)}"
+    ckpt = Checkpoint(
+        id=ckpt_id,
+        project_id=project_id,
+        name=name,
+        filename=filename,
+        bytes=upload.size,
+        sha256=upload.sha256,
+        original_key=original_key,
+    )
+    try:
+        ingested = ingest_checkpoint(upload.path, filename=filename, method=method)
+    except CheckpointError as exc:
+        _reject(ckpt, exc.code, exc.message, exc.param or "file")
+    except Exception as exc:  # the loader must never turn bad input into a 500
+        log.warning("checkpoint %s: unexpected ingestion failure", ckpt_id, exc_info=True)
+        _reject(ckpt, "not_a_checkpoint", f"could not read the checkpoint: {type(exc).__name__}", "file")
+    else:
+        _accept(ckpt, ingested, store, settings)
+
+    store.put_file(original_key, upload.path)
+    session.add(ckpt)
+    if idempotency_key:
+        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=ckpt.id)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        session.rollback()
+        existing = replayed_id(session, project_id, idempotency_key, req_hash)
+        if existing is None:
+            raise
+        return _replay(session, project_id, existing), False
+    log.info("checkpoint %s stored (%s, %d bytes)", ckpt.id, ckpt.status, ckpt.bytes)
+    return ckpt, True
+
+
+def _replay(session: Session, project_id: str, ckpt_id: str) -> Checkpoint:
+    ckpt = session.get(Checkpoint, ckpt_id)
+    if ckpt is None or ckpt.project_id != project_id:
+        raise NotFound(
+            "the checkpoint created with this Idempotency-Key no longer exists", param="Idempotency-Key"
+        )
+    return ckpt
+
+
+def _reject(ckpt: Checkpoint, code: str, message: str, param: str | None) -> None:
+    ckpt.status = CheckpointStatus.rejected
+    ckpt.error = {"code": code, "message": message, "param": param}
+
+
+def _accept(ckpt: Checkpoint, ing: IngestedCheckpoint, store: ArtifactStore, settings: Settings) -> None:
+    tensors: dict[str, np.ndarray] = {}
+    if ing.method == Method.linear_head:
+        assert ing.head_weight is not None
+        tensors["weight"] = np.ascontiguousarray(ing.head_weight, dtype=np.float32)
+        if ing.head_bias is not None:
+            tensors["bias"] = np.ascontiguousarray(ing.head_bias, dtype=np.float32)
+    else:
+        assert ing.ctx is not None
+        tensors["ctx"] = np.ascontiguousarray(ing.ctx, dtype=np.float32)
+    meta = {
+        "method": ing.method.value,
+        "format": ing.format,
+        "source_sha256": ckpt.sha256,
+        "n_ctx": str(ing.n_ctx) if ing.n_ctx is not None else "",
+        "csc": str(ing.csc).lower(),
+    }
+    key = f"checkpoints/{ckpt.id}/tensors.safetensors"
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.tmp_dir) as tmp:
+        path = Path(tmp) / "tensors.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        store.put_file(key, path)
+    info: dict[str, Any] = {"epoch": ing.epoch, "unknown_globals": list(ing.unknown_globals)}
+    if ing.metadata:
+        info["metadata"] = json.loads(json.dumps(ing.metadata, default=str))
+    ckpt.status = CheckpointStatus.ready
+    ckpt.error = None
+    ckpt.format = ing.format
+    ckpt.method = ing.method.value
+    ckpt.n_ctx = ing.n_ctx
+    ckpt.ctx_dim = ing.ctx_dim
+    ckpt.csc = ing.csc
+    ckpt.n_cls = ing.n_cls
+    ckpt.tensors_key = key
+    ckpt.info = info

@@ -1,0 +1,111 @@
+"""Dataset registration: the path is confined under DATA_ROOT, then the dataset is opened with
+core.datasets (PIL/numpy only, no torch) to record classes, the base/novel split and split hashes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, BadRequest, NotFound, Unprocessable, core_status
+from api.schemas import DatasetCreate
+from api.services.idempotency import replayed_id, request_hash
+from common import repositories as repo
+from common.models import Dataset, new_id
+from common.settings import Settings
+from core.config import DatasetKind
+from core.datasets import base_to_novel, open_dataset
+from core.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "POST /v1/datasets"
+
+
+def confine_path(data_root: Path, path: str) -> str:
+    """Normalised relative path, refused (400 path_outside_root) when it could leave ``data_root``."""
+    raw = path.replace("\\", "/").strip()
+    p = PurePosixPath(raw)
+    if not raw or "\x00" in raw:
+        raise Unprocessable("path must be a non-empty relative path", param="path")
+    if p.is_absolute() or ".." in p.parts:
+        raise BadRequest(
+            "path must be relative to the data root and stay inside it",
+            code="path_outside_root",
+            param="path",
+        )
+    root = data_root.resolve()
+    target = (root / p).resolve()  # follows symlinks: a link out of the root is refused too
+    if not target.is_relative_to(root):
+        raise BadRequest("path resolves outside the data root", code="path_outside_root", param="path")
+    return str(p)
+
+
+def create_dataset(
+    session: Session, settings: Settings, project_id: str, body: DatasetCreate, *, idempotency_key: str | None
+) -> tuple[Dataset, bool]:
+    req_hash = request_hash(ENDPOINT, body.model_dump(mode="json"))
+    existing = replayed_id(session, project_id, idempotency_key, req_hash)
+    if existing is not None:
+        return _replay(session, project_id, existing), False
+
+    assert settings.DATA_ROOT is not None
+    path: str | None = None
+    if body.kind != DatasetKind.builtin:
+        if not body.path:
+            raise Unprocessable(f"path is required for kind {body.kind.value}", param="path")
+        path = confine_path(settings.DATA_ROOT, body.path)
+    elif body.path:
+        path = confine_path(settings.DATA_ROOT, body.path)
+    try:
+        ds = open_dataset(
+            body.kind, settings.DATA_ROOT, path or "", coop_name=body.coop_name, options=body.options or {}
+        )
+        task = base_to_novel(ds, shots=1, seed=1)  # the class split does not depend on shots/seed
+    except DatasetError as exc:
+        raise ApiError(
+            exc.message, code=exc.code, param=exc.param or "path", status_code=core_status(exc)
+        ) from None
+    except (TypeError, ValueError, KeyError) as exc:  # bad options values
+        raise Unprocessable(f"invalid dataset options: {exc}", param="options") from None
+
+    row = Dataset(
+        id=new_id("ds"),
+        project_id=project_id,
+        name=body.name,
+        kind=body.kind.value,
+        path=path,
+        coop_name=ds.name if body.kind == DatasetKind.coop else body.coop_name,
+        options=body.options,
+        num_classes=ds.num_classes,
+        classnames=list(ds.classnames),
+        base_classes=list(task.base_classnames),
+        novel_classes=list(task.novel_classnames),
+        split_sizes={s: len(r) for s, r in ds.splits.items()},
+        template=ds.template,
+        sha256_of_split=ds.split_sha256(),
+    )
+    session.add(row)
+    if idempotency_key:
+        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=row.id)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = replayed_id(session, project_id, idempotency_key, req_hash)
+        if existing is None:
+            raise
+        return _replay(session, project_id, existing), False
+    log.info("dataset %s registered (%s, %d classes)", row.id, row.kind, row.num_classes)
+    return row, True
+
+
+def _replay(session: Session, project_id: str, ds_id: str) -> Dataset:
+    row = repo.get_dataset(session, project_id, ds_id)
+    if row is None:
+        raise NotFound(
+            "the dataset created with this Idempotency-Key no longer exists", param="Idempotency-Key"
+        )
+    return row

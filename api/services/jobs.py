@@ -1,0 +1,191 @@
+"""Job creation (validation against core.config, enqueue after commit), reads and cancellation."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
+from api.schemas import JobCreate, JobRead
+from api.services.idempotency import replayed_id, request_hash
+from common import repositories as repo
+from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
+from common.queue import enqueue_job
+from common.settings import Settings
+from core.config import HeadHyperparameters, Hyperparameters, Method
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "POST /v1/jobs"
+
+#: Text transformer width (the prompt context dimension) of common open_clip models. Models not listed
+#: (the tiny test/builtin models, custom configs) are checked by the worker when it loads the backbone.
+KNOWN_TEXT_WIDTHS = {
+    "RN50": 512,
+    "RN101": 512,
+    "RN50x4": 640,
+    "RN50x16": 768,
+    "RN50x64": 1024,
+    "ViT-B-32": 512,
+    "ViT-B-16": 512,
+    "ViT-L-14": 768,
+    "ViT-L-14-336": 768,
+    "ViT-H-14": 1024,
+}
+
+
+def create_job(
+    session: Session, settings: Settings, project_id: str, body: JobCreate, *, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate, insert as ``queued``, commit, then enqueue. Returns (job, created)."""
+    req_hash = request_hash(ENDPOINT, body.model_dump(mode="json"))
+    existing = replayed_id(session, project_id, idempotency_key, req_hash)
+    if existing is not None:
+        job = repo.get_job(session, project_id, existing)
+        if job is None:
+            raise NotFound(
+                "the job created with this Idempotency-Key no longer exists", param="Idempotency-Key"
+            )
+        return job, False
+
+    ckpt = repo.get_checkpoint(session, project_id, body.checkpoint_id)
+    if ckpt is None:
+        raise NotFound(f"checkpoint {body.checkpoint_id!r} not found", param="checkpoint_id")
+    if ckpt.status != CheckpointStatus.ready:
+        code = (ckpt.error or {}).get("code", "checkpoint_rejected")
+        raise Unprocessable(
+            f"checkpoint {ckpt.id} was rejected ({code}); upload a valid one",
+            code="checkpoint_not_ready",
+            param="checkpoint_id",
+        )
+    ds = repo.get_dataset(session, project_id, body.dataset_id)
+    if ds is None:
+        raise NotFound(f"dataset {body.dataset_id!r} not found", param="dataset_id")
+
+    is_head = ckpt.method == Method.linear_head.value
+    hp_model: type[BaseModel] = HeadHyperparameters if is_head else Hyperparameters
+    try:
+        hp = hp_model.model_validate(body.hyperparameters)
+    except ValidationError as exc:
+        raise from_pydantic(exc, prefix="hyperparameters") from None
+
+    width = KNOWN_TEXT_WIDTHS.get(body.backbone.model)
+    if not is_head and width is not None and ckpt.ctx_dim is not None and ckpt.ctx_dim != width:
+        raise Unprocessable(
+            f"the checkpoint's context width {ckpt.ctx_dim} does not match {body.backbone.model} (text width {width})",
+            code="width_mismatch",
+            param="backbone.model",
+        )
+
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        project_id=project_id,
+        checkpoint_id=ckpt.id,
+        dataset_id=ds.id,
+        job_type=(JobType.linear_head if is_head else JobType.prompt).value,
+        backbone=body.backbone.model_dump(mode="json"),
+        hyperparameters=hp.model_dump(mode="json"),
+        metadata_=dict(body.metadata),
+        status=JobStatus.queued.value,
+        created_at=now,
+        queued_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    repo.add_event(session, job.id, "status", "job queued", data={"status": "queued"})
+    if idempotency_key:
+        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, job_id=job.id)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = replayed_id(session, project_id, idempotency_key, req_hash)
+        if existing is None:
+            raise
+        replay = repo.get_job(session, project_id, existing)
+        if replay is None:
+            raise
+        return replay, False
+
+    try:
+        enqueue_job(settings, job.id)
+    except Exception as exc:
+        log.error("job %s: enqueue failed", job.id, exc_info=True)
+        job.status = JobStatus.failed.value
+        job.finished_at = utcnow()
+        job.error = {
+            "code": "enqueue_failed",
+            "message": f"the job queue is unavailable: {exc}",
+            "user_error": False,
+        }
+        repo.add_event(session, job.id, "status", "enqueue failed", level="error", data={"status": "failed"})
+        session.commit()
+        raise ServiceUnavailable(
+            "the job queue is unavailable; try again later", code="broker_unavailable"
+        ) from exc
+    log.info("job %s queued (checkpoint %s, dataset %s)", job.id, ckpt.id, ds.id)
+    return job, True
+
+
+def cancel_job(session: Session, project_id: str, job_id: str) -> Job:
+    job = repo.get_job(session, project_id, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} not found", param="id")
+    if JobStatus(job.status) in TERMINAL_STATUSES:
+        raise Conflict(f"job {job.id} is already {job.status}", code="job_finished", param="id")
+    repo.request_cancel(session, job)
+    session.commit()
+    return job
+
+
+def _estimate(session: Session, settings: Settings, job: Job, position: int | None) -> datetime | None:
+    status = JobStatus(job.status)
+    if status in TERMINAL_STATUSES:
+        return None
+    epochs = int(job.hyperparameters.get("epochs") or 1)
+    per_job = timedelta(seconds=epochs * settings.ESTIMATE_SECONDS_PER_EPOCH)
+    now = utcnow()
+    if status in (JobStatus.queued, JobStatus.validating):
+        workers = max(1, len(repo.live_workers(session, now - timedelta(minutes=2))))
+        ahead = (position or 1) - 1 + repo.count_active_jobs(session)
+        return now + per_job * (ahead / workers + 1)
+    started = job.started_at or now
+    p: dict[str, Any] = job.progress or {}
+    try:
+        done = (int(p["epoch"]) - 1 + int(p["step"]) / max(1, int(p["steps"]))) / max(1, int(p["epochs"]))
+    except (KeyError, TypeError, ValueError):
+        done = 0.0
+    if 0.02 < done <= 1.0:
+        return started + (now - started) / done
+    return started + per_job
+
+
+def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
+    position = repo.queue_position(session, job)
+    return JobRead(
+        id=job.id,
+        status=job.status,
+        job_type=job.job_type,
+        checkpoint_id=job.checkpoint_id,
+        dataset_id=job.dataset_id,
+        backbone=job.backbone,
+        hyperparameters=job.hyperparameters,
+        metadata=job.metadata_ or {},
+        progress=job.progress,
+        metrics=job.metrics,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        queue_position=position,
+        created_at=job.created_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        estimated_finish=_estimate(session, settings, job, position),
+    )

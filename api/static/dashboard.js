@@ -1,0 +1,179 @@
+// MergeTune dashboard: polling for the job page and the job list. No dependencies.
+(function () {
+  "use strict";
+
+  var TERMINAL = ["succeeded", "failed", "cancelled"];
+
+  function getJSON(url) {
+    return fetch(url, { credentials: "same-origin", cache: "no-store" }).then(function (r) {
+      if (r.status === 401) { window.location.href = "/login?next=" + encodeURIComponent(location.pathname); }
+      if (!r.ok) { throw new Error("HTTP " + r.status); }
+      return r.json();
+    });
+  }
+
+  function setBadge(el, status) {
+    if (!el || el.dataset.status === status) { return; }
+    el.className = el.className.replace(/\bstatus-\S+/g, "").trim() + " status-" + status;
+    el.dataset.status = status;
+    el.textContent = status;
+  }
+
+  function fmt(x, digits) {
+    return typeof x === "number" && isFinite(x) ? x.toFixed(digits) : "—";
+  }
+
+  function progressText(p) {
+    if (!p || !p.epochs) { return null; }
+    var s = "epoch " + (p.epoch || 0) + "/" + p.epochs;
+    if (p.steps) { s += " · step " + (p.step || 0) + "/" + p.steps; }
+    if (typeof p.loss === "number") { s += " · loss " + fmt(p.loss, 4); }
+    return s;
+  }
+
+  // ----------------------------------------------------------------------------- job page
+  function jobPage(root) {
+    var id = root.dataset.jobId;
+    var after = parseInt(root.dataset.lastEvent || "0", 10);
+    var status = root.dataset.status;
+    var badge = document.getElementById("job-status");
+    var historyEl = document.getElementById("status-history");
+    var key = "mergetune-status-history:" + id;
+    var history = [];
+    try { history = JSON.parse(sessionStorage.getItem(key) || "[]"); } catch (e) { history = []; }
+    if (history[history.length - 1] !== status) { history.push(status); }
+
+    function showHistory() {
+      try { sessionStorage.setItem(key, JSON.stringify(history)); } catch (e) { /* private mode */ }
+      historyEl.textContent = "status seen: " + history.join(" → ");
+    }
+    showHistory();
+
+    function appendEvents(events) {
+      var body = document.querySelector("#events tbody");
+      events.forEach(function (e) {
+        var tr = document.createElement("tr");
+        tr.className = "level-" + e.level;
+        [e.id, e.created_at, e.level, e.type, e.message].forEach(function (v) {
+          var td = document.createElement("td");
+          td.textContent = v;
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+        after = Math.max(after, e.id);
+      });
+    }
+
+    function update(data) {
+      appendEvents(data.events || []);
+      var text = progressText(data.progress);
+      if (text) {
+        document.getElementById("progress-text").textContent = text;
+        var pct = Math.min(100, 100 * (data.progress.epoch || 0) / data.progress.epochs);
+        document.getElementById("progress-bar").style.width = pct.toFixed(1) + "%";
+      }
+      document.getElementById("job-started").textContent = data.started_at;
+      document.getElementById("job-finished").textContent = data.finished_at;
+      document.getElementById("job-duration").textContent = data.duration;
+      if (data.status !== status) {
+        status = data.status;
+        root.dataset.status = status;
+        setBadge(badge, status);
+        history.push(status);
+        showHistory();
+        if (status === "cancelling") {
+          var form = document.getElementById("cancel-form");
+          if (form) { form.remove(); }
+        }
+      }
+      if (data.terminal) {
+        // Metrics, curves and artifacts are rendered server-side: reload once the job has ended.
+        window.setTimeout(function () { window.location.reload(); }, 300);
+        return false;
+      }
+      return true;
+    }
+
+    function poll() {
+      getJSON("/ui/jobs/" + encodeURIComponent(id) + "/live?after=" + after)
+        .then(function (data) { if (update(data)) { window.setTimeout(poll, 1000); } })
+        .catch(function () { window.setTimeout(poll, 3000); });
+    }
+    if (root.dataset.terminal !== "true") { window.setTimeout(poll, 1000); }
+
+    var cancel = document.getElementById("cancel-form");
+    if (cancel) {
+      cancel.addEventListener("submit", function (ev) {
+        if (!window.confirm(cancel.dataset.confirm || "Cancel this job?")) { ev.preventDefault(); }
+      });
+    }
+  }
+
+  // ----------------------------------------------------------------------------- job list
+  function listPage(panel) {
+    var table = document.getElementById("jobs");
+    var ids = table ? table.dataset.liveIds || "" : "";
+
+    function renderWorkers(workers) {
+      var body = document.querySelector("#health-workers tbody");
+      body.textContent = "";
+      if (!workers.length) {
+        var tr = document.createElement("tr");
+        tr.className = "empty";
+        var td = document.createElement("td");
+        td.colSpan = 3;
+        td.className = "muted";
+        td.textContent = "No worker has reported in the last 60 seconds.";
+        tr.appendChild(td);
+        body.appendChild(tr);
+        return;
+      }
+      workers.forEach(function (w) {
+        var tr = document.createElement("tr");
+        var a = document.createElement("td");
+        a.textContent = w.hostname;
+        var b = document.createElement("td");
+        b.textContent = w.last_seen + " (" + w.age_s + " s ago)";
+        var c = document.createElement("td");
+        if (w.current_job_id) {
+          var link = document.createElement("a");
+          link.href = "/jobs/" + encodeURIComponent(w.current_job_id);
+          link.textContent = w.current_job_id;
+          c.appendChild(link);
+        } else {
+          c.textContent = "idle";
+          c.className = "muted";
+        }
+        [a, b, c].forEach(function (td) { tr.appendChild(td); });
+        body.appendChild(tr);
+      });
+    }
+
+    function poll() {
+      getJSON(panel.dataset.poll + "?ids=" + encodeURIComponent(ids))
+        .then(function (data) {
+          document.getElementById("health-queued").textContent = data.health.queued;
+          document.getElementById("health-running").textContent = data.health.running;
+          document.getElementById("health-workers-count").textContent = data.health.workers.length;
+          renderWorkers(data.health.workers);
+          Object.keys(data.jobs).forEach(function (jobId) {
+            var row = table.querySelector('tr[data-job-id="' + CSS.escape(jobId) + '"]');
+            if (!row) { return; }
+            setBadge(row.querySelector(".badge"), data.jobs[jobId].status);
+            var p = data.jobs[jobId].progress;
+            if (p && p.epochs) { row.querySelector(".progress-cell").textContent = (p.epoch || 0) + "/" + p.epochs; }
+          });
+          window.setTimeout(poll, 2000);
+        })
+        .catch(function () { window.setTimeout(poll, 5000); });
+    }
+    window.setTimeout(poll, 2000);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var job = document.getElementById("job");
+    if (job) { jobPage(job); }
+    var health = document.getElementById("health");
+    if (health) { listPage(health); }
+  });
+})();

@@ -1,0 +1,253 @@
+"""SQLAlchemy 2 ORM models: the record of truth shared by the API and the workers.
+
+Portable types only (``JSON`` not ``JSONB``, string ids, timezone-aware timestamps stored via
+:class:`UTCDateTime`) so that the same models and Alembic migrations run on Postgres and on SQLite
+(the embedded mode).
+
+Ids are ``<prefix>_<12 hex ms timestamp><12 hex random>``: they sort by creation time, which the
+cursor pagination relies on (``ORDER BY id DESC``, ``after`` = last id seen).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered id: ``prefix_`` + 12 hex digits of epoch milliseconds + 12 random hex digits."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class JobStatus(StrEnum):
+    validating = "validating"
+    queued = "queued"
+    running = "running"
+    evaluating = "evaluating"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+ACTIVE_STATUSES = frozenset({JobStatus.running, JobStatus.evaluating, JobStatus.cancelling})
+
+
+class CheckpointStatus(StrEnum):
+    ready = "ready"
+    rejected = "rejected"
+
+
+class JobType(StrEnum):
+    prompt = "prompt"
+    linear_head = "linear_head"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("proj"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("tok"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the secret
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise a token in lists
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ckpt"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str | None] = mapped_column(String(32), default=None)  # dassl|state_dict|safetensors
+    method: Mapped[str | None] = mapped_column(String(32), default=None)  # core.config.Method value
+    status: Mapped[str] = mapped_column(String(16))  # CheckpointStatus
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {code, message, param}
+    n_ctx: Mapped[int | None] = mapped_column(default=None)
+    ctx_dim: Mapped[int | None] = mapped_column(default=None)
+    csc: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    n_cls: Mapped[int | None] = mapped_column(default=None)
+    #: Extra facts from ingestion (epoch, unknown_globals, head shape ...).
+    info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    original_key: Mapped[str | None] = mapped_column(String(512), default=None)  # the upload, for audit
+    tensors_key: Mapped[str | None] = mapped_column(String(512), default=None)  # extracted safetensors
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(32))  # core.config.DatasetKind value
+    path: Mapped[str | None] = mapped_column(String(1024), default=None)  # relative to DATA_ROOT
+    coop_name: Mapped[str | None] = mapped_column(String(64), default=None)
+    options: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    classnames: Mapped[list[Any]] = mapped_column()
+    base_classes: Mapped[list[Any]] = mapped_column()
+    novel_classes: Mapped[list[Any]] = mapped_column()
+    split_sizes: Mapped[dict[str, Any]] = mapped_column()
+    template: Mapped[str] = mapped_column(Text)
+    sha256_of_split: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_project_id_id", "project_id", "id"),
+        Index("ix_jobs_status_queued_at", "status", "queued_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    job_type: Mapped[str] = mapped_column(String(16))  # JobType
+    backbone: Mapped[dict[str, Any]] = mapped_column()  # core.config.BackboneSpec dump
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column()  # resolved (defaults filled in)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.validating.value)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(
+        default=None
+    )  # {epoch, epochs, step, steps, loss}
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {zero_shot, fine_tuned, recovered}
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {code, message, user_error}
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    checkpoint: Mapped[Checkpoint] = relationship(lazy="select")
+    dataset: Mapped[Dataset] = relationship(lazy="select")
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(16), default="info")  # debug|info|warning|error
+    type: Mapped[str] = mapped_column(String(64))  # e.g. status, progress, epoch, artifact, error
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("art"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(512))  # artifact-store key, jobs/<job_id>/<name>
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """One row per (project, Idempotency-Key). ``request_hash`` covers method, path and body; the
+    created object is ``job_id`` for jobs or ``resource_id`` for other POSTs."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("project_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
+    resource_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    __tablename__ = "worker_heartbeats"
+
+    hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    current_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    info: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -1,0 +1,291 @@
+"""Data access shared by the API and the worker. Functions take a Session and never commit: the edge
+(HTTP request or Celery task) owns the transaction. Project scoping is explicit: every ``get_*`` that
+serves a user takes ``project_id`` so that another project's object reads as missing (404).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from common.models import (
+    ACTIVE_STATUSES,
+    ApiToken,
+    Artifact,
+    Checkpoint,
+    Dataset,
+    IdempotencyKey,
+    Job,
+    JobEvent,
+    JobStatus,
+    Project,
+    WorkerHeartbeat,
+    utcnow,
+)
+
+T = TypeVar("T")
+
+TOKEN_PREFIX = "mt_"
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+    @property
+    def next_cursor(self) -> str | None:
+        if not self.has_more or not self.items:
+            return None
+        return str(self.items[-1].id)  # type: ignore[attr-defined]
+
+
+def paginate(
+    session: Session, stmt: Select[Any], id_column: Any, *, limit: int, after: Any | None
+) -> Page[Any]:
+    """Newest first (ids are time-ordered); ``after`` is the last id of the previous page."""
+    if after is not None:
+        stmt = stmt.where(id_column < after)
+    rows = list(session.scalars(stmt.order_by(id_column.desc()).limit(limit + 1)))
+    return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+# -- projects and tokens ------------------------------------------------------------------------
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def get_project_by_name(session: Session, name: str) -> Project | None:
+    return session.scalar(select(Project).where(Project.name == name))
+
+
+def get_or_create_project(session: Session, name: str) -> Project:
+    project = get_project_by_name(session, name)
+    if project is None:
+        project = Project(name=name)
+        session.add(project)
+        session.flush()
+    return project
+
+
+def create_token(session: Session, project: Project) -> tuple[ApiToken, str]:
+    """A new bearer token for ``project``; returns the row and the secret (shown once, stored hashed)."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(project_id=project.id, token_hash=hash_token(secret), prefix=secret[:10])
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def authenticate(session: Session, secret: str) -> ApiToken | None:
+    """The token row for ``secret`` (constant-time comparison happens in the hash lookup), touched."""
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
+    if token is not None:
+        token.last_used_at = utcnow()
+    return token
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def get_checkpoint(session: Session, project_id: str, checkpoint_id: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.id == checkpoint_id,
+            Checkpoint.project_id == project_id,
+            Checkpoint.deleted_at.is_(None),
+        )
+    )
+
+
+def list_checkpoints(session: Session, project_id: str, *, limit: int, after: str | None) -> Page[Checkpoint]:
+    stmt = select(Checkpoint).where(Checkpoint.project_id == project_id, Checkpoint.deleted_at.is_(None))
+    return paginate(session, stmt, Checkpoint.id, limit=limit, after=after)
+
+
+# -- datasets -----------------------------------------------------------------------------------
+def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id))
+
+
+def list_datasets(session: Session, project_id: str, *, limit: int, after: str | None) -> Page[Dataset]:
+    stmt = select(Dataset).where(Dataset.project_id == project_id)
+    return paginate(session, stmt, Dataset.id, limit=limit, after=after)
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+def get_job(session: Session, project_id: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.project_id == project_id))
+
+
+def get_job_by_id(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
+    """Unscoped lookup for the worker. ``for_update`` locks the row on Postgres (no-op on SQLite)."""
+    stmt = select(Job).where(Job.id == job_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
+
+
+def list_jobs(
+    session: Session,
+    project_id: str,
+    *,
+    limit: int,
+    after: str | None,
+    status: str | None = None,
+    dataset_id: str | None = None,
+) -> Page[Job]:
+    stmt = select(Job).where(Job.project_id == project_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if dataset_id is not None:
+        stmt = stmt.where(Job.dataset_id == dataset_id)
+    return paginate(session, stmt, Job.id, limit=limit, after=after)
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1-based position among queued jobs of all projects (FIFO by queued_at), None unless queued."""
+    if job.status != JobStatus.queued or job.queued_at is None:
+        return None
+    ahead = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.queued, Job.queued_at < job.queued_at, Job.id != job.id)
+    )
+    return int(ahead or 0) + 1
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    counts = {s.value: 0 for s in JobStatus}
+    counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+def count_active_jobs(session: Session) -> int:
+    return int(
+        session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(list(ACTIVE_STATUSES))))
+        or 0
+    )
+
+
+def request_cancel(session: Session, job: Job) -> None:
+    """Queued/validating -> cancelled now; running/evaluating -> cancelling (the worker finishes it).
+    The caller checks the job is not terminal. Uses a conditional UPDATE so that a worker picking the
+    job up concurrently cannot be overwritten silently."""
+    now = utcnow()
+    if job.status in (JobStatus.queued, JobStatus.validating):
+        res = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_([JobStatus.queued, JobStatus.validating]))
+            .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            session.refresh(job)
+            add_event(
+                session, job.id, "status", "job cancelled before it started", data={"status": "cancelled"}
+            )
+            return
+        session.refresh(job)
+    if job.status in (JobStatus.running, JobStatus.evaluating, JobStatus.cancelling):
+        job.cancel_requested = True
+        job.status = JobStatus.cancelling
+        job.updated_at = now
+        add_event(session, job.id, "status", "cancellation requested", data={"status": "cancelling"})
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type: str,
+    message: str = "",
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    event = JobEvent(job_id=job_id, type=type, message=message, level=level, data=data)
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(session: Session, job_id: str, *, limit: int, after: int | None) -> Page[JobEvent]:
+    """Events oldest first (a log); ``after`` is the last event id seen, so polling tails the log."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.id > after)
+    rows = list(session.scalars(stmt.order_by(JobEvent.id.asc()).limit(limit + 1)))
+    return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+def list_artifacts(session: Session, job_id: str) -> Sequence[Artifact]:
+    return session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+
+
+def upsert_artifact(
+    session: Session, job_id: str, name: str, *, bytes: int, sha256: str, media_type: str, key: str
+) -> Artifact:
+    """Idempotent: a redelivered task that rewrites an artifact updates the one row."""
+    art = get_artifact(session, job_id, name)
+    if art is None:
+        art = Artifact(job_id=job_id, name=name)
+        session.add(art)
+    art.bytes, art.sha256, art.media_type, art.key = bytes, sha256, media_type, key
+    art.created_at = utcnow()
+    session.flush()
+    return art
+
+
+# -- idempotency --------------------------------------------------------------------------------
+def get_idempotency_key(session: Session, project_id: str, key: str) -> IdempotencyKey | None:
+    return session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.project_id == project_id, IdempotencyKey.key == key)
+    )
+
+
+def add_idempotency_key(
+    session: Session,
+    project_id: str,
+    key: str,
+    request_hash: str,
+    *,
+    job_id: str | None = None,
+    resource_id: str | None = None,
+) -> IdempotencyKey:
+    row = IdempotencyKey(
+        project_id=project_id, key=key, request_hash=request_hash, job_id=job_id, resource_id=resource_id
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+# -- workers ------------------------------------------------------------------------------------
+def heartbeat(
+    session: Session, hostname: str, *, current_job_id: str | None, info: dict[str, Any] | None = None
+) -> WorkerHeartbeat:
+    hb = session.get(WorkerHeartbeat, hostname)
+    if hb is None:
+        hb = WorkerHeartbeat(hostname=hostname)
+        session.add(hb)
+    hb.last_seen = utcnow()
+    hb.current_job_id = current_job_id
+    if info is not None:
+        hb.info = info
+    session.flush()
+    return hb
+
+
+def live_workers(session: Session, since: datetime) -> Sequence[WorkerHeartbeat]:
+    return session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= since)).all()

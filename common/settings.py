@@ -1,0 +1,114 @@
+"""One settings class, read from the environment (prefix ``MERGETUNE_``) and validated at start-up.
+
+Nothing else in the code base reads ``os.environ`` for configuration: entry points call
+:func:`get_settings` and pass what they need down.
+
+Derived defaults (all under ``HOME`` so that the embedded mode keeps its whole state in one folder):
+
+- ``DATABASE_URL``  ``sqlite:///$HOME/mergetune.db``
+- ``BROKER_URL``    ``filesystem://`` (kombu's filesystem transport, queue folder ``$HOME/queue``)
+- ``DATA_ROOT``     ``$HOME/data``
+- ``ARTIFACT_URL``  ``$HOME/artifacts`` (a local directory; ``s3://bucket/prefix`` selects S3)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MERGETUNE_", extra="ignore", case_sensitive=False)
+
+    HOME: Path = Field(default=Path("./.mergetune"), description="Root of all local state")
+    DATABASE_URL: str = Field(default="", description="SQLAlchemy URL; sqlite under HOME when empty")
+    BROKER_URL: str = Field(default="", description="Celery broker URL; filesystem:// under HOME when empty")
+    BROKER_POLLING_INTERVAL: float = Field(default=0.1, gt=0, description="Polling (s) of virtual transports")
+    DATA_ROOT: Path | None = Field(default=None, description="Datasets are confined under this directory")
+    ARTIFACT_ROOT: str = Field(default="", description="Alias of ARTIFACT_URL (a local directory)")
+    ARTIFACT_URL: str = Field(default="", description="Local directory or s3://bucket/prefix")
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str | None = None
+    S3_ACCESS_KEY_ID: str | None = None
+    S3_SECRET_ACCESS_KEY: str | None = None
+    MAX_UPLOAD_BYTES: int = Field(default=512 * 1024 * 1024, ge=1)
+    UPLOAD_CHUNK_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    VISIBILITY_TIMEOUT: int = Field(default=86400, ge=60, description="Broker visibility timeout (s)")
+    WORKER_CONCURRENCY: int = Field(default=1, ge=1)
+    DEVICE: str = "auto"
+    MODEL_CACHE_DIR: Path | None = None
+    LOG_LEVEL: str = "INFO"
+    #: Seconds per epoch used for the rough ``estimated_finish`` of a job that has not started yet.
+    ESTIMATE_SECONDS_PER_EPOCH: float = Field(default=5.0, gt=0)
+    #: Startup check that the database is at the Alembic head (tests of the refusal turn nothing off).
+    REQUIRE_MIGRATED: bool = True
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        home = self.HOME.expanduser()
+        self.HOME = home
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{(home / 'mergetune.db').resolve()}"
+        if self.DATABASE_URL.startswith("postgresql://"):
+            # psycopg 3 is the only driver installed; make the plain scheme work too.
+            self.DATABASE_URL = "postgresql+psycopg://" + self.DATABASE_URL[len("postgresql://") :]
+        if not self.BROKER_URL:
+            self.BROKER_URL = "filesystem://"
+        if self.DATA_ROOT is None:
+            self.DATA_ROOT = home / "data"
+        if not self.ARTIFACT_URL:
+            self.ARTIFACT_URL = self.ARTIFACT_ROOT or str(home / "artifacts")
+        if not self.ARTIFACT_ROOT:
+            self.ARTIFACT_ROOT = self.ARTIFACT_URL
+        if self.MODEL_CACHE_DIR is None:
+            self.MODEL_CACHE_DIR = home / "models"
+        return self
+
+    # -- derived helpers ---------------------------------------------------------------------
+    @property
+    def is_sqlite(self) -> bool:
+        return self.DATABASE_URL.startswith("sqlite")
+
+    @property
+    def queue_dir(self) -> Path:
+        """Folder of the filesystem broker (only used when BROKER_URL is ``filesystem://``)."""
+        return self.HOME / "queue"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space for uploads in flight (same filesystem as the local artifact store)."""
+        return self.HOME / "tmp"
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        """Transport options for the broker in BROKER_URL; shared by the API producer and the worker."""
+        if self.BROKER_URL.startswith("filesystem://"):
+            folder = str(self.queue_dir.resolve())
+            return {
+                "data_folder_in": folder,
+                "data_folder_out": folder,
+                "store_processed": False,
+                "polling_interval": self.BROKER_POLLING_INTERVAL,
+            }
+        if self.BROKER_URL.startswith("sqla+"):
+            return {"polling_interval": self.BROKER_POLLING_INTERVAL}
+        return {"visibility_timeout": self.VISIBILITY_TIMEOUT}
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders the configured backends need (idempotent)."""
+        self.HOME.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if self.BROKER_URL.startswith("filesystem://"):
+            self.queue_dir.mkdir(parents=True, exist_ok=True)
+        if self.DATA_ROOT is not None:
+            self.DATA_ROOT.mkdir(parents=True, exist_ok=True)
+        if "://" not in self.ARTIFACT_URL:
+            Path(self.ARTIFACT_URL).mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

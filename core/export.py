@@ -1,0 +1,126 @@
+"""Write what users take away: recovered prompts (or a head) in safe, portable files.
+
+- ``prompts.safetensors``: tensor ``ctx``; header metadata ``mergetune`` = JSON of the provenance
+  (method, n_ctx, class names, backbone, weights hash, parent sha256, hyperparameters), plus a few flat
+  str keys (``format``, ``method``, ``n_ctx``, ``ctx_dim``) for tools that do not parse JSON.
+- ``prompts.pth.tar``: Dassl layout ``{"state_dict": {"ctx", "token_prefix", "token_suffix"}, "epoch"}``,
+  only tensors and plain types, so CoOp's ``load_model`` and ``torch.load(weights_only=True)`` read it.
+- ``head.safetensors``: ``weight`` [C, D] (+ ``bias`` [C]) for linear-head jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+logger = logging.getLogger(__name__)
+
+
+def _tensor(x: Any, name: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array")
+    return t.detach().to("cpu").contiguous().clone()
+
+
+def _header_metadata(metadata: dict[str, Any], extra: dict[str, str]) -> dict[str, str]:
+    meta = {"format": "pt", "mergetune": json.dumps(metadata, sort_keys=True, default=str)}
+    meta.update(extra)
+    return meta
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def export_prompts(
+    out_dir: str | os.PathLike,
+    ctx: torch.Tensor | np.ndarray,
+    *,
+    token_prefix: torch.Tensor | np.ndarray | None,
+    token_suffix: torch.Tensor | np.ndarray | None,
+    metadata: dict[str, Any],
+    epoch: int,
+) -> dict[str, Path]:
+    """Write ``prompts.safetensors`` and ``prompts.pth.tar`` into ``out_dir``; return {name: path}.
+
+    ``ctx`` is written bit for bit (dtype kept, float32 in practice). ``metadata`` must be
+    JSON-serialisable (non-JSON values are stringified). ``token_prefix``/``token_suffix`` (from
+    ``PromptLearner.dassl_buffers()``) go into the Dassl file only; CoOp's loader deletes them anyway but
+    expects the keys. ``epoch`` is stored as a plain int.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx_t = _tensor(ctx, "ctx")
+    if ctx_t.dim() not in (2, 3):
+        raise ValueError(f"ctx must be [M, D] or [C, M, D], got {list(ctx_t.shape)}")
+    meta = dict(metadata)
+    meta.setdefault("n_ctx", int(ctx_t.shape[-2]))
+    meta.setdefault("ctx_dim", int(ctx_t.shape[-1]))
+    meta.setdefault("csc", ctx_t.dim() == 3)
+    flat = {
+        "method": str(meta.get("method", "coop")),
+        "n_ctx": str(int(ctx_t.shape[-2])),
+        "ctx_dim": str(int(ctx_t.shape[-1])),
+    }
+    paths = {"prompts.safetensors": out / "prompts.safetensors", "prompts.pth.tar": out / "prompts.pth.tar"}
+    _atomic_save_file({"ctx": ctx_t}, paths["prompts.safetensors"], _header_metadata(meta, flat))
+    state_dict: dict[str, torch.Tensor] = {"ctx": ctx_t}
+    if token_prefix is not None:
+        state_dict["token_prefix"] = _tensor(token_prefix, "token_prefix")
+    if token_suffix is not None:
+        state_dict["token_suffix"] = _tensor(token_suffix, "token_suffix")
+    _atomic_torch_save({"state_dict": state_dict, "epoch": int(epoch)}, paths["prompts.pth.tar"])
+    logger.info("exported prompts (ctx %s) to %s", list(ctx_t.shape), out)
+    return paths
+
+
+def export_head(
+    out_dir: str | os.PathLike,
+    weight: torch.Tensor | np.ndarray,
+    bias: torch.Tensor | np.ndarray | None = None,
+    *,
+    metadata: dict[str, Any],
+) -> dict[str, Path]:
+    """Write ``head.safetensors`` (``weight`` [C, D], optional ``bias`` [C]) with provenance metadata."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    w = _tensor(weight, "weight")
+    if w.dim() != 2:
+        raise ValueError(f"head weight must be [C, D], got {list(w.shape)}")
+    tensors = {"weight": w}
+    if bias is not None:
+        tensors["bias"] = _tensor(bias, "bias")
+    meta = dict(metadata)
+    meta.setdefault("method", "linear_head")
+    flat = {"method": "linear_head", "n_cls": str(int(w.shape[0])), "dim": str(int(w.shape[1]))}
+    path = out / "head.safetensors"
+    _atomic_save_file(tensors, path, _header_metadata(meta, flat))
+    return {"head.safetensors": path}
+
+
+def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``mergetune`` JSON metadata of an exported safetensors file ({} when absent)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+    try:
+        return json.loads(meta.get("mergetune", "{}"))
+    except json.JSONDecodeError:
+        return {}

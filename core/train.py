@@ -1,0 +1,156 @@
+"""The one training loop for prompt learning (CoOp, KgCoOp, MergeTune).
+
+It receives everything it needs (learner, batch source, hyperparameters, objective, constant
+features, callbacks) and returns the per-epoch history. AMP (fp16 autocast + GradScaler) on CUDA,
+fp32 on CPU. Deterministic on CPU for a given seed: batch order and augmentations are derived from
+(seed, epoch, index) by the batch source, and the epoch state below restores everything else.
+
+Epoch state (``on_epoch_end(state)`` / ``resume_state=state``): tensors and plain types only, so it can
+be written with ``torch.save`` and read back with ``torch.load(weights_only=True)``::
+
+    {"epoch": next epoch to run, "ctx": Tensor, "optimizer": SGD state_dict,
+     "scheduler": {"epoch": int}, "scaler": GradScaler state_dict or {}, "rng": {"torch": ByteTensor,
+     "cuda": [ByteTensor, ...]}, "history": [EpochLog dicts]}
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+
+from core.config import Hyperparameters, Precision
+from core.errors import Cancelled, ConfigError
+from core.objectives import LossWeights, total_loss
+from core.prompts import PromptLearner
+from core.schedule import EpochSchedule, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[..., None]
+StopFn = Callable[[], bool]
+EpochEndFn = Callable[[dict[str, Any]], None]
+
+
+class BatchSource(Protocol):
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def use_amp(precision: Precision, device: torch.device) -> bool:
+    """AMP only on CUDA: ``auto`` and ``amp`` mean fp16 autocast there and fp32 on CPU."""
+    return device.type == "cuda" and Precision(precision) in (Precision.auto, Precision.amp)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_prompts(
+    learner: PromptLearner,
+    batches: BatchSource,
+    hp: Hyperparameters,
+    weights: LossWeights,
+    *,
+    tau: float,
+    anchor: torch.Tensor | None = None,
+    ft_feats: torch.Tensor | None = None,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_epoch_end: EpochEndFn | None = None,
+) -> list[dict[str, float]]:
+    """Optimise ``learner.ctx`` for ``hp.epochs`` epochs; returns one log dict per epoch.
+
+    ``on_progress(epoch, step, loss, *, epochs, steps, ce, zs, lmc, lr)`` after every step, with
+    0-based ``epoch`` and ``step`` (``steps`` = steps per epoch). ``should_stop()`` is checked before
+    every step; when it returns True, :class:`core.errors.Cancelled` is raised.
+    """
+    device = learner.ctx.device
+    amp = use_amp(hp.precision, device)
+    optimizer = build_optimizer([learner.ctx], hp)
+    schedule = EpochSchedule(optimizer, hp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume_state is not None:
+        ctx = resume_state["ctx"]
+        if tuple(ctx.shape) != tuple(learner.ctx.shape):
+            raise ConfigError(
+                f"resume state ctx {tuple(ctx.shape)} does not match {tuple(learner.ctx.shape)}", param="resume_state"
+            )
+        with torch.no_grad():
+            learner.ctx.copy_(ctx.to(device))
+        optimizer.load_state_dict(resume_state["optimizer"])
+        schedule.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        _set_rng_state(resume_state["rng"])
+        history = [dict(h) for h in resume_state.get("history", [])]
+        start = int(resume_state["epoch"])
+    anchor = anchor.float() if anchor is not None else None
+    ft_feats = ft_feats.float() if ft_feats is not None else None
+    steps = batches.steps_per_epoch
+    if steps == 0:
+        raise ConfigError("the training set is empty", param="dataset")
+
+    for epoch in range(start, hp.epochs):
+        lr = schedule.set_epoch(epoch)
+        sums = {"loss": 0.0, "ce": 0.0, "zs": 0.0, "lmc": 0.0}
+        n = 0
+        for step, (feats, labels) in enumerate(batches.epoch(epoch)):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"stopped at epoch {epoch} step {step}")
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                text_feats = learner.text_features()  # the one text pass with gradient
+            parts = total_loss(
+                weights, feats.float(), labels, text_feats.float(), tau, anchor=anchor, ft_feats=ft_feats
+            )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            vals = {
+                "loss": float(parts.total.detach()),
+                "ce": float(parts.ce.detach()),
+                "zs": float(parts.zs.detach()),
+                "lmc": float(parts.lmc.detach()),
+            }
+            for k, v in vals.items():
+                sums[k] += v
+            n += 1
+            if on_progress is not None:
+                on_progress(
+                    epoch, step, vals["loss"], epochs=hp.epochs, steps=steps, ce=vals["ce"], zs=vals["zs"],
+                    lmc=vals["lmc"], lr=lr,
+                )  # fmt: skip
+        log = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "lr": lr}
+        history.append(log)
+        logger.info("epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
+        if on_epoch_end is not None:
+            schedule.epoch = epoch + 1
+            on_epoch_end(
+                {
+                    "epoch": epoch + 1,
+                    "ctx": learner.ctx.detach().cpu().clone(),
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "scheduler": {"epoch": epoch + 1},
+                    "scaler": scaler.state_dict() if amp else {},
+                    "rng": _rng_state(device),
+                    "history": [dict(h) for h in history],
+                }
+            )
+    return history

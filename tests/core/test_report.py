@@ -1,0 +1,161 @@
+"""core.report: report.html holds every number of report.json, curves.png is a real PNG."""
+
+from __future__ import annotations
+
+import base64
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.report import render_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALPHAS = [round(0.25 * i, 2) for i in range(5)]
+
+
+def _segment(offset: float, barrier_base: float, barrier_novel: float) -> dict:
+    return {
+        "alphas": ALPHAS,
+        "base_acc": [60.0 + offset + 2 * i for i in range(5)],
+        "novel_acc": [70.0 - offset - i for i in range(5)],
+        "base_loss": [1.2, 1.0, 0.9, 0.8, 0.7],
+        "novel_loss": [0.9, 1.0, 1.05, 1.1, 1.2],
+        "barrier_base": barrier_base,
+        "barrier_novel": barrier_novel,
+    }
+
+
+def synthetic_report() -> dict:
+    return {
+        "job_id": "job_abc123",
+        "metrics": {
+            "zero_shot": {"base": 61.25, "novel": 72.5, "hm": 66.4},
+            "fine_tuned": {"base": 80.75, "novel": 55.5, "hm": 65.79},
+            "recovered": {"base": 79.5, "novel": 70.25, "hm": 74.52},
+        },
+        "baselines": {
+            "feature_interpolation": {"alpha": 0.45, "base": 75.31, "novel": 66.02, "hm": 70.36},
+            "ensemble": {"base": 77.77, "novel": 64.44, "hm": 70.48},
+        },
+        "curves": {
+            "classifier": {
+                "zs_ft": _segment(0.0, 0.4321, 0.1234),
+                "zs_rec": _segment(1.0, 0.0123, 0.0456),
+                "ft_rec": _segment(2.0, 0.0071, 0.0089),
+            },
+            "prompt": {
+                "zs_ft": _segment(0.5, 0.9876, 0.5432),
+                "zs_rec": _segment(1.5, 0.2468, 0.1357),
+                "ft_rec": _segment(2.5, 0.0579, 0.0246),
+            },
+        },
+        "training": [
+            {
+                "epoch": e,
+                "loss": 2.0 - 0.3 * e,
+                "ce": 1.0 - 0.1 * e,
+                "zs": 0.05,
+                "lmc": 0.9 - 0.1 * e,
+                "lr": 0.002,
+            }
+            for e in range(1, 5)
+        ],
+        "timings": {"train": 12.5, "evaluate": 3.25},
+        "config": {"hyperparameters": {"epochs": 4, "w_zs": 10.0}},
+        "manifest": {
+            "seed": 7,
+            "hyperparameters": {"epochs": 4, "lr": 0.002, "w_zs": 10.0, "loss_type": "cosine"},
+            "dataset_split_sha256": "ds" + "a1" * 31,
+            "backbone_weights_sha256": "random:1234",
+            "package_versions": {"torch": "2.14.1", "open_clip_torch": "3.3.0"},
+            "worker_host": "worker-<host>-1",
+            "timings": {"total": 15.75},
+        },
+        "extra_evaluations": [],
+    }
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_render_report_writes_html_with_every_number_and_a_valid_png(tmp_path: Path) -> None:
+    paths = render_report(synthetic_report(), tmp_path / "out")
+    html_path, png_path = tmp_path / "out" / "report.html", tmp_path / "out" / "curves.png"
+    assert paths == [html_path, png_path]
+    page = html_path.read_text(encoding="utf-8")
+
+    # Summary: every metric to two decimals, and deltas vs fine-tuned and zero-shot.
+    for value in ("61.25", "72.50", "66.40", "80.75", "55.50", "65.79", "79.50", "70.25", "74.52"):
+        assert value in page, value
+    assert "+14.75" in page  # recovered novel vs fine-tuned: 70.25 - 55.5
+    assert "-1.25" in page  # recovered base vs fine-tuned: 79.5 - 80.75
+    assert "+18.25" in page  # recovered base vs zero-shot: 79.5 - 61.25
+    assert "+8.12" in page  # recovered HM vs zero-shot: 74.52 - 66.40
+
+    # Barrier heights of all six segments, both spaces labelled.
+    for value in ("0.4321", "0.1234", "0.0123", "0.0456", "0.0071", "0.0089", "0.9876", "0.5432"):
+        assert value in page, value
+    assert "classifier (text-feature) space" in page and "prompt-parameter space" in page
+
+    # Baselines.
+    for value in ("0.45", "75.31", "66.02", "70.36", "77.77", "64.44", "70.48"):
+        assert value in page, value
+
+    # Manifest values, HTML-escaped where needed.
+    for value in ("ds" + "a1" * 31, "random:1234", "2.14.1", "3.3.0", "cosine", "15.75"):
+        assert value in page, value
+    assert "worker-&lt;host&gt;-1" in page and "worker-<host>-1" not in page
+
+    # Self-contained: two inline PNGs that decode, no external references, relative download links.
+    uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == 2
+    for uri in uris:
+        width, height = _png_size(base64.b64decode(uri))
+        assert width > 100 and height > 100
+    assert "http://" not in page and "https://" not in page
+    assert re.search(r"<link|<script", page) is None
+    for name in ("prompts.safetensors", "prompts.pth.tar", "report.json", "manifest.json", "curves.png"):
+        assert f'href="{name}"' in page
+
+    # curves.png on disk: a PNG, the same image as the first inline one, 2 spaces x 2 rows x 3 columns.
+    png = png_path.read_bytes()
+    width, height = _png_size(png)
+    assert base64.b64decode(uris[0]) == png
+    assert width == 1300 and height == 1200  # 13 x 12 inches at 100 dpi
+
+
+def test_render_report_survives_missing_optional_parts(tmp_path: Path) -> None:
+    report = {
+        "job_id": "job_min",
+        "metrics": {"zero_shot": {"base": 50.0, "novel": 60.0, "hm": 54.55}},
+        "curves": {"classifier": {"zs_ft": {"alphas": [0.0, 1.0], "base_acc": [50.0, None]}}},
+        "training": [{"epoch": 1, "loss": 1.5, "ce": 1.5, "zs": None, "lmc": None, "lr": 0.002}],
+        "extra_evaluations": [{"dataset": "imagenet-v2", "accuracy": 41.5}],
+    }
+    html_path, png_path = render_report(report, tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+    assert "54.55" in page
+    assert "No baselines recorded." in page
+    assert "No manifest recorded." in page
+    assert "imagenet-v2" in page and "41.5" in page
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_render_report_with_empty_report_still_writes_both_files(tmp_path: Path) -> None:
+    html_path, png_path = render_report({}, tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+    assert "No metrics recorded." in page and "No interpolation curves recorded." in page
+    assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize("module", ["core.report"])
+def test_importing_report_does_not_import_matplotlib(module: str) -> None:
+    code = f"import sys, {module}; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -1,0 +1,188 @@
+"""core.train + core.features: batching, feature modes, determinism, resume, cancellation, loss goes down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.backbone import load_backbone
+from core.config import BackboneSpec, FeatureMode, Hyperparameters, PromptLearnerSpec
+from core.errors import Cancelled
+from core.features import TrainFeatures, _mix, augment, batch_plan, encode_records
+from core.objectives import LossWeights
+from core.prompts import PromptLearner, encode_template
+from core.train import train_prompts
+
+
+@dataclass(frozen=True)
+class Rec:
+    key: str
+    label: int
+
+
+@dataclass
+class FakeImages:
+    """Random 32x32 images whose colour depends on the class (so that a few steps can learn)."""
+
+    loads: int = 0
+    cache: dict = field(default_factory=dict)
+
+    def load_image(self, key: str) -> Image.Image:
+        self.loads += 1
+        if key not in self.cache:
+            label, idx = (int(x) for x in key.split("/"))
+            rng = np.random.default_rng(1000 * label + idx)
+            base = np.array([(53 * label) % 256, (97 * label) % 256, (151 * label) % 256])
+            self.cache[key] = Image.fromarray((rng.random((32, 32, 3)) * 80 + base).clip(0, 255).astype(np.uint8))
+        return self.cache[key]
+
+
+def records(n_cls: int, per_class: int) -> list[Rec]:
+    return [Rec(f"{c}/{i}", c) for c in range(n_cls) for i in range(per_class)]
+
+
+NAMES = ["red square", "blue circle", "green star"]
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return load_backbone(BackboneSpec(model="tiny-test", pretrained="random:5"))
+
+
+def test_batch_plan_follows_dassl():
+    assert batch_plan(80, 128) == (1, False)  # whole set smaller than a batch: one batch of 80
+    assert batch_plan(200, 128) == (1, True)  # drop_last: the 72 left over are dropped this epoch
+    assert batch_plan(256, 128) == (2, True)
+    assert batch_plan(0, 4) == (0, False)
+
+
+def test_small_set_is_one_batch(bb):
+    src = FakeImages()
+    tf = TrainFeatures(bb, src, records(3, 4), mode=FeatureMode.none, batch_size=128, seed=1)
+    batches = list(tf.epoch(0))
+    assert len(batches) == 1 and batches[0][0].shape == (12, 32)
+    assert sorted(batches[0][1].tolist()) == sorted([r.label for r in records(3, 4)])
+
+
+def test_none_mode_features_are_test_transform_and_encoded_once(bb, monkeypatch):
+    src = FakeImages()
+    recs = records(3, 4)
+    tf = TrainFeatures(bb, src, recs, mode=FeatureMode.none, batch_size=5, seed=1)
+    calls = []
+    monkeypatch.setattr(bb, "encode_images", lambda x: calls.append(x) or torch.zeros(len(x), 32))
+    for e in range(3):
+        for feats, labels in tf.epoch(e):
+            assert feats.shape == (5, 32)
+    assert calls == []  # no image pass during training
+    monkeypatch.undo()
+    assert torch.allclose(tf.feats, encode_records(bb, src, recs))
+
+
+def test_bank_views_are_seeded_augmentations(bb):
+    src = FakeImages()
+    recs = records(2, 3)
+    tf = TrainFeatures(bb, src, recs, mode=FeatureMode.bank, batch_size=6, seed=7, views=3)
+    assert tf.feats.shape == (3, 6, 32)
+    # view v of image i is the train transform seeded with (seed, 1, v, i)
+    pix = augment(bb, src.load_image(recs[4].key), _mix(7, 1, 2, 4))
+    assert torch.allclose(tf.feats[2, 4], bb.encode_images(pix[None])[0], atol=1e-6)
+    assert not torch.allclose(tf.feats[0, 4], tf.feats[1, 4])
+    # each epoch picks one view per image; the same epoch gives the same batches
+    a = [f for f, _ in tf.epoch(3)]
+    b = [f for f, _ in tf.epoch(3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    rows = torch.cat(a)
+    for row in rows:  # every row is one of the bank's views
+        assert ((tf.feats.view(-1, 32) - row).abs().sum(-1) < 1e-6).any()
+
+
+def test_exact_mode_runs_the_image_encoder_once_per_batch(bb, monkeypatch):
+    src = FakeImages()
+    tf = TrainFeatures(bb, src, records(3, 4), mode=FeatureMode.exact, batch_size=4, seed=1)
+    assert tf.feats is None
+    real = bb.encode_images
+    calls = []
+
+    def spy(x):
+        calls.append(x.shape[0])
+        return real(x)
+
+    monkeypatch.setattr(bb, "encode_images", spy)
+    out1 = [f for f, _ in tf.epoch(0)]
+    assert calls == [4, 4, 4]
+    out2 = [f for f, _ in tf.epoch(0)]
+    assert all(torch.equal(x, y) for x, y in zip(out1, out2, strict=True))  # seeded augmentation
+    out3 = [f for f, _ in tf.epoch(1)]
+    assert not torch.allclose(torch.cat(out1), torch.cat(out3))  # fresh augmentation each epoch
+
+
+def _run(bb, mode, epochs, *, resume_state=None, on_epoch_end=None, on_progress=None, should_stop=None, hp=None,
+         weights=None):
+    hp = hp or Hyperparameters(epochs=epochs, batch_size=4, lr=0.01, feature_mode=mode, bank_views=2, seed=3)
+    src = FakeImages()
+    ctx_ft = PromptLearner(bb, NAMES, None, PromptLearnerSpec()).ctx.detach()
+    learner = PromptLearner(bb, NAMES, ctx_ft, PromptLearnerSpec())
+    with torch.no_grad():
+        g_ft = learner.text_features()
+    batches = TrainFeatures(bb, src, records(3, 4), mode=mode, batch_size=hp.batch_size, seed=hp.seed, views=2)
+    hist = train_prompts(
+        learner, batches, hp, weights or LossWeights.mergetune(hp), tau=bb.logit_scale,
+        anchor=encode_template(bb, NAMES, "a photo of a {}."), ft_feats=g_ft, resume_state=resume_state,
+        on_epoch_end=on_epoch_end, on_progress=on_progress, should_stop=should_stop,
+    )  # fmt: skip
+    return learner.ctx.detach().clone(), hist
+
+
+@pytest.mark.parametrize("mode", [FeatureMode.bank, FeatureMode.exact])
+def test_resume_equals_uninterrupted(bb, mode, tmp_path):
+    states = {}
+    full_ctx, full_hist = _run(bb, mode, 4, on_epoch_end=lambda s: states.__setitem__(s["epoch"], s))
+    assert sorted(states) == [1, 2, 3, 4]
+    path = tmp_path / "state.pt"
+    torch.save(states[2], path)
+    state = torch.load(path, weights_only=True)  # tensors and plain types only
+    torch.manual_seed(12345)  # a different global RNG state must not matter
+    resumed_ctx, resumed_hist = _run(bb, mode, 4, resume_state=state)
+    assert torch.equal(resumed_ctx, full_ctx)
+    assert resumed_hist == full_hist
+    assert [h["epoch"] for h in resumed_hist] == [0, 1, 2, 3]
+
+
+def test_seeded_runs_are_identical_and_progress_reported(bb):
+    seen = []
+    a, hist = _run(bb, FeatureMode.bank, 2, on_progress=lambda e, s, loss, **info: seen.append((e, s, loss, info)))
+    b, _ = _run(bb, FeatureMode.bank, 2)
+    assert torch.equal(a, b)
+    assert [(e, s) for e, s, _, _ in seen] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    info = seen[-1][3]
+    assert info["epochs"] == 2 and info["steps"] == 3
+    assert set(info) >= {"ce", "zs", "lmc", "lr"}
+    assert seen[0][3]["lr"] == 1e-5 and info["lr"] == 0.01
+    assert hist[0]["loss"] == pytest.approx(np.mean([x[2] for x in seen[:3]]))
+
+
+def test_should_stop_cancels(bb):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        _run(bb, FeatureMode.none, 3, should_stop=stop)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("objective", ["coop", "mergetune"])
+def test_a_few_steps_lower_the_loss(bb, objective):
+    lr = 0.5 if objective == "coop" else 0.004
+    hp = Hyperparameters(epochs=10, batch_size=128, lr=lr, warmup_epochs=0, feature_mode=FeatureMode.none, seed=3)
+    weights = LossWeights.coop() if objective == "coop" else LossWeights.mergetune(hp)
+    _, hist = _run(bb, FeatureMode.none, 10, hp=hp, weights=weights)
+    # full batch (12 images < batch size): every epoch's loss is on the same data
+    losses = [h["loss"] for h in hist]
+    assert losses[-1] < losses[0] - 0.02

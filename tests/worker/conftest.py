@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import worker_support as ws  # noqa: E402
+
+REDIS_DB = 13  # this suite's Redis database index (flushed at start); e2e uses 14
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def worker_pg_url():
+    with ws.fresh_database("mt_worker") as url:
+        yield url
+
+
+@pytest.fixture
+def wsettings(tmp_path, worker_pg_url):
+    ws.flush_redis(REDIS_DB)
+    return ws.make_settings(tmp_path / "home", worker_pg_url, f"{ws.REDIS_URL}/{REDIS_DB}")
+
+
+@pytest.fixture
+def store(wsettings):
+    from common.storage import LocalStore
+
+    return LocalStore(wsettings.ARTIFACT_URL)
+
+
+@pytest.fixture(scope="session")
+def ctx_ft():
+    return ws.tiny_ctx()
+
+
+@pytest.fixture
+def rows(wsettings, store, ctx_ft):
+    """(project_id, checkpoint_id, dataset_id) on the tiny backbone and builtin dataset."""
+    url = wsettings.DATABASE_URL
+    project = ws.make_project(url)
+    ck = ws.make_checkpoint(url, store, project, ctx_ft)
+    ds = ws.make_dataset(url, wsettings, project)
+    return project, ck, ds

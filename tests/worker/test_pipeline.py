@@ -1,0 +1,240 @@
+"""The job pipeline in-process against the real Postgres (fresh, migrated database), the tiny random
+CLIP and the builtin dataset. The Celery process around it is covered by tests/worker/test_celery_worker.py
+and tests/e2e."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+import pytest
+import worker_support as ws
+from sqlalchemy import update
+
+from common.db import session_scope
+from common.models import Job, WorkerHeartbeat, utcnow
+from worker import jobdb, pipeline
+
+HOST = "w-test@local"
+EXPECTED = {"prompts.safetensors", "prompts.pth.tar", "report.json", "manifest.json", "report.html", "curves.png"}
+
+
+def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, store, rows, ctx_ft):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds, epochs=2)
+
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+
+    job = ws.job_row(url, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 1 and job["worker_host"] == HOST
+    assert job["error"] is None and job["finished_at"] >= job["started_at"]
+    # 3 base classes x 4 shots = 12 images, batch 4 -> 3 steps per epoch; progress is 1-based.
+    assert job["progress"] == {"epoch": 2, "epochs": 2, "step": 3, "steps": 3, "loss": job["progress"]["loss"]}
+    assert set(job["metrics"]) == {"zero_shot", "fine_tuned", "recovered"}
+    for m in job["metrics"].values():
+        assert set(m) == {"base", "novel", "hm"} and all(0.0 <= v <= 100.0 for v in m.values())
+
+    arts = {a["name"]: a for a in ws.artifacts(url, job_id)}
+    assert set(arts) == EXPECTED
+    for name, a in arts.items():
+        data = store.get_bytes(a["key"])
+        assert a["key"] == f"jobs/{job_id}/{name}"
+        assert len(data) == a["bytes"] and hashlib.sha256(data).hexdigest() == a["sha256"]
+    # nothing else under the job's prefix (the epoch state is removed after success)
+    assert sorted(store.list(f"jobs/{job_id}/")) == sorted(a["key"] for a in arts.values())
+
+    report = json.loads(store.get_bytes(arts["report.json"]["key"]))
+    assert {"metrics", "baselines", "curves", "training", "timings", "config", "manifest"} <= set(report)
+    assert report["metrics"] == job["metrics"] and len(report["training"]) == 2
+    manifest = json.loads(store.get_bytes(arts["manifest.json"]["key"]))
+    assert manifest == report["manifest"]
+    assert manifest["seed"] == 1 and manifest["config"]["hyperparameters"]["epochs"] == 2
+    assert manifest["backbone"] == {"model": "tiny-test", "pretrained": "random", "weights_sha256": "random:0"} or (
+        manifest["backbone"]["weights_sha256"].startswith("random")
+    )
+    assert manifest["dataset"]["registered_split_sha256"] == manifest["dataset"]["dataset_sha256"]
+    assert manifest["packages"]["torch"] and manifest["packages"]["python"]
+    assert manifest["worker"]["node"] == HOST and manifest["worker"]["device"] == "cpu"
+    assert {"load_backbone", "load_dataset", "recover", "export", "total"} <= set(manifest["timings"])
+
+    tensors = ws.load_safetensors_bytes(store.get_bytes(arts["prompts.safetensors"]["key"]))
+    assert tensors["ctx"].shape == ctx_ft.shape and not bool((tensors["ctx"] == ctx_ft).all())
+
+    types = [e["type"] for e in ws.events(url, job_id)]
+    assert types[0] == "status" and types.count("epoch") == 2 and types[-1] == "status"
+    statuses = [e["data"]["status"] for e in ws.events(url, job_id) if e["type"] == "status"]
+    assert statuses == ["running", "evaluating", "succeeded"]
+    with session_scope(url) as s:
+        assert s.get(WorkerHeartbeat, HOST).current_job_id is None
+
+    # A redelivered message for a finished job changes nothing.
+    before = ws.artifacts(url, job_id)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname="other@x", store=store) == "skipped: already succeeded"
+    assert ws.artifacts(url, job_id) == before and ws.job_row(url, job_id)["attempts"] == 1
+
+
+class _Crash(BaseException):
+    """Stands in for SIGKILL: not an Exception, so the pipeline records nothing and re-raises."""
+
+
+def test_interrupted_job_resumes_from_its_epoch_state_and_ends_identical(wsettings, store, rows, monkeypatch):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    reference = ws.make_job(url, project, ck, ds, epochs=4)
+    assert pipeline.run_job(reference, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+
+    job_id = ws.make_job(url, project, ck, ds, epochs=4)
+    real_epoch_end = pipeline.JobCallbacks.on_epoch_end
+
+    def crash_after_two(self, state):
+        real_epoch_end(self, state)
+        if state["epoch"] == 2:
+            raise _Crash()
+
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", crash_after_two)
+    with pytest.raises(_Crash):
+        pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store)
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", real_epoch_end)
+    job = ws.job_row(url, job_id)
+    assert job["status"] == "running" and store.exists(pipeline.state_key(job_id))
+    assert ws.artifacts(url, job_id) == []
+
+    # Redelivered to the same node (restarted): resumes at epoch 2 and finishes.
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+    job = ws.job_row(url, job_id)
+    assert job["attempts"] == 2 and job["status"] == "succeeded"
+    resume = [e for e in ws.events(url, job_id) if e["type"] == "resume"]
+    assert [e["data"]["epoch"] for e in resume] == [2]
+    assert [e["data"]["epoch"] for e in ws.events(url, job_id) if e["type"] == "epoch"] == [1, 2, 3, 4]
+    assert not store.exists(pipeline.state_key(job_id))
+
+    def ctx_of(j):
+        key = next(a["key"] for a in ws.artifacts(url, j) if a["name"] == "prompts.safetensors")
+        return ws.load_safetensors_bytes(store.get_bytes(key))["ctx"]
+
+    assert bool((ctx_of(job_id) == ctx_of(reference)).all())  # bit-identical to the uninterrupted run
+    assert len(ws.artifacts(url, job_id)) == len(EXPECTED)
+
+
+def test_cancel_requested_before_start_and_during_training(wsettings, store, rows, monkeypatch):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    early = ws.make_job(url, project, ck, ds)
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == early).values(cancel_requested=True, status="cancelling"))
+    assert pipeline.run_job(early, settings=wsettings, hostname=HOST, store=store) == "cancelled"
+    assert ws.job_row(url, early)["status"] == "cancelled" and ws.job_row(url, early)["attempts"] == 0
+
+    job_id = ws.make_job(url, project, ck, ds, epochs=5)
+    real = pipeline.JobCallbacks.on_epoch_end
+
+    def cancel_after_first_epoch(self, state):
+        real(self, state)
+        if state["epoch"] == 1:  # what POST /v1/jobs/{id}/cancel does
+            with session_scope(url) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, status="cancelling"))
+            self._last_cancel_check = float("-inf")  # do not wait for the 0.5 s throttle
+
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", cancel_after_first_epoch)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "cancelled"
+    job = ws.job_row(url, job_id)
+    assert job["status"] == "cancelled" and job["finished_at"] is not None and job["progress"]["epoch"] == 1
+    assert ws.artifacts(url, job_id) == [] and store.list(f"jobs/{job_id}/") == []
+    assert [e["type"] for e in ws.events(url, job_id)].count("epoch") == 1
+
+
+def test_user_error_and_system_error_are_told_apart(wsettings, store, rows, monkeypatch):
+    url = wsettings.DATABASE_URL
+    project, _, ds = rows
+    import torch
+
+    bad = ws.make_checkpoint(url, store, project, torch.zeros(4, 7))  # width 7 != the backbone's 64
+    job_id = ws.make_job(url, project, bad, ds)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "failed"
+    err = ws.job_row(url, job_id)["error"]
+    assert err["user_error"] is True and err["code"] not in ("internal_error", "core_error"), err
+    assert ws.job_row(url, job_id)["status"] == "failed" and ws.artifacts(url, job_id) == []
+
+    _, ck, _ = rows
+    job_id = ws.make_job(url, project, ck, ds)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("core.recovery.recover", boom)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "failed"
+    err = ws.job_row(url, job_id)["error"]
+    assert err == {"code": "internal_error", "message": "RuntimeError: disk on fire", "user_error": False}
+    assert any(e["type"] == "traceback" and "disk on fire" in e["message"] for e in ws.events(url, job_id))
+
+
+def _own(url, job_id, host, *, seen_ago: float, current: bool):
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status="running", worker_host=host, attempts=1))
+        hb = s.get(WorkerHeartbeat, host) or WorkerHeartbeat(hostname=host)
+        hb.last_seen = utcnow() - timedelta(seconds=seen_ago)
+        hb.current_job_id = job_id if current else None
+        s.add(hb)
+
+
+def test_redelivery_skips_a_job_owned_by_a_live_worker_and_takes_over_a_dead_ones(wsettings, store, rows):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds)
+    _own(url, job_id, "live@a", seen_ago=1, current=True)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == (
+        "skipped: running on live worker live@a"
+    )
+    assert ws.job_row(url, job_id)["attempts"] == 1
+
+    _own(url, job_id, "dead@b", seen_ago=jobdb.STALE_AFTER + 5, current=True)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+    job = ws.job_row(url, job_id)
+    assert job["attempts"] == 2 and job["worker_host"] == HOST
+
+
+def test_reaper_requeues_only_orphaned_jobs(wsettings, rows):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    live = ws.make_job(url, project, ck, ds)
+    stale = ws.make_job(url, project, ck, ds)
+    restarted = ws.make_job(url, project, ck, ds)
+    _own(url, live, "r-live@a", seen_ago=2, current=True)
+    _own(url, stale, "r-stale@b", seen_ago=jobdb.STALE_AFTER + 1, current=True)
+    _own(url, restarted, "r-restarted@c", seen_ago=0, current=False)  # same node name, new process
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == restarted).values(status="cancelling", cancel_requested=True))
+
+    requeued = set(jobdb.requeue_orphans(url)) & {live, stale, restarted}
+    assert requeued == {stale, restarted}
+    assert ws.job_row(url, live)["status"] == "running"
+    assert ws.job_row(url, stale)["status"] == "queued"
+    assert ws.job_row(url, restarted)["status"] == "cancelling"
+    assert any("requeued" in e["message"] for e in ws.events(url, stale))
+    assert not set(jobdb.requeue_orphans(url)) & {live, stale}  # a second pass finds nothing new
+
+
+def test_callbacks_throttle_progress_writes_and_cancel_reads(wsettings, store, rows):
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds)
+    now = [100.0]
+    cb = pipeline.JobCallbacks(url, job_id, store, epochs=3, clock=lambda: now[0])
+    for step in range(10):  # 10 steps within 0.9 s: one write (the first), no end of epoch
+        cb.on_progress(0, step, 1.0 / (step + 1), epochs=3, steps=20)
+        now[0] += 0.1
+    assert cb.progress_writes == 1
+    cb.on_progress(0, 19, 0.05, epochs=3, steps=20)  # end of epoch: always written
+    assert cb.progress_writes == 2
+    assert ws.job_row(url, job_id)["progress"] == {"epoch": 1, "epochs": 3, "step": 20, "steps": 20, "loss": 0.05}
+
+    for _ in range(20):  # 20 checks over 1 s -> 2 database reads
+        assert cb.should_stop() is False
+        now[0] += 0.05
+    assert cb.cancel_reads == 2
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    now[0] += 0.5
+    assert cb.should_stop() is True and cb.should_stop() is True and cb.cancel_reads == 3

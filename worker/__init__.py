@@ -1,0 +1,1 @@
+"""The Celery worker: thin tasks (``worker.tasks``) -> the job pipeline (``worker.pipeline``) -> core."""

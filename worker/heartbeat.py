@@ -1,0 +1,88 @@
+"""A daemon thread that writes this worker node's heartbeat row every few seconds and, every
+``REAP_EVERY`` beats, requeues jobs whose worker died (see :func:`worker.jobdb.requeue_orphans`).
+
+It runs beside the job (the solo pool executes the job on the main thread), so a node that is busy with
+an hour-long epoch still proves it is alive; a SIGKILLed node simply stops beating."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from worker import jobdb
+
+logger = logging.getLogger(__name__)
+
+REAP_EVERY = 6  # beats (30 s)
+
+
+def node_info(device: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+    }
+    if device:
+        info["device"] = device
+    return info
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        url: str,
+        hostname: str,
+        *,
+        info: dict[str, Any] | None = None,
+        enqueue: Callable[[str], None] | None = None,
+        interval: float = jobdb.HEARTBEAT_INTERVAL,
+    ) -> None:
+        self.url, self.hostname, self.info, self.enqueue, self.interval = (
+            url,
+            hostname,
+            info,
+            enqueue,
+            interval,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        jobdb.heartbeat(self.url, self.hostname, self.info, reset_job=True)
+        self.reap()
+        self._thread = threading.Thread(target=self._run, name="mergetune-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 1)
+
+    def reap(self) -> list[str]:
+        if self.enqueue is None:
+            return []
+        try:
+            ids = jobdb.requeue_orphans(self.url)
+        except Exception:  # noqa: BLE001 - the reaper must never take the worker down
+            logger.exception("reaper failed")
+            return []
+        for job_id in ids:
+            logger.warning("requeueing orphaned job %s", job_id)
+            self.enqueue(job_id)
+        return ids
+
+    def _run(self) -> None:
+        beats = 0
+        while not self._stop.wait(self.interval):
+            beats += 1
+            try:
+                jobdb.heartbeat(self.url, self.hostname)
+            except Exception:  # noqa: BLE001 - a DB blip must not kill the thread
+                logger.warning("heartbeat failed", exc_info=True)
+            if beats % REAP_EVERY == 0:
+                self.reap()

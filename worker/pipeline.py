@@ -1,0 +1,534 @@
+"""One recovery job, end to end: claim -> load rows and inputs -> core.recovery.recover -> export ->
+report -> artifacts -> terminal status. Called by the Celery task (``worker.tasks``) and by tests.
+
+Idempotent by construction:
+
+- a job in a terminal status is never rerun (the task returns at once and the message is acknowledged);
+- a job still owned by a live worker (fresh heartbeat running that job) is skipped;
+- a job that was running on a worker that died resumes from ``jobs/<id>/state/epoch.pt`` (the epoch state
+  saved by ``on_epoch_end``), so a resumed run ends with the same prompts as an uninterrupted one;
+- artifacts are uploaded under fixed keys (``jobs/<id>/<name>``, overwritten on a rerun) and their rows
+  are replaced in the same transaction that marks the job succeeded: exactly one set per job.
+
+Progress goes to Postgres at most once a second (plus every epoch end), the cancel flag is re-read at most
+every 0.5 s; each write is its own short transaction (``worker.jobdb``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from common.models import JobStatus, utcnow
+from common.settings import Settings
+from common.storage import ArtifactStore, LocalStore, get_store
+from worker import jobdb
+from worker.backbones import get_backbone, resolve_device
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 1.0  # seconds between progress writes
+CANCEL_CHECK_EVERY = 0.5  # seconds between reads of jobs.cancel_requested
+
+MEDIA_TYPES = {
+    ".safetensors": "application/octet-stream",
+    ".tar": "application/x-tar",
+    ".json": "application/json",
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
+}
+#: Upload order: the report and manifest last, so a partial upload never looks complete.
+ARTIFACT_ORDER = [
+    "prompts.safetensors",
+    "prompts.pth.tar",
+    "head.safetensors",
+    "curves.png",
+    "report.html",
+    "manifest.json",
+    "report.json",
+]
+PACKAGES = [
+    "torch",
+    "torchvision",
+    "open_clip_torch",
+    "numpy",
+    "safetensors",
+    "pillow",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "mergetune-service",
+]
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def state_key(job_id: str) -> str:
+    return f"jobs/{job_id}/state/epoch.pt"
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class JobCallbacks:
+    """on_progress / should_stop / on_epoch_end for one job, throttled against the database."""
+
+    def __init__(self, url: str, job_id: str, store: ArtifactStore, epochs: int, clock: Any = time.monotonic):
+        self.url, self.job_id, self.store, self.epochs, self.clock = url, job_id, store, epochs, clock
+        self._last_progress = float("-inf")
+        self._last_cancel_check = float("-inf")
+        self._cancel = False
+        self._evaluating = False
+        self.progress: dict[str, Any] = {}
+        self.progress_writes = 0
+        self.cancel_reads = 0
+
+    # core calls on_progress(epoch, step, loss, *, epochs, steps, ce, zs, lmc, lr), epoch/step 0-based;
+    # the job's progress is 1-based ("epoch 3 of 10, step 2 of 5").
+    def on_progress(self, epoch: int, step: int, loss: float, **info: Any) -> None:
+        steps = info.get("steps")
+        self.progress = {
+            "epoch": int(epoch) + 1,
+            "epochs": int(info.get("epochs") or self.epochs),
+            "step": int(step) + 1,
+            "steps": int(steps) if steps is not None else None,
+            "loss": float(loss),
+        }
+        now = self.clock()
+        end_of_epoch = steps is not None and step + 1 >= steps
+        if end_of_epoch or now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = now
+            self.progress_writes += 1
+            jobdb.write_progress(self.url, self.job_id, self.progress)
+
+    def should_stop(self) -> bool:
+        if self._cancel:
+            return True
+        now = self.clock()
+        if now - self._last_cancel_check >= CANCEL_CHECK_EVERY:
+            self._last_cancel_check = now
+            self.cancel_reads += 1
+            self._cancel = jobdb.cancel_requested(self.url, self.job_id)
+        return self._cancel
+
+    def on_epoch_end(self, state: dict[str, Any]) -> None:
+        import torch
+
+        epoch = int(state.get("epoch", self.progress.get("epoch", 0)))
+        with tempfile.TemporaryDirectory(prefix="mergetune-state-") as tmp:
+            path = Path(tmp) / "epoch.pt"
+            torch.save(state, path)
+            self.store.put_file(state_key(self.job_id), path)
+        if self.progress:
+            jobdb.write_progress(self.url, self.job_id, self.progress)
+        jobdb.add_event(
+            self.url,
+            self.job_id,
+            "epoch",
+            f"Epoch {epoch}/{self.epochs} done"
+            + (f", loss {self.progress['loss']:.4f}" if self.progress else ""),
+            epoch=epoch,
+            epochs=self.epochs,
+            loss=self.progress.get("loss"),
+        )
+        if epoch >= self.epochs and not self._evaluating:
+            self._evaluating = True
+            jobdb.set_evaluating(self.url, self.job_id)
+
+
+def _load_resume_state(store: ArtifactStore, job_id: str) -> dict[str, Any] | None:
+    key = state_key(job_id)
+    if not store.exists(key):
+        return None
+    import torch
+
+    path = store.local_path(key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt state (killed mid-upload) means: start over
+        logger.warning("job %s: unreadable resume state, starting from scratch", job_id, exc_info=True)
+        return None
+    finally:
+        if not isinstance(store, LocalStore):  # a temporary download; LocalStore gives the stored file
+            path.unlink(missing_ok=True)
+
+
+def _load_tensors(store: ArtifactStore, key: str) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    path = store.local_path(key)
+    try:
+        return load_file(str(path))
+    finally:
+        if not isinstance(store, LocalStore):  # a temporary download; LocalStore gives the stored file
+            path.unlink(missing_ok=True)
+
+
+def _split_sha(task: Any) -> str | None:
+    value = getattr(task, "split_sha256", None)
+    return str(value() if callable(value) else value) if value else None
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    from core.errors import CoreError
+
+    if isinstance(exc, CoreError):
+        err = {"code": exc.code, "message": exc.message, "user_error": bool(exc.user_error)}
+        if exc.param:
+            err["param"] = exc.param
+        return err
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return {
+                "code": "out_of_memory",
+                "message": f"GPU out of memory ({exc}); try a smaller hyperparameters.batch_size",
+                "user_error": False,
+            }
+    except ImportError:  # pragma: no cover
+        pass
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "user_error": False}
+
+
+def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactStore | None = None) -> str:
+    """Run (or resume, or skip) one job; returns the outcome (succeeded|failed|cancelled|skipped: why)."""
+    url = settings.DATABASE_URL
+    store = store or get_store(settings)
+    device = resolve_device(settings.DEVICE)
+    claim = jobdb.claim_job(url, job_id, hostname, info={"pid": os.getpid(), "device": device})
+    if claim.action == "skip":
+        logger.info("job %s skipped: %s", job_id, claim.reason)
+        return f"skipped: {claim.reason}"
+    if claim.action == "cancelled":
+        store.delete_prefix(job_prefix(job_id))
+        return "cancelled"
+    logger.info("job %s: running on %s (attempt %d)", job_id, hostname, claim.attempt)
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=f"mergetune-{job_id}-"))
+    try:
+        return _run(job_id, settings, hostname, store, device, claim, work, t0)
+    except BaseException as exc:
+        from core.errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            jobdb.finish_job(url, job_id, hostname, JobStatus.cancelled, message="Job cancelled")
+            store.delete_prefix(job_prefix(job_id))
+            logger.info("job %s cancelled", job_id)
+            return "cancelled"
+        if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: leave it to redelivery
+            raise
+        err = _error(exc)
+        logger.error("job %s failed: %s", job_id, err["message"], exc_info=not err["user_error"])
+        if not err["user_error"]:
+            jobdb.add_event(
+                url, job_id, "traceback", "".join(traceback.format_exception(exc))[-8000:], "debug"
+            )
+        jobdb.finish_job(
+            url,
+            job_id,
+            hostname,
+            JobStatus.failed,
+            message=f"Job failed: {err['message']}",
+            error=err,
+            level="error",
+        )
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    job_id: str,
+    settings: Settings,
+    hostname: str,
+    store: ArtifactStore,
+    device: str,
+    claim: jobdb.Claim,
+    work: Path,
+    t0: float,
+) -> str:
+    import torch
+
+    from core.config import (
+        BackboneSpec,
+        DatasetKind,
+        HeadHyperparameters,
+        Hyperparameters,
+        Method,
+        PromptLearnerSpec,
+    )
+    from core.datasets import base_to_novel, open_dataset
+    from core.errors import Cancelled, CheckpointError
+    from core.recovery import recover
+
+    url = settings.DATABASE_URL
+    timings: dict[str, float] = {}
+    rows = jobdb.load_job_inputs(url, job_id)
+    job, ck, ds_row = rows["job"], rows["checkpoint"], rows["dataset"]
+    method = Method(ck["method"] or "coop")
+    head = job["job_type"] == "linear_head" or method == Method.linear_head
+    hp_cls = HeadHyperparameters if head else Hyperparameters
+    hp = hp_cls(**(job["hyperparameters"] or {}))
+    spec = BackboneSpec(**job["backbone"])
+
+    t = time.monotonic()
+    if not ck.get("tensors_key"):
+        raise CheckpointError(
+            "checkpoint has no extracted tensors", code="missing_ctx", param="checkpoint_id"
+        )
+    tensors = _load_tensors(store, ck["tensors_key"])
+    backbone, cached = get_backbone(
+        spec, device, str(settings.MODEL_CACHE_DIR) if settings.MODEL_CACHE_DIR else None
+    )
+    timings["load_backbone"] = time.monotonic() - t
+    t = time.monotonic()
+    dataset = open_dataset(
+        DatasetKind(ds_row["kind"]),
+        settings.DATA_ROOT,
+        ds_row.get("path") or "",
+        coop_name=ds_row.get("coop_name"),
+        options=ds_row.get("options"),
+    )
+    task = base_to_novel(dataset, hp.shots, hp.seed)
+    timings["load_dataset"] = time.monotonic() - t
+    task_sha = _split_sha(task)
+    if ds_row.get("sha256_of_split") and ds_row["sha256_of_split"] not in (task_sha, dataset.split_sha256()):
+        jobdb.add_event(
+            url,
+            job_id,
+            "warning",
+            "The dataset's splits changed since it was registered (split hash differs)",
+            "warning",
+            registered=ds_row["sha256_of_split"],
+            now=task_sha,
+        )
+
+    if head:
+        ctx_ft: Any = {k: v for k, v in tensors.items() if k in ("weight", "bias")}
+        prompt_spec = None
+    else:
+        if "ctx" not in tensors:
+            raise CheckpointError(
+                "checkpoint tensors have no 'ctx'", code="missing_ctx", param="checkpoint_id"
+            )
+        ctx_ft = tensors["ctx"].float()
+        prompt_spec = PromptLearnerSpec(n_ctx=int(ctx_ft.shape[-2]), csc=ctx_ft.dim() == 3, ctx_init=None)
+
+    resume_state = _load_resume_state(store, job_id) if claim.resumed else None
+    resumed_from = int(resume_state.get("epoch", 0)) if resume_state else 0
+    if claim.resumed:
+        jobdb.add_event(
+            url,
+            job_id,
+            "resume",
+            f"Resuming from epoch {resumed_from}" if resume_state else "No saved epoch state; starting over",
+            epoch=resumed_from,
+        )
+    cb = JobCallbacks(url, job_id, store, hp.epochs)
+    if cb.should_stop():
+        raise Cancelled("cancelled before training started")
+
+    torch.manual_seed(hp.seed)
+    t = time.monotonic()
+    output = recover(
+        backbone,
+        task,
+        ctx_ft,
+        hp,
+        method=method,
+        spec=prompt_spec,
+        on_progress=cb.on_progress,
+        should_stop=cb.should_stop,
+        resume_state=resume_state,
+        on_epoch_end=cb.on_epoch_end,
+    )
+    timings["recover"] = time.monotonic() - t
+    cb._last_cancel_check = float("-inf")
+    if cb.should_stop():
+        raise Cancelled("cancelled after training")
+    jobdb.set_evaluating(url, job_id)
+
+    # ---- export -----------------------------------------------------------------------------------
+    t = time.monotonic()
+    result = output.result
+    result_json: dict[str, Any] = result.model_dump(mode="json")
+    parent_sha = ck.get("sha256")
+    export_meta = {
+        "job_id": job_id,
+        "method": method.value,
+        "classnames": list(task.base_classnames),
+        "backbone": {"model": spec.model, "pretrained": spec.pretrained},
+        "weights_sha256": backbone.identity,
+        "parent_sha256": parent_sha,
+        "hyperparameters": hp.model_dump(mode="json"),
+    }
+    out_dir = work / "out"
+    out_dir.mkdir()
+    files: dict[str, Path] = {}
+    if head:
+        from core.export import export_head
+
+        rec = output.ctx
+        if isinstance(rec, dict):
+            w, b = rec["weight"], rec.get("bias")
+        elif isinstance(rec, tuple | list):
+            w, b = rec[0], (rec[1] if len(rec) > 1 else None)
+        else:
+            w, b = rec, None
+        files.update(
+            export_head(
+                out_dir, w.detach().cpu(), None if b is None else b.detach().cpu(), metadata=export_meta
+            )
+        )
+    else:
+        from core.export import export_prompts
+        from core.prompts import PromptLearner
+
+        ctx = output.ctx.detach().float().cpu()
+        learner = PromptLearner(backbone, list(task.base_classnames), ctx.to(backbone.device), prompt_spec)
+        prefix, suffix = learner.dassl_buffers()
+        files.update(
+            export_prompts(
+                out_dir,
+                ctx,
+                token_prefix=prefix.detach().cpu(),
+                token_suffix=suffix.detach().cpu(),
+                metadata=export_meta,
+                epoch=hp.epochs,
+            )
+        )
+    timings["export"] = time.monotonic() - t
+
+    # ---- manifest + report --------------------------------------------------------------------------
+    timings["total"] = time.monotonic() - t0
+    manifest = {
+        "job_id": job_id,
+        "seed": hp.seed,
+        "config": {
+            "job_type": job["job_type"],
+            "method": method.value,
+            "backbone": spec.model_dump(mode="json"),
+            "hyperparameters": hp.model_dump(mode="json"),
+            "prompt": prompt_spec.model_dump(mode="json") if prompt_spec else None,
+            "metadata": job.get("metadata_") or {},
+        },
+        "dataset": {
+            "id": ds_row["id"],
+            "name": ds_row["name"],
+            "kind": ds_row["kind"],
+            "path": ds_row.get("path"),
+            "coop_name": ds_row.get("coop_name"),
+            "options": ds_row.get("options"),
+            "split_sha256": task_sha,
+            "dataset_sha256": dataset.split_sha256(),
+            "registered_split_sha256": ds_row.get("sha256_of_split"),
+            "base_classes": list(task.base_classnames),
+            "novel_classes": list(task.novel_classnames),
+        },
+        "checkpoint": {
+            "id": ck["id"],
+            "sha256": parent_sha,
+            "format": ck.get("format"),
+            "method": ck.get("method"),
+            "n_ctx": ck.get("n_ctx"),
+            "csc": ck.get("csc"),
+        },
+        "backbone": {"model": spec.model, "pretrained": spec.pretrained, "weights_sha256": backbone.identity},
+        "packages": package_versions(),
+        "worker": {
+            "node": hostname,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "torch_threads": torch.get_num_threads(),
+            "backbone_cached": cached,
+        },
+        "attempts": claim.attempt,
+        "resumed_from_epoch": resumed_from,
+        "created_at": job["created_at"].isoformat() if job.get("created_at") else None,
+        "started_at": job["started_at"].isoformat() if job.get("started_at") else None,
+        "finished_at": utcnow().isoformat(),
+        "timings": {
+            **{k: round(v, 4) for k, v in timings.items()},
+            "core": {k: round(float(v), 4) for k, v in (result_json.get("timings") or {}).items()},
+        },
+    }
+    report = {"job_id": job_id, **result_json, "manifest": manifest}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    files["manifest.json"] = out_dir / "manifest.json"
+    files["report.json"] = out_dir / "report.json"
+    try:
+        from core.report import render_report
+    except ImportError:
+        logger.warning("core.report is not available: report.html and curves.png skipped")
+    else:
+        try:
+            for p in render_report(report, out_dir):
+                files[Path(p).name] = Path(p)
+        except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job still succeeds
+            logger.warning("job %s: report rendering failed", job_id, exc_info=True)
+            jobdb.add_event(url, job_id, "warning", f"report.html could not be rendered: {exc}", "warning")
+
+    # ---- upload artifacts, then one transaction marks the job succeeded -------------------------------
+    artifacts = []
+    for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 0):
+        path = files[name]
+        key = job_prefix(job_id) + name
+        store.put_file(key, path)
+        artifacts.append(
+            {
+                "name": name,
+                "bytes": path.stat().st_size,
+                "sha256": _sha256_file(path),
+                "media_type": MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+                "key": key,
+            }
+        )
+    metrics = result_json.get("metrics")
+    progress = dict(cb.progress) if cb.progress else {"epoch": hp.epochs, "epochs": hp.epochs}
+    ok = jobdb.finish_job(
+        url,
+        job_id,
+        hostname,
+        JobStatus.succeeded,
+        message=f"Job succeeded in {time.monotonic() - t0:.1f} s",
+        metrics=metrics,
+        progress=progress,
+        artifacts=artifacts,
+    )
+    if not ok:
+        return "skipped: lost ownership before finishing"
+    store.delete(state_key(job_id))
+    logger.info("job %s succeeded (%s)", job_id, ", ".join(a["name"] for a in artifacts))
+    return "succeeded"
