@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "INFO"
     #: Seconds per epoch used for the rough ``estimated_finish`` of a job that has not started yet.
     ESTIMATE_SECONDS_PER_EPOCH: float = Field(default=5.0, gt=0)
+    #: Client side (the ``mergetune`` CLI): the API to talk to and the bearer token to use.
+    URL: str = "http://127.0.0.1:8000"
+    TOKEN: str | None = None
     #: Startup check that the database is at the Alembic head (tests of the refusal turn nothing off).
     REQUIRE_MIGRATED: bool = True
 

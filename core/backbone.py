@@ -214,7 +214,9 @@ def _parse_random(pretrained: str) -> int | None:
             return int(pretrained.split(":", 1)[1])
         except ValueError as exc:
             raise BackboneError(
-                f"bad random seed in pretrained '{pretrained}'", code="weights_invalid", param="backbone.pretrained"
+                f"bad random seed in pretrained '{pretrained}'",
+                code="weights_invalid",
+                param="backbone.pretrained",
             ) from exc
     return None
 
@@ -247,7 +249,9 @@ def load_backbone(
             weights = str(_builtin_module().WEIGHTS_PATH)
             if not os.path.isfile(weights):
                 raise BackboneError(
-                    f"built-in weights file missing: {weights}", code="weights_missing", param="backbone.pretrained"
+                    f"built-in weights file missing: {weights}",
+                    code="weights_missing",
+                    param="backbone.pretrained",
                 )
         elif os.path.isfile(pretrained):
             weights = pretrained
@@ -277,7 +281,10 @@ def load_backbone(
         )
     if weights is not None:
         try:
-            open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
+            if pretrained == "builtin" and hasattr(_builtin_module(), "load_weights_into"):
+                _builtin_module().load_weights_into(model, weights)  # packed fp16, trimmed embedding rows
+            else:
+                open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
         except Exception as exc:  # torch/safetensors raise many types for a bad file
             raise BackboneError(
                 f"weights file {weights} does not load into '{name}': {exc}",
@@ -292,7 +299,9 @@ def load_backbone(
         p.requires_grad_(False)
     if not hasattr(model, "token_embedding"):
         raise BackboneError(
-            f"backbone '{name}' has no standard CLIP text tower", code="unknown_backbone", param="backbone.model"
+            f"backbone '{name}' has no standard CLIP text tower",
+            code="unknown_backbone",
+            param="backbone.model",
         )
 
     tokenizer = open_clip.get_tokenizer(reg_name)
@@ -318,4 +327,3 @@ def load_backbone(
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
     )
-

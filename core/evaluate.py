@@ -104,7 +104,9 @@ class PromptEvaluator:
 
     def __init__(self, backbone: Backbone, task: TaskLike, spec: PromptLearnerSpec, ctx_like: torch.Tensor):
         self.base = PromptLearner(backbone, task.base_classnames, ctx_like, spec).requires_grad_(False)
-        self.novel = PromptLearner(backbone, task.novel_classnames, novel_ctx(ctx_like), spec).requires_grad_(False)
+        self.novel = PromptLearner(backbone, task.novel_classnames, novel_ctx(ctx_like), spec).requires_grad_(
+            False
+        )
 
     @torch.no_grad()
     def features(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +115,11 @@ class PromptEvaluator:
 
 
 def build_heads(
-    backbone: Backbone, task: TaskLike, evaluator: PromptEvaluator, ctx_ft: torch.Tensor, ctx_rec: torch.Tensor
+    backbone: Backbone,
+    task: TaskLike,
+    evaluator: PromptEvaluator,
+    ctx_ft: torch.Tensor,
+    ctx_rec: torch.Tensor,
 ) -> Heads:
     zs_b = encode_template(backbone, task.base_classnames, task.template)
     zs_n = encode_template(backbone, task.novel_classnames, task.template)
@@ -125,7 +131,9 @@ def build_heads(
 def metrics_of(eval_feats: EvalFeatures, head_base: torch.Tensor, head_novel: torch.Tensor, tau: float):
     fb, yb = eval_feats["test_base"]
     fn, yn = eval_feats["test_novel"]
-    return SplitMetrics.of(accuracy(scores(fb, head_base, tau), yb), accuracy(scores(fn, head_novel, tau), yn))
+    return SplitMetrics.of(
+        accuracy(scores(fb, head_base, tau), yb), accuracy(scores(fn, head_novel, tau), yn)
+    )
 
 
 def classifier_curves(eval_feats: EvalFeatures, heads: Heads, alpha_values: list[float], tau: float):

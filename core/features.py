@@ -106,7 +106,9 @@ def encode_bank(
         chunk = records[start : start + per_chunk]
         images = [source.load_image(r.key) for r in chunk]
         pixels = [
-            augment(backbone, img, _mix(seed, 1, v, start + j)) for v in range(views) for j, img in enumerate(images)
+            augment(backbone, img, _mix(seed, 1, v, start + j))
+            for v in range(views)
+            for j, img in enumerate(images)
         ]
         feats = backbone.encode_images(torch.stack(pixels)).view(views, len(chunk), -1)
         bank[:, start : start + len(chunk)] = feats
@@ -186,7 +188,10 @@ class EvalFeatures:
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in ("test_base", "test_novel", "val"):
             records = list(getattr(task, name))
-            self.splits[name] = (encode_records(backbone, src, records), labels_of(records).to(backbone.device))
+            self.splits[name] = (
+                encode_records(backbone, src, records),
+                labels_of(records).to(backbone.device),
+            )
 
     def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.splits[name]

@@ -224,7 +224,9 @@ def ingest_checkpoint(
     unknown: list[str] = []
     meta: dict[str, Any] = {}
     archive = None
-    if kind == "safetensors" or (name.endswith(".safetensors") and kind not in ("zip", "pickle")):
+    if name.endswith(".safetensors") and kind not in ("safetensors", "zip"):
+        raise _err("the file is named .safetensors but is not a safetensors file", "not_a_checkpoint")
+    if kind == "safetensors":
         tensors, raw_meta = _read_safetensors(path, max_tensor_bytes)
         fmt = "safetensors"
         if "mergetune" in raw_meta:
@@ -238,7 +240,8 @@ def ingest_checkpoint(
         archive, unknown = loaded.archive, loaded.unknown_globals
         obj = loaded.obj
         if isinstance(obj, Placeholder) or not isinstance(obj, dict):
-            archive.close()
+            if archive is not None:
+                archive.close()
             raise _err(
                 f"the file holds a {type(obj).__name__}, not a state dict or a Dassl checkpoint",
                 "not_a_checkpoint",
@@ -311,7 +314,9 @@ def _interpret(
     dim = ctx_t.shape[-1]
     n_ctx = ctx_t.shape[-2]
     if expected_dim is not None and dim != expected_dim:
-        raise _err(f"ctx width {dim} does not match the backbone's text width {expected_dim}", "width_mismatch")
+        raise _err(
+            f"ctx width {dim} does not match the backbone's text width {expected_dim}", "width_mismatch"
+        )
     # C from the (untrusted) token buffers' shapes, for information only
     file_cls: int | None = ctx_t.shape[0] if csc else None
     prefix = _find(tensors, "token_prefix")
@@ -358,7 +363,9 @@ def _interpret_head(
     if c == 0 or d == 0:
         raise _err(f"head weight has an empty shape {[c, d]}", "bad_rank")
     if expected_dim is not None and d != expected_dim:
-        raise _err(f"head input width {d} does not match the backbone's embed width {expected_dim}", "width_mismatch")
+        raise _err(
+            f"head input width {d} does not match the backbone's embed width {expected_dim}", "width_mismatch"
+        )
     if n_cls is not None and c != n_cls:
         raise _err(f"head has {c} classes but the dataset has {n_cls}", "class_mismatch")
     if b_t is not None and tuple(b_t.shape) != (c,):

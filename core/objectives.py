@@ -72,7 +72,9 @@ def logits(image_feats: torch.Tensor, text_feats: torch.Tensor, tau: float) -> t
     return tau * image_feats @ F.normalize(text_feats, dim=-1).t()
 
 
-def classification_loss(image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor, tau: float):
+def classification_loss(
+    image_feats: torch.Tensor, labels: torch.Tensor, text_feats: torch.Tensor, tau: float
+):
     return F.cross_entropy(logits(image_feats, text_feats, tau), labels)
 
 

@@ -44,7 +44,9 @@ def _n_tokens(backbone: Backbone, text: str) -> int:
     return int(ids.argmax().item()) - 1  # argmax = EOT for the CLIP tokenizer
 
 
-def init_ctx(backbone: Backbone, spec: PromptLearnerSpec, n_cls: int | None = None, *, seed: int = 0) -> torch.Tensor:
+def init_ctx(
+    backbone: Backbone, spec: PromptLearnerSpec, n_cls: int | None = None, *, seed: int = 0
+) -> torch.Tensor:
     """Initial context: the embedding of ``spec.ctx_init`` (CoOp's "a photo of a") or N(0, 0.02).
 
     Returns [M, D], or [C, M, D] when ``spec.csc`` (``n_cls`` required; the text init is repeated).
@@ -114,7 +116,7 @@ class PromptLearner(nn.Module):
         n_cls = len(names)
         if ctx is None:
             ctx = init_ctx(backbone, spec, n_cls)
-        ctx = ctx.detach().float()
+        ctx = ctx.detach().float().clone()  # never train the caller's tensor in place
         _validate_ctx(backbone, ctx, n_cls)
         n_ctx = ctx.shape[-2]
         if n_ctx >= backbone.model.context_length - 2:

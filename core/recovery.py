@@ -112,7 +112,8 @@ def _resolve_spec(ctx_ft: torch.Tensor, spec: PromptLearnerSpec | None) -> Promp
         return PromptLearnerSpec(n_ctx=int(ctx_ft.shape[-2]), csc=csc, ctx_init=None)
     if spec.csc != csc:
         raise ConfigError(
-            f"prompt spec says csc={spec.csc} but the checkpoint context has rank {ctx_ft.dim()}", param="prompt.csc"
+            f"prompt spec says csc={spec.csc} but the checkpoint context has rank {ctx_ft.dim()}",
+            param="prompt.csc",
         )
     return spec.model_copy(update={"n_ctx": int(ctx_ft.shape[-2])})
 
@@ -139,10 +140,12 @@ def recover(
     _check_task(task)
     method = Method(method)
     if method == Method.linear_head:
-        raise ConfigError("recover() continues prompt checkpoints; linear heads are not supported here", param="method")
+        raise ConfigError(
+            "recover() continues prompt checkpoints; linear heads are not supported here", param="method"
+        )
     if not torch.is_tensor(ctx_ft):
         raise ConfigError("ctx_ft must be a tensor", param="file")
-    ctx_ft = ctx_ft.detach().float().cpu()
+    ctx_ft = ctx_ft.detach().float().cpu().clone()
     if not torch.isfinite(ctx_ft).all():
         raise ConfigError("the fine-tuned context has non-finite values", param="file")
     spec = _resolve_spec(ctx_ft, spec)
@@ -174,11 +177,22 @@ def recover(
 
     eval_feats = EvalFeatures(backbone, task)
     ev = evaluate(
-        backbone, task, ctx_ft, ctx_rec, spec=spec, eval_feats=eval_feats, curve_step=hp.curve_step, timer=timer
+        backbone,
+        task,
+        ctx_ft,
+        ctx_rec,
+        spec=spec,
+        eval_feats=eval_feats,
+        curve_step=hp.curve_step,
+        timer=timer,
     )
     config = {
         "method": method.value,
-        "backbone": {"model": backbone.name, "pretrained": backbone.pretrained, "identity": backbone.identity},
+        "backbone": {
+            "model": backbone.name,
+            "pretrained": backbone.pretrained,
+            "identity": backbone.identity,
+        },
         "hyperparameters": hp.model_dump(mode="json"),
         "prompt": spec.model_dump(mode="json"),
         "classes": {"base": list(task.base_classnames), "novel": list(task.novel_classnames)},

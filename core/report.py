@@ -126,16 +126,65 @@ def _scalar(value: Any) -> str:
     return _e(value)
 
 
-def _kv_table(data: Mapping[str, Any], *, nested: bool = True) -> str:
-    """A two-column table of ``data``; nested dicts become nested tables (one level deep)."""
+def _kv_table(data: Mapping[str, Any], *, depth: int = 3) -> str:
+    """A two-column table of ``data``; nested dicts become nested tables down to ``depth`` levels."""
     rows = []
     for key, value in data.items():
-        if nested and isinstance(value, Mapping) and value:
-            cell = _kv_table(value, nested=False)
+        if depth > 1 and isinstance(value, Mapping) and value:
+            cell = _kv_table(value, depth=depth - 1)
         else:
             cell = _scalar(value)
         rows.append(f'<tr><th class="l">{_e(key)}</th><td class="l">{cell}</td></tr>')
     return "<table>" + "".join(rows) + "</table>" if rows else '<p class="muted">none</p>'
+
+
+def _lookup(data: Mapping[str, Any], *paths: str) -> Any:
+    """The first present value among dotted ``paths`` (manifest layouts differ between versions)."""
+    for path in paths:
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node not in (None, "", {}):
+            return node
+    return None
+
+
+def _provenance(manifest: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """The facts a reader looks for first, pulled out of the manifest (the full manifest follows)."""
+    worker = _lookup(manifest, "worker.host", "worker_host", "host")
+    node = _lookup(manifest, "worker.node")
+    facts = {
+        "seed": _lookup(manifest, "seed", "config.hyperparameters.seed", "hyperparameters.seed"),
+        "dataset split sha256": _lookup(
+            manifest,
+            "dataset.split_sha256",
+            "dataset_split_sha256",
+            "split_sha256",
+            "dataset.sha256_of_split",
+        ),
+        "backbone": _lookup(manifest, "backbone.model", "config.backbone.model"),
+        "backbone weights hash": _lookup(
+            manifest,
+            "backbone.weights_sha256",
+            "backbone_weights_sha256",
+            "backbone.identity",
+            "weights_sha256",
+        ),
+        "checkpoint sha256": _lookup(manifest, "checkpoint.sha256"),
+        "worker host": f"{worker} ({node})" if worker and node else worker or node,
+        "device": _lookup(manifest, "worker.device", "device"),
+        "total time (s)": _lookup(manifest, "timings.total", "timings.total_s")
+        or _dict(report.get("timings")).get("total"),
+    }
+    rows = {k: v for k, v in facts.items() if v is not None}
+    hp = _lookup(manifest, "config.hyperparameters", "hyperparameters")
+    packages = _lookup(manifest, "packages", "package_versions")
+    out = _kv_table(rows, depth=1) if rows else ""
+    if isinstance(hp, Mapping):
+        out += "<h3>Resolved hyperparameters</h3>" + _kv_table(hp, depth=1)
+    if isinstance(packages, Mapping):
+        out += "<h3>Package versions</h3>" + _kv_table(packages, depth=1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -359,14 +408,17 @@ def build_html(report: Mapping[str, Any], curves_png: bytes | None, training_png
         _training_table(_list(report.get("training"))),
         _extra(_list(report.get("extra_evaluations"))),
         "<h2>Manifest</h2>",
-        _kv_table(manifest) if manifest else '<p class="muted">No manifest recorded.</p>',
+        _provenance(manifest, report) if manifest else '<p class="muted">No manifest recorded.</p>',
     ]
+    if manifest:
+        parts += ["<details><summary>Full manifest</summary>", _kv_table(manifest, depth=4), "</details>"]
     if timings:
         parts += ["<h2>Timings (s)</h2>", _kv_table(timings)]
     if config:
         parts += [
             "<h2>Configuration</h2>",
-            f"<pre>{_e(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre>",
+            "<details><summary>Run configuration (JSON)</summary>",
+            f"<pre>{_e(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>",
         ]
     parts += ["<h2>Downloads</h2>", f'<ul id="downloads">{downloads}</ul>', "</body></html>"]
     return "\n".join(parts)

@@ -44,7 +44,7 @@ from core.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # 1 GiB per storage
-MAX_PICKLE_BYTES = 64 << 20  # data.pkl of a state dict is small (no tensor data inside)
+MAX_PICKLE_BYTES = 16 << 20  # data.pkl of a state dict is small (no tensor data inside); bounds memory
 MAX_ZIP_MEMBERS = 100_000
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -173,7 +173,7 @@ class StorageRef:
         return None
 
 
-@dataclass
+@dataclass(eq=False)  # identity hash: tensors are dict keys in pickled optimizer states
 class LazyTensor:
     """A tensor view (offset, size, stride) on a storage; bytes are read by :meth:`numpy`."""
 
@@ -204,7 +204,9 @@ class LazyTensor:
         if self.numel:  # re-check the view against the bytes actually read (never trust earlier checks)
             extent = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True)) + 1
             if extent > base.size:
-                raise CheckpointError("a tensor reads past the end of its storage", code="not_a_checkpoint", param="file")
+                raise CheckpointError(
+                    "a tensor reads past the end of its storage", code="not_a_checkpoint", param="file"
+                )
         if self.numel == 0:
             out = np.zeros(self.shape, dtype=base.dtype)
         else:
@@ -230,9 +232,13 @@ def _check_view(storage: StorageRef, offset: Any, size: Any, stride: Any) -> tup
     if not isinstance(offset, int) or offset < 0:
         raise CheckpointError("a tensor has an invalid storage offset", code="not_a_checkpoint", param="file")
     if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list) or len(size) != len(stride):
-        raise CheckpointError("a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file")
+        raise CheckpointError(
+            "a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file"
+        )
     if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)) or len(size) > 16:
-        raise CheckpointError("a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file")
+        raise CheckpointError(
+            "a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file"
+        )
     size, stride = tuple(size), tuple(stride)
     if math.prod(size) > 0:
         extent = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
@@ -251,12 +257,16 @@ def _check_view(storage: StorageRef, offset: Any, size: Any, stride: Any) -> tup
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> LazyTensor:
     if not isinstance(storage, StorageRef):
-        raise CheckpointError("a tensor refers to something that is not a storage", code="not_a_checkpoint", param="file")
+        raise CheckpointError(
+            "a tensor refers to something that is not a storage", code="not_a_checkpoint", param="file"
+        )
     offset, size, stride = _check_view(storage, storage_offset, size, stride)
     return LazyTensor(storage, offset, size, stride, storage.dtype)
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, *_rest: Any, **_kw: Any) -> LazyTensor:
+def _rebuild_tensor_v2(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, *_rest: Any, **_kw: Any
+) -> LazyTensor:
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
@@ -267,7 +277,9 @@ def _rebuild_tensor_v3(
     if isinstance(storage, StorageRef) and isinstance(dtype, DType) and storage.dtype.name == "uint8":
         # untyped storage reinterpreted with the given dtype
         if storage.numel % dtype.itemsize:
-            raise CheckpointError("storage size is not a multiple of the dtype", code="not_a_checkpoint", param="file")
+            raise CheckpointError(
+                "storage size is not a multiple of the dtype", code="not_a_checkpoint", param="file"
+            )
         storage = StorageRef(storage.source, storage.key, dtype, storage.numel // dtype.itemsize)
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
@@ -279,7 +291,9 @@ def _rebuild_parameter(data: Any, *_rest: Any, **_kw: Any) -> Any:
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *_: Any) -> Any:
     """torch._tensor._rebuild_from_type_v2: a tensor (subclass) with Python state; state is dropped."""
     if not isinstance(func, _SafeCallable) or not isinstance(args, tuple):
-        raise CheckpointError("a tensor has an unsupported rebuild function", code="not_a_checkpoint", param="file")
+        raise CheckpointError(
+            "a tensor has an unsupported rebuild function", code="not_a_checkpoint", param="file"
+        )
     return func(*args)
 
 
@@ -288,6 +302,33 @@ def _inert_ordered_dict(*args: Any, **_kw: Any) -> OrderedDict:
     if args and isinstance(args[0], list | tuple):
         return OrderedDict(p for p in args[0] if isinstance(p, tuple) and len(p) == 2)
     return OrderedDict()
+
+
+_MAX_BYTES_ARG = 1 << 20
+
+
+def _safe_bytes(*args: Any) -> bytes:
+    """builtins.bytes / bytearray, without the ``bytes(10**12)`` allocation."""
+    if args and isinstance(args[0], int) and not 0 <= args[0] <= _MAX_BYTES_ARG:
+        raise CheckpointError("the pickle asks for a huge buffer", code="too_large", param="file")
+    if args and not isinstance(args[0], int | str | bytes | bytearray | list | tuple):
+        raise CheckpointError(
+            "unsupported bytes() argument in the pickle", code="not_a_checkpoint", param="file"
+        )
+    return bytes(*args)
+
+
+def _safe_bytearray(*args: Any) -> bytearray:
+    return bytearray(_safe_bytes(*args))
+
+
+def _safe_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    """_codecs.encode as protocol-2 pickles of bytes use it: str -> bytes with a text encoding only."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise CheckpointError(
+            "unsupported _codecs.encode call in the pickle", code="not_a_checkpoint", param="file"
+        )
+    return obj.encode(encoding, "strict")
 
 
 def _inert_defaultdict(*_args: Any, **_kw: Any) -> dict:
@@ -303,6 +344,8 @@ class _SafeCallable:
     """Wraps an allowlisted function so that a pickle cannot set attributes on the real function."""
 
     __slots__ = ("_fn", "_name")
+    _fn: Any
+    _name: str
 
     def __init__(self, fn: Any, name: str) -> None:
         object.__setattr__(self, "_fn", fn)
@@ -348,6 +391,12 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
         ("collections", "OrderedDict"): _inert_ordered_dict,
         ("collections", "defaultdict"): _inert_defaultdict,
+        ("_codecs", "encode"): _safe_encode,
+        ("codecs", "encode"): _safe_encode,
+        ("builtins", "bytes"): _safe_bytes,
+        ("builtins", "bytearray"): _safe_bytearray,
+        ("__builtin__", "bytes"): _safe_bytes,
+        ("__builtin__", "bytearray"): _safe_bytearray,
     }.items()
 }
 for _name, _dt in _STORAGE_TYPES.items():
@@ -355,8 +404,8 @@ for _name, _dt in _STORAGE_TYPES.items():
 for _name, _dt in _DTYPE_ALIASES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
 for _name, _obj in _SAFE_BUILTINS.items():
-    _ALLOWED[("builtins", _name)] = _obj
-    _ALLOWED[("__builtin__", _name)] = _obj
+    _ALLOWED.setdefault(("builtins", _name), _obj)
+    _ALLOWED.setdefault(("__builtin__", _name), _obj)
 
 # Modules (and their submodules) whose globals can run code, touch files, processes or the network,
 # import or unpickle further code. Naming any of them is enough to reject the file.
@@ -376,11 +425,11 @@ _UNSAFE_MODULES = frozenset(
         "lzma", "logging", "platform", "distutils", "setuptools", "pip", "ensurepip", "venv",
         "builtins", "__builtin__", "__main__", "codecs", "_codecs", "weakref", "_weakref", "atexit",
         "sqlite3", "dbm", "tkinter", "idlelib", "unittest", "test",
-        "numpy.lib", "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
+        "commands", "popen2", "numpy.lib", "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
         "torch.serialization", "torch.hub", "torch.jit", "torch.package", "torch.ops", "torch._C",
         "torch.classes", "torch.utils", "torch.cuda", "torch._dynamo", "torch._inductor",
         "torch.compiler", "torch.distributed", "torch.multiprocessing", "torch.library",
-        "torch._ops", "torch.fx", "torch.storage", "torch.hub", "torch.export", "torch.onnx", "torch.backends",
+        "torch._ops", "torch.fx", "torch.storage", "torch.export", "torch.onnx", "torch.backends",
     }
 )  # fmt: skip
 # Callable names that read/write files, execute code or fetch attributes, in any module.
@@ -399,12 +448,14 @@ _UNSAFE_NAMES = frozenset(
 )  # fmt: skip
 
 
+# names inside denied modules that are allowlisted (safe versions) or harmless
+_SAFE_EXCEPTIONS = frozenset({("types", "SimpleNamespace"), ("_codecs", "encode"), ("codecs", "encode")})
 _UNSAFE_SUBSTRINGS = ("load", "exec", "eval", "system", "popen", "spawn", "import", "compile", "subprocess")
 
 
 def is_unsafe_global(module: str, name: str) -> bool:
     """True when ``module.name`` is on the denylist (checked before the allowlist's builtins)."""
-    if module == "types" and name == "SimpleNamespace":  # argparse-like namespaces: harmless
+    if (module, name) in _SAFE_EXCEPTIONS:
         return False
     root = module.split(".")
     for i in range(1, len(root) + 1):
@@ -484,12 +535,23 @@ class SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self.source is None:
-            raise CheckpointError("the pickle refers to storages outside a torch archive", code="not_a_checkpoint", param="file")
+            raise CheckpointError(
+                "the pickle refers to storages outside a torch archive", code="not_a_checkpoint", param="file"
+            )
         if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-            raise CheckpointError("the pickle has an unknown persistent id", code="not_a_checkpoint", param="file")
+            raise CheckpointError(
+                "the pickle has an unknown persistent id", code="not_a_checkpoint", param="file"
+            )
         _, dtype, key, _location, numel = pid[:5]
-        if not isinstance(dtype, DType) or not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise CheckpointError("the pickle has a malformed storage reference", code="not_a_checkpoint", param="file")
+        if (
+            not isinstance(dtype, DType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+            or numel < 0
+        ):
+            raise CheckpointError(
+                "the pickle has a malformed storage reference", code="not_a_checkpoint", param="file"
+            )
         return self.source.storage_ref(key, dtype, numel)
 
 
@@ -506,7 +568,7 @@ class TorchZipFile:
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
-        except zipfile.BadZipFile as e:
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error) as e:
             raise CheckpointError(f"not a readable torch archive: {e}", code="truncated", param="file") from e
         if len(infos) > MAX_ZIP_MEMBERS:
             raise CheckpointError("the archive has too many members", code="too_large", param="file")
@@ -549,16 +611,24 @@ class TorchZipFile:
 
     def _read_member(self, info: zipfile.ZipInfo, limit: int) -> bytes:
         if info.file_size > limit:
-            raise CheckpointError(f"archive member {info.filename!r} is too large", code="too_large", param="file")
+            raise CheckpointError(
+                f"archive member {info.filename!r} is too large", code="too_large", param="file"
+            )
         try:
             with self._zip.open(info) as f:
                 data = f.read(limit + 1)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
-            raise CheckpointError(f"archive member {info.filename!r} is unreadable: {e}", code="truncated", param="file") from e
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
+            raise CheckpointError(
+                f"archive member {info.filename!r} is unreadable: {e}", code="truncated", param="file"
+            ) from e
         if len(data) > limit:
-            raise CheckpointError(f"archive member {info.filename!r} is too large", code="too_large", param="file")
+            raise CheckpointError(
+                f"archive member {info.filename!r} is too large", code="too_large", param="file"
+            )
         if len(data) != info.file_size:
-            raise CheckpointError(f"archive member {info.filename!r} is truncated", code="truncated", param="file")
+            raise CheckpointError(
+                f"archive member {info.filename!r} is truncated", code="truncated", param="file"
+            )
         return data
 
     def pickle_bytes(self) -> bytes:
@@ -576,7 +646,9 @@ class TorchZipFile:
             )
         info = self._infos.get(f"{self.prefix}data/{key}")
         if info is None:
-            raise CheckpointError(f"storage {key!r} is missing from the archive", code="truncated", param="file")
+            raise CheckpointError(
+                f"storage {key!r} is missing from the archive", code="truncated", param="file"
+            )
         if info.file_size < nbytes:
             raise CheckpointError(
                 f"storage {key!r} declares {nbytes} bytes but the archive holds {info.file_size}",
@@ -636,7 +708,9 @@ def unpickle(data: bytes, source: TorchZipFile | None) -> tuple[Any, list[str]]:
     except CheckpointError:
         raise
     except RecursionError:
-        raise CheckpointError("the pickle is nested too deeply", code="not_a_checkpoint", param="file") from None
+        raise CheckpointError(
+            "the pickle is nested too deeply", code="not_a_checkpoint", param="file"
+        ) from None
     except (EOFError, pickle.UnpicklingError) as e:
         code = "truncated" if isinstance(e, EOFError) or "truncated" in str(e) else "not_a_checkpoint"
         raise CheckpointError(f"the file's pickle is malformed: {e}", code=code, param="file") from None
@@ -675,7 +749,9 @@ def load_torch_file(path: str, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYT
             param="file",
         )
     if kind != "zip":
-        raise CheckpointError("not a torch checkpoint (unknown file format)", code="not_a_checkpoint", param="file")
+        raise CheckpointError(
+            "not a torch checkpoint (unknown file format)", code="not_a_checkpoint", param="file"
+        )
     archive = TorchZipFile(path, max_tensor_bytes=max_tensor_bytes)
     try:
         obj, unknown = unpickle(archive.pickle_bytes(), archive)

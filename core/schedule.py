@@ -31,9 +31,7 @@ def lr_for(hp: Hyperparameters, epoch: int) -> float:
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters) -> torch.optim.SGD:
     """Dassl's SGD for prompt learning (no dampening, no Nesterov)."""
-    return torch.optim.SGD(
-        list(params), lr=lr_for(hp, 0), momentum=hp.momentum, weight_decay=hp.weight_decay
-    )
+    return torch.optim.SGD(list(params), lr=lr_for(hp, 0), momentum=hp.momentum, weight_decay=hp.weight_decay)
 
 
 class EpochSchedule:

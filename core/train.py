@@ -90,7 +90,8 @@ def train_prompts(
         ctx = resume_state["ctx"]
         if tuple(ctx.shape) != tuple(learner.ctx.shape):
             raise ConfigError(
-                f"resume state ctx {tuple(ctx.shape)} does not match {tuple(learner.ctx.shape)}", param="resume_state"
+                f"resume state ctx {tuple(ctx.shape)} does not match {tuple(learner.ctx.shape)}",
+                param="resume_state",
             )
         with torch.no_grad():
             learner.ctx.copy_(ctx.to(device))

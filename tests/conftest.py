@@ -60,7 +60,7 @@ def make_settings(pg_url: str) -> Callable[..., Any]:
     from common.settings import Settings
 
     def _make(home: Path, **overrides: Any) -> Settings:
-        values: dict[str, Any] = {"HOME": home, "DATABASE_URL": pg_url, "BROKER_URL": f"{REDIS_URL}/12"}
+        values: dict[str, Any] = {"HOME": home, "DATABASE_URL": pg_url, "BROKER_URL": f"{REDIS_URL}/10"}
         values.update(overrides)
         settings = Settings(**values)
         settings.ensure_dirs()

@@ -66,6 +66,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     opts = dict(conf.get("broker_transport_options") or {})
     if settings.BROKER_URL.startswith(("redis://", "rediss://", "sqs://", "sentinel://")):
         opts["visibility_timeout"] = settings.VISIBILITY_TIMEOUT
+    if settings.BROKER_URL.startswith(("redis://", "rediss://", "sentinel://")):
+        # kombu sweeps for unacked messages older than the visibility timeout every interval x throttle
+        # seconds (default 10 x 10); once a minute is cheap (one ZRANGE) and bounds the extra delay.
+        opts.setdefault("unacked_restore_interval", 60)
+        opts.setdefault("unacked_restore_throttle", 1)
     conf["broker_transport_options"] = opts
     return conf
 

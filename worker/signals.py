@@ -28,7 +28,19 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         enqueue=lambda job_id: enqueue_job(settings, job_id),
     )
     _heartbeat.start()
+    _preload()
     logger.info("worker %s ready (device=%s)", hostname, settings.DEVICE)
+
+
+def _preload() -> None:
+    """Import torch and the core now, not in the first job (seconds on a cold cache)."""
+    try:
+        import core.datasets  # noqa: F401
+        import core.export  # noqa: F401
+        import core.recovery  # noqa: F401
+        import worker.pipeline  # noqa: F401
+    except ImportError:  # a partial install still starts; the job reports the import error
+        logger.exception("could not preload the core")
 
 
 @worker_shutdown.connect

@@ -11,7 +11,7 @@ from api.uploads import receive_multipart
 from common import repositories as repo
 from common.models import utcnow
 
-router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401, 422))
 
 _UPLOAD_SCHEMA = {
     "requestBody": {

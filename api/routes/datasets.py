@@ -8,7 +8,7 @@ from api.schemas import DatasetCreate, DatasetList, DatasetRead
 from api.services.datasets import create_dataset
 from common import repositories as repo
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 
 
 @router.post(

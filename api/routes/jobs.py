@@ -13,7 +13,7 @@ from common import repositories as repo
 from common.models import Job, JobStatus
 from common.storage import LocalStore
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))
 
 
 def _get_job(session: SessionDep, project_id: str, job_id: str) -> Job:

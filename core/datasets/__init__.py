@@ -44,22 +44,39 @@ __all__ = [
 ]
 
 
+def _template(options: dict[str, Any], default: str) -> str:
+    t = options.get("template")
+    if t is None:
+        return default
+    if not isinstance(t, str) or t.count("{}") != 1 or len(t) > 300:
+        raise DatasetError(
+            "template must be a string with exactly one '{}'", code="bad_options", param="options"
+        )
+    return t
+
+
 def _open_coop(root: Path, path: str, coop_name: str | None, options: dict[str, Any]) -> Dataset:
     resolve_under(root, path)  # confinement of the folder itself (raises path_outside_root)
     ds_rel = path.replace("\\", "/").strip("/")
     if not (root / ds_rel).is_dir():
-        raise DatasetError(f"dataset folder {path!r} not found under the data root", code="not_found", param="path")
+        raise DatasetError(
+            f"dataset folder {path!r} not found under the data root", code="not_found", param="path"
+        )
     if coop_name:
         name = canonical_name(coop_name)
         if name is None:
             raise DatasetError(
-                f"unknown CoOp dataset {coop_name!r}; one of {sorted(TEMPLATES)}", code="unknown_dataset", param="coop_name"
+                f"unknown CoOp dataset {coop_name!r}; one of {sorted(TEMPLATES)}",
+                code="unknown_dataset",
+                param="coop_name",
             )
     else:
         name = canonical_name(os.path.basename(ds_rel)) or detect_coop_name(root, ds_rel)
         if name is None:
             raise DatasetError(
-                f"cannot tell which CoOp dataset {path!r} holds; pass coop_name", code="unknown_dataset", param="coop_name"
+                f"cannot tell which CoOp dataset {path!r} holds; pass coop_name",
+                code="unknown_dataset",
+                param="coop_name",
             )
     classnames, splits, wnids = READERS[name](root, ds_rel)
     for s in SPLITS:
@@ -70,7 +87,7 @@ def _open_coop(root: Path, path: str, coop_name: str | None, options: dict[str, 
         name=name,
         kind=DatasetKind.coop,
         classnames=classnames,
-        template=options.get("template") or TEMPLATES[name],
+        template=_template(options, TEMPLATES[name]),
         splits=splits,
         root=root,
         wnids=wnids,
@@ -83,11 +100,15 @@ def _open_imagefolder(root: Path, path: str, options: dict[str, Any]) -> Dataset
     the class folder names over the splits, label = index; "_" in folder names becomes a space."""
     base = resolve_under(root, path)
     if not base.is_dir():
-        raise DatasetError(f"dataset folder {path!r} not found under the data root", code="not_found", param="path")
+        raise DatasetError(
+            f"dataset folder {path!r} not found under the data root", code="not_found", param="path"
+        )
     ds_rel = path.replace("\\", "/").strip("/")
     present = [s for s in SPLITS if (base / s).is_dir()]
     if not present:
-        raise DatasetError(f"{path!r} has none of the split folders train/val/test", code="bad_layout", param="path")
+        raise DatasetError(
+            f"{path!r} has none of the split folders train/val/test", code="bad_layout", param="path"
+        )
     per_split = {s: list_dir(root, resolve_under(root, f"{ds_rel}/{s}"), dirs=True) for s in present}
     folders = sorted({c for cs in per_split.values() for c in cs})
     index = {c: i for i, c in enumerate(folders)}
@@ -104,7 +125,7 @@ def _open_imagefolder(root: Path, path: str, options: dict[str, Any]) -> Dataset
         name=str(name),
         kind=DatasetKind.imagefolder,
         classnames=[clean_classname(c) for c in folders],
-        template=options.get("template") or DEFAULT_TEMPLATE,
+        template=_template(options, DEFAULT_TEMPLATE),
         splits=splits,
         root=root,
         options=dict(options),

@@ -34,7 +34,9 @@ class Record:
 def real_root(data_root: str | os.PathLike) -> Path:
     root = Path(os.path.realpath(os.fspath(data_root)))
     if not root.is_dir():
-        raise DatasetError(f"data root {os.fspath(data_root)!r} is not a directory", code="not_found", param="path")
+        raise DatasetError(
+            f"data root {os.fspath(data_root)!r} is not a directory", code="not_found", param="path"
+        )
     return root
 
 
@@ -59,7 +61,9 @@ def resolve_under(root: Path, rel: str, param: str = "path") -> Path:
     norm = check_relative(rel, param)
     joined = root / norm if norm not in ("", ".") else root
     if not is_under(root, joined):
-        raise DatasetError(f"path {rel!r} resolves outside the data root", code="path_outside_root", param=param)
+        raise DatasetError(
+            f"path {rel!r} resolves outside the data root", code="path_outside_root", param=param
+        )
     return joined
 
 
@@ -70,15 +74,21 @@ def list_dir(root: Path, directory: Path, *, dirs: bool) -> list[str]:
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
-        raise DatasetError(f"missing directory {directory.relative_to(root)}", code="not_found", param="path") from None
+        raise DatasetError(
+            f"missing directory {directory.relative_to(root)}", code="not_found", param="path"
+        ) from None
     except NotADirectoryError:
-        raise DatasetError(f"{directory.relative_to(root)} is not a directory", code="bad_layout", param="path") from None
+        raise DatasetError(
+            f"{directory.relative_to(root)} is not a directory", code="bad_layout", param="path"
+        ) from None
     for e in entries:
         if e.name.startswith("."):
             continue
         if e.is_symlink() and not is_under(root, e.path):
             raise DatasetError(
-                f"{Path(e.path).relative_to(root)} is a symlink out of the data root", code="path_outside_root", param="path"
+                f"{Path(e.path).relative_to(root)} is a symlink out of the data root",
+                code="path_outside_root",
+                param="path",
             )
         if dirs and e.is_dir():
             out.append(e.name)
@@ -204,13 +214,13 @@ def base_to_novel(ds: Dataset, shots: int, seed: int) -> B2NTask:
     Sampling (one ``random.Random(seed)``): ``shots`` per class from train (all classes, before the
     base filter), then ``min(shots, 4)`` per class from val. A dataset without a val split (ImageNet)
     draws val from the train items that the few-shot sample did not take, so test is never used.
-    Classes: sorted label ids present in train; base = first ceil(n / 2), novel = the rest.
+    Classes: sorted label ids present in train (all classes for a test-only dataset, whose task then
+    has empty train/val: callers that train must check ``task.train``); base = first ceil(n / 2),
+    novel = the rest.
     """
     if shots < 1:
         raise DatasetError("shots must be >= 1", code="bad_split", param="shots")
     train_all = ds.splits.get("train", [])
-    if not train_all:
-        raise DatasetError(f"dataset {ds.name} has no train split", code="bad_layout", param="path")
     rng = random.Random(seed)
     train = fewshot(train_all, shots, rng)
     val_src = ds.splits.get("val", [])
@@ -219,7 +229,8 @@ def base_to_novel(ds: Dataset, shots: int, seed: int) -> B2NTask:
         val_src = [r for r in train_all if r.key not in taken]
     val = fewshot(val_src, min(shots, 4), rng)
 
-    labels = sorted({r.label for r in train_all})
+    # a test-only dataset (ImageNet-V2/-Sketch/-A/-R) still gets its class split (empty train/val)
+    labels = sorted({r.label for r in train_all}) if train_all else list(range(ds.num_classes))
     m = math.ceil(len(labels) / 2)
     base, novel = labels[:m], labels[m:]
     base_map = {lab: i for i, lab in enumerate(base)}

@@ -38,21 +38,27 @@ def _domain(options: dict[str, Any], render: Any) -> tuple[float, float]:
             raise DatasetError(f"unknown builtin domain {dom!r}", code="bad_options", param="options")
         dom = table[dom]
     if not isinstance(dom, dict):
-        raise DatasetError("builtin domain must be a name or {'hue', 'blur'}", code="bad_options", param="options")
+        raise DatasetError(
+            "builtin domain must be a name or {'hue', 'blur'}", code="bad_options", param="options"
+        )
     try:
-        hue = float(options.get("hue", dom.get("hue", 0.0)))
-        blur = float(options.get("blur", dom.get("blur", 0.0)))
+        hue = float(options.get("hue", dom.get("hue", 0.0)))  # type: ignore[arg-type]
+        blur = float(options.get("blur", dom.get("blur", 0.0)))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise DatasetError("hue and blur must be numbers", code="bad_options", param="options") from None
     if not (-10.0 <= hue <= 10.0 and 0.0 <= blur <= 16.0):
-        raise DatasetError("hue must be in [-10, 10] and blur in [0, 16]", code="bad_options", param="options")
+        raise DatasetError(
+            "hue must be in [-10, 10] and blur in [0, 16]", code="bad_options", param="options"
+        )
     return hue, blur
 
 
 def _int_opt(options: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     v = options.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise DatasetError(f"option {key} must be an integer in [{lo}, {hi}]", code="bad_options", param="options")
+        raise DatasetError(
+            f"option {key} must be an integer in [{lo}, {hi}]", code="bad_options", param="options"
+        )
     return v
 
 
@@ -84,8 +90,14 @@ def open_builtin(options: dict[str, Any]) -> Dataset:
         name="builtin",
         kind=DatasetKind.builtin,
         classnames=list(render.CLASSNAMES[:n_cls]),
-        template=options.get("template") or getattr(render, "TEMPLATE", "a photo of a {}."),
+        template=str(options.get("template") or getattr(render, "TEMPLATE", "a photo of a {}.")),
         splits=splits,
-        options={"hue": hue, "blur": blur, "seed": seed, "num_classes": n_cls, **{f"{s}_per_class": n for s, n in sizes.items()}},
+        options={
+            "hue": hue,
+            "blur": blur,
+            "seed": seed,
+            "num_classes": n_cls,
+            **{f"{s}_per_class": n for s, n in sizes.items()},
+        },
         _loader=load,
     )

@@ -201,8 +201,17 @@ READERS: dict[str, Callable[[Path, str], Layout]] = {
     "ImageNetA": _sub("imagenet-a"),
     "ImageNetR": _sub("imagenet-r"),
 }
+
+
+def _zhou(name: str) -> Callable[[Path, str], Layout]:
+    def read(root: Path, ds_rel: str) -> Layout:
+        return read_split_zhou(root, ds_rel, name)
+
+    return read
+
+
 for _name in ZHOU_LAYOUTS:
-    READERS[_name] = lambda root, ds_rel, _n=_name: read_split_zhou(root, ds_rel, _n)
+    READERS[_name] = _zhou(_name)
 
 
 def detect_coop_name(root: Path, ds_rel: str) -> str | None:

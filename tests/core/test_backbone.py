@@ -54,7 +54,9 @@ def test_local_weights_file_identity_is_sha256(tiny, tmp_path):
     torch.save(tiny.model.state_dict(), path)
     loaded = load_backbone(BackboneSpec(model="tiny-test", pretrained=str(path)))
     assert loaded.identity == hashlib.sha256(path.read_bytes()).hexdigest()
-    for (k, a), (_, b) in zip(tiny.model.state_dict().items(), loaded.model.state_dict().items(), strict=True):
+    for (k, a), (_, b) in zip(
+        tiny.model.state_dict().items(), loaded.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), k
 
 
@@ -112,3 +114,20 @@ def test_builtin_only_for_tiny_clip():
     with pytest.raises(BackboneError) as e:
         load_backbone(BackboneSpec(model="tiny-test", pretrained="builtin"))
     assert e.value.code == "weights_missing"
+
+
+def test_builtin_packed_weights_load(tmp_path, monkeypatch):
+    builtin_model = pytest.importorskip("core.builtin.model")
+    if not hasattr(builtin_model, "save_weights"):
+        pytest.skip("core.builtin.model has no save_weights")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = builtin_model.new_tiny_clip()
+    path = tmp_path / "tiny_clip.safetensors"
+    builtin_model.save_weights(model, path)
+    monkeypatch.setattr(builtin_model, "WEIGHTS_PATH", path)
+    bb = load_backbone(BackboneSpec(model="tiny-clip", pretrained="builtin"))
+    assert bb.identity == hashlib.sha256(path.read_bytes()).hexdigest()
+    tokens = bb.tokenizer(["a photo of a red square."])
+    expected = builtin_model.load_weights_into(builtin_model.new_tiny_clip(), path).encode_text(tokens)
+    assert torch.allclose(bb.model.encode_text(tokens), expected, atol=1e-6)

@@ -70,7 +70,9 @@ def pkl(body: bytes) -> bytes:
     return b"\x80\x02" + body + b"."
 
 
-def torch_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None, extra: dict | None = None) -> Path:
+def torch_zip(
+    path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None, extra: dict | None = None
+) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", data_pkl)
         z.writestr("archive/byteorder", "little")
@@ -110,7 +112,9 @@ def payloads(marker: Path) -> dict[str, bytes]:
         "subprocess_popen": call("subprocess", "Popen", tup(s("touch"), s(str(marker)))),
         "builtins_eval": call("builtins", "eval", py),
         "builtins_exec": call("builtins", "exec", py),
-        "import_module": call("builtins", "getattr", call("importlib", "import_module", s("os")), s("system")),
+        "import_module": call(
+            "builtins", "getattr", call("importlib", "import_module", s("os")), s("system")
+        ),
         "getattr_chain": g("builtins", "getattr")
         + tup(call("builtins", "__import__", s("os")), s("system"))
         + b"R"
@@ -124,6 +128,8 @@ def payloads(marker: Path) -> dict[str, bytes]:
         "storage_from_bytes": call("torch.storage", "_load_from_bytes", b"C\x00"),
         "operator_attrgetter": call("operator", "attrgetter", s("system")),
         "codecs_open": call("codecs", "open", s(str(marker)), s("w")),
+        "py2_commands": call("commands", "getoutput", cmd),
+        "py2_builtin_eval": call("__builtin__", "eval", py),
     }
 
 
@@ -151,7 +157,12 @@ def test_nested_reduce_inside_state_dict_is_unsafe(tmp_path: Path, marker: Path,
 
 
 def test_payload_hidden_in_scheduler_state_is_unsafe(tmp_path: Path, marker: Path) -> None:
-    sched = g("dassl.optim.lr_scheduler", "ConstantWarmupScheduler") + b")\x81" + dct(successor=payloads(marker)["os_system"]) + b"b"
+    sched = (
+        g("dassl.optim.lr_scheduler", "ConstantWarmupScheduler")
+        + b")\x81"
+        + dct(successor=payloads(marker)["os_system"])
+        + b"b"
+    )
     body = dassl(s("ctx") + ctx_entry(), s("scheduler") + sched)
     f = torch_zip(tmp_path / "model-best.pth.tar", body, {"0": CTX.tobytes()})
     with pytest.raises(CheckpointError) as ei:
@@ -257,13 +268,37 @@ def test_build_on_allowlisted_objects_cannot_tamper(tmp_path: Path) -> None:
     assert dtype_by_name("float32").itemsize == 4
 
 
+def test_bytes_allocation_bomb_and_codecs(tmp_path: Path) -> None:
+    body = pkl(b"}(" + s("ctx") + ctx_entry() + s("b") + call("builtins", "bytes", i(10**12)) + b"u")
+    with pytest.raises(CheckpointError) as ei:
+        ingest_checkpoint(torch_zip(tmp_path / "bomb.pth", body, {"0": CTX.tobytes()}))
+    assert ei.value.code == "too_large"
+    # protocol-2 bytes (via _codecs.encode) in an optimizer/scheduler entry load fine
+    ok = call("_codecs", "encode", s("abc"), s("latin1"))
+    body = pkl(b"}(" + s("ctx") + ctx_entry() + s("b") + ok + b"u")
+    ck = ingest_checkpoint(torch_zip(tmp_path / "ok.pth", body, {"0": CTX.tobytes()}))
+    np.testing.assert_array_equal(ck.ctx, CTX)
+    bad = call("_codecs", "encode", s("abc"), s("rot13"))
+    body = pkl(b"}(" + s("ctx") + ctx_entry() + s("b") + bad + b"u")
+    with pytest.raises(CheckpointError) as ei:
+        ingest_checkpoint(torch_zip(tmp_path / "bad.pth", body, {"0": CTX.tobytes()}))
+    assert ei.value.code == "not_a_checkpoint"
+
+
 def test_placeholder_absorbs_everything(tmp_path: Path) -> None:
     # call, BUILD, SETITEMS, APPENDS on an unknown object; then use it as a tensor "storage"
     obj = call("evil.mod", "Thing", i(1)) + dct(a=i(1)) + b"b" + b"(" + s("k") + i(2) + b"u"
     body = pkl(b"}(" + s("ctx") + ctx_entry() + s("x") + obj + b"u")
     ck = ingest_checkpoint(torch_zip(tmp_path / "p.pth", body, {"0": CTX.tobytes()}))
     assert ck.unknown_globals == ["evil.mod.Thing"]
-    body = pkl(b"}(" + s("ctx") + g("torch._utils", "_rebuild_tensor_v2") + tup(call("evil.mod", "S"), i(0), tup(i(1)), tup(i(1))) + b"R" + b"u")
+    body = pkl(
+        b"}("
+        + s("ctx")
+        + g("torch._utils", "_rebuild_tensor_v2")
+        + tup(call("evil.mod", "S"), i(0), tup(i(1)), tup(i(1)))
+        + b"R"
+        + b"u"
+    )
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(torch_zip(tmp_path / "p2.pth", body))
     assert ei.value.code == "not_a_checkpoint"
@@ -329,7 +364,12 @@ def test_dassl_file_with_unknown_scheduler_class_loads(tmp_path: Path) -> None:
     try:
         ctx = torch.randn(4, 512)
         torch.save(
-            {"state_dict": {"ctx": ctx}, "epoch": 10, "optimizer": {}, "scheduler": ConstantWarmupScheduler()},
+            {
+                "state_dict": {"ctx": ctx},
+                "epoch": 10,
+                "optimizer": {},
+                "scheduler": ConstantWarmupScheduler(),
+            },
             tmp_path / "model.pth.tar-10",
         )
     finally:
@@ -349,7 +389,7 @@ def test_zip_bomb_like_member_is_capped(tmp_path: Path) -> None:
     # a data.pkl that inflates beyond the pickle cap is refused before it is read whole
     f = tmp_path / "bomb.pth"
     with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("archive/data.pkl", b"\x80\x02" + b"N0" * (40 << 20) + b"N.")
+        z.writestr("archive/data.pkl", b"\x80\x02" + b"N0" * (9 << 20) + b"N.")
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(f)
     assert ei.value.code == "too_large"

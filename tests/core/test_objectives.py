@@ -40,7 +40,9 @@ def test_ce_by_hand():
 
 def test_cosine_and_l2_surrogates_by_hand():
     # cos rows: 1 and s -> 1 - (1 + s)/2 = 0.14644660940672627
-    assert zero_shot_surrogate(G, ANCHOR, LossType.cosine).item() == pytest.approx(0.14644660940672627, abs=1e-6)
+    assert zero_shot_surrogate(G, ANCHOR, LossType.cosine).item() == pytest.approx(
+        0.14644660940672627, abs=1e-6
+    )
     # |n(G) - A| rows: 0 and sqrt(s^2 + (1 - s)^2) = 0.7653668647 -> mean 0.3826834323650897 (not squared)
     assert zero_shot_surrogate(G, ANCHOR, LossType.l2).item() == pytest.approx(0.3826834323650897, abs=1e-6)
 
@@ -110,7 +112,9 @@ def test_step0_parity_path_term_equals_ce(bb):
     g_ft = gw.detach().clone()
     ce = classification_loss(feats, labels, gw, bb.logit_scale)
     for t in path_points(5):
-        assert path_loss(feats, labels, gw, g_ft, bb.logit_scale, [t]).item() == pytest.approx(ce.item(), abs=1e-5)
+        assert path_loss(feats, labels, gw, g_ft, bb.logit_scale, [t]).item() == pytest.approx(
+            ce.item(), abs=1e-5
+        )
 
 
 def _naive_reference_loss(bb, learner, ctx_ft, pixels, labels, anchor_template, hp):
@@ -139,7 +143,9 @@ def _naive_reference_loss(bb, learner, ctx_ft, pixels, labels, anchor_template, 
 def test_efficient_loss_equals_naive_reference(bb):
     hp = Hyperparameters()
     g = torch.Generator().manual_seed(3)
-    ctx_ft = PromptLearner(bb, NAMES, None, PromptLearnerSpec()).ctx.detach() + 0.3 * torch.randn(4, 64, generator=g)
+    ctx_ft = PromptLearner(bb, NAMES, None, PromptLearnerSpec()).ctx.detach() + 0.3 * torch.randn(
+        4, 64, generator=g
+    )
     ctx = ctx_ft + 0.2 * torch.randn(4, 64, generator=g)
     pixels = torch.randn(8, 3, 32, 32, generator=g)
     labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
@@ -153,7 +159,9 @@ def test_efficient_loss_equals_naive_reference(bb):
     feats = bb.encode_images(pixels)  # once
     anchor = encode_template(bb, NAMES, template)  # once per job
     with torch.no_grad():
-        g_ft = PromptLearner(bb, NAMES, ctx_ft, PromptLearnerSpec(ctx_init=None)).text_features()  # once per job
+        g_ft = PromptLearner(
+            bb, NAMES, ctx_ft, PromptLearnerSpec(ctx_init=None)
+        ).text_features()  # once per job
     parts = total_loss(
         LossWeights.mergetune(hp), feats, labels, fast_learner.text_features(), bb.logit_scale, anchor=anchor,
         ft_feats=g_ft,

@@ -74,7 +74,9 @@ def test_init_ctx_is_the_embedding_of_a_photo_of_a(bb):
     rnd = init_ctx(bb, PromptLearnerSpec(n_ctx=16, ctx_init=None, csc=True), n_cls=3, seed=5)
     assert rnd.shape == (3, 16, 64)
     assert rnd.std().item() == pytest.approx(0.02, rel=0.1)
-    assert torch.equal(rnd, init_ctx(bb, PromptLearnerSpec(n_ctx=16, ctx_init=None, csc=True), n_cls=3, seed=5))
+    assert torch.equal(
+        rnd, init_ctx(bb, PromptLearnerSpec(n_ctx=16, ctx_init=None, csc=True), n_cls=3, seed=5)
+    )
 
 
 def test_novel_ctx():
@@ -86,7 +88,12 @@ def test_novel_ctx():
 
 def test_encode_template_is_normalised_encode_text(bb):
     g = encode_template(bb, ["cat", "dog_house"], "a photo of a {}, a type of pet.")
-    ref = F.normalize(bb.model.encode_text(bb.tokenizer(["a photo of a cat, a type of pet.", "a photo of a dog house, a type of pet."])), dim=-1)
+    ref = F.normalize(
+        bb.model.encode_text(
+            bb.tokenizer(["a photo of a cat, a type of pet.", "a photo of a dog house, a type of pet."])
+        ),
+        dim=-1,
+    )
     assert torch.allclose(g, ref, atol=1e-6)
 
 

@@ -66,13 +66,15 @@ def synthetic_report() -> dict:
         ],
         "timings": {"train": 12.5, "evaluate": 3.25},
         "config": {"hyperparameters": {"epochs": 4, "w_zs": 10.0}},
+        # The layout the worker writes (worker/pipeline.py): provenance grouped by object.
         "manifest": {
+            "job_id": "job_abc123",
             "seed": 7,
-            "hyperparameters": {"epochs": 4, "lr": 0.002, "w_zs": 10.0, "loss_type": "cosine"},
-            "dataset_split_sha256": "ds" + "a1" * 31,
-            "backbone_weights_sha256": "random:1234",
-            "package_versions": {"torch": "2.14.1", "open_clip_torch": "3.3.0"},
-            "worker_host": "worker-<host>-1",
+            "config": {"hyperparameters": {"epochs": 4, "lr": 0.002, "w_zs": 10.0, "loss_type": "cosine"}},
+            "dataset": {"name": "builtin-tiny", "split_sha256": "ds" + "a1" * 31},
+            "backbone": {"model": "tiny-test", "pretrained": "random", "weights_sha256": "random:1234"},
+            "packages": {"torch": "2.14.1", "open_clip_torch": "3.3.0"},
+            "worker": {"node": "w1@test", "host": "worker-<host>-1", "device": "cpu"},
             "timings": {"total": 15.75},
         },
         "extra_evaluations": [],
@@ -108,10 +110,20 @@ def test_render_report_writes_html_with_every_number_and_a_valid_png(tmp_path: P
     for value in ("0.45", "75.31", "66.02", "70.36", "77.77", "64.44", "70.48"):
         assert value in page, value
 
-    # Manifest values, HTML-escaped where needed.
-    for value in ("ds" + "a1" * 31, "random:1234", "2.14.1", "3.3.0", "cosine", "15.75"):
-        assert value in page, value
-    assert "worker-&lt;host&gt;-1" in page and "worker-<host>-1" not in page
+    # Manifest: the provenance summary pulls seed, split hash, weights hash and worker host out of it,
+    # HTML-escaped where needed; hyperparameters and package versions get their own tables.
+    summary = page[page.index("<h2>Manifest</h2>") : page.index("Full manifest")]
+    for label, value in (
+        ("seed", "7"),
+        ("dataset split sha256", "ds" + "a1" * 31),
+        ("backbone weights hash", "random:1234"),
+        ("worker host", "worker-&lt;host&gt;-1 (w1@test)"),
+        ("total time (s)", "15.75"),
+    ):
+        assert f'<th class="l">{label}</th><td class="l">{value}</td>' in summary, label
+    for value in ("2.14.1", "3.3.0", "cosine", "0.002"):
+        assert value in summary, value
+    assert "worker-<host>-1" not in page
 
     # Self-contained: two inline PNGs that decode, no external references, relative download links.
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -146,6 +158,30 @@ def test_render_report_survives_missing_optional_parts(tmp_path: Path) -> None:
     assert "No manifest recorded." in page
     assert "imagenet-v2" in page and "41.5" in page
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_manifest_summary_reads_the_flat_layout_too(tmp_path: Path) -> None:
+    manifest = {
+        "seed": 3,
+        "hyperparameters": {"epochs": 9},
+        "dataset_split_sha256": "f" * 64,
+        "backbone_weights_sha256": "e" * 64,
+        "package_versions": {"numpy": "2.4.6"},
+        "worker_host": "gpu-7",
+        "timings": {"total": 2.5},
+    }
+    html_path, _ = render_report({"manifest": manifest}, tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+    for label, value in (
+        ("seed", "3"),
+        ("dataset split sha256", "f" * 64),
+        ("backbone weights hash", "e" * 64),
+        ("worker host", "gpu-7"),
+        ("total time (s)", "2.5"),
+        ("epochs", "9"),
+        ("numpy", "2.4.6"),
+    ):
+        assert f'<th class="l">{label}</th><td class="l">{value}</td>' in page, label
 
 
 def test_render_report_with_empty_report_still_writes_both_files(tmp_path: Path) -> None:

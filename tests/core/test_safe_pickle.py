@@ -23,7 +23,17 @@ def _load(path: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool]
+    "dtype",
+    [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    ],
 )
 def test_dtypes_round_trip_exactly(tmp_path: Path, dtype: torch.dtype) -> None:
     t = (torch.randn(3, 5) * 50).to(dtype)
@@ -81,7 +91,12 @@ def test_reads_only_materialised_storages(tmp_path: Path, monkeypatch: pytest.Mo
 def test_unknown_globals_recorded_not_called(tmp_path: Path) -> None:
     import collections
 
-    obj = {"od": collections.OrderedDict(a=1), "dd": collections.defaultdict(list, a=[1]), "s": {1, 2}, "sl": slice(1, 3)}
+    obj = {
+        "od": collections.OrderedDict(a=1),
+        "dd": collections.defaultdict(list, a=[1]),
+        "s": {1, 2},
+        "sl": slice(1, 3),
+    }
     torch.save(obj, tmp_path / "f.pt")
     loaded = load_torch_file(str(tmp_path / "f.pt"))
     loaded.archive.close()
@@ -119,6 +134,11 @@ def test_unknown_globals_recorded_not_called(tmp_path: Path) -> None:
         ("torch.optim.lr_scheduler", "CosineAnnealingLR", False),
         ("torch._utils", "_rebuild_tensor_v2", False),
         ("types", "SimpleNamespace", False),
+        ("types", "FunctionType", True),
+        ("_codecs", "encode", False),
+        ("codecs", "open", True),
+        ("__builtin__", "eval", True),
+        ("commands", "getoutput", True),
     ],
 )
 def test_policy(module: str, name: str, unsafe: bool) -> None:
@@ -145,5 +165,9 @@ def test_zip_without_data_pkl(tmp_path: Path) -> None:
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, core.safe_pickle, core.ingest; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, core.safe_pickle, core.ingest, core.datasets as d;"
+        "d.open_dataset('builtin', None, '', options={'num_classes': 2}).load_image('builtin:1:0:test');"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=Path(__file__).parents[2])

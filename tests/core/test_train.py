@@ -37,7 +37,9 @@ class FakeImages:
             label, idx = (int(x) for x in key.split("/"))
             rng = np.random.default_rng(1000 * label + idx)
             base = np.array([(53 * label) % 256, (97 * label) % 256, (151 * label) % 256])
-            self.cache[key] = Image.fromarray((rng.random((32, 32, 3)) * 80 + base).clip(0, 255).astype(np.uint8))
+            self.cache[key] = Image.fromarray(
+                (rng.random((32, 32, 3)) * 80 + base).clip(0, 255).astype(np.uint8)
+            )
         return self.cache[key]
 
 
@@ -75,7 +77,7 @@ def test_none_mode_features_are_test_transform_and_encoded_once(bb, monkeypatch)
     calls = []
     monkeypatch.setattr(bb, "encode_images", lambda x: calls.append(x) or torch.zeros(len(x), 32))
     for e in range(3):
-        for feats, labels in tf.epoch(e):
+        for feats, _ in tf.epoch(e):
             assert feats.shape == (5, 32)
     assert calls == []  # no image pass during training
     monkeypatch.undo()
@@ -120,15 +122,27 @@ def test_exact_mode_runs_the_image_encoder_once_per_batch(bb, monkeypatch):
     assert not torch.allclose(torch.cat(out1), torch.cat(out3))  # fresh augmentation each epoch
 
 
-def _run(bb, mode, epochs, *, resume_state=None, on_epoch_end=None, on_progress=None, should_stop=None, hp=None,
-         weights=None):
+def _run(
+    bb,
+    mode,
+    epochs,
+    *,
+    resume_state=None,
+    on_epoch_end=None,
+    on_progress=None,
+    should_stop=None,
+    hp=None,
+    weights=None,
+):
     hp = hp or Hyperparameters(epochs=epochs, batch_size=4, lr=0.01, feature_mode=mode, bank_views=2, seed=3)
     src = FakeImages()
     ctx_ft = PromptLearner(bb, NAMES, None, PromptLearnerSpec()).ctx.detach()
     learner = PromptLearner(bb, NAMES, ctx_ft, PromptLearnerSpec())
     with torch.no_grad():
         g_ft = learner.text_features()
-    batches = TrainFeatures(bb, src, records(3, 4), mode=mode, batch_size=hp.batch_size, seed=hp.seed, views=2)
+    batches = TrainFeatures(
+        bb, src, records(3, 4), mode=mode, batch_size=hp.batch_size, seed=hp.seed, views=2
+    )
     hist = train_prompts(
         learner, batches, hp, weights or LossWeights.mergetune(hp), tau=bb.logit_scale,
         anchor=encode_template(bb, NAMES, "a photo of a {}."), ft_feats=g_ft, resume_state=resume_state,
@@ -154,7 +168,9 @@ def test_resume_equals_uninterrupted(bb, mode, tmp_path):
 
 def test_seeded_runs_are_identical_and_progress_reported(bb):
     seen = []
-    a, hist = _run(bb, FeatureMode.bank, 2, on_progress=lambda e, s, loss, **info: seen.append((e, s, loss, info)))
+    a, hist = _run(
+        bb, FeatureMode.bank, 2, on_progress=lambda e, s, loss, **info: seen.append((e, s, loss, info))
+    )
     b, _ = _run(bb, FeatureMode.bank, 2)
     assert torch.equal(a, b)
     assert [(e, s) for e, s, _, _ in seen] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
@@ -180,9 +196,27 @@ def test_should_stop_cancels(bb):
 @pytest.mark.parametrize("objective", ["coop", "mergetune"])
 def test_a_few_steps_lower_the_loss(bb, objective):
     lr = 0.5 if objective == "coop" else 0.004
-    hp = Hyperparameters(epochs=10, batch_size=128, lr=lr, warmup_epochs=0, feature_mode=FeatureMode.none, seed=3)
+    hp = Hyperparameters(
+        epochs=10, batch_size=128, lr=lr, warmup_epochs=0, feature_mode=FeatureMode.none, seed=3
+    )
     weights = LossWeights.coop() if objective == "coop" else LossWeights.mergetune(hp)
     _, hist = _run(bb, FeatureMode.none, 10, hp=hp, weights=weights)
     # full batch (12 images < batch size): every epoch's loss is on the same data
     losses = [h["loss"] for h in hist]
     assert losses[-1] < losses[0] - 0.02
+
+
+def test_one_text_pass_per_step(bb):
+    hp = Hyperparameters(epochs=2, batch_size=4, feature_mode=FeatureMode.none, seed=3)
+    learner = PromptLearner(bb, NAMES, None, PromptLearnerSpec())
+    with torch.no_grad():
+        g_ft = learner.text_features()
+    batches = TrainFeatures(bb, FakeImages(), records(3, 4), mode=hp.feature_mode, batch_size=4, seed=3)
+    real = learner.text_features
+    calls = []
+    learner.text_features = lambda *a, **k: calls.append(1) or real(*a, **k)
+    anchor = encode_template(bb, NAMES, "a photo of a {}.")
+    train_prompts(
+        learner, batches, hp, LossWeights.mergetune(hp), tau=bb.logit_scale, anchor=anchor, ft_feats=g_ft
+    )
+    assert len(calls) == hp.epochs * batches.steps_per_epoch == 6

@@ -17,7 +17,14 @@ from common.models import Job, WorkerHeartbeat, utcnow
 from worker import jobdb, pipeline
 
 HOST = "w-test@local"
-EXPECTED = {"prompts.safetensors", "prompts.pth.tar", "report.json", "manifest.json", "report.html", "curves.png"}
+EXPECTED = {
+    "prompts.safetensors",
+    "prompts.pth.tar",
+    "report.json",
+    "manifest.json",
+    "report.html",
+    "curves.png",
+}
 
 
 def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, store, rows, ctx_ft):
@@ -31,7 +38,13 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
     assert job["status"] == "succeeded" and job["attempts"] == 1 and job["worker_host"] == HOST
     assert job["error"] is None and job["finished_at"] >= job["started_at"]
     # 3 base classes x 4 shots = 12 images, batch 4 -> 3 steps per epoch; progress is 1-based.
-    assert job["progress"] == {"epoch": 2, "epochs": 2, "step": 3, "steps": 3, "loss": job["progress"]["loss"]}
+    assert job["progress"] == {
+        "epoch": 2,
+        "epochs": 2,
+        "step": 3,
+        "steps": 3,
+        "loss": job["progress"]["loss"],
+    }
     assert set(job["metrics"]) == {"zero_shot", "fine_tuned", "recovered"}
     for m in job["metrics"].values():
         assert set(m) == {"base", "novel", "hm"} and all(0.0 <= v <= 100.0 for v in m.values())
@@ -51,9 +64,11 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
     manifest = json.loads(store.get_bytes(arts["manifest.json"]["key"]))
     assert manifest == report["manifest"]
     assert manifest["seed"] == 1 and manifest["config"]["hyperparameters"]["epochs"] == 2
-    assert manifest["backbone"] == {"model": "tiny-test", "pretrained": "random", "weights_sha256": "random:0"} or (
-        manifest["backbone"]["weights_sha256"].startswith("random")
-    )
+    assert manifest["backbone"] == {
+        "model": "tiny-test",
+        "pretrained": "random",
+        "weights_sha256": "random:0",
+    } or (manifest["backbone"]["weights_sha256"].startswith("random"))
     assert manifest["dataset"]["registered_split_sha256"] == manifest["dataset"]["dataset_sha256"]
     assert manifest["packages"]["torch"] and manifest["packages"]["python"]
     assert manifest["worker"]["node"] == HOST and manifest["worker"]["device"] == "cpu"
@@ -71,7 +86,10 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
 
     # A redelivered message for a finished job changes nothing.
     before = ws.artifacts(url, job_id)
-    assert pipeline.run_job(job_id, settings=wsettings, hostname="other@x", store=store) == "skipped: already succeeded"
+    assert (
+        pipeline.run_job(job_id, settings=wsettings, hostname="other@x", store=store)
+        == "skipped: already succeeded"
+    )
     assert ws.artifacts(url, job_id) == before and ws.job_row(url, job_id)["attempts"] == 1
 
 
@@ -134,7 +152,9 @@ def test_cancel_requested_before_start_and_during_training(wsettings, store, row
         real(self, state)
         if state["epoch"] == 1:  # what POST /v1/jobs/{id}/cancel does
             with session_scope(url) as s:
-                s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, status="cancelling"))
+                s.execute(
+                    update(Job).where(Job.id == job_id).values(cancel_requested=True, status="cancelling")
+                )
             self._last_cancel_check = float("-inf")  # do not wait for the 0.5 s throttle
 
     monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", cancel_after_first_epoch)
@@ -228,7 +248,13 @@ def test_callbacks_throttle_progress_writes_and_cancel_reads(wsettings, store, r
     assert cb.progress_writes == 1
     cb.on_progress(0, 19, 0.05, epochs=3, steps=20)  # end of epoch: always written
     assert cb.progress_writes == 2
-    assert ws.job_row(url, job_id)["progress"] == {"epoch": 1, "epochs": 3, "step": 20, "steps": 20, "loss": 0.05}
+    assert ws.job_row(url, job_id)["progress"] == {
+        "epoch": 1,
+        "epochs": 3,
+        "step": 20,
+        "steps": 20,
+        "loss": 0.05,
+    }
 
     for _ in range(20):  # 20 checks over 1 s -> 2 database reads
         assert cb.should_stop() is False

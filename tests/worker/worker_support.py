@@ -232,7 +232,9 @@ def artifacts(url: str, job_id: str) -> list[dict[str, Any]]:
 
     with session_scope(url) as s:
         rows = s.execute(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).scalars()
-        return [{"name": a.name, "bytes": a.bytes, "sha256": a.sha256, "key": a.key, "id": a.id} for a in rows]
+        return [
+            {"name": a.name, "bytes": a.bytes, "sha256": a.sha256, "key": a.key, "id": a.id} for a in rows
+        ]
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
@@ -267,9 +269,24 @@ class WorkerProcess:
         self._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                "--pool", "solo", "-c", "1", "-Q", "mergetune", "-n", self.nodename,
-                "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "-c",
+                "1",
+                "-Q",
+                "mergetune",
+                "-n",
+                self.nodename,
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
             ],  # fmt: skip
             cwd=REPO,
             env=self.env,

@@ -1,0 +1,32 @@
+"""Helpers for the API tests (imported by the test modules; tests/api is on sys.path)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+API_REDIS_DB = 10  # tests/worker uses 13, tests/e2e 14, tests/browser 12
+BROKER_URL = f"redis://127.0.0.1:6379/{API_REDIS_DB}"
+TINY_DATASET: dict[str, Any] = {
+    "name": "tiny",
+    "kind": "builtin",
+    "options": {"num_classes": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 4},
+}
+
+
+def new_token(database_url: str, project: str | None = None) -> str:
+    from common import repositories as repo
+    from common.db import session_scope
+
+    with session_scope(database_url) as s:
+        proj = repo.get_or_create_project(s, project or f"proj-{uuid.uuid4().hex[:10]}")
+        _, secret = repo.create_token(s, proj)
+    return secret
+
+
+def upload(
+    client: TestClient, headers: dict[str, str], data: bytes, filename: str = "model.pth.tar", **form: str
+):
+    return client.post("/v1/checkpoints", headers=headers, files={"file": (filename, data)}, data=form)

@@ -1,0 +1,308 @@
+"""The dashboard's HTTP contract without a browser (fast; real Postgres, Redis broker, no worker):
+login and cookie, no anonymous access, project isolation, CSRF on every form, filters and
+pagination, the new-job form, cancel, artifacts and the polling endpoints."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+BROKER_URL = "redis://127.0.0.1:6379/11"  # api tests use 10, browser stack 12, worker 13, e2e 14
+
+
+@pytest.fixture(scope="module")
+def _redis() -> Iterator[None]:
+    import redis
+
+    client = redis.Redis.from_url(BROKER_URL)
+    client.flushdb()
+    yield
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, make_settings: Callable[..., Any], _redis: None) -> Any:
+    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
+
+
+@pytest.fixture
+def app_client(settings: Any) -> Iterator[TestClient]:
+    from browser_app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _project(url: str) -> tuple[str, str]:
+    """(project_id, token secret) of a fresh project."""
+    from common import repositories as repo
+    from common.db import session_scope
+
+    with session_scope(url) as s:
+        project = repo.get_or_create_project(s, f"dash-{uuid.uuid4().hex[:10]}")
+        _, secret = repo.create_token(s, project)
+        return project.id, secret
+
+
+def _rows(url: str, project_id: str, *, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A ready checkpoint, a dataset and jobs (dicts of Job column overrides) in ``project_id``."""
+    from common.db import session_scope
+    from common.models import Checkpoint, Dataset, Job, new_id
+
+    with session_scope(url) as s:
+        ck = Checkpoint(
+            project_id=project_id, name="coop-ckpt", filename="m.pth.tar", bytes=100, sha256="ab" * 32,
+            format="dassl", method="coop", status="ready", n_ctx=4, ctx_dim=64, csc=False,
+        )  # fmt: skip
+        ds = Dataset(
+            project_id=project_id, name=f"set-{uuid.uuid4().hex[:6]}", kind="builtin", path="",
+            num_classes=6, classnames=list("abcdef"), base_classes=list("abc"), novel_classes=list("def"),
+            split_sizes={"train": 24, "val": 12, "test": 24}, template="a photo of a {}.",
+            sha256_of_split="cd" * 32,
+        )  # fmt: skip
+        s.add_all([ck, ds])
+        s.flush()
+        ids = []
+        for i, overrides in enumerate(jobs):
+            job = Job(
+                id=new_id("job")[:-2] + f"{i:02x}",  # distinct and ordered even within one millisecond
+                project_id=project_id,
+                checkpoint_id=ck.id,
+                dataset_id=ds.id,
+                job_type="prompt",
+                backbone={"model": "tiny-test", "pretrained": "random"},
+                hyperparameters={"epochs": 2},
+                **overrides,
+            )
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+        return {"checkpoint_id": ck.id, "dataset_id": ds.id, "job_ids": ids}
+
+
+def _login(client: TestClient, secret: str) -> None:
+    r = client.post("/login", data={"token": secret, "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+def _csrf(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert match, "no CSRF field on the page"
+    return match.group(1)
+
+
+def test_every_page_needs_a_login_and_json_answers_401(app_client: TestClient) -> None:
+    for path in (
+        "/",
+        "/jobs/new",
+        "/jobs/job_x",
+        "/checkpoints",
+        "/datasets",
+        "/jobs/job_x/artifacts/curves.png",
+    ):
+        r = app_client.get(path, follow_redirects=False)
+        assert r.status_code == 303, path
+        assert r.headers["location"].startswith("/login?next="), path
+    for path in ("/ui/overview", "/ui/jobs/job_x/live"):
+        assert app_client.get(path).status_code == 401, path
+    r = app_client.post("/jobs/job_x/cancel", data={"csrf": "x"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+    app_client.cookies.set("mergetune_token", "mt_forged")
+    assert app_client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_login_sets_an_httponly_strict_cookie_and_refuses_bad_tokens(
+    app_client: TestClient, settings: Any
+) -> None:
+    _, secret = _project(settings.DATABASE_URL)
+    bad = app_client.post("/login", data={"token": "mt_nope", "next": "/"}, follow_redirects=False)
+    assert bad.status_code == 401 and "Unknown or revoked token." in bad.text
+    r = app_client.post("/login", data={"token": secret, "next": "/datasets"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/datasets"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"mergetune_token={secret};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    # An open redirect through ?next= is refused.
+    for evil in ("https://evil.example/", "//evil.example/x", "/\\evil"):
+        r = app_client.post("/login", data={"token": secret, "next": evil}, follow_redirects=False)
+        assert r.headers["location"] == "/", evil
+    # Logging out needs the CSRF token, then clears the cookie.
+    page = app_client.get("/")
+    assert app_client.post("/logout", data={"csrf": "0" * 64}).status_code == 403
+    r = app_client.post("/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303 and 'mergetune_token=""' in r.headers["set-cookie"]
+
+
+def test_job_list_filters_paginates_and_hides_other_projects(app_client: TestClient, settings: Any) -> None:
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    now = datetime.now(UTC)
+    rows = _rows(
+        url,
+        project,
+        jobs=[
+            {"status": "succeeded", "metrics": {"recovered": {"base": 80.0, "novel": 70.0, "hm": 74.6667}},
+             "started_at": now - timedelta(seconds=75), "finished_at": now},
+            {"status": "failed", "error": {"code": "boom", "message": "it broke", "user_error": False}},
+            {"status": "queued", "queued_at": now},
+        ],
+    )  # fmt: skip
+    other_project, _ = _project(url)
+    other = _rows(url, other_project, jobs=[{"status": "queued"}])
+    _login(app_client, secret)
+
+    page = app_client.get("/").text
+    for job_id in rows["job_ids"]:
+        assert job_id in page
+    assert other["job_ids"][0] not in page
+    assert "74.67" in page and "1m 15s" in page  # recovered HM and duration columns
+
+    only_failed = app_client.get("/", params={"status": "failed"}).text
+    assert rows["job_ids"][1] in only_failed
+    assert rows["job_ids"][0] not in only_failed and rows["job_ids"][2] not in only_failed
+    by_dataset = app_client.get("/", params={"dataset_id": other["dataset_id"]}).text
+    assert not any(j in by_dataset for j in rows["job_ids"] + other["job_ids"])
+
+    # Pagination: newest first, one per page, cursor = last id seen.
+    newest_first = rows["job_ids"][::-1]
+    seen, url_ = [], "/?limit=1"
+    while url_:
+        html = app_client.get(url_).text
+        seen += re.findall(r'<tr data-job-id="(job_[0-9a-f]+)"', html)
+        match = re.search(r'id="page-next"', html) and re.search(r'href="([^"]+)" id="page-next"', html)
+        url_ = match.group(1).replace("&amp;", "&") if match else None
+    assert seen == newest_first
+
+    # Other projects' objects do not exist for this login.
+    assert app_client.get(f"/jobs/{other['job_ids'][0]}").status_code == 404
+    assert app_client.get(f"/ui/jobs/{other['job_ids'][0]}/live").status_code == 404
+    overview = app_client.get(
+        "/ui/overview", params={"ids": ",".join(rows["job_ids"] + other["job_ids"])}
+    ).json()
+    assert set(overview["jobs"]) == set(rows["job_ids"])
+    assert overview["health"]["queued"] >= 2  # the queue is shared: both projects' queued jobs count
+
+
+def test_health_panel_lists_recent_workers_only(app_client: TestClient, settings: Any) -> None:
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import WorkerHeartbeat
+
+    url = settings.DATABASE_URL
+    _, secret = _project(url)
+    fresh, stale = f"fresh-{uuid.uuid4().hex[:6]}", f"stale-{uuid.uuid4().hex[:6]}"
+    with session_scope(url) as s:
+        repo.heartbeat(s, fresh, current_job_id=None)
+        s.add(WorkerHeartbeat(hostname=stale, last_seen=datetime.now(UTC) - timedelta(minutes=10)))
+    _login(app_client, secret)
+    workers = [w["hostname"] for w in app_client.get("/ui/overview").json()["health"]["workers"]]
+    assert fresh in workers and stale not in workers
+    page = app_client.get("/").text
+    assert fresh in page and stale not in page
+
+
+def test_job_page_live_json_and_artifacts(app_client: TestClient, settings: Any) -> None:
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import Artifact
+    from common.storage import get_store
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    metrics = {
+        "zero_shot": {"base": 61.25, "novel": 72.5, "hm": 66.4},
+        "fine_tuned": {"base": 80.75, "novel": 55.5, "hm": 65.79},
+        "recovered": {"base": 79.5, "novel": 70.25, "hm": 74.52},
+    }
+    rows = _rows(url, project, jobs=[{"status": "succeeded", "metrics": metrics}])
+    job_id = rows["job_ids"][0]
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    get_store(settings).put_bytes(f"jobs/{job_id}/curves.png", png)
+    with session_scope(url) as s:
+        s.add(Artifact(job_id=job_id, name="curves.png", bytes=len(png), sha256="00" * 32,
+                       media_type="image/png", key=f"jobs/{job_id}/curves.png"))  # fmt: skip
+        repo.add_event(s, job_id, "status", "job <script>alert(1)</script> queued")
+    _login(app_client, secret)
+
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert 'id="metrics-table"' in page
+    for value in ("61.25", "72.50", "80.75", "55.50", "79.50", "70.25", "74.52", "+14.75", "-1.25"):
+        assert value in page, value
+    assert f'src="/jobs/{job_id}/artifacts/curves.png"' in page
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page  # escaped event text
+    assert 'id="cancel-button"' not in page  # finished jobs cannot be cancelled
+
+    r = app_client.get(f"/jobs/{job_id}/artifacts/curves.png")
+    assert r.status_code == 200 and r.content == png and r.headers["content-type"] == "image/png"
+    assert app_client.get(f"/jobs/{job_id}/artifacts/prompts.safetensors").status_code == 404
+
+    live = app_client.get(f"/ui/jobs/{job_id}/live").json()
+    assert live["status"] == "succeeded" and live["terminal"] is True and live["metrics"] == metrics
+    assert [e["message"] for e in live["events"]] == ["job <script>alert(1)</script> queued"]
+    assert (
+        app_client.get(f"/ui/jobs/{job_id}/live", params={"after": live["events"][0]["id"]}).json()["events"]
+        == []
+    )
+
+    assert app_client.get("/static/dashboard.js").status_code == 200
+    assert app_client.get("/static/nope.js").status_code == 404
+
+
+def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
+    app_client: TestClient, settings: Any
+) -> None:
+    from sqlalchemy import func, select
+
+    from common.db import session_scope
+    from common.models import Job
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    rows = _rows(url, project, jobs=[])
+    _login(app_client, secret)
+    form_page = app_client.get("/jobs/new").text
+    assert rows["checkpoint_id"] in form_page and rows["dataset_id"] in form_page
+    key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', form_page).group(1)
+    form = {
+        "csrf": _csrf(form_page), "idempotency_key": key,
+        "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
+        "backbone_model": "tiny-test", "backbone_pretrained": "random",
+        "epochs": "3", "shots": "4", "batch_size": "", "lr": "0.01", "name": "from the form",
+    }  # fmt: skip
+
+    assert app_client.post("/jobs", data={**form, "csrf": "f" * 64}).status_code == 403
+    bad = app_client.post("/jobs", data={**form, "epochs": "lots"})
+    assert bad.status_code == 422 and "epochs must be a number" in bad.text
+    too_many = app_client.post("/jobs", data={**form, "epochs": "100000"})
+    assert too_many.status_code == 422 and "epochs" in too_many.text
+
+    r = app_client.post("/jobs", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    job_id = r.headers["location"].removeprefix("/jobs/")
+    again = app_client.post("/jobs", data=form, follow_redirects=False)  # double submit: same job
+    assert again.headers["location"] == r.headers["location"]
+    with session_scope(url) as s:
+        job = s.get(Job, job_id)
+        assert job.project_id == project and job.status == "queued"
+        assert job.hyperparameters["epochs"] == 3 and job.hyperparameters["shots"] == 4
+        assert job.hyperparameters["lr"] == 0.01 and job.hyperparameters["batch_size"] == 128  # default
+        assert job.backbone == {"model": "tiny-test", "pretrained": "random"}
+        assert job.metadata_ == {"name": "from the form"}
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.project_id == project)) == 1
+
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert 'id="cancel-button"' in page and 'data-status="queued"' in page
+    assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": "0" * 64}).status_code == 403
+    r = app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert app_client.get(f"/ui/jobs/{job_id}/live").json()["status"] == "cancelled"
+    # Cancelling again is harmless.
+    assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}).status_code == 200

@@ -1,0 +1,141 @@
+"""End-to-end fixtures: a fresh Postgres database, Redis database index 14, a real uvicorn API process, a
+real Celery worker process and a bearer token made by the real ``mergetune token create``."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
+
+import worker_support as ws  # noqa: E402
+
+REDIS_DB = 14
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    with ws.fresh_database("mt_e2e") as url:
+        ws.flush_redis(REDIS_DB)
+        yield ws.make_settings(home, url, f"{ws.REDIS_URL}/{REDIS_DB}")
+
+
+@pytest.fixture(scope="module")
+def e2e_env(e2e_settings):
+    return ws.settings_env(e2e_settings)
+
+
+class ApiProcess:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],  # fmt: skip
+            cwd=ws.REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"API exited:\n{self.log_path.read_text()}")
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        ws.wait_for(up, timeout, 0.2, "the API to answer /healthz")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def api(e2e_env, tmp_path_factory):
+    p = ApiProcess(e2e_env, tmp_path_factory.mktemp("api") / "api.log")
+    try:
+        p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(e2e_env, tmp_path_factory):
+    w = ws.WorkerProcess(e2e_env, tmp_path_factory.mktemp("worker") / "worker.log", nodename="e2e@test")
+    w.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def create_token(env: dict[str, str], project: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "token", "create", "--project", project],
+        cwd=ws.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def token(e2e_env):
+    return create_token(e2e_env, "e2e")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_file(tmp_path_factory):
+    """A Dassl-layout prompts.pth.tar of a 'fine-tuned' tiny-test context, the way users upload them."""
+    from core.export import export_prompts
+
+    out = tmp_path_factory.mktemp("ckpt")
+    paths = export_prompts(
+        out, ws.tiny_ctx(), token_prefix=None, token_suffix=None, metadata={"method": "coop"}, epoch=50
+    )
+    return paths["prompts.pth.tar"]
