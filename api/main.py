@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def __getattr__(name: str) -> Any:
     """``api.main:app`` for plain ``uvicorn api.main:app`` / gunicorn: built from the environment."""
     if name == "app":
-        global app
-        app = create_app()
-        return app
+        application = create_app()
+        globals()["app"] = application
+        return application
     raise AttributeError(name)

@@ -68,7 +68,8 @@ class _DatabaseCollector(Collector):
         depth.add_metric([], counts.get("queued", 0))
         by_status: dict[str, list[float]] = {}
         for status, started, finished in rows:
-            by_status.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
+            if started is not None and finished is not None:
+                by_status.setdefault(status, []).append(max(0.0, (finished - started).total_seconds()))
         for status, values in sorted(by_status.items()):
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", len(values)))

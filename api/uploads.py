@@ -8,8 +8,10 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -66,114 +68,113 @@ async def receive_multipart(
         )
 
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    result = ReceivedUpload()
-    hasher = hashlib.sha256()
-    state: dict[str, object] = {
-        "headers": {},
-        "hname": b"",
-        "hvalue": b"",
-        "name": None,
-        "out": None,
-        "buf": None,
-    }
-
-    def on_part_begin() -> None:
-        state.update(headers={}, hname=b"", hvalue=b"", name=None, out=None, buf=None)
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["hname"] = state["hname"] + data[start:end]  # type: ignore[operator]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["hvalue"] = state["hvalue"] + data[start:end]  # type: ignore[operator]
-
-    def on_header_end() -> None:
-        state["headers"][bytes(state["hname"]).lower()] = bytes(state["hvalue"])  # type: ignore[index,arg-type]
-        state["hname"], state["hvalue"] = b"", b""
-
-    def on_headers_finished() -> None:
-        disp = state["headers"].get(b"content-disposition", b"")  # type: ignore[attr-defined]
-        _, opts = parse_options_header(disp)
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
-        state["name"] = name
-        if name == file_field:
-            if result.path is not None:
-                raise BadRequest("only one `file` part is allowed", param="file")
-            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
-            result.path = Path(tmp)
-            result.filename = opts.get(b"filename", b"").decode("utf-8", "replace") or None
-            state["out"] = os.fdopen(fd, "wb")
-        else:
-            state["buf"] = bytearray()
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        out = state["out"]
-        if out is not None:
-            result.size += len(chunk)
-            if result.size > max_bytes:
-                raise _TooLarge()
-            hasher.update(chunk)
-            out.write(chunk)  # type: ignore[attr-defined]
-        elif state["buf"] is not None:
-            buf = state["buf"]
-            buf.extend(chunk)  # type: ignore[attr-defined]
-            if len(buf) > MAX_FIELD_BYTES:  # type: ignore[arg-type]
-                raise _FieldTooLarge(str(state["name"]))
-
-    def on_part_end() -> None:
-        out = state["out"]
-        if out is not None:
-            out.close()  # type: ignore[attr-defined]
-            state["out"] = None
-        elif state["buf"] is not None and state["name"]:
-            result.fields[str(state["name"])] = bytes(state["buf"]).decode("utf-8", "replace")  # type: ignore[arg-type]
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    sink = _Sink(tmp_dir, max_bytes, file_field)
+    result = sink.result
+    parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():
             if chunk:
                 parser.write(chunk)
         parser.finalize()
     except _TooLarge:
-        _close(state)
+        sink.close()
         result.cleanup()
         raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes", param="file") from None
     except _FieldTooLarge as exc:
-        _close(state)
+        sink.close()
         result.cleanup()
         raise Unprocessable(f"form field {exc.name!r} is too long", param=exc.name) from None
     except BadRequest:
-        _close(state)
+        sink.close()
         result.cleanup()
         raise
     except Exception as exc:  # multipart parse errors, client disconnects
-        _close(state)
+        sink.close()
         result.cleanup()
         raise BadRequest(f"malformed multipart body: {exc}", param="file") from exc
     except BaseException:
-        _close(state)
+        sink.close()
         result.cleanup()
         raise
-    _close(state)
+    sink.close()
     if result.path is None:
         raise Unprocessable("a `file` part is required", param="file")
-    result.sha256 = hasher.hexdigest()
+    result.sha256 = sink.hasher.hexdigest()
     return result
 
 
-def _close(state: dict[str, object]) -> None:
-    out = state.get("out")
-    if out is not None:
-        out.close()  # type: ignore[attr-defined]
-        state["out"] = None
+class _Sink:
+    """python-multipart callbacks: the file part to a temp file (hashed, size-capped), small fields kept."""
+
+    def __init__(self, tmp_dir: Path, max_bytes: int, file_field: str) -> None:
+        self.tmp_dir, self.max_bytes, self.file_field = tmp_dir, max_bytes, file_field
+        self.result = ReceivedUpload()
+        self.hasher = hashlib.sha256()
+        self.headers: dict[bytes, bytes] = {}
+        self.hname = b""
+        self.hvalue = b""
+        self.name: str | None = None
+        self.out: BinaryIO | None = None
+        self.buf: bytearray | None = None
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.headers, self.hname, self.hvalue, self.name, self.out, self.buf = {}, b"", b"", None, None, None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.hname += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.hvalue += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.hname.lower()] = self.hvalue
+        self.hname, self.hvalue = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if self.name == self.file_field:
+            if self.result.path is not None:
+                raise BadRequest("only one `file` part is allowed", param="file")
+            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
+            self.result.path = Path(tmp)
+            self.result.filename = opts.get(b"filename", b"").decode("utf-8", "replace") or None
+            self.out = os.fdopen(fd, "wb")
+        else:
+            self.buf = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self.out is not None:
+            self.result.size += len(chunk)
+            if self.result.size > self.max_bytes:
+                raise _TooLarge()  # stop before the limit is exceeded on disk
+            self.hasher.update(chunk)
+            self.out.write(chunk)
+        elif self.buf is not None:
+            self.buf.extend(chunk)
+            if len(self.buf) > MAX_FIELD_BYTES:
+                raise _FieldTooLarge(self.name or "?")
+
+    def on_part_end(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+        elif self.buf is not None and self.name:
+            self.result.fields[self.name] = bytes(self.buf).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
-from api.schemas import JobCreate, JobRead
+from api.schemas import JobCreate, JobError, JobRead, Progress
 from api.services.idempotency import replayed_id, request_hash
 from common import repositories as repo
 from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
@@ -178,9 +178,9 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         backbone=job.backbone,
         hyperparameters=job.hyperparameters,
         metadata=job.metadata_ or {},
-        progress=job.progress,
+        progress=Progress.model_validate(job.progress) if job.progress else None,
         metrics=job.metrics,
-        error=job.error,
+        error=JobError.model_validate(job.error) if job.error else None,
         cancel_requested=job.cancel_requested,
         queue_position=position,
         created_at=job.created_at,

@@ -92,23 +92,38 @@ class ApiProcess:
 
 
 @pytest.fixture(scope="module")
-def api(e2e_env, tmp_path_factory):
-    p = ApiProcess(e2e_env, tmp_path_factory.mktemp("api") / "api.log")
+def stack(e2e_env, tmp_path_factory):
+    """API + worker started together (their imports overlap), then both waited for."""
+    logs = tmp_path_factory.mktemp("logs")
+    w = ws.WorkerProcess(e2e_env, logs / "worker.log", nodename="e2e@test").start(wait=False)
+    p = ApiProcess(e2e_env, logs / "api.log")
+    tok = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "token", "create", "--project", "e2e"],
+        cwd=ws.REPO,
+        env=e2e_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        p.wait_ready()
-        yield p
+        out, err = tok.communicate(timeout=120)
+        assert tok.returncode == 0, err
+        p.wait_ready(90)
+        w.wait_ready(90)
+        yield p, w, out.strip().splitlines()[-1]
     finally:
         p.stop()
+        w.stop()
 
 
 @pytest.fixture(scope="module")
-def celery_worker(e2e_env, tmp_path_factory):
-    w = ws.WorkerProcess(e2e_env, tmp_path_factory.mktemp("worker") / "worker.log", nodename="e2e@test")
-    w.start()
-    try:
-        yield w
-    finally:
-        w.stop()
+def api(stack):
+    return stack[0]
+
+
+@pytest.fixture(scope="module")
+def celery_worker(stack):
+    return stack[1]
 
 
 def create_token(env: dict[str, str], project: str) -> str:
@@ -125,8 +140,9 @@ def create_token(env: dict[str, str], project: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def token(e2e_env):
-    return create_token(e2e_env, "e2e")
+def token(stack):
+    """Made by the real ``mergetune token create`` (same database), while the processes start."""
+    return stack[2]
 
 
 @pytest.fixture(scope="session")

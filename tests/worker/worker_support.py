@@ -264,7 +264,7 @@ class WorkerProcess:
         self.env, self.log_path, self.nodename = env, log_path, nodename
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_ready: float = 60.0) -> WorkerProcess:
+    def start(self, wait_ready: float = 60.0, *, wait: bool = True) -> WorkerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
@@ -294,7 +294,13 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: self.ready() or self._died(), wait_ready, 0.2, "the celery worker to be ready")
+        if wait:
+            self.wait_ready(wait_ready)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> WorkerProcess:
+        assert self.proc is not None
+        wait_for(lambda: self.ready() or self._died(), timeout, 0.2, "the celery worker to be ready")
         if self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
         return self

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from api_support import TINY_DATASET
+
+from cli.client import ApiError, Client
+from cli.main import main
+
+
+@pytest.fixture
+def env_settings(monkeypatch, settings):
+    """Point get_settings() (what the CLI reads) at the test database."""
+    from common.settings import get_settings
+
+    monkeypatch.setenv("MERGETUNE_HOME", str(settings.HOME))
+    monkeypatch.setenv("MERGETUNE_DATABASE_URL", settings.DATABASE_URL)
+    monkeypatch.setenv("MERGETUNE_BROKER_URL", settings.BROKER_URL)
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def test_token_create_prints_the_token_alone_on_its_last_line(env_settings, client, capsys):
+    assert main(["token", "create", "--project", "cli-project"]) == 0
+    out = capsys.readouterr().out
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("mt_") and " " not in token
+    r = client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+
+
+@pytest.fixture
+def live_url(settings):
+    """The app served by a real uvicorn on a free port, in a thread."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from api.main import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):
+    ckpt_file = tmp_path / "ft.pth.tar"
+    ckpt_file.write_bytes(ctx_and_bytes[1])
+    token = auth["Authorization"].split()[1]
+    with Client(live_url, token) as c:
+        ckpt = c.upload_checkpoint(ckpt_file, name="ft")
+        assert ckpt["status"] == "ready" and ckpt["name"] == "ft"
+        ds = c.create_dataset(TINY_DATASET["name"], "builtin", options=TINY_DATASET["options"])
+        job = c.create_job(ckpt["id"], ds["id"], hyperparameters={"epochs": 2}, metadata={"a": "b"})
+        assert job["status"] == "queued" and job["hyperparameters"]["epochs"] == 2
+        assert [j["id"] for j in c.list_jobs()] == [job["id"]]
+        c.cancel_job(job["id"])
+        assert c.wait_job(job["id"], interval=0.01, timeout=5)["status"] == "cancelled"
+        assert c.list_artifacts(job["id"]) == []
+        with pytest.raises(ApiError) as exc:
+            c.create_job(ckpt["id"], ds["id"], hyperparameters={"lr": 0})
+        assert (exc.value.status, exc.value.param) == (422, "hyperparameters.lr")
+
+
+def test_cli_parser_covers_the_commands():
+    from cli.main import build_parser
+
+    p = build_parser()
+    args = p.parse_args(
+        ["job", "create", "--checkpoint", "c", "--dataset", "d", "--hp", "epochs=3", "--hp", "lr=0.01"]
+    )
+    assert (args.checkpoint, args.dataset, args.hp) == ("c", "d", ["epochs=3", "lr=0.01"])
+    from cli.main import _pairs
+
+    assert _pairs(args.hp, typed=True) == {"epochs": 3, "lr": 0.01}
+    assert p.parse_args(["serve", "--embedded", "--port", "9000"]).embedded is True
+    assert json.loads('{"a": 1}') == {"a": 1}
