@@ -50,8 +50,9 @@ from common.models import (
     JobEvent,
     JobStatus,
 )
+from common.settings import Settings
 from common.storage import ArtifactNotFound, get_store
-from core.config import HeadHyperparameters, Hyperparameters, Method
+from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method
 
 logger = logging.getLogger(__name__)
 
@@ -233,11 +234,21 @@ def _event_json(event: JobEvent) -> dict[str, Any]:
     }
 
 
-def job_live(session: Session, job: Job, after: int = 0) -> dict[str, Any]:
-    """What the job page polls: status, progress, metrics, new events."""
+def _queue_facts(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
+    """Queue position and estimated finish, computed exactly as ``GET /v1/jobs/{id}`` does."""
+    read = job_service.job_read(session, settings, job)
+    return {
+        "queue_position": read.queue_position,
+        "estimated_finish": _fmt_time(read.estimated_finish) if read.estimated_finish else "—",
+    }
+
+
+def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> dict[str, Any]:
+    """What the job page polls: status, progress, metrics, queue facts, new events."""
     return {
         "id": job.id,
         "status": job.status,
+        **_queue_facts(session, settings, job),
         "terminal": job.status in TERMINAL,
         "progress": job.progress or {},
         "metrics": job.metrics,
@@ -290,10 +301,10 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
         return JobCreate(
             checkpoint_id=checkpoint.id,
             dataset_id=form.get("dataset_id", ""),
-            backbone={
-                "model": form.get("backbone_model", "").strip(),
-                "pretrained": form.get("backbone_pretrained", "").strip(),
-            },
+            backbone=BackboneSpec(
+                model=form.get("backbone_model", "").strip(),
+                pretrained=form.get("backbone_pretrained", "").strip(),
+            ),
             hyperparameters=hyperparameters,
             metadata=metadata,
         )
@@ -453,7 +464,7 @@ async def create_job(request: Request, session: SessionDep, settings: SettingsDe
 
 
 @router.get("/jobs/{job_id}")
-def job_detail(request: Request, session: SessionDep, job_id: str) -> Response:
+def job_detail(request: Request, session: SessionDep, settings: SettingsDep, job_id: str) -> Response:
     viewer = _viewer(request, session)
     if viewer is None:
         return _to_login(request)
@@ -473,6 +484,7 @@ def job_detail(request: Request, session: SessionDep, job_id: str) -> Response:
         last_event_id=events[-1].id if events else 0,
         dataset=session.get(Dataset, job.dataset_id),
         checkpoint=session.get(Checkpoint, job.checkpoint_id),
+        queue=_queue_facts(session, settings, job),
     )
 
 
@@ -550,7 +562,11 @@ def dataset_list(request: Request, session: SessionDep) -> Response:
 
 @router.get("/ui/jobs/{job_id}/live")
 def job_live_json(
-    request: Request, session: SessionDep, job_id: str, after: Annotated[int, Query(ge=0)] = 0
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    job_id: str,
+    after: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
     viewer = _viewer(request, session)
     if viewer is None:
@@ -558,7 +574,7 @@ def job_live_json(
     job = _job(session, viewer, job_id)
     if job is None:
         return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
-    return JSONResponse(job_live(session, job, after), headers={"Cache-Control": "no-store"})
+    return JSONResponse(job_live(session, settings, job, after), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/ui/overview")

@@ -99,6 +99,9 @@ async def receive_multipart(
     sink.close()
     if result.path is None:
         raise Unprocessable("a `file` part is required", param="file")
+    if result.size == 0:
+        result.cleanup()
+        raise Unprocessable("the uploaded file is empty", code="empty_file", param="file")
     result.sha256 = sink.hasher.hexdigest()
     return result
 

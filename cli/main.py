@@ -169,6 +169,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             start_new_session=True,  # we forward signals ourselves
         )
         log.info("worker started (pid %d)", worker.pid)
+    elif settings.REQUIRE_MIGRATED:
+        from common.db import DatabaseNotMigrated, check_migrated, get_engine
+
+        try:
+            check_migrated(get_engine(settings.DATABASE_URL))
+        except DatabaseNotMigrated as exc:
+            log.critical("refusing to start: %s", exc)
+            return 1
 
     config = uvicorn.Config(
         create_app(settings),

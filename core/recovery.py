@@ -1,9 +1,11 @@
-"""Entry points the worker and the CLI call: ``train_coop`` (make a fine-tuned prompt) and ``recover``
-(MergeTune continued fine-tuning of an uploaded prompt, evaluated with curves and baselines)."""
+"""Entry points the worker and the CLI call: ``train_coop`` (make a fine-tuned prompt), ``train_head``
+(make a fine-tuned linear head) and ``recover`` (MergeTune continued fine-tuning of an uploaded prompt
+or linear head, evaluated with curves, baselines and optional cross-dataset / shift evaluations)."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +13,35 @@ from typing import Any
 import torch
 
 from core.backbone import Backbone
-from core.config import Hyperparameters, Method, PromptLearnerSpec
+from core.config import FeatureMode, HeadHyperparameters, Hyperparameters, Method, PromptLearnerSpec, alphas
+from core.crossdata import ExtraDatasets, builtin_shift_datasets, evaluate_heads_on, evaluate_prompts_on
+from core.datasets import Dataset, Record, fewshot
 from core.errors import ConfigError
-from core.evaluate import evaluate
-from core.features import EvalFeatures, TaskLike, TrainFeatures
+from core.evaluate import accuracy, barrier, ce, evaluate
+from core.features import EvalFeatures, TaskLike, TrainFeatures, encode_records, labels_of
+from core.heads import (
+    HEAD_MODELS,
+    Head,
+    evaluate_split,
+    fit_head,
+    head_from,
+    head_models,
+    interpolate,
+    wise_ft_sweep,
+    zero_shot_head,
+)
 from core.objectives import LossWeights
 from core.prompts import PromptLearner, encode_template, init_ctx
-from core.result import EpochLog, RecoveryResult
+from core.result import (
+    Baselines,
+    Curve,
+    EpochLog,
+    FeatureInterpolation,
+    HeadReport,
+    Metrics,
+    RecoveryResult,
+    SplitMetrics,
+)
 from core.train import EpochEndFn, ProgressFn, StopFn, train_prompts, use_amp
 
 logger = logging.getLogger(__name__)
@@ -25,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecoveryOutput:
-    ctx: torch.Tensor  # recovered context, CPU fp32, same shape as ctx_ft
+    #: recovered context, CPU fp32, same shape as ctx_ft; for linear heads {"weight", "bias"?}
+    ctx: Any
     result: RecoveryResult
 
 
@@ -130,19 +155,38 @@ def recover(
     should_stop: StopFn | None = None,
     resume_state: dict[str, Any] | None = None,
     on_epoch_end: EpochEndFn | None = None,
+    extra_datasets: ExtraDatasets | None = None,
 ) -> RecoveryOutput:
     """MergeTune (ALGORITHM.md section 2) from ``ctx_ft`` on ``task``'s base classes, then evaluation.
 
     ``method`` names where ``ctx_ft`` came from (coop or kgcoop; both are continued with the same
     objective). ``spec`` only matters for the class-token position (defaults: end, from ctx's shape).
+
+    ``method=Method.linear_head``: ``ctx_ft`` is the fine-tuned head ({"weight", "bias"?}, a
+    (weight, bias) pair or a weight tensor) and ``hp`` a HeadHyperparameters; see ``core.heads`` and
+    :func:`recover_head`. ``extra_datasets`` [(name, Dataset)]: evaluated on their full class lists
+    into ``result.extra_evaluations`` (``core.crossdata``); None means none for prompts, and the
+    registered shifted splits of a built-in dataset for heads.
     """
-    timer = _Timer()
-    _check_task(task)
     method = Method(method)
     if method == Method.linear_head:
-        raise ConfigError(
-            "recover() continues prompt checkpoints; linear heads are not supported here", param="method"
+        if not isinstance(hp, HeadHyperparameters):
+            raise ConfigError("linear-head jobs take HeadHyperparameters", param="hyperparameters")
+        return recover_head(
+            backbone,
+            task,
+            ctx_ft,
+            hp,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            resume_state=resume_state,
+            on_epoch_end=on_epoch_end,
+            extra_datasets=extra_datasets,
         )
+    if not isinstance(hp, Hyperparameters):
+        raise ConfigError("prompt jobs take Hyperparameters", param="hyperparameters")
+    timer = _Timer()
+    _check_task(task)
     if not torch.is_tensor(ctx_ft):
         raise ConfigError("ctx_ft must be a tensor", param="file")
     ctx_ft = ctx_ft.detach().float().cpu().clone()
@@ -205,6 +249,18 @@ def recover(
         "logit_scale": backbone.logit_scale,
         "ensemble": "mean of softmax probabilities",
     }
+    extra = []
+    if extra_datasets:
+        ds = task.dataset
+        source = list(getattr(ds, "classnames", None) or [*task.base_classnames, *task.novel_classnames])
+        for name, extra_ds in extra_datasets:
+            extra.append(
+                evaluate_prompts_on(
+                    backbone, name, extra_ds, ctx_ft, ctx_rec, spec,
+                    source_classnames=source, source_wnids=getattr(ds, "wnids", None),
+                ).model_dump(mode="json")
+            )  # fmt: skip
+        timer("extra_evaluations")
     result = RecoveryResult(
         metrics=ev.metrics,
         baselines=ev.baselines,
@@ -212,6 +268,7 @@ def recover(
         training=[EpochLog(**h) for h in history],
         timings=timer.total(),
         config=config,
+        extra_evaluations=extra,
     )
     logger.info(
         "recovered: base %.2f novel %.2f hm %.2f",
@@ -220,3 +277,310 @@ def recover(
         result.metrics.recovered.hm,
     )
     return RecoveryOutput(ctx=ctx_rec, result=result)
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear heads (ALGORITHM.md section 3)
+
+
+@dataclass
+class HeadData:
+    """What a linear head is trained and evaluated on. ``rows[i]`` is the dataset label of head row i;
+    record labels in ``train`` / ``val`` are row indices."""
+
+    dataset: Dataset
+    rows: list[int]
+    train: list[Record]
+    val: list[Record]
+    setting: str  # "all_classes" (robust fine-tuning) | "base_classes"
+
+    @property
+    def classnames(self) -> list[str]:
+        return [self.dataset.classnames[i] for i in self.rows]
+
+    def wnids(self) -> list[str] | None:
+        w = self.dataset.wnids
+        return None if w is None else [w[i] for i in self.rows]
+
+
+def head_data(task: TaskLike, n_rows: int, hp: HeadHyperparameters) -> HeadData:
+    """A head over all of the dataset's classes (robust fine-tuning): ``hp.shots`` per class from the
+    train split (seeded by ``hp.seed``, as core.datasets.fewshot), the whole val split (or, without
+    one, min(shots, 4) per class of the unused train items) for model selection. A head over the base
+    classes only: the task's few-shot train and val. Any other row count: ConfigError."""
+    ds = getattr(task, "dataset", None)
+    if not isinstance(ds, Dataset):
+        raise ConfigError("linear-head jobs need a dataset with its full class list", param="dataset")
+    base_labels = list(getattr(task, "base_labels", []))
+    if n_rows == ds.num_classes:
+        rng = random.Random(hp.seed)
+        train_all = list(ds.splits.get("train", []))
+        train = fewshot(train_all, hp.shots, rng)
+        val = list(ds.splits.get("val") or [])
+        if not val:
+            taken = {r.key for r in train}
+            val = fewshot([r for r in train_all if r.key not in taken], min(hp.shots, 4), rng)
+        data = HeadData(ds, list(range(ds.num_classes)), train, val, "all_classes")
+    elif base_labels and n_rows == len(base_labels):
+        data = HeadData(ds, base_labels, list(task.train), list(task.val), "base_classes")
+    else:
+        raise ConfigError(
+            f"the head has {n_rows} classes; the dataset has {ds.num_classes} "
+            f"({len(base_labels)} base classes)",
+            code="class_mismatch",
+            param="checkpoint_id",
+        )
+    if not data.train:
+        raise ConfigError("the head's training set is empty", param="dataset")
+    return data
+
+
+def _head_batches(backbone: Backbone, data: HeadData, hp: HeadHyperparameters) -> TrainFeatures:
+    # frozen encoder, no augmentation: features encoded once for the whole job (exact)
+    return TrainFeatures(
+        backbone, data.dataset, data.train, mode=FeatureMode.none, batch_size=hp.batch_size, seed=hp.seed
+    )
+
+
+def train_head(
+    backbone: Backbone,
+    task: TaskLike,
+    hp: HeadHyperparameters,
+    *,
+    init: str = "zero_shot",
+    bias: bool = True,
+    all_classes: bool = True,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """Fine-tune a linear head (plain CE, SGD on cached features; demos and tests): over all of the
+    dataset's classes (``all_classes``) or the base classes. ``init``: "zero_shot" (W_zs, as in
+    WiSE-FT) or "zeros" (logistic regression from scratch). Returns {"weight" [C, D], "bias" [C]?}."""
+    ds = getattr(task, "dataset", None)
+    if not isinstance(ds, Dataset):
+        raise ConfigError("train_head needs a dataset with its full class list", param="dataset")
+    n_rows = ds.num_classes if all_classes else len(task.base_classnames)
+    data = head_data(task, n_rows, hp)
+    tau = backbone.logit_scale
+    zs = zero_shot_head(encode_template(backbone, data.classnames, task.template), tau).detached()
+    if init == "zero_shot":
+        w0 = zs.weight
+    elif init == "zeros":
+        w0 = torch.zeros_like(zs.weight)
+    else:
+        raise ConfigError(f"unknown head init {init!r}", param="init")
+    start = Head(w0, torch.zeros(w0.shape[0]) if bias else None)
+    head, _ = fit_head(
+        _head_batches(backbone, data, hp), start, hp, on_progress=on_progress, should_stop=should_stop
+    )
+    return head.as_dict()
+
+
+def _extend(head: Head, full_zs: Head, rows: list[int]) -> Head:
+    """The head over every dataset class: its own rows where it has them, zero-shot rows elsewhere."""
+    w = full_zs.weight.clone()
+    w[rows] = head.weight
+    b = None
+    if head.bias is not None:
+        b = torch.zeros(w.shape[0])
+        b[rows] = head.bias
+    return Head(w, b)
+
+
+def _subset(split: tuple[torch.Tensor, torch.Tensor], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of ``labels`` (dataset labels), relabelled to their index in ``labels``."""
+    feats, y = split
+    lut = torch.full((int(y.max()) + 1 if y.numel() else 1,), -1, dtype=torch.long)
+    for i, lab in enumerate(labels):
+        if lab < lut.numel():
+            lut[lab] = i
+    mapped = lut[y.cpu()].to(y.device)
+    keep = mapped >= 0
+    return feats[keep], mapped[keep]
+
+
+def _head_curve(
+    ends: dict[str, tuple[Head, Head]],
+    b2n: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    values: list[float],
+) -> Curve:
+    """A segment between two heads (each as (base rows, novel rows)): weights and biases linear."""
+    out: dict[str, list[float]] = {}
+    for i, name in enumerate(("base", "novel")):
+        feats, y = b2n[name]
+        lgs = [interpolate(ends["a"][i], ends["b"][i], t).logits(feats) for t in values]
+        out[f"{name}_acc"] = [accuracy(lg, y) for lg in lgs]
+        out[f"{name}_loss"] = [ce(lg, y) for lg in lgs]
+    return Curve(
+        alphas=list(values),
+        barrier_base=barrier(out["base_loss"], values),
+        barrier_novel=barrier(out["novel_loss"], values),
+        **out,
+    )
+
+
+def recover_head(
+    backbone: Backbone,
+    task: TaskLike,
+    head_ft: Any,
+    hp: HeadHyperparameters,
+    *,
+    on_progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    resume_state: dict[str, Any] | None = None,
+    on_epoch_end: EpochEndFn | None = None,
+    extra_datasets: ExtraDatasets | None = None,
+) -> RecoveryOutput:
+    """Linear-head MergeTune from ``head_ft`` (init W = W_ft), then evaluation of the zero-shot,
+    fine-tuned and merged heads, the two output ensembles and the WiSE-FT sweep (alpha chosen on val)
+    on val, the in-distribution test split and every shifted split (``result.head``).
+
+    ``result.metrics`` / ``baselines`` / ``curves`` keep the prompt-job shape: base and novel test
+    images classified among base / novel classes by the head's rows (rows the head lacks, for a
+    base-class head, are zero-shot rows); feature_interpolation is WiSE-FT at the chosen alpha; the
+    "classifier" curves interpolate head weights and biases linearly (no normalisation)."""
+    timer = _Timer()
+    ft = head_from(head_ft)
+    if ft.weight.shape[1] != backbone.embed_dim:
+        raise ConfigError(
+            f"head input width {ft.weight.shape[1]} does not match the backbone's embed width "
+            f"{backbone.embed_dim}",
+            code="width_mismatch",
+            param="checkpoint_id",
+        )
+    data = head_data(task, ft.weight.shape[0], hp)
+    ds = data.dataset
+    tau = backbone.logit_scale
+    full_zs = zero_shot_head(encode_template(backbone, ds.classnames, task.template), tau).detached()
+    zs = full_zs.rows(data.rows)
+    timer("setup")
+    batches = _head_batches(backbone, data, hp)
+    timer("train_features")
+    merged, history = fit_head(
+        batches, ft, hp, zs=zs, lam=hp.lam, ft=ft, w_lmc=hp.w_lmc, on_progress=on_progress,
+        should_stop=should_stop, resume_state=resume_state, on_epoch_end=on_epoch_end,
+    )  # fmt: skip
+    timer("training")
+
+    dev = backbone.device
+    test_records = list(ds.splits.get("test", []))
+    test_all = (encode_records(backbone, ds, test_records), labels_of(test_records).to(dev))
+    val = (encode_records(backbone, ds, data.val), labels_of(data.val).to(dev))
+    splits = {"val": val, "test": _subset(test_all, data.rows)}
+    timer("eval_features")
+    sweep = wise_ft_sweep(splits, zs, ft, step=hp.curve_step, select_on="val")
+    models = head_models(zs, ft, merged, sweep.best_alpha)
+    head_splits = [
+        evaluate_split("val", "validation", val, models),
+        evaluate_split("test", "in_distribution", splits["test"], models),
+    ]
+
+    # base-to-novel view, in the prompt jobs' shape
+    base_labels = list(getattr(task, "base_labels", data.rows))
+    novel_labels = list(getattr(task, "novel_labels", []))
+    b2n = {"base": _subset(test_all, base_labels), "novel": _subset(test_all, novel_labels)}
+    ext = {k: _extend(h, full_zs, data.rows) for k, h in models.items()}
+
+    def split_metrics(h: Head) -> SplitMetrics:
+        return SplitMetrics.of(
+            accuracy(h.rows(base_labels).logits(b2n["base"][0]), b2n["base"][1]),
+            accuracy(h.rows(novel_labels).logits(b2n["novel"][0]), b2n["novel"][1]) if novel_labels else 0.0,
+        )
+
+    def ens_metrics(a: Head, b: Head) -> SplitMetrics:
+        acc = {}
+        for name, labs in (("base", base_labels), ("novel", novel_labels)):
+            feats, y = b2n[name]
+            if not labs:
+                acc[name] = 0.0
+                continue
+            p = a.rows(labs).logits(feats).softmax(-1) + b.rows(labs).logits(feats).softmax(-1)
+            acc[name] = accuracy(p, y)
+        return SplitMetrics.of(acc["base"], acc["novel"])
+
+    metrics = Metrics(
+        zero_shot=split_metrics(ext["zero_shot"]),
+        fine_tuned=split_metrics(ext["fine_tuned"]),
+        recovered=split_metrics(ext["merged"]),
+    )
+    wise = split_metrics(ext["wise_ft"])
+    baselines = Baselines(
+        feature_interpolation=FeatureInterpolation(
+            alpha=sweep.best_alpha, base=wise.base, novel=wise.novel, hm=wise.hm
+        ),
+        ensemble=ens_metrics(ext["zero_shot"], ext["fine_tuned"]),
+    )
+    curves: dict[str, dict[str, Curve]] = {}
+    if novel_labels:
+        ends = {"zs": ext["zero_shot"], "ft": ext["fine_tuned"], "rec": ext["merged"]}
+        rows = {k: (h.rows(base_labels), h.rows(novel_labels)) for k, h in ends.items()}
+        values = alphas(hp.curve_step)
+        seg_curves = {}
+        for seg in ("zs_ft", "zs_rec", "ft_rec"):
+            a, b = seg.split("_")
+            seg_curves[seg] = _head_curve({"a": rows[a], "b": rows[b]}, b2n, values)
+        curves["classifier"] = seg_curves
+    timer("evaluation")
+
+    extra: list[dict[str, Any]] = []
+    shifts = builtin_shift_datasets(ds) if extra_datasets is None else list(extra_datasets)
+    for name, extra_ds in shifts:
+        ev, split = evaluate_heads_on(
+            backbone, name, extra_ds, models, source_classnames=data.classnames, source_wnids=data.wnids()
+        )
+        extra.append(ev.model_dump(mode="json"))
+        if split is not None:
+            head_splits.append(split)
+    if shifts:
+        timer("extra_evaluations")
+
+    report = HeadReport(
+        classes=int(ft.weight.shape[0]),
+        dim=int(ft.weight.shape[1]),
+        bias=ft.bias is not None,
+        models=dict(HEAD_MODELS),
+        splits=head_splits,
+        wise_ft=sweep,
+    )
+    config = {
+        "method": Method.linear_head.value,
+        "backbone": {
+            "model": backbone.name,
+            "pretrained": backbone.pretrained,
+            "identity": backbone.identity,
+        },
+        "hyperparameters": hp.model_dump(mode="json"),
+        "setting": data.setting,
+        "classes": {
+            "head": data.classnames,
+            "base": list(task.base_classnames),
+            "novel": list(task.novel_classnames),
+        },
+        "template": task.template,
+        "split_sha256": _split_sha(task),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "steps_per_epoch": batches.steps_per_epoch,
+        "device": str(dev),
+        "logit_scale": tau,
+        "ensemble": "mean of softmax probabilities",
+        "wise_ft_selected_on": "val",
+    }
+    result = RecoveryResult(
+        metrics=metrics,
+        baselines=baselines,
+        curves=curves,
+        training=[EpochLog(**h) for h in history],
+        timings=timer.total(),
+        config=config,
+        extra_evaluations=extra,
+        head=report,
+    )
+    test_acc = head_splits[1].accuracy
+    logger.info(
+        "merged head: test %.2f (zero-shot %.2f, fine-tuned %.2f)",
+        test_acc["merged"],
+        test_acc["zero_shot"],
+        test_acc["fine_tuned"],
+    )
+    return RecoveryOutput(ctx=merged.as_dict(), result=result)

@@ -71,6 +71,59 @@ class EpochLog(_Model):
     lr: float
 
 
+class HeadSplit(_Model):
+    """Accuracy (%) and mean CE of every head model on one split (linear-head jobs)."""
+
+    name: str  # "val", "test", or the registered name of a shifted split
+    kind: str  # "validation" | "in_distribution" | "shift"
+    images: int
+    classes: int
+    accuracy: dict[str, float]  # model -> %
+    loss: dict[str, float]  # model -> mean CE (ensembles: NLL of the averaged probabilities)
+
+
+class WiseFTSweep(_Model):
+    """Weight interpolation W(a) = (1 - a) W_zs + a W_ft, b(a) = a b_ft (a = 0: zero-shot, 1: fine-tuned)."""
+
+    alphas: list[float]
+    accuracy: dict[str, list[float]]  # split name -> accuracy per alpha
+    loss: dict[str, list[float]]
+    best_alpha: float  # best accuracy on ``selected_on`` (ties: smaller loss, then smaller alpha)
+    selected_on: str
+
+
+class HeadReport(_Model):
+    """Linear-head MergeTune (ALGORITHM.md section 3): per-split accuracies, ensembles, WiSE-FT sweep."""
+
+    classes: int
+    dim: int
+    bias: bool
+    #: model name -> what it is (zero_shot, fine_tuned, merged, merged_zs_ensemble, endpoint_ensemble, wise_ft)
+    models: dict[str, str]
+    splits: list[HeadSplit]
+    wise_ft: WiseFTSweep
+
+
+class ExtraEvaluation(_Model):
+    """One row of ``RecoveryResult.extra_evaluations`` (stored as its flat dict, for the report table).
+
+    Accuracies (%) on the dataset's test split over its full class list (``mapping`` says how the
+    classes relate to the job's: "same" classes, a "subset" mapped by wnid or name (ImageNet-A/-R
+    style), or "other" classes (cross-dataset; a linear head has no rows for them: None)."""
+
+    dataset: str
+    kind: str  # "shift" | "cross_dataset"
+    mapping: str  # "same" | "subset" | "other"
+    classes: int
+    images: int
+    zero_shot: float
+    fine_tuned: float | None = None
+    recovered: float | None = None
+    recovered_zs_ensemble: float | None = None
+    endpoint_ensemble: float | None = None
+    wise_ft: float | None = None
+
+
 class RecoveryResult(_Model):
     metrics: Metrics
     baselines: Baselines
@@ -81,3 +134,5 @@ class RecoveryResult(_Model):
     timings: dict[str, float] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     extra_evaluations: list[dict[str, Any]] = Field(default_factory=list)
+    #: linear-head jobs only (None for prompt jobs)
+    head: HeadReport | None = None

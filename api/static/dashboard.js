@@ -75,6 +75,8 @@
       document.getElementById("job-started").textContent = data.started_at;
       document.getElementById("job-finished").textContent = data.finished_at;
       document.getElementById("job-duration").textContent = data.duration;
+      document.getElementById("queue-position").textContent = data.queue_position || "—";
+      document.getElementById("job-eta").textContent = data.estimated_finish;
       if (data.status !== status) {
         status = data.status;
         root.dataset.status = status;

@@ -70,7 +70,7 @@ def tokenize(texts: list[str], tokenizer=None) -> torch.Tensor:
     missing = [t for t in dict.fromkeys(texts) if t not in _TOKEN_CACHE]
     if missing:
         ids = tok(missing)
-        for t, row in zip(missing, ids):
+        for t, row in zip(missing, ids, strict=True):
             _TOKEN_CACHE[t] = row
     return torch.stack([_TOKEN_CACHE[t] for t in texts])
 
@@ -223,7 +223,7 @@ def pretrain(
                 c=words[i]["colour"], s=words[i]["shape"], size=words[i]["size_word"],
                 bg=words[i]["bg_word"], pos=words[i]["pos_word"],
             )
-            for i, t in zip(idx, tids)
+            for i, t in zip(idx, tids, strict=True)
         ]  # fmt: skip
         x = torch.from_numpy(images[idx]).to(torch.float32)
         if hue_jitter_rad > 0:
@@ -372,8 +372,14 @@ def validate(model, *, data_seed=1, shots=16, test_per_class=20, epochs=100, hue
     te_lab = torch.arange(nb).repeat_interleave(test_per_class)
     f_tb = image_features(model, te_lab.tolist(), data_seed, te_idx.tolist(), hue=hue)
     f_tn = image_features(model, (te_lab + nb).tolist(), data_seed, te_idx.tolist(), hue=hue)
-    f_src = image_features(model, list(range(R.NUM_CLASSES)) * 5, data_seed, [20_000 + k // 96 for k in range(480)])
-    out = {"source_zero_shot_96way": _acc(f_src, torch.arange(96).repeat(5), zero_shot_weights(model, R.CLASSNAMES))}
+    f_src = image_features(
+        model, list(range(R.NUM_CLASSES)) * 5, data_seed, [20_000 + k // 96 for k in range(480)]
+    )
+    out = {
+        "source_zero_shot_96way": _acc(
+            f_src, torch.arange(96).repeat(5), zero_shot_weights(model, R.CLASSNAMES)
+        )
+    }
 
     pb, pn = PromptText(model, base), PromptText(model, novel)
     zs_b, zs_n = zero_shot_weights(model, base), zero_shot_weights(model, novel)
@@ -386,12 +392,16 @@ def validate(model, *, data_seed=1, shots=16, test_per_class=20, epochs=100, hue
     with torch.enable_grad():
         ctx_ft = _train_ctx(pb, f_tr, tr_lab, pb.ctx_init, tau, epochs=epochs)
     with torch.no_grad():
-        out["coop"] = metrics(F.normalize(pb.features(ctx_ft), dim=-1), F.normalize(pn.features(ctx_ft), dim=-1))
+        out["coop"] = metrics(
+            F.normalize(pb.features(ctx_ft), dim=-1), F.normalize(pn.features(ctx_ft), dim=-1)
+        )
         g_ft = pb.features(ctx_ft)
     with torch.enable_grad():
         ctx_mt = _train_ctx(pb, f_tr, tr_lab, ctx_ft, tau, epochs=epochs, g_zs=zs_b, g_ft=g_ft)
     with torch.no_grad():
-        out["mergetune"] = metrics(F.normalize(pb.features(ctx_mt), dim=-1), F.normalize(pn.features(ctx_mt), dim=-1))
+        out["mergetune"] = metrics(
+            F.normalize(pb.features(ctx_mt), dim=-1), F.normalize(pn.features(ctx_mt), dim=-1)
+        )
     out["logit_scale"] = round(tau, 2)
     out["seconds"] = round(time.time() - t0, 1)
     out["source_zero_shot_96way"] = round(out["source_zero_shot_96way"], 2)
@@ -399,8 +409,10 @@ def validate(model, *, data_seed=1, shots=16, test_per_class=20, epochs=100, hue
 
 
 def pattern_ok(v: dict) -> bool:
-    return v["coop"]["novel"] < v["zero_shot"]["novel"] and v["coop"]["base"] > v["zero_shot"]["base"] and (
-        v["mergetune"]["hm"] > v["coop"]["hm"]
+    return (
+        v["coop"]["novel"] < v["zero_shot"]["novel"]
+        and v["coop"]["base"] > v["zero_shot"]["base"]
+        and (v["mergetune"]["hm"] > v["coop"]["hm"])
     )
 
 

@@ -105,7 +105,9 @@ def _rotate(points: list[tuple[float, float]], cx: float, cy: float, rot: float)
     return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float, fill) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float, fill
+) -> None:
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif shape == "ring":
@@ -264,8 +266,11 @@ def render_with_caption(
     return _render_from_info(info, hue=hue, blur=blur), text
 
 
-def render_array(
-    labels, seed: int, indices, *, hue: float = 0.0, blur: float = 0.0
-) -> np.ndarray:
+def render_array(labels, seed: int, indices, *, hue: float = 0.0, blur: float = 0.0) -> np.ndarray:
     """Render many images into a uint8 array [N, 32, 32, 3]."""
-    return np.stack([np.asarray(render(int(y), seed, int(i), hue=hue, blur=blur)) for y, i in zip(labels, indices)])
+    return np.stack(
+        [
+            np.asarray(render(int(y), seed, int(i), hue=hue, blur=blur))
+            for y, i in zip(labels, indices, strict=True)
+        ]
+    )

@@ -300,6 +300,10 @@ def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
 
     page = app_client.get(f"/jobs/{job_id}").text
     assert 'id="cancel-button"' in page and 'data-status="queued"' in page
+    live = app_client.get(f"/ui/jobs/{job_id}/live").json()
+    assert live["status"] == "queued" and live["terminal"] is False
+    assert isinstance(live["queue_position"], int) and live["queue_position"] >= 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", live["estimated_finish"])
     assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": "0" * 64}).status_code == 403
     r = app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}, follow_redirects=False)
     assert r.status_code == 303

@@ -3,7 +3,6 @@ real Celery worker process and a bearer token made by the real ``mergetune token
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
 
 import worker_support as ws  # noqa: E402
 
-REDIS_DB = 14
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REDIS_DB = ws.E2E_REDIS_DB
+free_port = ws.free_port
 
 
 @pytest.fixture(autouse=True)
@@ -124,19 +118,6 @@ def api(stack):
 @pytest.fixture(scope="module")
 def celery_worker(stack):
     return stack[1]
-
-
-def create_token(env: dict[str, str], project: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "token", "create", "--project", project],
-        cwd=ws.REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 import httpx
 import pytest
 import worker_support as ws
-from conftest import create_token, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +37,7 @@ def test_cli_flow_against_embedded_server(tmp_path, checkpoint_file):
         MKL_NUM_THREADS="1",
         PYTHONPATH=str(ws.REPO),
     )
-    port = free_port()
+    port = ws.free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
@@ -59,7 +58,7 @@ def test_cli_flow_against_embedded_server(tmp_path, checkpoint_file):
                 return False
 
         ws.wait_for(up, 90, 0.3, "mergetune serve --embedded")
-        token = create_token(env, "cli")
+        token = ws.create_token(env, "cli")
         common = ["--url", url, "--token", token]
 
         out = _cli(env, "upload", str(checkpoint_file), "--name", "tiny", *common)

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import worker_support as ws  # noqa: E402
 
-REDIS_DB = 13  # this suite's Redis database index (flushed at start); e2e uses 14
+REDIS_DB = ws.WORKER_REDIS_DB
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import worker_support as ws
-from conftest import REDIS_DB
 from sqlalchemy import select, update
 
 from common.db import session_scope
@@ -28,7 +27,7 @@ def _status(url, job_id):
 def _redis():
     import redis
 
-    return redis.Redis.from_url(f"{ws.REDIS_URL}/{REDIS_DB}")
+    return redis.Redis.from_url(f"{ws.REDIS_URL}/{ws.WORKER_REDIS_DB}")
 
 
 def test_worker_config_for_long_gpu_jobs(wsettings):

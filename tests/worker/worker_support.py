@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
+#: Redis database indexes of these suites (flushed at start): tests/worker and tests/e2e.
+WORKER_REDIS_DB = 13
+E2E_REDIS_DB = 14
 
 #: Tiny everything: the random tiny-test CLIP and 6 builtin classes (3 base + 3 novel).
 TINY_BACKBONE = {"model": "tiny-test", "pretrained": "random"}
@@ -48,6 +51,28 @@ def fresh_database(prefix: str) -> Iterator[str]:
         get_engine(url).dispose()
         with psycopg.connect(f"host={PG_HOST} user={PG_USER} dbname=postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_token(env: dict[str, str], project: str) -> str:
+    """``mergetune token create --project NAME``: the token is alone on the last line of stdout."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "token", "create", "--project", project],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
 
 
 def flush_redis(db: int) -> None:
