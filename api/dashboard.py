@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep
-from api.errors import ApiError
+from api.errors import ApiError, error_body
 from api.schemas import JobCreate
 from api.services import jobs as job_service
 from common import repositories as repo
@@ -138,10 +138,14 @@ def _lookup(session: Session, raw: str | None) -> ApiToken | None:
     return session.scalar(select(ApiToken).where(ApiToken.token_hash == repo.hash_token(raw)))
 
 
-def _viewer(request: Request, session: Session) -> Viewer | None:
+def get_viewer(request: Request, session: SessionDep) -> Viewer | None:
+    """The logged-in viewer from the cookie, or None (pages then redirect, JSON answers 401)."""
     raw = request.cookies.get(COOKIE)
     token = _lookup(session, raw)
     return Viewer(token, raw) if token is not None and raw else None
+
+
+ViewerDep = Annotated[Viewer | None, Depends(get_viewer)]
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -188,6 +192,13 @@ def _events(session: Session, job_id: str, after: int = 0) -> list[JobEvent]:
         .limit(EVENTS_PAGE)
     )
     return list(session.scalars(query))
+
+
+def _latest_events(session: Session, job_id: str) -> tuple[list[JobEvent], int]:
+    """The newest EVENTS_PAGE events in order, and how many the job has in all."""
+    query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()).limit(EVENTS_PAGE)
+    total = session.scalar(select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id)) or 0
+    return list(session.scalars(query))[::-1], int(total)
 
 
 def _checkpoints(session: Session, viewer: Viewer) -> list[Checkpoint]:
@@ -256,6 +267,7 @@ def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> 
         "started_at": _fmt_time(job.started_at),
         "finished_at": _fmt_time(job.finished_at),
         "duration": _fmt_duration(job.started_at, job.finished_at),
+        "worker_host": job.worker_host,
         "events": [_event_json(e) for e in _events(session, job.id, after)],
     }
 
@@ -318,8 +330,8 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
 
 
 @router.get("/login")
-def login_page(request: Request, session: SessionDep, next: str = "/") -> Response:
-    if _viewer(request, session) is not None:
+def login_page(request: Request, viewer: ViewerDep, next: str = "/") -> Response:
+    if viewer is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return _render(request, "login.html", None, next=_safe_next(next), error=None)
 
@@ -359,8 +371,7 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, session: SessionDep, csrf: Annotated[str, Form()] = "") -> Response:
-    viewer = _viewer(request, session)
+def logout(viewer: ViewerDep, csrf: Annotated[str, Form()] = "") -> Response:
     if viewer is not None and not _check_csrf(viewer, csrf):
         return Response("bad CSRF token", status_code=403)
     response = RedirectResponse("/login", status_code=303)
@@ -375,12 +386,12 @@ def logout(request: Request, session: SessionDep, csrf: Annotated[str, Form()] =
 def job_list(
     request: Request,
     session: SessionDep,
+    viewer: ViewerDep,
     status: str | None = None,
     dataset_id: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = PAGE_SIZE,
 ) -> Response:
-    viewer = _viewer(request, session)
     if viewer is None:
         return _to_login(request)
     query = select(Job).where(Job.project_id == viewer.project_id)
@@ -419,8 +430,7 @@ def job_list(
 
 
 @router.get("/jobs/new")
-def new_job_page(request: Request, session: SessionDep) -> Response:
-    viewer = _viewer(request, session)
+def new_job_page(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
     if viewer is None:
         return _to_login(request)
     checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
@@ -436,8 +446,9 @@ def new_job_page(request: Request, session: SessionDep) -> Response:
 
 
 @router.post("/jobs")
-async def create_job(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
-    viewer = _viewer(request, session)
+async def create_job(
+    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
     if viewer is None:
         return _to_login(request)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
@@ -464,15 +475,16 @@ async def create_job(request: Request, session: SessionDep, settings: SettingsDe
 
 
 @router.get("/jobs/{job_id}")
-def job_detail(request: Request, session: SessionDep, settings: SettingsDep, job_id: str) -> Response:
-    viewer = _viewer(request, session)
+def job_detail(
+    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, job_id: str
+) -> Response:
     if viewer is None:
         return _to_login(request)
     job = _job(session, viewer, job_id)
     if job is None:
         return _not_found(request, viewer, f"job {job_id}")
     artifacts = _artifacts(session, job.id)
-    events = _events(session, job.id)
+    events, events_total = _latest_events(session, job.id)
     return _render(
         request,
         "job.html",
@@ -481,6 +493,7 @@ def job_detail(request: Request, session: SessionDep, settings: SettingsDep, job
         artifacts=artifacts,
         artifact_names={a.name for a in artifacts},
         events=events,
+        events_total=events_total,
         last_event_id=events[-1].id if events else 0,
         dataset=session.get(Dataset, job.dataset_id),
         checkpoint=session.get(Checkpoint, job.checkpoint_id),
@@ -489,8 +502,7 @@ def job_detail(request: Request, session: SessionDep, settings: SettingsDep, job
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(request: Request, session: SessionDep, job_id: str) -> Response:
-    viewer = _viewer(request, session)
+async def cancel_job(request: Request, session: SessionDep, viewer: ViewerDep, job_id: str) -> Response:
     if viewer is None:
         return _to_login(request)
     form = await request.form()
@@ -510,9 +522,8 @@ async def cancel_job(request: Request, session: SessionDep, job_id: str) -> Resp
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
 def job_artifact(
-    request: Request, session: SessionDep, settings: SettingsDep, job_id: str, name: str
+    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, job_id: str, name: str
 ) -> Response:
-    viewer = _viewer(request, session)
     if viewer is None:
         return _to_login(request)
     job = _job(session, viewer, job_id)
@@ -542,16 +553,14 @@ def job_artifact(
 
 
 @router.get("/checkpoints")
-def checkpoint_list(request: Request, session: SessionDep) -> Response:
-    viewer = _viewer(request, session)
+def checkpoint_list(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
     if viewer is None:
         return _to_login(request)
     return _render(request, "checkpoints.html", viewer, checkpoints=_checkpoints(session, viewer))
 
 
 @router.get("/datasets")
-def dataset_list(request: Request, session: SessionDep) -> Response:
-    viewer = _viewer(request, session)
+def dataset_list(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
     if viewer is None:
         return _to_login(request)
     return _render(request, "datasets.html", viewer, datasets=_datasets(session, viewer))
@@ -562,27 +571,25 @@ def dataset_list(request: Request, session: SessionDep) -> Response:
 
 @router.get("/ui/jobs/{job_id}/live")
 def job_live_json(
-    request: Request,
     session: SessionDep,
+    viewer: ViewerDep,
     settings: SettingsDep,
     job_id: str,
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    viewer = _viewer(request, session)
     if viewer is None:
-        return JSONResponse({"error": {"code": "unauthenticated", "message": "log in"}}, status_code=401)
+        return JSONResponse(error_body("unauthenticated", "log in at /login"), status_code=401)
     job = _job(session, viewer, job_id)
     if job is None:
-        return JSONResponse({"error": {"code": "not_found", "message": "no such job"}}, status_code=404)
+        return JSONResponse(error_body("not_found", f"job {job_id!r} not found", "job_id"), status_code=404)
     return JSONResponse(job_live(session, settings, job, after), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/ui/overview")
-def overview_json(request: Request, session: SessionDep, ids: str = "") -> Response:
+def overview_json(session: SessionDep, viewer: ViewerDep, ids: str = "") -> Response:
     """Health panel numbers and the statuses of the jobs shown on the list page."""
-    viewer = _viewer(request, session)
     if viewer is None:
-        return JSONResponse({"error": {"code": "unauthenticated", "message": "log in"}}, status_code=401)
+        return JSONResponse(error_body("unauthenticated", "log in at /login"), status_code=401)
     wanted = [i for i in ids.split(",") if i][:100]
     statuses = {}
     if wanted:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.metrics import LatencyMiddleware, Metrics
+from api import dashboard
 from api.routes import checkpoints, datasets, jobs, ops
 from common.db import DatabaseNotMigrated, check_migrated, get_engine
 from common.settings import Settings, get_settings
@@ -60,9 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(checkpoints.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
-    # Dashboard pages (api/dashboard.py, owned by the dashboard helper) are mounted here by the lead:
-    #     from api import dashboard
-    #     app.include_router(dashboard.router)
+    app.include_router(dashboard.router)  # server-rendered MLOps pages under /
     return app
 
 

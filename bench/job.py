@@ -39,10 +39,12 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _backbone_spec():
+def _backbone_spec(model: str = "auto"):
     from core.builtin import model as builtin_model
     from core.config import BackboneSpec
 
+    if model != "auto":
+        return BackboneSpec(model=model, pretrained="random"), f"{model}/random (--model)"
     if Path(builtin_model.WEIGHTS_PATH).is_file():
         return BackboneSpec(model="tiny-clip", pretrained="builtin"), "tiny-clip/builtin (bundled weights)"
     return BackboneSpec(model="tiny-test", pretrained="random"), (
@@ -59,7 +61,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     from core.datasets import base_to_novel, open_dataset
     from core.prompts import init_ctx
 
-    spec_bb, bb_note = _backbone_spec()
+    spec_bb, bb_note = _backbone_spec(args.model)
     backbone = load_backbone(spec_bb, "cpu")
     ds = open_dataset(DatasetKind.builtin, None, "", options={"num_classes": 2 * args.base})
     task = base_to_novel(ds, shots=args.shots, seed=1)
@@ -96,49 +98,40 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def _reference_job(backbone, task, ctx_ft, hp, spec, ref_epochs: int) -> dict:
-    from bench.reference import ReferenceModel, reference_step, reference_test
-    from core.features import _mix, augment, batch_plan
+def _reference_job(backbone, task, ctx_ft, hp, spec, ref_epochs: int, *, test_batch: int = 100) -> dict:
+    """Reference-style job: Dassl train loop for ``ref_epochs`` epochs (extrapolated to ``hp.epochs``),
+    then Dassl's test loop on both test splits."""
+    from bench.reference import ReferenceModel, dassl_epoch, reference_test
     from core.prompts import PromptLearner, encode_template
     from core.schedule import EpochSchedule, build_optimizer
+    from core.train import use_amp
 
+    amp = use_amp(hp.precision, backbone.device)
     t0 = time.perf_counter()
     learner = PromptLearner(backbone, task.base_classnames, ctx_ft, spec)
     anchor = encode_template(backbone, task.base_classnames, task.template)
-    ref = ReferenceModel(learner, ctx_ft, anchor, amp=False)
+    ref = ReferenceModel(learner, ctx_ft, anchor, amp=amp)
     opt = build_optimizer([learner.ctx], hp)
     sched = EpochSchedule(opt, hp)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     records = list(task.train)
-    labels = torch.tensor([r.label for r in records])
-    steps, _ = batch_plan(len(records), hp.batch_size)
     setup_s = time.perf_counter() - t0
 
     epoch_times = []
     for epoch in range(ref_epochs):
-        te = time.perf_counter()
         sched.set_epoch(epoch)
-        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(epoch))
-        for step in range(steps):
-            idx = order[step * hp.batch_size : (step + 1) * hp.batch_size].tolist()
-            # Dassl's loader: every image read and augmented again every step
-            images = torch.stack(
-                [augment(backbone, task.dataset.load_image(records[i].key), _mix(9, epoch, i)) for i in idx]
-            )
-            reference_step(ref, opt, scaler, images, labels[idx], hp)
-        epoch_times.append(time.perf_counter() - te)
+        epoch_times.append(dassl_epoch(ref, opt, scaler, backbone, task.dataset, records, hp, epoch)[1])
 
     te = time.perf_counter()
     accs = {}
     for split, names in (("test_base", task.base_classnames), ("test_novel", task.novel_classnames)):
         recs = list(getattr(task, split))
-        test_ref = ReferenceModel(
-            PromptLearner(backbone, names, learner.ctx.detach(), spec), ctx_ft, anchor, False
-        )
+        test_learner = PromptLearner(backbone, names, learner.ctx.detach(), spec)
+        test_ref = ReferenceModel(test_learner, ctx_ft, anchor, amp)
 
         def batches(recs=recs):
-            for s in range(0, len(recs), 100):  # Dassl test batch size 100
-                chunk = recs[s : s + 100]
+            for s in range(0, len(recs), test_batch):  # Dassl test batch size 100
+                chunk = recs[s : s + test_batch]
                 img = torch.stack([backbone.test_transform(task.dataset.load_image(r.key)) for r in chunk])
                 yield img, torch.tensor([r.label for r in chunk])
 
@@ -165,6 +158,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--ref-epochs", type=int, default=3, help="reference epochs measured, then extrapolated")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each child (1 on a shared box)")
+    ap.add_argument(
+        "--model", default="auto", help="auto (tiny-clip builtin, else tiny-test) or e.g. ViT-B-16"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -176,7 +172,7 @@ def main() -> None:
     results = {}
     for variant in [v for v in args.variants.split(",") if v]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant]
-        for k in ("base", "shots", "epochs", "ref_epochs", "threads"):
+        for k in ("base", "shots", "epochs", "ref_epochs", "threads", "model"):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)

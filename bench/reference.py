@@ -113,3 +113,41 @@ def reference_test(ref: ReferenceModel, batches: Iterable[tuple[torch.Tensor, to
         correct += int((pred == label).sum())
         total += len(label)
     return 100.0 * correct / max(total, 1)
+
+
+def dassl_epoch(
+    ref: ReferenceModel,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    backbone,
+    source,
+    records: list,
+    hp: Hyperparameters,
+    epoch: int,
+    *,
+    max_steps: int | None = None,
+) -> tuple[int, float]:
+    """One epoch of Dassl's train loop: every image read and augmented again every step (batches of
+    ``hp.batch_size``, drop_last as Dassl), then the reference step. Returns (steps run, seconds)."""
+    import time
+
+    from core.features import _mix, augment, batch_plan
+
+    steps, _ = batch_plan(len(records), hp.batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(epoch)).tolist()
+    labels = torch.tensor([int(r.label) for r in records])
+    dev = ref.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]
+        images = torch.stack(
+            [augment(backbone, source.load_image(records[i].key), _mix(9, epoch, i)) for i in idx]
+        )
+        reference_step(ref, optimizer, scaler, images, labels[idx], hp)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return steps, time.perf_counter() - t0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -130,6 +131,32 @@ def evaluate_prompts_on(
     )
 
 
+@dataclass
+class PreparedSplit:
+    """An extra dataset's test features and its class mapping to a head's rows."""
+
+    name: str
+    dataset: Dataset
+    mapping: str
+    rows: list[int] | None
+    feats: torch.Tensor
+    labels: torch.Tensor
+
+
+@torch.no_grad()
+def prepare_head_split(
+    backbone: Backbone,
+    name: str,
+    ds: Dataset,
+    *,
+    source_classnames: Sequence[str],
+    source_wnids: Sequence[str] | None = None,
+) -> PreparedSplit:
+    mapping, rows = class_mapping(ds, source_classnames, source_wnids)
+    feats, labels = _encode(backbone, ds)
+    return PreparedSplit(name, ds, mapping, rows, feats, labels)
+
+
 @torch.no_grad()
 def evaluate_heads_on(
     backbone: Backbone,
@@ -139,13 +166,16 @@ def evaluate_heads_on(
     *,
     source_classnames: Sequence[str],
     source_wnids: Sequence[str] | None = None,
+    prepared: PreparedSplit | None = None,
 ) -> tuple[ExtraEvaluation, HeadSplit | None]:
     """Head models (``zero_shot``, ``fine_tuned``, ``merged``, optional ``wise_ft``; rows = the source
     classes) on ``ds``'s full class list; the HeadSplit is None when the classes are "other"."""
     if len(source_classnames) != models["zero_shot"].weight.shape[0]:
         raise ConfigError("source_classnames must name the head's rows", param="classnames")
-    mapping, rows = class_mapping(ds, source_classnames, source_wnids)
-    feats, labels = _encode(backbone, ds)
+    p = prepared or prepare_head_split(
+        backbone, name, ds, source_classnames=source_classnames, source_wnids=source_wnids
+    )
+    mapping, rows, feats, labels = p.mapping, p.rows, p.feats, p.labels
     if rows is None:
         zs = zero_shot_head(encode_template(backbone, ds.classnames, ds.template), backbone.logit_scale)
         ev = ExtraEvaluation(

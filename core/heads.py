@@ -61,6 +61,9 @@ class Head:
         idx = torch.as_tensor(index, dtype=torch.long, device=self.weight.device)
         return Head(self.weight[idx], None if self.bias is None else self.bias[idx])
 
+    def to(self, device: torch.device | str) -> Head:
+        return Head(self.weight.to(device), None if self.bias is None else self.bias.to(device))
+
     def detached(self) -> Head:
         return Head(
             self.weight.detach().float().cpu().clone(),
@@ -200,9 +203,11 @@ def fit_head(
     should_stop: StopFn | None = None,
     resume_state: dict[str, Any] | None = None,
     on_epoch_end: EpochEndFn | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Head, list[dict[str, float]]]:
     """SGD (momentum ``hp.momentum``, weight decay ``hp.weight_decay``, cosine lr from ``hp.lr``) on the
-    head objective for ``hp.epochs`` epochs; the bias is trained only when ``init`` has one.
+    head objective for ``hp.epochs`` epochs, on ``device`` (where the batches are); the bias is trained
+    only when ``init`` has one. Returns the head on the CPU and the per-epoch history.
 
     Epoch state for ``on_epoch_end`` / ``resume_state`` (tensors and plain types)::
 
@@ -210,6 +215,9 @@ def fit_head(
     """
     if Precision(hp.precision) == Precision.amp:
         logger.info("heads train in fp32 (a linear layer gains nothing from AMP)")
+    init = init.to(device)
+    zs = zs.to(device) if zs is not None else None
+    ft = ft.to(device) if ft is not None else None
     weight = init.weight.detach().float().clone().requires_grad_(True)
     bias = None if init.bias is None else init.bias.detach().float().clone().requires_grad_(True)
     params = [weight] + ([bias] if bias is not None else [])
@@ -224,7 +232,7 @@ def fit_head(
             if bias is not None and resume_state.get("bias") is not None:
                 bias.copy_(resume_state["bias"].to(bias.device))
         optimizer.load_state_dict(resume_state["optimizer"])
-        torch.set_rng_state(resume_state["rng"]["torch"])
+        torch.set_rng_state(resume_state["rng"]["torch"].cpu())
         history = [dict(h) for h in resume_state.get("history", [])]
         start = int(resume_state["epoch"])
     steps = batches.steps_per_epoch
@@ -325,9 +333,11 @@ def wise_ft_sweep(
     *,
     step: float = 0.1,
     select_on: str = "val",
+    rows: Mapping[str, list[int]] | None = None,
 ) -> WiseFTSweep:
     """Accuracy and CE of ``interpolate(zs, ft, a)`` for a in ``alphas(step)`` on every split; the
-    best alpha maximises accuracy on ``select_on`` (ties: smaller loss, then smaller alpha)."""
+    best alpha maximises accuracy on ``select_on`` (ties: smaller loss, then smaller alpha).
+    ``rows[split]`` restricts the heads to those rows on that split (a class subset)."""
     if select_on not in splits:
         raise ValueError(f"no split {select_on!r} to choose the WiSE-FT alpha on")
     values = alphas(step)
@@ -335,8 +345,10 @@ def wise_ft_sweep(
     loss: dict[str, list[float]] = {}
     for name, (feats, labels) in splits.items():
         acc[name], loss[name] = [], []
+        sub = (rows or {}).get(name)
+        z, f = (zs, ft) if sub is None else (zs.rows(sub), ft.rows(sub))
         for a in values:
-            lg = interpolate(zs, ft, a).logits(feats)
+            lg = interpolate(z, f, a).logits(feats)
             acc[name].append(_acc(lg, labels))
             loss[name].append(float(F.cross_entropy(lg, labels)) if labels.numel() else 0.0)
     keys = [(-acc[select_on][i], loss[select_on][i], values[i]) for i in range(len(values))]

@@ -14,7 +14,13 @@ import torch
 
 from core.backbone import Backbone
 from core.config import FeatureMode, HeadHyperparameters, Hyperparameters, Method, PromptLearnerSpec, alphas
-from core.crossdata import ExtraDatasets, builtin_shift_datasets, evaluate_heads_on, evaluate_prompts_on
+from core.crossdata import (
+    ExtraDatasets,
+    builtin_shift_datasets,
+    evaluate_heads_on,
+    evaluate_prompts_on,
+    prepare_head_split,
+)
 from core.datasets import Dataset, Record, fewshot
 from core.errors import ConfigError
 from core.evaluate import accuracy, barrier, ce, evaluate
@@ -171,7 +177,7 @@ def recover(
     method = Method(method)
     if method == Method.linear_head:
         if not isinstance(hp, HeadHyperparameters):
-            raise ConfigError("linear-head jobs take HeadHyperparameters", param="hyperparameters")
+            raise ConfigError("method linear_head takes HeadHyperparameters", param="method")
         return recover_head(
             backbone,
             task,
@@ -184,7 +190,7 @@ def recover(
             extra_datasets=extra_datasets,
         )
     if not isinstance(hp, Hyperparameters):
-        raise ConfigError("prompt jobs take Hyperparameters", param="hyperparameters")
+        raise ConfigError(f"method {method.value} takes Hyperparameters", param="method")
     timer = _Timer()
     _check_task(task)
     if not torch.is_tensor(ctx_ft):
@@ -371,7 +377,12 @@ def train_head(
         raise ConfigError(f"unknown head init {init!r}", param="init")
     start = Head(w0, torch.zeros(w0.shape[0]) if bias else None)
     head, _ = fit_head(
-        _head_batches(backbone, data, hp), start, hp, on_progress=on_progress, should_stop=should_stop
+        _head_batches(backbone, data, hp),
+        start,
+        hp,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        device=backbone.device,
     )
     return head.as_dict()
 
@@ -458,7 +469,7 @@ def recover_head(
     timer("train_features")
     merged, history = fit_head(
         batches, ft, hp, zs=zs, lam=hp.lam, ft=ft, w_lmc=hp.w_lmc, on_progress=on_progress,
-        should_stop=should_stop, resume_state=resume_state, on_epoch_end=on_epoch_end,
+        should_stop=should_stop, resume_state=resume_state, on_epoch_end=on_epoch_end, device=backbone.device,
     )  # fmt: skip
     timer("training")
 
@@ -467,8 +478,24 @@ def recover_head(
     test_all = (encode_records(backbone, ds, test_records), labels_of(test_records).to(dev))
     val = (encode_records(backbone, ds, data.val), labels_of(data.val).to(dev))
     splits = {"val": val, "test": _subset(test_all, data.rows)}
+    shifts = builtin_shift_datasets(ds) if extra_datasets is None else list(extra_datasets)
+    names = [name for name, _ in shifts]
+    if len(set(names)) != len(names) or set(names) & set(splits):
+        raise ConfigError(f"extra dataset names must be unique and not val/test: {names}", param="dataset")
+    prepared = [
+        prepare_head_split(backbone, name, d, source_classnames=data.classnames, source_wnids=data.wnids())
+        for name, d in shifts
+    ]
     timer("eval_features")
-    sweep = wise_ft_sweep(splits, zs, ft, step=hp.curve_step, select_on="val")
+    shifted = {p.name: (p.feats, p.labels) for p in prepared if p.rows is not None}
+    sweep = wise_ft_sweep(
+        {**splits, **shifted},
+        zs,
+        ft,
+        step=hp.curve_step,
+        select_on="val",
+        rows={p.name: p.rows for p in prepared if p.rows is not None},
+    )
     models = head_models(zs, ft, merged, sweep.best_alpha)
     head_splits = [
         evaluate_split("val", "validation", val, models),
@@ -523,15 +550,14 @@ def recover_head(
     timer("evaluation")
 
     extra: list[dict[str, Any]] = []
-    shifts = builtin_shift_datasets(ds) if extra_datasets is None else list(extra_datasets)
-    for name, extra_ds in shifts:
+    for p in prepared:
         ev, split = evaluate_heads_on(
-            backbone, name, extra_ds, models, source_classnames=data.classnames, source_wnids=data.wnids()
+            backbone, p.name, p.dataset, models, source_classnames=data.classnames, prepared=p
         )
         extra.append(ev.model_dump(mode="json"))
         if split is not None:
             head_splits.append(split)
-    if shifts:
+    if prepared:
         timer("extra_evaluations")
 
     report = HeadReport(

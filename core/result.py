@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class _Model(BaseModel):
@@ -134,5 +134,12 @@ class RecoveryResult(_Model):
     timings: dict[str, float] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     extra_evaluations: list[dict[str, Any]] = Field(default_factory=list)
-    #: linear-head jobs only (None for prompt jobs)
+    #: linear-head jobs only; absent from the dump of prompt jobs (their report.json keys are unchanged)
     head: HeadReport | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_head(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("head", 0) is None:
+            del data["head"]
+        return data

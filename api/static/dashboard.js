@@ -49,8 +49,12 @@
     }
     showHistory();
 
+    var scroller = document.getElementById("events-scroll");
+    scroller.scrollTop = scroller.scrollHeight;
+
     function appendEvents(events) {
       var body = document.querySelector("#events tbody");
+      var atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
       events.forEach(function (e) {
         var tr = document.createElement("tr");
         tr.className = "level-" + e.level;
@@ -62,6 +66,7 @@
         body.appendChild(tr);
         after = Math.max(after, e.id);
       });
+      if (atBottom && events.length) { scroller.scrollTop = scroller.scrollHeight; }
     }
 
     function update(data) {
@@ -77,6 +82,7 @@
       document.getElementById("job-duration").textContent = data.duration;
       document.getElementById("queue-position").textContent = data.queue_position || "—";
       document.getElementById("job-eta").textContent = data.estimated_finish;
+      document.getElementById("job-worker").textContent = data.worker_host || "—";
       if (data.status !== status) {
         status = data.status;
         root.dataset.status = status;

@@ -252,6 +252,16 @@ def test_job_page_live_json_and_artifacts(app_client: TestClient, settings: Any)
         == []
     )
 
+    # A long event log: the page shows the newest 200, polling continues after the newest.
+    with session_scope(url) as s:
+        for i in range(250):
+            repo.add_event(s, job_id, "epoch", f"Epoch {i + 1}/250 done")
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert "Showing the latest 200 of 251 events" in page
+    assert "Epoch 250/250 done" in page and "Epoch 50/250 done" not in page and "Epoch 51/250 done" in page
+    last = int(re.search(r'data-last-event="(\d+)"', page).group(1))
+    assert app_client.get(f"/ui/jobs/{job_id}/live", params={"after": last}).json()["events"] == []
+
     assert app_client.get("/static/dashboard.js").status_code == 200
     assert app_client.get("/static/nope.js").status_code == 404
 

@@ -89,14 +89,23 @@ def test_evaluate_heads_on_shift_and_subset(backbone, ds) -> None:
     f2 = encode_records(backbone, sub, recs)
     y2 = labels_of(recs)
     expect2 = 100.0 * float((ft.rows([4, 1]).logits(f2).argmax(-1) == y2).float().mean())
-    assert ev2.mapping == "subset" and split2.classes == 2 and split2.accuracy["fine_tuned"] == pytest.approx(expect2)
+    assert (
+        ev2.mapping == "subset"
+        and split2.classes == 2
+        and split2.accuracy["fine_tuned"] == pytest.approx(expect2)
+    )
     # other classes: only zero-shot, with the dataset's own class names
     other = Dataset(
         name="o", kind=DatasetKind.builtin, classnames=["zebra", "yak"], template=ds.template,
         splits={"test": recs}, _loader=shifted.load_image,
     )  # fmt: skip
     ev3, split3 = evaluate_heads_on(backbone, "o", other, models, source_classnames=ds.classnames)
-    assert split3 is None and ev3.kind == "cross_dataset" and ev3.fine_tuned is None and 0 <= ev3.zero_shot <= 100
+    assert (
+        split3 is None
+        and ev3.kind == "cross_dataset"
+        and ev3.fine_tuned is None
+        and 0 <= ev3.zero_shot <= 100
+    )
 
 
 def test_evaluate_prompts_on_init_context_equals_zero_shot(backbone, ds) -> None:
@@ -115,7 +124,9 @@ def test_recover_prompt_with_extra_datasets(backbone, ds) -> None:
     hp = Hyperparameters(epochs=1, batch_size=8, feature_mode=FeatureMode.none, curve_step=0.5)
     ctx = torch.randn(4, backbone.text_width) * 0.02
     (_, shifted) = builtin_shift_datasets(ds)[0]
-    other = open_dataset(DatasetKind.builtin, None, "", options={**OPTS, "num_classes": 3, "domain": "source"})
+    other = open_dataset(
+        DatasetKind.builtin, None, "", options={**OPTS, "num_classes": 3, "domain": "source"}
+    )
     out = recover(backbone, task, ctx, hp, extra_datasets=[("shift", shifted), ("source3", other)])
     rows = out.result.extra_evaluations
     assert [r["dataset"] for r in rows] == ["shift", "source3"]

@@ -116,7 +116,10 @@ def test_wise_ft_sweep_endpoints_and_selection() -> None:
     g = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(40, 5, generator=g), dim=-1)
     y = torch.randint(3, (40,), generator=g)
-    zs, ft = Head(5 * torch.randn(3, 5, generator=g)), Head(5 * torch.randn(3, 5, generator=g), torch.randn(3))
+    zs, ft = (
+        Head(5 * torch.randn(3, 5, generator=g)),
+        Head(5 * torch.randn(3, 5, generator=g), torch.randn(3)),
+    )
     splits = {"val": (feats[:20], y[:20]), "test": (feats[20:], y[20:])}
     sw = wise_ft_sweep(splits, zs, ft, step=0.25)
     assert sw.alphas == [0.0, 0.25, 0.5, 0.75, 1.0] and sw.selected_on == "val"
@@ -202,7 +205,12 @@ def test_train_head_and_head_data(backbone, task, head_ft) -> None:
 def test_recover_linear_head_end_to_end(backbone, task, head_ft) -> None:
     progress = []
     out = recover(
-        backbone, task, head_ft, HHP, method=Method.linear_head, on_progress=lambda *a, **k: progress.append(a)
+        backbone,
+        task,
+        head_ft,
+        HHP,
+        method=Method.linear_head,
+        on_progress=lambda *a, **k: progress.append(a),
     )
     assert set(out.ctx) == {"weight", "bias"} and out.ctx["weight"].shape == head_ft["weight"].shape
     assert not torch.equal(out.ctx["weight"], head_ft["weight"])
@@ -221,6 +229,10 @@ def test_recover_linear_head_end_to_end(backbone, task, head_ft) -> None:
     assert sw.accuracy["test"][0] == test.accuracy["zero_shot"]
     assert sw.accuracy["test"][-1] == test.accuracy["fine_tuned"]
     assert sw.accuracy["test"][sw.alphas.index(sw.best_alpha)] == test.accuracy["wise_ft"]
+    assert set(sw.accuracy) == {"val", "test", "builtin-shift"}  # the sweep covers every shifted split
+    assert sw.accuracy["builtin-shift"][0] == shift.accuracy["zero_shot"]
+    assert sw.accuracy["builtin-shift"][-1] == shift.accuracy["fine_tuned"]
+    assert sw.accuracy["builtin-shift"][sw.alphas.index(sw.best_alpha)] == shift.accuracy["wise_ft"]
     # the extra evaluation row repeats the shift split's numbers
     (ev,) = r.extra_evaluations
     assert ev["dataset"] == "builtin-shift" and ev["kind"] == "shift" and ev["mapping"] == "same"
@@ -261,3 +273,12 @@ def test_recover_linear_head_base_classes_and_errors(backbone, task) -> None:
     assert e.value.code == "width_mismatch"
     with pytest.raises(ConfigError):
         recover(backbone, task, {"weight": w}, Hyperparameters(), method=Method.linear_head)
+    with pytest.raises(ConfigError):  # an extra dataset may not shadow the val / test splits
+        recover(
+            backbone,
+            task,
+            {"weight": w},
+            hp,
+            method=Method.linear_head,
+            extra_datasets=[("val", task.dataset)],
+        )

@@ -31,7 +31,7 @@ def _redis():
 
 
 def test_worker_config_for_long_gpu_jobs(wsettings):
-    from worker.celery_app import worker_config
+    from worker.config import worker_config
 
     conf = worker_config(wsettings)
     assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True
@@ -67,7 +67,7 @@ def test_worker_runs_a_job_and_honours_cancel(tmp_path, wsettings, rows):
                 update(Job).where(Job.id == long_job).values(cancel_requested=True, status="cancelling")
             )
         ws.wait_for(lambda: _status(url, long_job) == "cancelled", 30, 0.1, "the job to be cancelled")
-        assert time.monotonic() - t0 < 5  # cooperative: checked every step, read at most every 0.5 s
+        assert time.monotonic() - t0 < 10  # cooperative: checked every step, read at most every 0.5 s
         assert ws.artifacts(url, long_job) == []
         assert "mergetune.run_job" in w.log() and "Traceback" not in w.log()
 
@@ -106,9 +106,8 @@ def test_sigkilled_worker_job_completes_on_a_new_worker_with_one_set_of_artifact
         evs = ws.events(url, job_id)
         resumed = [e["data"]["epoch"] for e in evs if e["type"] == "resume"]
         assert len(resumed) == 1 and 3 <= resumed[0] <= killed_at
-        assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(
-            range(1, resumed[0] + 1)
-        ) + list(range(resumed[0] + 1, 31))
+        # every epoch reported exactly once: 1..k before the kill, k+1..12 after the resume from state k
+        assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(range(1, 13))
         arts = ws.artifacts(url, job_id)
         assert len(arts) == len({a["name"] for a in arts}) == 6
         store = pipeline.get_store(wsettings)

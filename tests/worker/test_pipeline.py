@@ -264,3 +264,32 @@ def test_callbacks_throttle_progress_writes_and_cancel_reads(wsettings, store, r
         s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
     now[0] += 0.5
     assert cb.should_stop() is True and cb.should_stop() is True and cb.cancel_reads == 3
+
+
+def test_linear_head_job_exports_a_head(wsettings, store, rows):
+    import torch
+
+    from core.backbone import load_backbone
+    from core.config import BackboneSpec
+
+    url = wsettings.DATABASE_URL
+    project, _, ds = rows
+    dim = load_backbone(BackboneSpec(**ws.TINY_BACKBONE)).embed_dim
+    g = torch.Generator().manual_seed(3)
+    head = {"weight": torch.randn(3, dim, generator=g), "bias": torch.zeros(3)}  # the 3 base classes
+    ck = ws.make_checkpoint(url, store, project, None, method="linear_head", head=head)
+    job_id = ws.make_job(url, project, ck, ds, job_type="linear_head", epochs=2)
+
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded", (
+        ws.job_row(url, job_id)["error"]
+    )
+    names = {a["name"] for a in ws.artifacts(url, job_id)}
+    assert "head.safetensors" in names and {"report.json", "manifest.json"} <= names
+    assert not names & {"prompts.safetensors", "prompts.pth.tar"}
+    key = f"jobs/{job_id}/head.safetensors"
+    out = ws.load_safetensors_bytes(store.get_bytes(key))
+    assert out["weight"].shape == (3, dim) and out["bias"].shape == (3,)
+    manifest = json.loads(store.get_bytes(f"jobs/{job_id}/manifest.json"))
+    assert (
+        manifest["config"]["method"] == "linear_head" and manifest["config"]["hyperparameters"]["lam"] == 1.0
+    )

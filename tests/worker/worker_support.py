@@ -145,14 +145,23 @@ def tiny_ctx(n_ctx: int = 4, seed: int = 0):
     return (ctx + 0.02 * torch.randn(ctx.shape, generator=g)).float().contiguous()
 
 
-def make_checkpoint(url: str, store: Any, project_id: str, ctx: Any, *, method: str = "coop") -> str:
+def make_checkpoint(
+    url: str,
+    store: Any,
+    project_id: str,
+    ctx: Any,
+    *,
+    method: str = "coop",
+    head: dict[str, Any] | None = None,
+) -> str:
+    """A ready checkpoint row whose extracted tensors ({"ctx"}, or ``head`` {"weight", "bias"}) are stored."""
     from safetensors.torch import save as st_save
 
     from common.db import session_scope
     from common.models import Checkpoint, new_id
 
     ck_id = new_id("ckpt")
-    data = st_save({"ctx": ctx})
+    data = st_save(head if head is not None else {"ctx": ctx})
     key = f"checkpoints/{ck_id}/tensors.safetensors"
     store.put_bytes(key, data)
     with session_scope(url) as s:
@@ -167,10 +176,10 @@ def make_checkpoint(url: str, store: Any, project_id: str, ctx: Any, *, method: 
                 format="safetensors",
                 method=method,
                 status="ready",
-                n_ctx=int(ctx.shape[-2]),
-                ctx_dim=int(ctx.shape[-1]),
-                csc=ctx.dim() == 3,
-                n_cls=None,
+                n_ctx=None if head is not None else int(ctx.shape[-2]),
+                ctx_dim=None if head is not None else int(ctx.shape[-1]),
+                csc=None if head is not None else ctx.dim() == 3,
+                n_cls=int(head["weight"].shape[0]) if head is not None else None,
                 original_key=key,
                 tensors_key=key,
             )
@@ -208,21 +217,33 @@ def make_dataset(url: str, settings: Any, project_id: str, options: dict[str, An
 
 
 def make_job(
-    url: str, project_id: str, checkpoint_id: str, dataset_id: str, *, status: str = "queued", **hp: Any
+    url: str,
+    project_id: str,
+    checkpoint_id: str,
+    dataset_id: str,
+    *,
+    status: str = "queued",
+    job_type: str = "prompt",
+    **hp: Any,
 ) -> str:
     from common.db import session_scope
     from common.models import Job, utcnow
-    from core.config import Hyperparameters
+    from core.config import HeadHyperparameters, Hyperparameters
 
-    params = {"epochs": 2, "batch_size": 4, "shots": 4, "bank_views": 2, **hp}
+    if job_type == "linear_head":
+        params = {"epochs": 2, "batch_size": 8, "shots": 4, **hp}
+        resolved = HeadHyperparameters(**params).model_dump(mode="json")
+    else:
+        params = {"epochs": 2, "batch_size": 4, "shots": 4, "bank_views": 2, **hp}
+        resolved = Hyperparameters(**params).model_dump(mode="json")
     with session_scope(url) as s:
         job = Job(
             project_id=project_id,
             checkpoint_id=checkpoint_id,
             dataset_id=dataset_id,
-            job_type="prompt",
+            job_type=job_type,
             backbone=dict(TINY_BACKBONE),
-            hyperparameters=Hyperparameters(**params).model_dump(mode="json"),
+            hyperparameters=resolved,
             metadata_={"test": "yes"},
             status=status,
             queued_at=utcnow(),

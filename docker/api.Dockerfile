@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# The API image: FastAPI + the numpy-only checkpoint validator. No torch, no CUDA (a few hundred MB,
+# not several GB). Build from the repository root:  docker build -f docker/api.Dockerfile -t mergetune-api .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MERGETUNE_HOME=/var/lib/mergetune
+
+WORKDIR /app
+
+# Dependencies first (cached layer): pyproject only, with stub packages so setuptools resolves.
+COPY pyproject.toml ./
+RUN mkdir -p core common api worker cli migrations \
+    && for p in core common api worker cli migrations; do touch "$p/__init__.py"; done \
+    && pip install ".[s3]" \
+    && pip uninstall -y mergetune-service \
+    && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the API image'"
+
+COPY alembic.ini ./
+COPY common ./common
+COPY core ./core
+COPY api ./api
+COPY cli ./cli
+COPY worker ./worker
+COPY migrations ./migrations
+RUN pip install --no-deps . \
+    && python -c "import importlib.util as u; assert u.find_spec('torch') is None" \
+    && useradd --system --uid 10001 --home-dir /var/lib/mergetune mergetune \
+    && mkdir -p /var/lib/mergetune /data \
+    && chown -R mergetune /var/lib/mergetune
+
+COPY --chmod=0755 docker/prestart.sh /usr/local/bin/prestart.sh
+
+USER mergetune
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=5 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+
+ENTRYPOINT ["/usr/local/bin/prestart.sh"]
+CMD ["uvicorn", "--factory", "api.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
