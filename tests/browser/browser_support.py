@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 class ApiProcess:
-    """``uvicorn --factory browser_app:create_app`` as a subprocess with its own log file."""
+    """``uvicorn --factory api.main:create_app`` as a subprocess with its own log file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -50,9 +50,7 @@ class ApiProcess:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "browser_app:create_app",
-                "--app-dir",
-                str(HERE),
+                "api.main:create_app",
                 "--host",
                 "127.0.0.1",
                 "--port",

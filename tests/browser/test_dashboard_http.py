@@ -35,7 +35,7 @@ def settings(tmp_path: Path, make_settings: Callable[..., Any], _redis: None) ->
 
 @pytest.fixture
 def app_client(settings: Any) -> Iterator[TestClient]:
-    from browser_app import create_app
+    from api.main import create_app
 
     with TestClient(create_app(settings)) as client:
         yield client
