@@ -88,7 +88,11 @@ def part_eurosat(args, dev) -> None:
     ours = time.perf_counter() - t0
     tm = res.result.timings
     train = tm.get("train_features", 0.0) + tm.get("constant_text_features", 0.0) + tm.get("training", 0.0)
-    mem = f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB" if dev.type == "cuda" else ""
+    mem = (
+        f", peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
+        if dev.type == "cuda"
+        else ""
+    )
     print(f"ours (bank, V={hp.bank_views}): whole job {_hm(ours)}, of which bank+training {_hm(train)}{mem}")
     print("  timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items()))
     ref = _reference_job(backbone, task, ctx_ft, hp, spec, args.ref_epochs)
@@ -184,7 +188,9 @@ def part_imagenet(args, dev) -> None:
     opt = build_optimizer([ref_learner.ctx], hp)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     dassl_epoch(ref, opt, scaler, backbone, task.dataset, list(task.train), hp, 0, max_steps=1)  # warm-up
-    k, sec = dassl_epoch(ref, opt, scaler, backbone, task.dataset, list(task.train), hp, 1, max_steps=args.ref_steps)
+    k, sec = dassl_epoch(
+        ref, opt, scaler, backbone, task.dataset, list(task.train), hp, 1, max_steps=args.ref_steps
+    )
     ref_total = sec / k * steps * args.epochs
     print(
         f"reference: {sec / k:.2f} s/step (mean of {k} Dassl-style steps incl. loading+augmentation) x {steps} "
@@ -221,7 +227,10 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     args.n_cls = [int(x) for x in str(args.n_cls).split(",") if x]
-    _, why = pick_threads("1" if dev.type == "cpu" else "auto")
+    if dev.type == "cpu":
+        _, why = pick_threads("1")
+    else:
+        why = f"{torch.get_num_threads()} (torch default; the GPU does the work)"
     print(f"machine: {machine(dev)}; torch threads {why}")
     t_all = time.perf_counter()
     for part in [p for p in args.parts.split(",") if p]:

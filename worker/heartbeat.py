@@ -53,8 +53,11 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        jobdb.heartbeat(self.url, self.hostname, self.info, reset_job=True)
-        self.reap()
+        try:
+            jobdb.heartbeat(self.url, self.hostname, self.info, reset_job=True)
+            self.reap()
+        except Exception:  # noqa: BLE001 - the thread below keeps trying
+            logger.exception("first heartbeat failed")
         self._thread = threading.Thread(target=self._run, name="mergetune-heartbeat", daemon=True)
         self._thread.start()
 

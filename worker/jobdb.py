@@ -137,8 +137,14 @@ def load_job_inputs(url: str, job_id: str) -> dict[str, Any]:
 
 
 def cancel_requested(url: str, job_id: str) -> bool:
+    return stop_flags(url, job_id)[0]
+
+
+def stop_flags(url: str, job_id: str) -> tuple[bool, str | None]:
+    """(cancel_requested, worker_host) in one cheap primary-key read."""
     with session_scope(url) as s:
-        return bool(s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none())
+        row = s.execute(select(Job.cancel_requested, Job.worker_host).where(Job.id == job_id)).first()
+        return (bool(row[0]), row[1]) if row else (True, None)
 
 
 def write_progress(url: str, job_id: str, progress: dict[str, Any]) -> None:

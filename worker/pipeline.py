@@ -101,8 +101,19 @@ def _sha256_file(path: Path) -> str:
 class JobCallbacks:
     """on_progress / should_stop / on_epoch_end for one job, throttled against the database."""
 
-    def __init__(self, url: str, job_id: str, store: ArtifactStore, epochs: int, clock: Any = time.monotonic):
+    def __init__(
+        self,
+        url: str,
+        job_id: str,
+        store: ArtifactStore,
+        epochs: int,
+        clock: Any = time.monotonic,
+        hostname: str | None = None,
+    ):
         self.url, self.job_id, self.store, self.epochs, self.clock = url, job_id, store, epochs, clock
+        self.hostname = hostname
+        #: Set when another node took the job over (this node was presumed dead): stop without touching it.
+        self.lost_ownership = False
         self._last_progress = float("-inf")
         self._last_cancel_check = float("-inf")
         self._cancel = False
@@ -136,11 +147,19 @@ class JobCallbacks:
         if now - self._last_cancel_check >= CANCEL_CHECK_EVERY:
             self._last_cancel_check = now
             self.cancel_reads += 1
-            self._cancel = jobdb.cancel_requested(self.url, self.job_id)
+            cancel, owner = jobdb.stop_flags(self.url, self.job_id)
+            if self.hostname is not None and owner != self.hostname:
+                logger.warning("job %s: now owned by %s; stopping here", self.job_id, owner)
+                self.lost_ownership = True
+                cancel = True
+            self._cancel = cancel
         return self._cancel
 
     def on_epoch_end(self, state: dict[str, Any]) -> None:
         import torch
+
+        if self.lost_ownership:
+            return  # never overwrite the new owner's state
 
         epoch = int(state.get("epoch", self.progress.get("epoch", 0)))
         with tempfile.TemporaryDirectory(prefix="mergetune-state-") as tmp:
@@ -240,13 +259,18 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
         from core.errors import Cancelled
 
         if isinstance(exc, Cancelled):
-            jobdb.finish_job(url, job_id, hostname, JobStatus.cancelled, message="Job cancelled")
+            # finish_job refuses (False) when another node owns the job now: then leave its files alone.
+            if not jobdb.finish_job(url, job_id, hostname, JobStatus.cancelled, message="Job cancelled"):
+                return "skipped: lost ownership"
             store.delete_prefix(job_prefix(job_id))
             logger.info("job %s cancelled", job_id)
             return "cancelled"
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: leave it to redelivery
             raise
         err = _error(exc)
+        if jobdb.stop_flags(url, job_id)[1] != hostname:
+            logger.error("job %s failed here after another node took it over: %s", job_id, err["message"])
+            return "skipped: lost ownership"
         logger.error("job %s failed: %s", job_id, err["message"], exc_info=not err["user_error"])
         if not err["user_error"]:
             jobdb.add_event(
@@ -353,7 +377,7 @@ def _run(
             f"Resuming from epoch {resumed_from}" if resume_state else "No saved epoch state; starting over",
             epoch=resumed_from,
         )
-    cb = JobCallbacks(url, job_id, store, hp.epochs)
+    cb = JobCallbacks(url, job_id, store, hp.epochs, hostname=hostname)
     if cb.should_stop():
         raise Cancelled("cancelled before training started")
 
@@ -501,6 +525,9 @@ def _run(
             jobdb.add_event(url, job_id, "warning", f"report.html could not be rendered: {exc}", "warning")
 
     # ---- upload artifacts, then one transaction marks the job succeeded -------------------------------
+    if jobdb.stop_flags(url, job_id)[1] != hostname:  # taken over meanwhile: do not overwrite its files
+        logger.warning("job %s: taken over by another node before upload; dropping this run", job_id)
+        return "skipped: lost ownership"
     artifacts = []
     for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 0):
         path = files[name]

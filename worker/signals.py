@@ -5,13 +5,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from common.queue import enqueue_job
 
 logger = logging.getLogger(__name__)
 
 _heartbeat: Any = None
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """Refuse to start on a database that is not at the Alembic head (like the API does)."""
+    from common.db import DatabaseNotMigrated, check_migrated, get_engine
+
+    settings = sender.app.conf.mergetune_settings
+    try:
+        check_migrated(get_engine(settings.DATABASE_URL))
+    except DatabaseNotMigrated as exc:
+        logger.critical("refusing to start: %s", exc)
+        raise SystemExit(f"refusing to start: {exc}") from None  # BaseException: not swallowed by Celery
 
 
 @worker_ready.connect
@@ -21,15 +34,21 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
     settings = sender.app.conf.mergetune_settings
     hostname = sender.hostname
+    _preload()
+    try:
+        from worker.backbones import resolve_device
+
+        device = resolve_device(settings.DEVICE)
+    except ImportError:
+        device = settings.DEVICE
     _heartbeat = Heartbeat(
         settings.DATABASE_URL,
         hostname,
-        info=node_info(settings.DEVICE),
+        info=node_info(device),
         enqueue=lambda job_id: enqueue_job(settings, job_id),
     )
     _heartbeat.start()
-    _preload()
-    logger.info("worker %s ready (device=%s)", hostname, settings.DEVICE)
+    logger.info("worker %s ready (device=%s)", hostname, device)
 
 
 def _preload() -> None:

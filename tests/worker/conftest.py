@@ -51,3 +51,23 @@ def rows(wsettings, store, ctx_ft):
     ck = ws.make_checkpoint(url, store, project, ctx_ft)
     ds = ws.make_dataset(url, wsettings, project)
     return project, ck, ds
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible HTTP server on a free local port: moto's server mode (``moto[server]``)."""
+    moto_server = pytest.importorskip("moto.server")
+    port = ws.free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

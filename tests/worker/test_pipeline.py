@@ -293,3 +293,45 @@ def test_linear_head_job_exports_a_head(wsettings, store, rows):
     assert (
         manifest["config"]["method"] == "linear_head" and manifest["config"]["hyperparameters"]["lam"] == 1.0
     )
+
+
+def test_a_node_that_lost_the_job_stops_without_touching_it(wsettings, store, rows, monkeypatch):
+    """A node presumed dead (stale heartbeat) whose job was taken over stops at its next check and leaves
+    the job, its state and its artifacts to the new owner."""
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds, epochs=4)
+    real = pipeline.JobCallbacks.on_epoch_end
+
+    def taken_over_after_first_epoch(self, state):
+        real(self, state)
+        if state["epoch"] == 1:
+            with session_scope(url) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(worker_host="new-owner@x"))
+            self._last_cancel_check = float("-inf")
+
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", taken_over_after_first_epoch)
+    assert (
+        pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "skipped: lost ownership"
+    )
+    job = ws.job_row(url, job_id)
+    assert job["status"] == "running" and job["worker_host"] == "new-owner@x" and job["finished_at"] is None
+    assert store.exists(pipeline.state_key(job_id)) and ws.artifacts(url, job_id) == []
+
+
+def test_job_runs_with_the_s3_artifact_store(wsettings, rows, ctx_ft, s3_endpoint, s3_credentials):
+    """Checkpoint tensors, epoch state and artifacts in an S3 bucket (moto server over HTTP)."""
+    from common.storage import S3Store
+
+    url = wsettings.DATABASE_URL
+    s3 = S3Store("s3://mergetune-jobs/prod", endpoint_url=s3_endpoint)
+    s3.ensure_bucket()
+    project, _, ds = rows
+    ck = ws.make_checkpoint(url, s3, project, ctx_ft)
+    job_id = ws.make_job(url, project, ck, ds, epochs=2)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=s3) == "succeeded"
+    arts = {a["name"]: a for a in ws.artifacts(url, job_id)}
+    assert set(arts) == EXPECTED
+    keys = s3.client.list_objects_v2(Bucket="mergetune-jobs", Prefix=f"prod/jobs/{job_id}/")["Contents"]
+    assert sorted(k["Key"] for k in keys) == sorted(f"prod/{a['key']}" for a in arts.values())
+    assert s3.sha256(arts["prompts.safetensors"]["key"]) == arts["prompts.safetensors"]["sha256"]

@@ -5,29 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 
 import pytest
 
 from common.storage import ArtifactNotFound, LocalStore, S3Store, StorageError, get_store
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -108,13 +89,15 @@ def test_get_store_selects_backend_by_url(tmp_path, s3_endpoint, monkeypatch):
 
     assert isinstance(get_store(S()), LocalStore)
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
 
     class T:
         ARTIFACT_URL = "s3://selected-bucket/prefix"
-        S3_ENDPOINT_URL = s3_endpoint
+        S3_ENDPOINT_URL = s3_endpoint  # endpoint, region and keys from the settings, not the environment
+        S3_REGION = "us-east-1"
+        S3_ACCESS_KEY_ID = "testing"
+        S3_SECRET_ACCESS_KEY = "testing"
 
     st = get_store(T())
     assert isinstance(st, S3Store) and st.bucket == "selected-bucket" and st.prefix == "prefix"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU benchmark in one call (< 8 minutes on one H100/H200), from the repo root of a fresh copy:
+#     bench/gpu.sh                 # ViT-B-16 random weights, AMP, synthetic images
+#     bench/gpu.sh --cpu-smoke     # tiny model on the CPU: checks that every part runs
+# Uses the first Python that already imports torch (.venv, then python3); only when none does, it
+# creates .bench-venv and pip-installs torch + the few libraries the core needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=""
+for cand in "${MERGETUNE_BENCH_PYTHON:-}" .venv/bin/python python3 python; do
+  [ -n "$cand" ] || continue
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c "import torch" >/dev/null 2>&1; then
+    PY="$cand"
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "no Python with torch found: creating .bench-venv (pip install torch torchvision)" >&2
+  python3 -m venv .bench-venv
+  .bench-venv/bin/pip install --quiet torch torchvision
+  PY=.bench-venv/bin/python
+fi
+# The core's other imports; torch is already there, so pip keeps it.
+if ! "$PY" -c "import open_clip, pydantic, PIL, safetensors, numpy" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet "open_clip_torch==3.3.0" "pydantic>=2.6,<3" safetensors numpy pillow
+fi
+echo "python: $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'))"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+exec "$PY" bench/gpu.py "$@"
