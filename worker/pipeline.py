@@ -409,7 +409,8 @@ def _run(
     export_meta = {
         "job_id": job_id,
         "method": method.value,
-        "classnames": list(task.base_classnames),
+        # A head may cover all classes (robust fine-tuning) or the base classes only.
+        "classnames": list(result.config.get("classes", {}).get("head") or task.base_classnames),
         "backbone": {"model": spec.model, "pretrained": spec.pretrained},
         "weights_sha256": backbone.identity,
         "parent_sha256": parent_sha,

@@ -291,7 +291,7 @@ def test_linear_head_job_exports_a_head(wsettings, store, rows):
     assert out["weight"].shape == (3, dim) and out["bias"].shape == (3,)
     manifest = json.loads(store.get_bytes(f"jobs/{job_id}/manifest.json"))
     assert (
-        manifest["config"]["method"] == "linear_head" and manifest["config"]["hyperparameters"]["lam"] == 1.0
+        manifest["config"]["method"] == "linear_head" and manifest["config"]["hyperparameters"]["lam"] == 1e-3
     )
 
 
