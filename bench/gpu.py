@@ -36,7 +36,7 @@ def _hm(s: float) -> str:
 
 
 def part_steps(args, dev) -> None:
-    from bench.step import bench_case, extrapolate, plan
+    from bench.step import bench_case, plan
     from core.backbone import load_backbone
     from core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
 
@@ -49,9 +49,8 @@ def part_steps(args, dev) -> None:
     for n in args.n_cls:
         reps = plan(args.model, n, dev.type, args.cpu_smoke, 10**9)
         row = bench_case(backbone, n, step_args, reps, hp, spec)
-        row["ref_note"] = "measured"
-        if not row["ref_measured"]:
-            row["ref_s"], row["ref_note"] = extrapolate(rows, n)
+        if row["ref_measured"]:
+            row["ref_note"] = "measured"
         rows.append(row)
         ref = row["ref_s"]
         print(

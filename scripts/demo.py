@@ -209,7 +209,7 @@ def main() -> int:
 
         say("running MergeTune (live progress)")
         job_started = time.monotonic()
-        cli("job", "wait", job["id"], "--interval", "0.5", env=env, capture=False)
+        cli("job", "wait", job["id"], "--interval", "0.5", env=env)  # progress bar on stderr
         job_seconds = time.monotonic() - job_started
 
         say("downloading the artifacts")
