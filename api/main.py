@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api import dashboard
 from api.errors import install_error_handlers
 from api.metrics import LatencyMiddleware, Metrics
-from api import dashboard
 from api.routes import checkpoints, datasets, jobs, ops
 from common.db import DatabaseNotMigrated, check_migrated, get_engine
 from common.settings import Settings, get_settings

@@ -6,35 +6,35 @@ Defaults are the reference configuration of MergeTune (ALGORITHM.md section 2).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class LossType(str, Enum):
+class LossType(StrEnum):
     cosine = "cosine"
     l2 = "l2"
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     coop = "coop"
     kgcoop = "kgcoop"
     linear_head = "linear_head"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     auto = "auto"  # AMP (fp16 autocast) on CUDA, fp32 on CPU
     fp32 = "fp32"
     amp = "amp"
 
 
-class ClassTokenPosition(str, Enum):
+class ClassTokenPosition(StrEnum):
     end = "end"
     middle = "middle"
     front = "front"
 
 
-class FeatureMode(str, Enum):
+class FeatureMode(StrEnum):
     """How image features of the frozen encoder are produced during training."""
 
     bank = "bank"  # V augmented views per image, encoded once, one sampled per epoch
@@ -42,7 +42,7 @@ class FeatureMode(str, Enum):
     none = "none"  # no augmentation: test transform, features encoded once for the whole job
 
 
-class DatasetKind(str, Enum):
+class DatasetKind(StrEnum):
     coop = "coop"
     imagefolder = "imagefolder"
     builtin = "builtin"

@@ -25,8 +25,11 @@ from core.config import FeatureMode
 
 
 class RecordLike(Protocol):
-    key: str
-    label: int
+    # read-only, so that frozen records (core.datasets.Record) satisfy it
+    @property
+    def key(self) -> str: ...
+    @property
+    def label(self) -> int: ...
 
 
 class ImageSource(Protocol):
@@ -34,17 +37,26 @@ class ImageSource(Protocol):
 
 
 class TaskLike(Protocol):
-    """What core needs of core.datasets.B2NTask."""
+    """What core needs of core.datasets.B2NTask (read-only: core never assigns to a task)."""
 
-    base_classnames: list[str]
-    novel_classnames: list[str]
-    train: Sequence[RecordLike]
-    val: Sequence[RecordLike]
-    test_base: Sequence[RecordLike]
-    test_novel: Sequence[RecordLike]
-    template: str
-    split_sha256: Any
-    dataset: ImageSource
+    @property
+    def base_classnames(self) -> list[str]: ...
+    @property
+    def novel_classnames(self) -> list[str]: ...
+    @property
+    def train(self) -> Sequence[RecordLike]: ...
+    @property
+    def val(self) -> Sequence[RecordLike]: ...
+    @property
+    def test_base(self) -> Sequence[RecordLike]: ...
+    @property
+    def test_novel(self) -> Sequence[RecordLike]: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def split_sha256(self) -> Any: ...
+    @property
+    def dataset(self) -> ImageSource: ...
 
 
 def _mix(*parts: int) -> int:

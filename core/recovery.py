@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,10 @@ from core.crossdata import (
     evaluate_prompts_on,
     prepare_head_split,
 )
-from core.datasets import Dataset, Record, fewshot
+from core.datasets import Dataset, fewshot
 from core.errors import ConfigError
 from core.evaluate import accuracy, barrier, ce, evaluate
-from core.features import EvalFeatures, TaskLike, TrainFeatures, encode_records, labels_of
+from core.features import EvalFeatures, RecordLike, TaskLike, TrainFeatures, encode_records, labels_of
 from core.heads import (
     HEAD_MODELS,
     Head,
@@ -271,7 +272,7 @@ def recover(
         metrics=ev.metrics,
         baselines=ev.baselines,
         curves=ev.curves,
-        training=[EpochLog(**h) for h in history],
+        training=[EpochLog.model_validate(h) for h in history],
         timings=timer.total(),
         config=config,
         extra_evaluations=extra,
@@ -296,8 +297,8 @@ class HeadData:
 
     dataset: Dataset
     rows: list[int]
-    train: list[Record]
-    val: list[Record]
+    train: Sequence[RecordLike]
+    val: Sequence[RecordLike]
     setting: str  # "all_classes" (robust fine-tuning) | "base_classes"
 
     @property
@@ -596,7 +597,7 @@ def recover_head(
         metrics=metrics,
         baselines=baselines,
         curves=curves,
-        training=[EpochLog(**h) for h in history],
+        training=[EpochLog.model_validate(h) for h in history],
         timings=timer.total(),
         config=config,
         extra_evaluations=extra,

@@ -192,8 +192,15 @@ def main() -> int:
             raise SystemExit(f"checkpoint rejected: {up.get('error')}")
         ds = json.loads(
             cli(
-                "dataset", "create", "--name", "builtin-hue", "--kind", "builtin",
-                "--options", json.dumps(DATASET_OPTIONS), env=env,
+                "dataset",
+                "create",
+                "--name",
+                "builtin-hue",
+                "--kind",
+                "builtin",
+                "--options",
+                json.dumps(DATASET_OPTIONS),
+                env=env,
             )
         )
         sys.stdout.write(
@@ -202,9 +209,19 @@ def main() -> int:
         )
         job = json.loads(
             cli(
-                "job", "create", "--checkpoint", up["id"], "--dataset", ds["id"],
-                "--model", BACKBONE["model"], "--pretrained", BACKBONE["pretrained"],
-                "--hyperparameters", json.dumps(JOB_HP), env=env,
+                "job",
+                "create",
+                "--checkpoint",
+                up["id"],
+                "--dataset",
+                ds["id"],
+                "--model",
+                BACKBONE["model"],
+                "--pretrained",
+                BACKBONE["pretrained"],
+                "--hyperparameters",
+                json.dumps(JOB_HP),
+                env=env,
             )
         )
         sys.stdout.write(f"    job {job['id']}: {job['status']}\n")
