@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,6 +26,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 class DatabaseNotMigrated(RuntimeError):
     """The database has no Alembic version or an older/unknown one."""
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE/DELETE run through ``Session.execute``, which is typed as returning a
+    ``Result`` but returns a ``CursorResult`` (the class that has ``rowcount``) for such statements."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

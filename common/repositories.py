@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
+from common.db import rowcount
 from common.models import (
     ACTIVE_STATUSES,
     ApiToken,
@@ -186,7 +187,7 @@ def request_cancel(session: Session, job: Job) -> None:
             .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
+        if rowcount(res) == 1:
             session.refresh(job)
             add_event(
                 session, job.id, "status", "job cancelled before it started", data={"status": "cancelled"}

@@ -14,11 +14,12 @@ The identity of a backbone is the sha256 of its weights file, or ``random:<seed>
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +222,22 @@ def _parse_random(pretrained: str) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """open_clip warns on the root logger that a model without a pretrained tag is "initialized
+    randomly"; here the weights are loaded right after (or random init is what was asked for)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def load_backbone(
     spec: BackboneSpec, device: str | torch.device = "cpu", cache_dir: str | None = None
 ) -> Backbone:
@@ -270,7 +287,7 @@ def load_backbone(
     reg_name = f"mergetune::{name}"
     _register(reg_name, cfg)
     dev = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(seed or 0)
         model = open_clip.create_model(
             reg_name,

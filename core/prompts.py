@@ -12,6 +12,8 @@ longest prompt's EOT never influence the output. ``text_features()`` runs only t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
@@ -29,7 +31,7 @@ def _clean(name: str) -> str:
 
 
 def _token_embedding(backbone: Backbone, tokens: torch.Tensor) -> torch.Tensor:
-    model = backbone.model
+    model: Any = backbone.model  # open_clip CLIP; torch types Module attributes as Tensor | Module
     with torch.no_grad():
         return model.token_embedding(tokens.to(backbone.device)).float()
 
@@ -66,10 +68,11 @@ def init_ctx(
             ctx = ctx.unsqueeze(0).repeat(n_cls, 1, 1)
         return ctx.cpu()
     g = torch.Generator().manual_seed(seed)
-    shape = (n_cls, spec.n_ctx, backbone.text_width) if spec.csc else (spec.n_ctx, backbone.text_width)
-    if spec.csc and not n_cls:
+    if not spec.csc:
+        return torch.randn((spec.n_ctx, backbone.text_width), generator=g) * 0.02
+    if not n_cls:
         raise ConfigError("class-specific context needs the number of classes", param="classnames")
-    return torch.randn(shape, generator=g) * 0.02
+    return torch.randn((n_cls, spec.n_ctx, backbone.text_width), generator=g) * 0.02
 
 
 def zero_shot_ctx(backbone: Backbone, n_ctx: int) -> torch.Tensor | None:
@@ -100,6 +103,11 @@ def _validate_ctx(backbone: Backbone, ctx: torch.Tensor, n_cls: int, csc: bool |
 
 class PromptLearner(nn.Module):
     """Learned context + frozen token buffers for a class list; ``text_features()`` -> [C, E]."""
+
+    # buffers (register_buffer below), declared so that they type as tensors
+    tokens: torch.Tensor
+    token_prefix: torch.Tensor
+    token_suffix: torch.Tensor
 
     def __init__(
         self,

@@ -154,7 +154,7 @@ def recover(
     backbone: Backbone,
     task: TaskLike,
     ctx_ft: torch.Tensor,
-    hp: Hyperparameters,
+    hp: Hyperparameters | HeadHyperparameters,
     *,
     method: Method = Method.coop,
     spec: PromptLearnerSpec | None = None,

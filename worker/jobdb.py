@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from common.db import session_scope
+from common.db import rowcount, session_scope
 from common.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -154,11 +154,13 @@ def write_progress(url: str, job_id: str, progress: dict[str, Any]) -> None:
 
 def set_evaluating(url: str, job_id: str) -> None:
     with session_scope(url) as s:
-        n = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running.value)
-            .values(status=JobStatus.evaluating.value, updated_at=utcnow())
-        ).rowcount
+        n = rowcount(
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.running.value)
+                .values(status=JobStatus.evaluating.value, updated_at=utcnow())
+            )
+        )
         if n:
             _event(s, job_id, "status", "Training done; evaluating", status="evaluating")
 
@@ -262,11 +264,13 @@ def requeue_orphans(url: str, *, now: datetime | None = None) -> list[str]:
             if alive:
                 continue
             new_status = status if status == JobStatus.cancelling.value else JobStatus.queued.value
-            n = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker_host == host, Job.status == status)
-                .values(status=new_status, queued_at=now, updated_at=now)
-            ).rowcount
+            n = rowcount(
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.worker_host == host, Job.status == status)
+                    .values(status=new_status, queued_at=now, updated_at=now)
+                )
+            )
             if n:
                 reason = (
                     "no heartbeat"

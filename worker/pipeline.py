@@ -529,7 +529,7 @@ def _run(
     if jobdb.stop_flags(url, job_id)[1] != hostname:  # taken over meanwhile: do not overwrite its files
         logger.warning("job %s: taken over by another node before upload; dropping this run", job_id)
         return "skipped: lost ownership"
-    artifacts = []
+    artifacts: list[dict[str, Any]] = []
     for name in sorted(files, key=lambda n: ARTIFACT_ORDER.index(n) if n in ARTIFACT_ORDER else 0):
         path = files[name]
         key = job_prefix(job_id) + name

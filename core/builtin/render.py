@@ -232,7 +232,10 @@ def _render_from_info(info: dict, *, hue: float, blur: float) -> Image.Image:
     draw = ImageDraw.Draw(mask_img)
     s = _SS
     _draw_shape(draw, info["shape"], info["cx"] * s, info["cy"] * s, info["r"] * s, info["rot"], 255)
-    mask = np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR), dtype=np.float64) / 255.0
+    mask = (
+        np.asarray(mask_img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR), dtype=np.float64)
+        / 255.0
+    )
     gx, gy = info["gradient"]
     bg = info["bg"][None, None, :] + (gx * _XX + gy * _YY)[:, :, None]
     img = bg * (1.0 - mask[:, :, None]) + info["fg"][None, None, :] * mask[:, :, None]
