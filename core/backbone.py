@@ -100,18 +100,20 @@ class Backbone:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised fp32 image features of a batch of transformed images."""
         pixels = pixels.to(self.device)
+        model: Any = self.model  # open_clip CLIP; torch types Module attributes as Tensor | Module
         if self.device.type == "cuda":
             with torch.autocast("cuda", dtype=torch.float16):
-                feats = self.model.encode_image(pixels)
+                feats = model.encode_image(pixels)
         else:
-            feats = self.model.encode_image(pixels)
+            feats = model.encode_image(pixels)
         return torch.nn.functional.normalize(feats.float(), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Unnormalised fp32 text features of plain strings (the library's own path)."""
         tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens).float()
+        model: Any = self.model  # as in encode_images
+        return model.encode_text(tokens).float()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -21,7 +21,7 @@ ensemble averages the softmax probabilities of the zero-shot and fine-tuned clas
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,17 +62,14 @@ def barrier(losses: list[float], alpha_values: list[float]) -> float:
     return max(loss - ((1 - a) * l0 + a * l1) for loss, a in zip(losses, alpha_values, strict=True))
 
 
-def _curve(
-    eval_feats: EvalFeatures,
-    heads_base: torch.Tensor,
-    heads_novel: torch.Tensor,
+def curve_from_logits(
     alpha_values: list[float],
-    tau: float,
+    splits: Iterable[tuple[str, torch.Tensor | Sequence[torch.Tensor], torch.Tensor]],
 ) -> Curve:
+    """Accuracy and CE at every alpha, and the barriers, from (split, logits at each alpha, labels) for
+    the splits "base" and "novel" (taken one at a time: pass a generator to hold one split's logits)."""
     out: dict[str, list[float]] = {}
-    for split, heads in (("base", heads_base), ("novel", heads_novel)):
-        feats, labels = eval_feats[f"test_{split}"]
-        lg = scores(feats, heads, tau)
+    for split, lg, labels in splits:
         out[f"{split}_acc"] = [accuracy(x, labels) for x in lg]
         out[f"{split}_loss"] = [ce(x, labels) for x in lg]
     return Curve(
@@ -80,6 +77,22 @@ def _curve(
         barrier_base=barrier(out["base_loss"], alpha_values),
         barrier_novel=barrier(out["novel_loss"], alpha_values),
         **out,
+    )
+
+
+def _curve(
+    eval_feats: EvalFeatures,
+    heads_base: torch.Tensor,
+    heads_novel: torch.Tensor,
+    alpha_values: list[float],
+    tau: float,
+) -> Curve:
+    def split(name: str, heads: torch.Tensor) -> tuple[str, torch.Tensor, torch.Tensor]:
+        feats, labels = eval_feats[f"test_{name}"]
+        return name, scores(feats, heads, tau), labels
+
+    return curve_from_logits(
+        alpha_values, (split(n, h) for n, h in (("base", heads_base), ("novel", heads_novel)))
     )
 
 

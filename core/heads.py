@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from core.config import HeadHyperparameters, Precision, alphas, path_points
 from core.errors import Cancelled, ConfigError
 from core.result import HeadSplit, WiseFTSweep
-from core.train import BatchSource, EpochEndFn, ProgressFn, StopFn
+from core.train import BatchSource, EpochEndFn, EpochMeter, ProgressFn, StopFn
 
 logger = logging.getLogger(__name__)
 
@@ -242,8 +242,7 @@ def fit_head(
         lr = cosine_lr(hp.lr, epoch, hp.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = {"loss": 0.0, "ce": 0.0, "zs": 0.0, "lmc": 0.0}
-        n = 0
+        meter = EpochMeter(epoch, lr, epochs=hp.epochs, steps=steps, on_progress=on_progress)
         for step, (feats, labels) in enumerate(batches.epoch(epoch)):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at epoch {epoch} step {step}")
@@ -254,16 +253,8 @@ def fit_head(
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             optimizer.step()
-            vals = {k: float(getattr(parts, "total" if k == "loss" else k).detach()) for k in sums}
-            for k, v in vals.items():
-                sums[k] += v
-            n += 1
-            if on_progress is not None:
-                on_progress(
-                    epoch, step, vals["loss"], epochs=hp.epochs, steps=steps, ce=vals["ce"], zs=vals["zs"],
-                    lmc=vals["lmc"], lr=lr,
-                )  # fmt: skip
-        log = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "lr": lr}
+            meter.step(step, parts)
+        log = meter.log()
         history.append(log)
         logger.info("head epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:

@@ -127,7 +127,8 @@ class PromptLearner(nn.Module):
         ctx = ctx.detach().float().clone()  # never train the caller's tensor in place
         _validate_ctx(backbone, ctx, n_cls)
         n_ctx = ctx.shape[-2]
-        if n_ctx >= backbone.model.context_length - 2:
+        model: Any = backbone.model  # open_clip CLIP; torch types Module attributes as Tensor | Module
+        if n_ctx >= model.context_length - 2:
             raise ConfigError(f"n_ctx={n_ctx} leaves no room for class names", param="prompt.n_ctx")
         self.backbone = backbone  # plain attribute: the frozen model is not part of this module's state
         self.classnames = names
@@ -145,7 +146,6 @@ class PromptLearner(nn.Module):
         self.register_buffer("token_prefix", emb[:, :1].clone(), persistent=False)  # SOS
         self.register_buffer("token_suffix", emb[:, 1 + n_ctx :].clone(), persistent=False)  # class . EOT pad
         self.name_lens = [_n_tokens(backbone, name) for name in names]
-        model = backbone.model
         pool = getattr(model, "text_pool_type", "argmax")
         causal = getattr(model, "attn_mask", None) is not None
         # Trimming is exact only for a causal mask and EOT-based pooling.
@@ -181,7 +181,7 @@ class PromptLearner(nn.Module):
 
     def encode(self, embeddings: torch.Tensor, trim: bool = True) -> torch.Tensor:
         """The model's own text path on prompt embeddings -> [C, E] unnormalised."""
-        model = self.backbone.model
+        model: Any = self.backbone.model  # as in __init__
         tokens = self.tokens
         length = self.trim_len if trim else embeddings.shape[1]
         cast_dtype = model.transformer.get_cast_dtype()

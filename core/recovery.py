@@ -24,7 +24,7 @@ from core.crossdata import (
 )
 from core.datasets import Dataset, fewshot
 from core.errors import ConfigError
-from core.evaluate import accuracy, barrier, ce, evaluate
+from core.evaluate import accuracy, curve_from_logits, evaluate
 from core.features import EvalFeatures, RecordLike, TaskLike, TrainFeatures, encode_records, labels_of
 from core.heads import (
     HEAD_MODELS,
@@ -417,18 +417,12 @@ def _head_curve(
     values: list[float],
 ) -> Curve:
     """A segment between two heads (each as (base rows, novel rows)): weights and biases linear."""
-    out: dict[str, list[float]] = {}
-    for i, name in enumerate(("base", "novel")):
+
+    def split(i: int, name: str) -> tuple[str, list[torch.Tensor], torch.Tensor]:
         feats, y = b2n[name]
-        lgs = [interpolate(ends["a"][i], ends["b"][i], t).logits(feats) for t in values]
-        out[f"{name}_acc"] = [accuracy(lg, y) for lg in lgs]
-        out[f"{name}_loss"] = [ce(lg, y) for lg in lgs]
-    return Curve(
-        alphas=list(values),
-        barrier_base=barrier(out["base_loss"], values),
-        barrier_novel=barrier(out["novel_loss"], values),
-        **out,
-    )
+        return name, [interpolate(ends["a"][i], ends["b"][i], t).logits(feats) for t in values], y
+
+    return curve_from_logits(values, (split(i, name) for i, name in enumerate(("base", "novel"))))
 
 
 def recover_head(

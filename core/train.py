@@ -41,6 +41,54 @@ class BatchSource(Protocol):
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+class LossTerms(Protocol):
+    """What a training step reports (core.objectives.LossParts, core.heads.HeadLossParts)."""
+
+    @property
+    def total(self) -> torch.Tensor: ...
+    @property
+    def ce(self) -> torch.Tensor: ...
+    @property
+    def zs(self) -> torch.Tensor: ...
+    @property
+    def lmc(self) -> torch.Tensor: ...
+
+
+class EpochMeter:
+    """One epoch's loss bookkeeping, shared by the prompt and head training loops: ``step()`` after every
+    optimiser step (reports to ``on_progress``), ``log()`` -> the epoch's history entry (mean losses)."""
+
+    def __init__(
+        self, epoch: int, lr: float, *, epochs: int, steps: int, on_progress: ProgressFn | None
+    ) -> None:
+        self.epoch = epoch
+        self.lr = lr
+        self.epochs = epochs
+        self.steps = steps
+        self.on_progress = on_progress
+        self.sums = {"loss": 0.0, "ce": 0.0, "zs": 0.0, "lmc": 0.0}
+        self.n = 0
+
+    def step(self, step: int, parts: LossTerms) -> None:
+        vals = {
+            "loss": float(parts.total.detach()),
+            "ce": float(parts.ce.detach()),
+            "zs": float(parts.zs.detach()),
+            "lmc": float(parts.lmc.detach()),
+        }
+        for k, v in vals.items():
+            self.sums[k] += v
+        self.n += 1
+        if self.on_progress is not None:
+            self.on_progress(
+                self.epoch, step, vals["loss"], epochs=self.epochs, steps=self.steps, ce=vals["ce"],
+                zs=vals["zs"], lmc=vals["lmc"], lr=self.lr,
+            )  # fmt: skip
+
+    def log(self) -> dict[str, float]:
+        return {"epoch": self.epoch, **{k: v / max(self.n, 1) for k, v in self.sums.items()}, "lr": self.lr}
+
+
 def use_amp(precision: Precision, device: torch.device) -> bool:
     """AMP only on CUDA: ``auto`` and ``amp`` mean fp16 autocast there and fp32 on CPU."""
     return device.type == "cuda" and Precision(precision) in (Precision.auto, Precision.amp)
@@ -110,8 +158,7 @@ def train_prompts(
 
     for epoch in range(start, hp.epochs):
         lr = schedule.set_epoch(epoch)
-        sums = {"loss": 0.0, "ce": 0.0, "zs": 0.0, "lmc": 0.0}
-        n = 0
+        meter = EpochMeter(epoch, lr, epochs=hp.epochs, steps=steps, on_progress=on_progress)
         for step, (feats, labels) in enumerate(batches.epoch(epoch)):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at epoch {epoch} step {step}")
@@ -124,21 +171,8 @@ def train_prompts(
             scaler.scale(parts.total).backward()
             scaler.step(optimizer)
             scaler.update()
-            vals = {
-                "loss": float(parts.total.detach()),
-                "ce": float(parts.ce.detach()),
-                "zs": float(parts.zs.detach()),
-                "lmc": float(parts.lmc.detach()),
-            }
-            for k, v in vals.items():
-                sums[k] += v
-            n += 1
-            if on_progress is not None:
-                on_progress(
-                    epoch, step, vals["loss"], epochs=hp.epochs, steps=steps, ce=vals["ce"], zs=vals["zs"],
-                    lmc=vals["lmc"], lr=lr,
-                )  # fmt: skip
-        log = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "lr": lr}
+            meter.step(step, parts)
+        log = meter.log()
         history.append(log)
         logger.info("epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:

@@ -11,11 +11,10 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unprocessable
-from api.services.idempotency import replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from api.uploads import ReceivedUpload, safe_filename
 from common import repositories as repo
 from common.models import Checkpoint, CheckpointStatus, new_id
@@ -86,14 +85,11 @@ def create_checkpoint(
     session.add(ckpt)
     if idempotency_key:
         repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=ckpt.id)
-    try:
-        session.commit()
-    except IntegrityError:  # a concurrent request with the same key won the race
-        session.rollback()
-        existing = replayed_id(session, project_id, idempotency_key, req_hash)
-        if existing is None:
-            raise
-        return _replay(session, project_id, existing), False
+    replay = commit_or_replay(
+        session, project_id, idempotency_key, req_hash, lambda ckpt_id: _replay(session, project_id, ckpt_id)
+    )
+    if replay is not None:  # a concurrent request with the same key won the race
+        return replay, False
     log.info("checkpoint %s stored (%s, %d bytes)", ckpt.id, ckpt.status, ckpt.bytes)
     return ckpt, True
 

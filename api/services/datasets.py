@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, BadRequest, NotFound, Unprocessable, core_status
 from api.schemas import DatasetCreate
-from api.services.idempotency import replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from common import repositories as repo
 from common.models import Dataset, new_id
 from common.settings import Settings
@@ -90,14 +89,11 @@ def create_dataset(
     session.add(row)
     if idempotency_key:
         repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=row.id)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = replayed_id(session, project_id, idempotency_key, req_hash)
-        if existing is None:
-            raise
-        return _replay(session, project_id, existing), False
+    replay = commit_or_replay(
+        session, project_id, idempotency_key, req_hash, lambda ds_id: _replay(session, project_id, ds_id)
+    )
+    if replay is not None:
+        return replay, False
     log.info("dataset %s registered (%s, %d classes)", row.id, row.kind, row.num_classes)
     return row, True
 

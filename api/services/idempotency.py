@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict
 from common import repositories as repo
+
+T = TypeVar("T")
 
 
 def request_hash(endpoint: str, payload: Any) -> str:
@@ -35,3 +39,23 @@ def replayed_id(session: Session, project_id: str, key: str | None, req_hash: st
             param="Idempotency-Key",
         )
     return row.job_id or row.resource_id
+
+
+def commit_or_replay(
+    session: Session, project_id: str, key: str | None, req_hash: str, load: Callable[[str], T | None]
+) -> T | None:
+    """Commit the new row: None on success. When a concurrent request with the same Idempotency-Key won
+    the race (IntegrityError), roll back and return ``load(id)`` of what that request created; the
+    IntegrityError propagates when the key names nothing or ``load`` finds nothing."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = replayed_id(session, project_id, key, req_hash)
+        if existing is None:
+            raise
+        replay = load(existing)
+        if replay is None:
+            raise
+        return replay
+    return None

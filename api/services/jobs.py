@@ -7,12 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
 from api.schemas import JobCreate, JobError, JobRead, Progress
-from api.services.idempotency import replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from common import repositories as repo
 from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
 from common.queue import enqueue_job
@@ -102,16 +101,14 @@ def create_job(
     repo.add_event(session, job.id, "status", "job queued", data={"status": "queued"})
     if idempotency_key:
         repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, job_id=job.id)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = replayed_id(session, project_id, idempotency_key, req_hash)
-        if existing is None:
-            raise
-        replay = repo.get_job(session, project_id, existing)
-        if replay is None:
-            raise
+    replay = commit_or_replay(
+        session,
+        project_id,
+        idempotency_key,
+        req_hash,
+        lambda job_id: repo.get_job(session, project_id, job_id),
+    )
+    if replay is not None:
         return replay, False
 
     try:

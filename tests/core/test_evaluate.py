@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from core_fakes import FakeTask
 
 from core import features as features_mod
 from core.backbone import load_backbone
@@ -27,44 +25,6 @@ from core.evaluate import (
 from core.features import EvalFeatures
 from core.prompts import PromptLearner, encode_template, init_ctx
 from core.result import harmonic_mean
-
-
-@dataclass(frozen=True)
-class Rec:
-    key: str
-    label: int
-
-
-@dataclass
-class FakeImages:
-    cache: dict = field(default_factory=dict)
-
-    def load_image(self, key: str) -> Image.Image:
-        if key not in self.cache:
-            label, idx = (int(x) for x in key.split("/"))
-            rng = np.random.default_rng(1000 * label + idx)
-            base = np.array([(53 * label) % 256, (97 * label) % 256, (151 * label) % 256])
-            self.cache[key] = Image.fromarray(
-                (rng.random((32, 32, 3)) * 80 + base).clip(0, 255).astype(np.uint8)
-            )
-        return self.cache[key]
-
-
-def _recs(labels, per_class, offset=0, start=0):
-    return [Rec(f"{c + offset}/{start + i}", c) for c in labels for i in range(per_class)]
-
-
-@dataclass
-class FakeTask:
-    base_classnames: list = field(default_factory=lambda: ["red square", "blue circle", "green star"])
-    novel_classnames: list = field(default_factory=lambda: ["yellow heart", "purple moon"])
-    train: list = field(default_factory=lambda: _recs(range(3), 4))
-    val: list = field(default_factory=lambda: _recs(range(3), 2, start=10))
-    test_base: list = field(default_factory=lambda: _recs(range(3), 3, start=20))
-    test_novel: list = field(default_factory=lambda: _recs(range(2), 3, offset=3, start=20))
-    template: str = "a photo of a {}."
-    split_sha256: str = "0" * 64
-    dataset: FakeImages = field(default_factory=FakeImages)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from core_fakes import FakeImages, Rec
 
 from core.backbone import load_backbone
 from core.config import BackboneSpec, FeatureMode, Hyperparameters, PromptLearnerSpec
@@ -16,31 +14,6 @@ from core.features import TrainFeatures, _mix, augment, batch_plan, encode_recor
 from core.objectives import LossWeights
 from core.prompts import PromptLearner, encode_template
 from core.train import train_prompts
-
-
-@dataclass(frozen=True)
-class Rec:
-    key: str
-    label: int
-
-
-@dataclass
-class FakeImages:
-    """Random 32x32 images whose colour depends on the class (so that a few steps can learn)."""
-
-    loads: int = 0
-    cache: dict = field(default_factory=dict)
-
-    def load_image(self, key: str) -> Image.Image:
-        self.loads += 1
-        if key not in self.cache:
-            label, idx = (int(x) for x in key.split("/"))
-            rng = np.random.default_rng(1000 * label + idx)
-            base = np.array([(53 * label) % 256, (97 * label) % 256, (151 * label) % 256])
-            self.cache[key] = Image.fromarray(
-                (rng.random((32, 32, 3)) * 80 + base).clip(0, 255).astype(np.uint8)
-            )
-        return self.cache[key]
 
 
 def records(n_cls: int, per_class: int) -> list[Rec]:
