@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from api.errors import Unauthorized
 from common import repositories as repo
 from common.db import get_sessionmaker, session_scope
-from common.models import ApiToken, utcnow
+from common.models import ApiToken, Project, utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, get_store
 
@@ -69,11 +69,14 @@ def get_principal(
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise Unauthorized("Authorization header must be `Bearer <token>`", code="invalid_token")
-    token: ApiToken | None = session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == repo.hash_token(secret))
-    )
-    if token is None:
+    found = session.execute(
+        select(ApiToken, Project.name)
+        .join(Project, Project.id == ApiToken.project_id)
+        .where(ApiToken.token_hash == repo.hash_token(secret))
+    ).first()
+    if found is None:
         raise Unauthorized("invalid or revoked token", code="invalid_token")
+    token, project_name = found
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
         # Its own short transaction, so read-only requests do not have to commit.
@@ -81,7 +84,7 @@ def get_principal(
             row = s.get(ApiToken, token.id)
             if row is not None:
                 row.last_used_at = now
-    return Principal(project_id=token.project_id, project_name=token.project.name, token_id=token.id)
+    return Principal(project_id=token.project_id, project_name=project_name, token_id=token.id)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
