@@ -97,6 +97,10 @@ class DatasetList(ListResponse[DatasetRead]):
 
 
 # -- jobs ---------------------------------------------------------------------------------------
+#: Most extra evaluation datasets one job may name (each costs an encoding pass over its test split).
+MAX_EVAL_DATASETS = 16
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,6 +113,12 @@ class JobCreate(BaseModel):
         "unset fields take the reference defaults and are echoed back resolved",
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    eval_dataset_ids: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_EVAL_DATASETS,
+        description="Other datasets of the project to evaluate the result on too (cross-dataset and "
+        "distribution-shift evaluation, listed in the report as extra evaluations)",
+    )
 
 
 class Progress(BaseModel):
@@ -139,6 +149,7 @@ class JobRead(BaseModel):
     backbone: dict[str, Any]
     hyperparameters: dict[str, Any]
     metadata: dict[str, str]
+    eval_dataset_ids: list[str] = Field(default_factory=list)
     progress: Progress | None = None
     metrics: dict[str, Any] | None = None
     error: JobError | None = None

@@ -183,6 +183,8 @@ class Job(Base):
     backbone: Mapped[dict[str, Any]] = mapped_column()  # core.config.BackboneSpec dump
     hyperparameters: Mapped[dict[str, Any]] = mapped_column()  # resolved (defaults filled in)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    #: Extra datasets (ids, same project) the result is evaluated on (cross-dataset / shift); None = none.
+    eval_dataset_ids: Mapped[list[Any] | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.validating.value)
     progress: Mapped[dict[str, Any] | None] = mapped_column(
         default=None

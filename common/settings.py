@@ -93,6 +93,8 @@ class Settings(BaseSettings):
             return {
                 "data_folder_in": folder,
                 "data_folder_out": folder,
+                # kombu's default is ./control (relative to the working directory): keep it under HOME.
+                "control_folder": str((self.HOME / "queue-control").resolve()),
                 "store_processed": False,
                 "polling_interval": self.BROKER_POLLING_INTERVAL,
             }

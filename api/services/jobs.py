@@ -42,7 +42,11 @@ def create_job(
     session: Session, settings: Settings, project_id: str, body: JobCreate, *, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Validate, insert as ``queued``, commit, then enqueue. Returns (job, created)."""
-    req_hash = request_hash(ENDPOINT, body.model_dump(mode="json"))
+    payload = body.model_dump(mode="json")
+    if not payload["eval_dataset_ids"]:
+        # Absent and empty ask for the same thing; keep the hash of such bodies what it always was.
+        del payload["eval_dataset_ids"]
+    req_hash = request_hash(ENDPOINT, payload)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
         job = repo.get_job(session, project_id, existing)
@@ -65,6 +69,8 @@ def create_job(
     ds = repo.get_dataset(session, project_id, body.dataset_id)
     if ds is None:
         raise NotFound(f"dataset {body.dataset_id!r} not found", param="dataset_id")
+
+    eval_ids = _eval_datasets(session, project_id, body.eval_dataset_ids)
 
     is_head = ckpt.method == Method.linear_head.value
     hp_model: type[BaseModel] = HeadHyperparameters if is_head else Hyperparameters
@@ -91,6 +97,7 @@ def create_job(
         backbone=body.backbone.model_dump(mode="json"),
         hyperparameters=hp.model_dump(mode="json"),
         metadata_=dict(body.metadata),
+        eval_dataset_ids=eval_ids or None,
         status=JobStatus.queued.value,
         created_at=now,
         queued_at=now,
@@ -129,6 +136,23 @@ def create_job(
         ) from exc
     log.info("job %s queued (checkpoint %s, dataset %s)", job.id, ckpt.id, ds.id)
     return job, True
+
+
+def _eval_datasets(session: Session, project_id: str, ids: list[str]) -> list[str]:
+    """The extra evaluation datasets, checked: each an existing dataset of the project, no repeats."""
+    seen: set[str] = set()
+    for i, ds_id in enumerate(ids):
+        param = f"eval_dataset_ids[{i}]"
+        if not ds_id or len(ds_id) > 40:
+            raise Unprocessable(f"{param}: not a dataset id: {ds_id!r}", param=param)
+        if ds_id in seen:
+            raise Unprocessable(
+                f"{param}: dataset {ds_id!r} is listed more than once", code="duplicate_dataset", param=param
+            )
+        seen.add(ds_id)
+        if repo.get_dataset(session, project_id, ds_id) is None:
+            raise NotFound(f"dataset {ds_id!r} not found", param=param)
+    return list(ids)
 
 
 def cancel_job(session: Session, project_id: str, job_id: str) -> Job:
@@ -175,6 +199,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         backbone=job.backbone,
         hyperparameters=job.hyperparameters,
         metadata=job.metadata_ or {},
+        eval_dataset_ids=list(job.eval_dataset_ids or []),
         progress=Progress.model_validate(job.progress) if job.progress else None,
         metrics=job.metrics,
         error=JobError.model_validate(job.error) if job.error else None,

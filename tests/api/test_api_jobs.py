@@ -222,3 +222,70 @@ def test_artifacts_list_and_download(client, auth, job_body, settings):
     # finished job: no queue position, no estimate
     got = client.get(f"/v1/jobs/{job['id']}", headers=auth).json()
     assert got["status"] == "succeeded" and got["estimated_finish"] is None and got["queue_position"] is None
+
+
+def test_eval_dataset_ids_are_checked_stored_echoed_and_hashed(client, auth, other_auth, job_body):
+    from api_support import TINY_DATASET
+
+    shift = client.post(
+        "/v1/datasets",
+        headers=auth,
+        json={**TINY_DATASET, "name": "tiny-shift", "options": {**TINY_DATASET["options"], "domain": "shift"}},
+    ).json()
+    foreign = client.post("/v1/datasets", headers=other_auth, json=TINY_DATASET).json()
+
+    r = client.post("/v1/jobs", headers=auth, json=job_body)
+    assert r.status_code == 202 and r.json()["eval_dataset_ids"] == []
+    r = client.post("/v1/jobs", headers=auth, json={**job_body, "eval_dataset_ids": [shift["id"]]})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["eval_dataset_ids"] == [shift["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["eval_dataset_ids"] == [shift["id"]]
+    with session_scope(client.app.state.settings.DATABASE_URL) as s:
+        assert s.get(Job, job["id"]).eval_dataset_ids == [shift["id"]]
+
+    # Missing, another project's (invisible), repeated, malformed: the error names the entry.
+    for ids, status, param in (
+        ([shift["id"], "ds_missing"], 404, "eval_dataset_ids[1]"),
+        ([foreign["id"]], 404, "eval_dataset_ids[0]"),
+        ([shift["id"], shift["id"]], 422, "eval_dataset_ids[1]"),
+        ([""], 422, "eval_dataset_ids[0]"),
+    ):
+        r = client.post("/v1/jobs", headers=auth, json={**job_body, "eval_dataset_ids": ids})
+        assert r.status_code == status, (ids, r.text)
+        assert r.json()["error"]["param"] == param
+    r = client.post("/v1/jobs", headers=auth, json={**job_body, "eval_dataset_ids": [shift["id"]] * 17})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "eval_dataset_ids"
+    r = client.post("/v1/jobs", headers=auth, json={**job_body, "eval_dataset_ids": "ds_x"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "eval_dataset_ids"
+
+    # Part of the idempotency hash; an empty list asks for the same as none.
+    h = {**auth, "Idempotency-Key": "eval-key"}
+    first = client.post("/v1/jobs", headers=h, json=job_body)
+    assert client.post("/v1/jobs", headers=h, json={**job_body, "eval_dataset_ids": []}).status_code == 200
+    other = client.post("/v1/jobs", headers=h, json={**job_body, "eval_dataset_ids": [shift["id"]]})
+    assert first.status_code == 202 and other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_migrations_run_on_sqlite_up_and_down(tmp_path):
+    """0002 adds jobs.eval_dataset_ids in batch mode (SQLite cannot ALTER much) and removes it again."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    from common.db import alembic_config, current_revision, head_revision, upgrade_head
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade_head(url)
+    engine = create_engine(url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert "eval_dataset_ids" in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        command.downgrade(alembic_config(url), "0001_initial")
+        assert "eval_dataset_ids" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        indexes = {i["name"] for i in inspect(engine).get_indexes("jobs")}
+        assert {"ix_jobs_project_id_id", "ix_jobs_status_queued_at"} <= indexes
+        upgrade_head(url)
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
