@@ -33,7 +33,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--views", default="1,2,4,8,16", help="bank sizes V to measure")
     ap.add_argument("--epochs", type=int, default=100, help="MergeTune epochs of each bank run")
-    ap.add_argument("--exact-epochs", type=int, default=100, help="MergeTune epochs of the exact run (0: skip)")
+    ap.add_argument(
+        "--exact-epochs", type=int, default=100, help="MergeTune epochs of the exact run (0: skip)"
+    )
     ap.add_argument("--coop-epochs", type=int, default=50, help="epochs of the CoOp fine-tuning start")
     ap.add_argument("--noise", type=float, default=0.5, help="HM points treated as noise when choosing V")
     ap.add_argument("--threads", type=int, default=1)
@@ -58,7 +60,9 @@ def main() -> None:
     ctx_ft = train_coop(
         backbone, task, Hyperparameters(epochs=args.coop_epochs, feature_mode=FeatureMode.none, seed=1)
     )
-    print(f"CoOp start: {args.coop_epochs} epochs, feature_mode none, seed 1: {time.perf_counter() - t0:.1f} s")
+    print(
+        f"CoOp start: {args.coop_epochs} epochs, feature_mode none, seed 1: {time.perf_counter() - t0:.1f} s"
+    )
 
     runs: list[tuple[str, Hyperparameters]] = [
         (f"bank V={v}", Hyperparameters(epochs=args.epochs, feature_mode=FeatureMode.bank, bank_views=int(v)))
@@ -124,7 +128,9 @@ def main() -> None:
     banks = [r for r in rows if r["views"] is not None]
     if banks:
         best = max(r["hm"] for r in rows)
-        chosen = min((r for r in banks if r["hm"] >= best - args.noise), key=lambda r: r["views"], default=None)
+        chosen = min(
+            (r for r in banks if r["hm"] >= best - args.noise), key=lambda r: r["views"], default=None
+        )
         if chosen is None:
             print(f"no bank size is within {args.noise} HM points of the best ({best:.2f})")
         else:

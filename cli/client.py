@@ -131,9 +131,10 @@ class Client:
         hyperparameters: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
+        eval_dataset_ids: list[str] | None = None,
     ) -> dict[str, Any]:
         """Create a job. An Idempotency-Key is always sent (a fresh one unless given) so that a retried
-        request cannot start two jobs."""
+        request cannot start two jobs. ``eval_dataset_ids``: other datasets to evaluate the result on."""
         body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "dataset_id": dataset_id}
         if backbone:
             body["backbone"] = backbone
@@ -141,6 +142,8 @@ class Client:
             body["hyperparameters"] = hyperparameters
         if metadata:
             body["metadata"] = metadata
+        if eval_dataset_ids:
+            body["eval_dataset_ids"] = list(eval_dataset_ids)
         headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
         return self._request("POST", "/v1/jobs", json=body, headers=headers)
 

@@ -12,6 +12,7 @@ Client side (``--url`` / MERGETUNE_URL, ``--token`` / MERGETUNE_TOKEN)::
     mergetune upload FILE [--method M] [--name N]
     mergetune dataset create --name N --kind builtin|coop|imagefolder [--path P] [--coop-name C] [--options JSON]
     mergetune job create --checkpoint ID --dataset ID [--model M --pretrained P] [--hp key=value ...]
+                         [--eval-dataset ID ...]
     mergetune job wait JOB        (progress bar on stderr; exit 0 when succeeded)
     mergetune job get|cancel|events JOB, mergetune job list
     mergetune download JOB [--name NAME ...] [--out DIR]
@@ -282,6 +283,7 @@ def cmd_job_create(args: argparse.Namespace, settings: Settings) -> int:
             hyperparameters=hp,
             metadata=_pairs(args.metadata, typed=False),
             idempotency_key=args.idempotency_key,
+            eval_dataset_ids=args.eval_dataset,
         )
     _print_json(job)
     return 0
@@ -421,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
     p.add_argument("--hyperparameters", help="JSON object of hyperparameters")
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--eval-dataset",
+        action="append",
+        metavar="ID",
+        help="another dataset to evaluate the result on (cross-dataset / shift; repeatable)",
+    )
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_job_create)
     p = client_opts(job.add_parser("wait", help="wait for a job with a progress bar on stderr"))

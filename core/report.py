@@ -38,7 +38,37 @@ DOWNLOADS: tuple[tuple[str, str], ...] = (
     ("report.html", "this report"),
 )
 
+HEAD_DOWNLOADS: tuple[tuple[str, str], ...] = (
+    ("head.safetensors", "merged linear head (weight, bias) + JSON metadata (safetensors)"),
+    *DOWNLOADS[2:],
+)
+
 MODELS = (("zero_shot", "Zero-shot"), ("fine_tuned", "Fine-tuned"), ("recovered", "Recovered"))
+#: Linear-head models (core.heads.HEAD_MODELS), in table order; unknown ones follow under their key.
+HEAD_MODEL_LABELS = (
+    ("zero_shot", "Zero-shot"),
+    ("fine_tuned", "Fine-tuned"),
+    ("merged", "Merged (MergeTune)"),
+    ("merged_zs_ensemble", "Merged + zero-shot ensemble"),
+    ("endpoint_ensemble", "Endpoint ensemble (zero-shot + fine-tuned)"),
+    ("wise_ft", "WiSE-FT (chosen alpha)"),
+)
+#: Columns of the extra-evaluation table: the facts first, then one accuracy column per model.
+EXTRA_FACTS = (
+    ("dataset", "dataset"),
+    ("kind", "kind"),
+    ("mapping", "classes vs job"),
+    ("classes", "classes"),
+    ("images", "images"),
+)
+EXTRA_MODELS = (
+    ("zero_shot", "Zero-shot"),
+    ("fine_tuned", "Fine-tuned"),
+    ("recovered", "Recovered"),
+    ("recovered_zs_ensemble", "Recovered + zero-shot ensemble"),
+    ("endpoint_ensemble", "Endpoint ensemble"),
+    ("wise_ft", "WiSE-FT"),
+)
 SPLITS = (("base", "Base"), ("novel", "Novel"), ("hm", "HM"))
 SPACES = (("classifier", "classifier (text-feature) space"), ("prompt", "prompt-parameter space"))
 SEGMENTS = (
@@ -56,7 +86,7 @@ padding-bottom:.2rem}h3{font-size:1rem}
 table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #d8dde3;padding:.25rem .6rem;
 text-align:right;vertical-align:top}th{background:#f1f4f7}td.l,th.l{text-align:left}
 .pos{color:#11733b}.neg{color:#b3261e}.muted{color:#6b7480}.sub{font-size:.8em;display:block}
-img{max-width:100%;border:1px solid #e3e7eb}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;
+img{max-width:100%;border:1px solid #e3e7eb}tr.chosen th,tr.chosen td{background:#fff4d6}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;
 font-size:.85em}pre{background:#f6f8fa;padding:.6rem;overflow:auto}
 """
 
@@ -270,6 +300,36 @@ def _plot_training(training: list[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def _plot_wise_ft(sweep: Mapping[str, Any]) -> bytes | None:
+    """Accuracy and loss vs alpha for every split of the WiSE-FT sweep, the chosen alpha marked."""
+    alphas = _series(sweep.get("alphas"))
+    acc, loss = _dict(sweep.get("accuracy")), _dict(sweep.get("loss"))
+    if not alphas or not any(_has_points(_series(v)) for v in acc.values()):
+        return None
+    best = _num(sweep.get("best_alpha"))
+    fig, axes = _figure(1, 2, 11.0, 3.5)
+    for ax, data, ylabel in ((axes[0][0], acc, "accuracy (%)"), (axes[0][1], loss, "loss")):
+        drawn = False
+        for name, values in data.items():
+            ys = _series(values)
+            if len(ys) == len(alphas) and _has_points(ys):
+                ax.plot(alphas, ys, marker="o", markersize=3, label=str(name))
+                drawn = True
+        if best is not None:
+            ax.axvline(best, color="#b3261e", linestyle="--", linewidth=1, label=f"chosen alpha {best:.2f}")
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("alpha (0 = zero-shot, 1 = fine-tuned)", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("WiSE-FT sweep: accuracy", fontsize=9)
+    axes[0][1].set_title("WiSE-FT sweep: loss", fontsize=9)
+    return _png(fig)
+
+
 # ---------------------------------------------------------------------------------------------- sections
 
 
@@ -362,17 +422,143 @@ def _training_table(training: list[Any]) -> str:
 
 
 def _extra(extra: list[Any]) -> str:
+    """One row per extra dataset (cross-dataset / shift): its facts, then the accuracy of each model as
+    extra columns (models no row has a number for are left out; unknown keys follow as they are)."""
     rows = [r for r in extra if isinstance(r, Mapping)]
     if not rows:
         return ""
-    cols: list[str] = []
+    facts = [(k, label) for k, label in EXTRA_FACTS if any(k in r for r in rows)]
+    models = [(k, label) for k, label in EXTRA_MODELS if any(_num(r.get(k)) is not None for r in rows)]
+    known = {k for k, _ in EXTRA_FACTS} | {k for k, _ in EXTRA_MODELS}
+    others: list[str] = []
     for r in rows:
-        cols += [k for k in r if k not in cols]
-    head = "".join(f'<th class="l">{_e(c)}</th>' for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f'<td class="l">{_scalar(r.get(c, ""))}</td>' for c in cols) + "</tr>" for r in rows
+        others += [k for k in r if k not in known and k not in others]
+    head = (
+        "".join(f'<th class="l">{_e(label)}</th>' for _, label in facts)
+        + "".join(f"<th>{_e(label)}</th>" for _, label in models)
+        + "".join(f'<th class="l">{_e(k)}</th>' for k in others)
     )
-    return f'<h2>Extra evaluations</h2><table id="extra">{"<tr>" + head + "</tr>"}{body}</table>'
+    body = []
+    for r in rows:
+        cells = [f'<td class="l">{_scalar(r.get(k, ""))}</td>' for k, _ in facts]
+        for k, _ in models:
+            note = ""
+            if k != "zero_shot":
+                delta = _delta(r.get(k), r.get("zero_shot"))
+                note = f'<span class="sub">vs ZS {delta}</span>' if delta else ""
+            cells.append(f"<td>{_fmt(r.get(k))}{note}</td>")
+        cells += [
+            f'<td class="l">{_fmt(r.get(k)) if _num(r.get(k)) is not None else _scalar(r.get(k, ""))}</td>'
+            for k in others
+        ]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        '<h2>Extra evaluations</h2><table id="extra"><tr>'
+        + head
+        + "</tr>"
+        + "".join(body)
+        + "</table>"
+        + '<p class="muted">Top-1 accuracy (%) on each extra dataset\'s test split over its full class list '
+        "(cross-dataset and distribution-shift evaluation); — where a model has no classifier for its "
+        "classes. Deltas are percentage points vs zero-shot.</p>"
+    )
+
+
+def _head_models(head: Mapping[str, Any], splits: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    keys: list[str] = []
+    for sp in splits:
+        keys += [k for k in _dict(sp.get("accuracy")) if k not in keys]
+    keys += [k for k in _dict(head.get("models")) if k not in keys]
+    labels = dict(HEAD_MODEL_LABELS)
+    order = [k for k, _ in HEAD_MODEL_LABELS if k in keys] + [k for k in keys if k not in labels]
+    return [(k, labels.get(k, k)) for k in order]
+
+
+def _head_table(head: Mapping[str, Any]) -> str:
+    """Per split (validation, in-distribution, shifts): accuracy and loss of every head model."""
+    splits = [sp for sp in _list(head.get("splits")) if isinstance(sp, Mapping)]
+    if not splits:
+        return '<p class="muted">No head evaluation recorded.</p>'
+    models = _head_models(head, splits)
+    cols = "".join(f"<th>{_e(label)}</th>" for _, label in models)
+    body = []
+    for sp in splits:
+        acc, loss = _dict(sp.get("accuracy")), _dict(sp.get("loss"))
+        best = max((v for v in (_num(acc.get(k)) for k, _ in models) if v is not None), default=None)
+        cells = []
+        for k, _ in models:
+            a = _num(acc.get(k))
+            text = _fmt(a)
+            if a is not None and best is not None and a == best:
+                text = f"<strong>{text}</strong>"
+            delta = _delta(a, acc.get("zero_shot")) if k != "zero_shot" else ""
+            note = f'<span class="sub">vs ZS {delta}</span>' if delta else ""
+            lo = _num(loss.get(k))
+            note += f'<span class="sub muted">loss {_fmt(lo, 4)}</span>' if lo is not None else ""
+            cells.append(f"<td>{text}{note}</td>")
+        body.append(
+            f'<tr><th class="l">{_e(sp.get("name", "?"))}</th><td class="l">{_e(sp.get("kind", ""))}</td>'
+            f"<td>{_e(sp.get('images', ''))}</td><td>{_e(sp.get('classes', ''))}</td>{''.join(cells)}</tr>"
+        )
+    return (
+        '<table id="head-splits"><tr><th class="l">split</th><th class="l">kind</th><th>images</th>'
+        f"<th>classes</th>{cols}</tr>{''.join(body)}</table>"
+        '<p class="muted">Top-1 accuracy (%) (best per split in bold; deltas vs zero-shot in percentage '
+        "points) and mean cross-entropy (ensembles: NLL of the averaged probabilities).</p>"
+    )
+
+
+def _wise_ft_table(sweep: Mapping[str, Any]) -> str:
+    alphas = _series(sweep.get("alphas"))
+    acc = _dict(sweep.get("accuracy"))
+    names = [n for n in acc if len(_series(acc.get(n))) == len(alphas)]
+    if not alphas or not names:
+        return '<p class="muted">No WiSE-FT sweep recorded.</p>'
+    best = _num(sweep.get("best_alpha"))
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    rows = []
+    for i, a in enumerate(alphas):
+        chosen = best is not None and not math.isnan(a) and abs(a - best) < 1e-9
+        cells = "".join(f"<td>{_fmt(_series(acc.get(n))[i])}</td>" for n in names)
+        label = f"{_fmt(a)}{' (chosen)' if chosen else ''}"
+        attr = ' class="chosen"' if chosen else ""
+        rows.append(f'<tr{attr}><th class="l">{label}</th>{cells}</tr>')
+    return (
+        '<details open><summary>Accuracy (%) per alpha</summary><table id="wiseft"><tr><th class="l">alpha</th>'
+        f"{head}</tr>{''.join(rows)}</table></details>"
+    )
+
+
+def _head_section(head: Mapping[str, Any], wise_png: bytes | None) -> str:
+    if not head:
+        return ""
+    sweep = _dict(head.get("wise_ft"))
+    facts = (
+        f"<p>{_e(head.get('classes', '?'))} classes × {_e(head.get('dim', '?'))} feature dimensions, "
+        f"{'with' if head.get('bias') else 'without'} bias.</p>"
+    )
+    legend = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in _dict(head.get("models")).items())
+    chosen = ""
+    if _num(sweep.get("best_alpha")) is not None:
+        chosen = (
+            f'<p id="wiseft-alpha">Chosen alpha = <strong>{_fmt(sweep.get("best_alpha"))}</strong> '
+            f"(best accuracy on {_e(sweep.get('selected_on', 'val'))}; ties: smaller loss, then smaller "
+            "alpha). W(alpha) = (1 − alpha) W_zs + alpha W_ft: alpha 0 is zero-shot, 1 fine-tuned.</p>"
+        )
+    return "\n".join(
+        [
+            "<h2>Linear head</h2>",
+            facts,
+            _head_table(head),
+            f'<details><summary>Models</summary><ul id="head-models">{legend}</ul></details>'
+            if legend
+            else "",
+            "<h3>WiSE-FT weight interpolation</h3>",
+            chosen,
+            _image(_data_uri(wise_png) if wise_png else None, "WiSE-FT sweep", "wiseft-img"),
+            _wise_ft_table(sweep),
+        ]
+    )
 
 
 def _image(uri: str | None, alt: str, elem_id: str) -> str:
@@ -384,7 +570,12 @@ def _image(uri: str | None, alt: str, elem_id: str) -> str:
 # -------------------------------------------------------------------------------------------------- API
 
 
-def build_html(report: Mapping[str, Any], curves_png: bytes | None, training_png: bytes | None) -> str:
+def build_html(
+    report: Mapping[str, Any],
+    curves_png: bytes | None,
+    training_png: bytes | None,
+    wise_png: bytes | None = None,
+) -> str:
     """The report page for ``report`` with the given PNGs inlined (None: section says 'no data')."""
     metrics = _dict(report.get("metrics"))
     curves = _dict(report.get("curves"))
@@ -393,9 +584,10 @@ def build_html(report: Mapping[str, Any], curves_png: bytes | None, training_png
     config = _dict(report.get("config"))
     job_id = report.get("job_id")
     title = f"MergeTune report — {job_id}" if job_id else "MergeTune report"
+    head = _dict(report.get("head"))
     downloads = "".join(
         f'<li><a href="{_e(name)}" download>{_e(name)}</a> <span class="muted">{_e(desc)}</span></li>'
-        for name, desc in DOWNLOADS
+        for name, desc in (HEAD_DOWNLOADS if head else DOWNLOADS)
     )
     parts = [
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>',
@@ -404,6 +596,7 @@ def build_html(report: Mapping[str, Any], curves_png: bytes | None, training_png
         f"<h1>{_e(title)}</h1>",
         "<h2>Summary</h2>",
         _summary(metrics),
+        _head_section(head, wise_png),
         "<h2>Interpolation curves</h2>",
         '<p class="muted">Base and novel accuracy and loss along the three segments, in classifier '
         "(text-feature) space and in prompt-parameter space.</p>",
@@ -444,6 +637,7 @@ def render_report(report: dict, out_dir: Path) -> list[Path]:
     report = report if isinstance(report, Mapping) else {}
     curves_png = _plot_curves(_dict(report.get("curves")))
     training_png = _plot_training(_list(report.get("training")))
+    wise_png = _plot_wise_ft(_dict(_dict(report.get("head")).get("wise_ft")))
     curves_path = out_dir / CURVES_PNG
     if curves_png is None:
         fig, axes = _figure(1, 1, 4.0, 2.0)
@@ -453,6 +647,6 @@ def render_report(report: dict, out_dir: Path) -> list[Path]:
     else:
         curves_path.write_bytes(curves_png)
     html_path = out_dir / REPORT_HTML
-    html_path.write_text(build_html(report, curves_png, training_png), encoding="utf-8")
+    html_path.write_text(build_html(report, curves_png, training_png, wise_png), encoding="utf-8")
     logger.info("report written to %s (job %s)", out_dir, report.get("job_id"))
     return [html_path, curves_path]

@@ -22,6 +22,7 @@ from common.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     Artifact,
+    Dataset,
     Job,
     JobEvent,
     JobStatus,
@@ -134,6 +135,20 @@ def load_job_inputs(url: str, job_id: str) -> dict[str, Any]:
             return {c.key: getattr(obj, c.key) for c in obj.__mapper__.column_attrs}
 
         return {"job": row(job), "checkpoint": row(ck), "dataset": row(ds)}
+
+
+def load_datasets(url: str, project_id: str, dataset_ids: list[str]) -> list[dict[str, Any] | None]:
+    """Plain copies of the project's dataset rows with these ids, in that order (None: no such row)."""
+    if not dataset_ids:
+        return []
+    with session_scope(url) as s:
+        found = {
+            d.id: {c.key: getattr(d, c.key) for c in d.__mapper__.column_attrs}
+            for d in s.scalars(
+                select(Dataset).where(Dataset.project_id == project_id, Dataset.id.in_(dataset_ids))
+            )
+        }
+        return [found.get(i) for i in dataset_ids]
 
 
 def cancel_requested(url: str, job_id: str) -> bool:

@@ -238,6 +238,53 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "user_error": False}
 
 
+def _open_eval_datasets(
+    settings: Settings, ids: list[str], rows: list[dict[str, Any] | None], taken: set[str]
+) -> list[tuple[str, Any, dict[str, Any]]]:
+    """Open the job's extra evaluation datasets as the main one is opened: [(name, Dataset, row)].
+
+    A missing, unreadable or image-less one fails the job as a user error naming it (param
+    ``eval_dataset_ids[i]``). Names are the registered names, made unique (``name (id)``) where they
+    repeat or clash with ``taken`` (the head report's own split names)."""
+    from core.config import DatasetKind
+    from core.crossdata import eval_records
+    from core.datasets import open_dataset
+    from core.errors import CoreError, DatasetError
+
+    out: list[tuple[str, Any, dict[str, Any]]] = []
+    used = set(taken)
+    for i, (ds_id, row) in enumerate(zip(ids, rows, strict=True)):
+        param = f"eval_dataset_ids[{i}]"
+        if row is None:
+            raise DatasetError(f"evaluation dataset {ds_id!r} not found", code="not_found", param=param)
+        label = f"evaluation dataset {row['name']!r} ({ds_id})"
+        try:
+            dataset = open_dataset(
+                DatasetKind(row["kind"]),
+                settings.DATA_ROOT,
+                row.get("path") or "",
+                coop_name=row.get("coop_name"),
+                options=row.get("options"),
+            )
+            eval_records(dataset)  # raises when it has neither test nor val images
+        except CoreError as exc:
+            raise DatasetError(
+                f"{label} cannot be used: {exc.message}",
+                code=exc.code if exc.user_error else "bad_dataset",
+                param=param,
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - unreadable files, bad options: the dataset is at fault
+            raise DatasetError(
+                f"{label} cannot be opened: {type(exc).__name__}: {exc}", code="bad_dataset", param=param
+            ) from exc
+        name = str(row["name"])
+        if name in used:
+            name = f"{name} ({ds_id})"
+        used.add(name)
+        out.append((name, dataset, row))
+    return out
+
+
 def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactStore | None = None) -> str:
     """Run (or resume, or skip) one job; returns the outcome (succeeded|failed|cancelled|skipped: why)."""
     url = settings.DATABASE_URL
@@ -356,6 +403,23 @@ def _run(
             now=task_sha,
         )
 
+    # ---- extra evaluation datasets (cross-dataset / shift) -----------------------------------------
+    t = time.monotonic()
+    eval_ids = [str(i) for i in (job.get("eval_dataset_ids") or [])]
+    extra_datasets: list[tuple[str, Any]] | None = None
+    eval_opened: list[tuple[str, Any, dict[str, Any]]] = []
+    if eval_ids:
+        extra_datasets = []
+        if head:  # explicit datasets come on top of the default shifted splits of a built-in dataset
+            from core.crossdata import builtin_shift_datasets
+
+            extra_datasets += builtin_shift_datasets(dataset)
+        eval_rows = jobdb.load_datasets(url, job["project_id"], eval_ids)
+        taken = {"val", "test", *(name for name, _ in extra_datasets)}
+        eval_opened = _open_eval_datasets(settings, eval_ids, eval_rows, taken)
+        extra_datasets += [(name, d) for name, d, _ in eval_opened]
+        timings["load_eval_datasets"] = time.monotonic() - t
+
     if head:
         ctx_ft: Any = {k: v for k, v in tensors.items() if k in ("weight", "bias")}
         prompt_spec = None
@@ -394,6 +458,7 @@ def _run(
         should_stop=cb.should_stop,
         resume_state=resume_state,
         on_epoch_end=cb.on_epoch_end,
+        extra_datasets=extra_datasets,
     )
     timings["recover"] = time.monotonic() - t
     cb._last_cancel_check = float("-inf")
@@ -479,6 +544,20 @@ def _run(
             "base_classes": list(task.base_classnames),
             "novel_classes": list(task.novel_classnames),
         },
+        "eval_datasets": [
+            {
+                "id": row["id"],
+                "name": row["name"],
+                "report_name": name,
+                "kind": row["kind"],
+                "path": row.get("path"),
+                "coop_name": row.get("coop_name"),
+                "options": row.get("options"),
+                "dataset_sha256": d.split_sha256(),
+                "registered_split_sha256": row.get("sha256_of_split"),
+            }
+            for name, d, row in eval_opened
+        ],
         "checkpoint": {
             "id": ck["id"],
             "sha256": parent_sha,

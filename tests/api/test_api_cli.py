@@ -77,6 +77,14 @@ def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):
         with pytest.raises(ApiError) as exc:
             c.create_job(ckpt["id"], ds["id"], hyperparameters={"lr": 0})
         assert (exc.value.status, exc.value.param) == (422, "hyperparameters.lr")
+        shift = c.create_dataset(
+            "tiny-shift", "builtin", options={**TINY_DATASET["options"], "domain": "shift"}
+        )
+        job = c.create_job(ckpt["id"], ds["id"], eval_dataset_ids=[shift["id"]])
+        assert job["eval_dataset_ids"] == [shift["id"]]
+        with pytest.raises(ApiError) as exc:
+            c.create_job(ckpt["id"], ds["id"], eval_dataset_ids=[shift["id"], "ds_nope"])
+        assert (exc.value.status, exc.value.param) == (404, "eval_dataset_ids[1]")
 
 
 def test_cli_parser_covers_the_commands():
@@ -90,5 +98,8 @@ def test_cli_parser_covers_the_commands():
     from cli.main import _pairs
 
     assert _pairs(args.hp, typed=True) == {"epochs": 3, "lr": 0.01}
+    assert args.eval_dataset is None
+    args = p.parse_args("job create --checkpoint c --dataset d --eval-dataset e1 --eval-dataset e2".split())
+    assert args.eval_dataset == ["e1", "e2"]
     assert p.parse_args(["serve", "--embedded", "--port", "9000"]).embedded is True
     assert json.loads('{"a": 1}') == {"a": 1}

@@ -230,7 +230,11 @@ def test_eval_dataset_ids_are_checked_stored_echoed_and_hashed(client, auth, oth
     shift = client.post(
         "/v1/datasets",
         headers=auth,
-        json={**TINY_DATASET, "name": "tiny-shift", "options": {**TINY_DATASET["options"], "domain": "shift"}},
+        json={
+            **TINY_DATASET,
+            "name": "tiny-shift",
+            "options": {**TINY_DATASET["options"], "domain": "shift"},
+        },
     ).json()
     foreign = client.post("/v1/datasets", headers=other_auth, json=TINY_DATASET).json()
 

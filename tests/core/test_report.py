@@ -195,3 +195,106 @@ def test_render_report_with_empty_report_still_writes_both_files(tmp_path: Path)
 def test_importing_report_does_not_import_matplotlib(module: str) -> None:
     code = f"import sys, {module}; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def _head_report() -> dict:
+    """A linear-head job's report.json part, validated against core.result's schema."""
+    from core.result import HeadReport
+
+    models = ("zero_shot", "fine_tuned", "merged", "merged_zs_ensemble", "endpoint_ensemble", "wise_ft")
+
+    def split(name: str, kind: str, accs: tuple[float, ...]) -> dict:
+        return {
+            "name": name,
+            "kind": kind,
+            "images": 40,
+            "classes": 8,
+            "accuracy": dict(zip(models, accs, strict=True)),
+            "loss": {m: 0.5 + 0.1 * i for i, m in enumerate(models)},
+        }
+
+    head = HeadReport(
+        classes=8,
+        dim=64,
+        bias=True,
+        models={m: f"description of {m}" for m in models},
+        splits=[
+            split("val", "validation", (41.11, 88.12, 86.13, 84.14, 80.15, 82.16)),
+            split("test", "in_distribution", (42.21, 90.22, 87.23, 85.24, 81.25, 83.26)),
+            split("hue-shift", "shift", (38.31, 20.32, 33.33, 39.34, 30.35, 31.36)),
+        ],
+        wise_ft={
+            "alphas": [0.0, 0.5, 1.0],
+            "accuracy": {"val": [41.11, 84.41, 88.12], "hue-shift": [38.31, 29.42, 20.32]},
+            "loss": {"val": [1.2, 0.7, 0.5], "hue-shift": [1.3, 1.5, 1.9]},
+            "best_alpha": 0.5,
+            "selected_on": "val",
+        },
+    )
+    return head.model_dump(mode="json")
+
+
+def test_report_renders_the_head_splits_wise_ft_sweep_and_extra_columns(tmp_path: Path) -> None:
+    report = synthetic_report()
+    report["head"] = _head_report()
+    report["extra_evaluations"] = [
+        {"dataset": "hue-shift", "kind": "shift", "mapping": "same", "classes": 8, "images": 40,
+         "zero_shot": 38.31, "fine_tuned": 20.32, "recovered": 33.33, "recovered_zs_ensemble": 39.34,
+         "endpoint_ensemble": 30.35, "wise_ft": 31.36},
+        {"dataset": "other-set", "kind": "cross_dataset", "mapping": "other", "classes": 5, "images": 10,
+         "zero_shot": 55.55, "fine_tuned": None, "recovered": None, "recovered_zs_ensemble": None,
+         "endpoint_ensemble": None, "wise_ft": None},
+    ]  # fmt: skip
+    html_path, _ = render_report(report, tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+
+    # Per-split table: every split, every model's accuracy, the best per split in bold, deltas vs ZS.
+    table = page[page.index('<table id="head-splits">') :]
+    table = table[: table.index("</table>")]
+    for label in ("Zero-shot", "Fine-tuned", "Merged (MergeTune)", "Merged + zero-shot ensemble",
+                  "Endpoint ensemble (zero-shot + fine-tuned)", "WiSE-FT (chosen alpha)"):  # fmt: skip
+        assert f"<th>{label}</th>" in table, label
+    for name, kind in (("val", "validation"), ("test", "in_distribution"), ("hue-shift", "shift")):
+        assert f'<th class="l">{name}</th><td class="l">{kind}</td>' in table, name
+    for value in ("41.11", "90.22", "87.23", "85.24", "81.25", "83.26", "20.32", "33.33", "39.34"):
+        assert value in table, value
+    assert "<strong>90.22</strong>" in table and "<strong>39.34</strong>" in table
+    assert "-17.99" in table  # fine-tuned vs zero-shot under shift: 20.32 - 38.31
+    assert "loss 0.5000" in table
+    assert "description of merged_zs_ensemble" in page
+
+    # WiSE-FT sweep: the chosen alpha stated, a plot, and the table with the chosen row marked.
+    assert 'id="wiseft-alpha"' in page and "<strong>0.50</strong>" in page
+    sweep = page[page.index('<table id="wiseft">') :]
+    sweep = sweep[: sweep.index("</table>")]
+    assert '<tr class="chosen"><th class="l">0.50 (chosen)</th><td>84.41</td><td>29.42</td></tr>' in sweep
+    uris = re.findall(r'<img id="wiseft-img" alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(uris) == 1 and _png_size(base64.b64decode(uris[0]))[0] > 100
+
+    # Extra evaluations: one row per dataset, the models as columns, a dash where a model has no number.
+    extra = page[page.index('<table id="extra">') :]
+    extra = extra[: extra.index("</table>")]
+    for label in ("Zero-shot", "Fine-tuned", "Recovered", "Recovered + zero-shot ensemble", "WiSE-FT"):
+        assert f"<th>{label}</th>" in extra, label
+    assert "hue-shift" in extra and "other-set" in extra and "55.55" in extra and "—" in extra
+    assert '<td>33.33<span class="sub">vs ZS <span class="neg">-4.98</span></span></td>' in extra
+
+    # A head job links its head, not prompt files.
+    assert 'href="head.safetensors"' in page and 'href="prompts.pth.tar"' not in page
+
+
+def test_prompt_job_extra_evaluations_show_zero_shot_fine_tuned_and_recovered(tmp_path: Path) -> None:
+    report = synthetic_report()
+    report["extra_evaluations"] = [
+        {"dataset": "eurosat-all", "kind": "cross_dataset", "mapping": "other", "classes": 10, "images": 50,
+         "zero_shot": 45.5, "fine_tuned": 38.25, "recovered": 47.75, "recovered_zs_ensemble": None,
+         "endpoint_ensemble": None, "wise_ft": None},
+    ]  # fmt: skip
+    html_path, _ = render_report(report, tmp_path)
+    page = html_path.read_text(encoding="utf-8")
+    extra = page[page.index('<table id="extra">') :]
+    extra = extra[: extra.index("</table>")]
+    assert "<th>Zero-shot</th><th>Fine-tuned</th><th>Recovered</th>" in extra
+    assert "Ensemble" not in extra and "WiSE-FT" not in extra  # columns no row has numbers for
+    assert "eurosat-all" in extra and "45.50" in extra and "38.25" in extra and "47.75" in extra
+    assert 'id="wiseft-img"' not in page and "Linear head" not in page

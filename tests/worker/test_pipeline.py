@@ -278,7 +278,10 @@ def test_linear_head_job_exports_a_head(wsettings, store, rows):
     g = torch.Generator().manual_seed(3)
     head = {"weight": torch.randn(3, dim, generator=g), "bias": torch.zeros(3)}  # the 3 base classes
     ck = ws.make_checkpoint(url, store, project, None, method="linear_head", head=head)
-    job_id = ws.make_job(url, project, ck, ds, job_type="linear_head", epochs=2)
+    shift = ws.make_dataset(
+        url, wsettings, project, options={**ws.TINY_DATASET_OPTIONS, "domain": "shift"}, name="tiny-shift"
+    )
+    job_id = ws.make_job(url, project, ck, ds, job_type="linear_head", epochs=2, eval_dataset_ids=[shift])
 
     assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded", (
         ws.job_row(url, job_id)["error"]
@@ -293,6 +296,13 @@ def test_linear_head_job_exports_a_head(wsettings, store, rows):
     assert (
         manifest["config"]["method"] == "linear_head" and manifest["config"]["hyperparameters"]["lam"] == 1e-3
     )
+    # The built-in default shifted split stays; the registered extra dataset comes on top.
+    report = json.loads(store.get_bytes(f"jobs/{job_id}/report.json"))
+    extra = {e["dataset"]: e for e in report["extra_evaluations"]}
+    assert set(extra) == {"builtin-shift", "tiny-shift"}
+    assert extra["tiny-shift"] == extra["builtin-shift"] | {"dataset": "tiny-shift"}, extra
+    # (a base-class head has no rows for the 6 shifted classes: only zero-shot is reported there)
+    assert extra["tiny-shift"]["classes"] == 6 and extra["tiny-shift"]["zero_shot"] is not None
 
 
 def test_a_node_that_lost_the_job_stops_without_touching_it(wsettings, store, rows, monkeypatch):
@@ -335,3 +345,62 @@ def test_job_runs_with_the_s3_artifact_store(wsettings, rows, ctx_ft, s3_endpoin
     keys = s3.client.list_objects_v2(Bucket="mergetune-jobs", Prefix=f"prod/jobs/{job_id}/")["Contents"]
     assert sorted(k["Key"] for k in keys) == sorted(f"prod/{a['key']}" for a in arts.values())
     assert s3.sha256(arts["prompts.safetensors"]["key"]) == arts["prompts.safetensors"]["sha256"]
+
+
+def test_job_is_evaluated_on_its_extra_datasets(wsettings, store, rows):
+    """eval_dataset_ids: each extra dataset is opened like the main one and listed in report.json's
+    extra_evaluations under its registered name (here the built-in "shift" domain: same classes)."""
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    shift = ws.make_dataset(
+        url, wsettings, project, options={**ws.TINY_DATASET_OPTIONS, "domain": "shift"}, name="tiny-shift"
+    )
+    job_id = ws.make_job(url, project, ck, ds, epochs=1, eval_dataset_ids=[shift])
+
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded", (
+        ws.job_row(url, job_id)["error"]
+    )
+    report = json.loads(store.get_bytes(f"jobs/{job_id}/report.json"))
+    extra = {e["dataset"]: e for e in report["extra_evaluations"]}
+    assert set(extra) == {"tiny-shift"}
+    row = extra["tiny-shift"]
+    assert row["kind"] == "shift" and row["mapping"] == "same" and row["classes"] == 6 and row["images"] > 0
+    for key in ("zero_shot", "fine_tuned", "recovered"):
+        assert isinstance(row[key], float) and 0.0 <= row[key] <= 100.0, (key, row)
+    (entry,) = report["manifest"]["eval_datasets"]
+    assert entry["id"] == shift and entry["report_name"] == "tiny-shift"
+    assert entry["dataset_sha256"] == entry["registered_split_sha256"]
+    html = store.get_bytes(f"jobs/{job_id}/report.html").decode()
+    assert "tiny-shift" in html and 'id="extra"' in html
+
+
+def test_a_bad_extra_dataset_fails_the_job_as_a_user_error_naming_it(wsettings, store, rows):
+    from common.models import Dataset
+
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    with session_scope(url) as s:
+        bad = Dataset(
+            project_id=project,
+            name="gone-folder",
+            kind="imagefolder",
+            path="does/not/exist",
+            num_classes=2,
+            classnames=["a", "b"],
+            base_classes=["a"],
+            novel_classes=["b"],
+            split_sizes={"test": 2},
+            template="a photo of a {}.",
+            sha256_of_split="0" * 64,
+        )
+        s.add(bad)
+        s.flush()
+        bad_id = bad.id
+    job_id = ws.make_job(url, project, ck, ds, epochs=1, eval_dataset_ids=[ds, bad_id])
+
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "failed"
+    job = ws.job_row(url, job_id)
+    err = job["error"]
+    assert err["user_error"] is True and err["param"] == "eval_dataset_ids[1]", err
+    assert "gone-folder" in err["message"] and bad_id in err["message"]
+    assert ws.artifacts(url, job_id) == [] and [e["type"] for e in ws.events(url, job_id)].count("epoch") == 0

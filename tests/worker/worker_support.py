@@ -187,7 +187,13 @@ def make_checkpoint(
     return ck_id
 
 
-def make_dataset(url: str, settings: Any, project_id: str, options: dict[str, Any] | None = None) -> str:
+def make_dataset(
+    url: str,
+    settings: Any,
+    project_id: str,
+    options: dict[str, Any] | None = None,
+    name: str = "builtin-tiny",
+) -> str:
     from common.db import session_scope
     from common.models import Dataset
     from core.config import DatasetKind
@@ -199,7 +205,7 @@ def make_dataset(url: str, settings: Any, project_id: str, options: dict[str, An
     with session_scope(url) as s:
         row = Dataset(
             project_id=project_id,
-            name="builtin-tiny",
+            name=name,
             kind="builtin",
             path="",
             options=options,
@@ -224,6 +230,7 @@ def make_job(
     *,
     status: str = "queued",
     job_type: str = "prompt",
+    eval_dataset_ids: list[str] | None = None,
     **hp: Any,
 ) -> str:
     from common.db import session_scope
@@ -245,6 +252,7 @@ def make_job(
             backbone=dict(TINY_BACKBONE),
             hyperparameters=resolved,
             metadata_={"test": "yes"},
+            eval_dataset_ids=eval_dataset_ids,
             status=status,
             queued_at=utcnow(),
         )
