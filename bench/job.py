@@ -9,8 +9,9 @@ Backbone: the bundled tiny CLIP (``tiny-clip``/``builtin``) when its weights fil
 depend on how it was trained). Variants, each run in a fresh subprocess so that
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is that variant's own peak (torch allocations included):
 
-- ``ours-bank``: ``core.recovery.recover`` with the default hyperparameters (feature bank of 8
-  augmented views, 100 epochs), including the full evaluation (metrics, baselines, curves);
+- ``ours-bank``: ``core.recovery.recover`` with the default hyperparameters (feature bank of
+  ``Hyperparameters().bank_views`` augmented views, 100 epochs), including the full evaluation
+  (metrics, baselines, curves);
 - ``ours-exact``: the same with ``feature_mode=exact`` (fresh augmentation, one image pass per step);
 - ``reference``: a Dassl-style loop (images loaded and augmented per step, ``bench/reference.py``
   step: 1+K image passes, 3 text passes at 77 tokens) for ``--ref-epochs`` epochs, EXTRAPOLATED to
