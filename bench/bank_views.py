@@ -4,7 +4,7 @@
     .venv/bin/python bench/bank_views.py --exact-epochs 50     # exact mode shortened (printed)
     .venv/bin/python bench/bank_views.py --views 2,8 --seed 2 --exact-epochs 0 --with-none   # seed noise
 
-Setup (issue 7 item 1, "V default chosen by measurement"): the bundled tiny CLIP
+Setup (the default V is chosen by this measurement): the bundled tiny CLIP
 (``tiny-clip``/``builtin``), the built-in dataset with its default options (96 classes) ->
 ``base_to_novel(shots=16, seed=1)``; a CoOp start trained by ``core.recovery.train_coop``
 (``feature_mode=none``, ``--coop-epochs`` epochs, seed 1); then ``core.recovery.recover`` (MergeTune,

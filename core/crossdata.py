@@ -1,5 +1,5 @@
 """Cross-dataset and distribution-shift evaluation of prompts and linear heads (ALGORITHM.md section 4,
-"other settings"; issue 8 item 3).
+"other settings").
 
 Every extra dataset is evaluated on its test split (its val split when it has no test split) over its
 **full** class list; the image features are encoded once per dataset with the test transform.

@@ -1,4 +1,4 @@
-"""Linear-head MergeTune on the built-in data (issue 8, item 4): the robust fine-tuning story.
+"""Linear-head MergeTune on the built-in data: the robust fine-tuning story.
 
 Backbone: the bundled tiny CLIP (``tiny-clip`` / ``builtin``). A linear head over all 96 classes is
 fine-tuned (plain CE, SGD on cached features, from the zero-shot head) on ``--shots`` images per class

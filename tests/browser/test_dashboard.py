@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium against a real API + Celery worker.
 
-Covers the issue's acceptance: the job list (status filter, dataset column, pagination, health panel),
+Covers the job list (status filter, dataset column, pagination, health panel),
 a finished demo job with its curves image and metrics table, a job started from the form whose status
 changes on screen from queued to succeeded, and cancelling a running job.
 """
