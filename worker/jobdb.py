@@ -60,6 +60,13 @@ def add_event(url: str, job_id: str, type_: str, message: str, level: str = "inf
         _event(s, job_id, type_, message, level, **data)
 
 
+def logged_epochs(url: str, job_id: str) -> set[int]:
+    """Epoch numbers that already have an ``epoch`` event."""
+    with session_scope(url) as s:
+        rows = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch"))
+        return {int(d["epoch"]) for d in rows if isinstance(d, dict) and "epoch" in d}
+
+
 def _owner_alive(session: Any, job: Job, now: datetime) -> bool:
     if not job.worker_host:
         return False

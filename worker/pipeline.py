@@ -183,6 +183,26 @@ class JobCallbacks:
             jobdb.set_evaluating(self.url, self.job_id)
 
 
+def _backfill_epoch_events(url: str, job_id: str, state: dict[str, Any], epochs: int) -> None:
+    """An epoch's state is stored before its event is written, so a worker killed between the two leaves
+    that event missing; the resumed run starts after the epoch. Write it from the state's history."""
+    logged = jobdb.logged_epochs(url, job_id)
+    history = state.get("history", [])
+    for epoch in range(1, int(state.get("epoch", 0)) + 1):
+        if epoch in logged:
+            continue
+        loss = history[epoch - 1].get("loss") if epoch - 1 < len(history) else None
+        jobdb.add_event(
+            url,
+            job_id,
+            "epoch",
+            f"Epoch {epoch}/{epochs} done" + (f", loss {loss:.4f}" if loss is not None else ""),
+            epoch=epoch,
+            epochs=epochs,
+            loss=loss,
+        )
+
+
 def _load_resume_state(store: ArtifactStore, job_id: str) -> dict[str, Any] | None:
     key = state_key(job_id)
     if not store.exists(key):
@@ -433,6 +453,8 @@ def _run(
 
     resume_state = _load_resume_state(store, job_id) if claim.resumed else None
     resumed_from = int(resume_state.get("epoch", 0)) if resume_state else 0
+    if resume_state:
+        _backfill_epoch_events(url, job_id, resume_state, hp.epochs)
     if claim.resumed:
         jobdb.add_event(
             url,
