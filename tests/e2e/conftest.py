@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
 import worker_support as ws  # noqa: E402
 
 REDIS_DB = ws.E2E_REDIS_DB
-free_port = ws.free_port
 
 
 @pytest.fixture(autouse=True)
@@ -37,60 +36,12 @@ def e2e_env(e2e_settings):
     return ws.settings_env(e2e_settings)
 
 
-class ApiProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],  # fmt: skip
-            cwd=ws.REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        import httpx
-
-        def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"API exited:\n{self.log_path.read_text()}")
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        ws.wait_for(up, timeout, 0.2, "the API to answer /healthz")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
 def stack(e2e_env, tmp_path_factory):
     """API + worker started together (their imports overlap), then both waited for."""
     logs = tmp_path_factory.mktemp("logs")
     w = ws.WorkerProcess(e2e_env, logs / "worker.log", nodename="e2e@test").start(wait=False)
-    p = ApiProcess(e2e_env, logs / "api.log")
+    p = ws.ApiProcess(e2e_env, logs / "api.log").start(wait=False)
     tok = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "token", "create", "--project", "e2e"],
         cwd=ws.REPO,
