@@ -311,6 +311,19 @@ def load_safetensors_bytes(data: bytes) -> dict[str, Any]:
 # ---- a real Celery worker process ----------------------------------------------------------------
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, log: Any, *, grace: float) -> None:
+    """SIGTERM, ``grace`` seconds for a warm shutdown, then SIGKILL; closes the process's log file."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    log.close()
+
+
 class WorkerProcess:
     """``celery -A worker.celery_app worker --pool solo -c 1`` as a subprocess with its own log file."""
 
@@ -376,15 +389,7 @@ class WorkerProcess:
         self._log.close()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self._log.close()
+        terminate(self.proc, self._log, grace=20)
 
 
 class ApiProcess:
@@ -438,15 +443,7 @@ class ApiProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self._log.close()
+        terminate(self.proc, self._log, grace=15)
 
 
 def io_bytes(data: bytes) -> io.BytesIO:
