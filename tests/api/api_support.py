@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 API_REDIS_DB = 10  # tests/worker uses 13, tests/e2e 14, tests/browser 12
-BROKER_URL = f"redis://127.0.0.1:6379/{API_REDIS_DB}"
+BROKER_URL = f"{os.environ.get('MERGETUNE_TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/{API_REDIS_DB}"
 TINY_DATASET: dict[str, Any] = {
     "name": "tiny",
     "kind": "builtin",

@@ -4,6 +4,7 @@ pagination, the new-job form, cancel, artifacts and the polling endpoints."""
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-BROKER_URL = "redis://127.0.0.1:6379/11"  # api tests use 10, browser stack 12, worker 13, e2e 14
+BROKER_URL = f"{os.environ.get('MERGETUNE_TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/11"  # api tests use 10, browser stack 12, worker 13, e2e 14
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import psycopg
 REPO = Path(__file__).resolve().parents[2]
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
-REDIS_URL = "redis://127.0.0.1:6379"
+#: This session's private Redis (started by tests/conftest.py), no database number.
+REDIS_URL = os.environ.get("MERGETUNE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 #: Redis database indexes of these suites (flushed at start): tests/worker and tests/e2e.
 WORKER_REDIS_DB = 13
 E2E_REDIS_DB = 14
