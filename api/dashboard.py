@@ -133,9 +133,11 @@ def csrf_token(raw: str) -> str:
 
 
 def _lookup(session: Session, raw: str | None) -> ApiToken | None:
+    """The usable token for the cookie/form value: unknown, revoked and expired tokens read as None."""
     if not raw or len(raw) > 512:
         return None
-    return session.scalar(select(ApiToken).where(ApiToken.token_hash == repo.hash_token(raw)))
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == repo.hash_token(raw)))
+    return token if token is not None and repo.token_refusal(token) is None else None
 
 
 def get_viewer(request: Request, session: SessionDep) -> Viewer | None:

@@ -9,13 +9,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import Unauthorized
 from common import repositories as repo
 from common.db import get_sessionmaker, session_scope
-from common.models import ApiToken, Project, utcnow
+from common.models import utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, get_store
 
@@ -69,21 +68,20 @@ def get_principal(
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise Unauthorized("Authorization header must be `Bearer <token>`", code="invalid_token")
-    found = session.execute(
-        select(ApiToken, Project.name)
-        .join(Project, Project.id == ApiToken.project_id)
-        .where(ApiToken.token_hash == repo.hash_token(secret))
-    ).first()
+    found = repo.find_token(session, secret) if len(secret) <= 512 else None
     if found is None:
         raise Unauthorized("invalid or revoked token", code="invalid_token")
     token, project_name = found
+    refusal = repo.token_refusal(token)
+    if refusal == "token_revoked":
+        raise Unauthorized(f"token {token.prefix}... was revoked", code=refusal)
+    if refusal == "token_expired":
+        raise Unauthorized(f"token {token.prefix}... expired; create a new one", code=refusal)
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
-        # Its own short transaction, so read-only requests do not have to commit.
+        # Its own short transaction (a conditional UPDATE), so read-only requests do not have to commit.
         with session_scope(settings.DATABASE_URL) as s:
-            row = s.get(ApiToken, token.id)
-            if row is not None:
-                row.last_used_at = now
+            repo.touch_token(s, token.id, now, every=_TOUCH_EVERY)
     return Principal(project_id=token.project_id, project_name=project_name, token_id=token.id)
 
 

@@ -5,7 +5,9 @@ Server side::
     mergetune serve [--embedded] [--host H] [--port P]   API (+ one worker and migrations with --embedded)
     mergetune worker [--concurrency N] [--loglevel L]    a Celery worker (exec'd, worker.celery_app)
     mergetune migrate                                    alembic upgrade head on MERGETUNE_DATABASE_URL
-    mergetune token create --project NAME                prints a new bearer token alone on its last line
+    mergetune token create --project NAME [--expires-in 30d]  prints a new bearer token alone on its last line
+    mergetune token list [--project NAME] [--json]        prefix, project, created, last used, expires, revoked
+    mergetune token revoke PREFIX_OR_ID                   refused (401) from the next request on
 
 Client side (``--url`` / MERGETUNE_URL, ``--token`` / MERGETUNE_TOKEN)::
 
@@ -123,9 +125,23 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
-    from common import repositories as repo
-    from common.db import DatabaseNotMigrated, check_migrated, get_engine, session_scope, upgrade_head
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds (``3600``) -> seconds (> 0)."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _DURATION_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _DURATION_UNITS else raw
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: use seconds or a number with s, m, h, d or w (e.g. 30d)"
+        )
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def _open_token_db(settings: Settings) -> None:
+    from common.db import DatabaseNotMigrated, check_migrated, get_engine, upgrade_head
 
     settings.ensure_dirs()
     try:
@@ -134,12 +150,78 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
         if not settings.is_sqlite:
             raise
         upgrade_head(settings.DATABASE_URL)  # the embedded database is ours to create
+
+
+def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import utcnow
+
+    _open_token_db(settings)
+    expires_at = utcnow() + timedelta(seconds=args.expires_in) if args.expires_in else None
     with session_scope(settings.DATABASE_URL) as s:
         project = repo.get_or_create_project(s, args.project)
-        token, secret = repo.create_token(s, project)
+        token, secret = repo.create_token(s, project, expires_at=expires_at)
         project_id, token_id = project.id, token.id
-    sys.stderr.write(f"created token {token_id} for project {args.project} ({project_id})\n")
+    until = f", expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    sys.stderr.write(f"created token {token_id} for project {args.project} ({project_id}){until}\n")
     sys.stdout.write(secret + "\n")
+    return 0
+
+
+def _when(value: Any) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
+
+
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import utcnow
+
+    _open_token_db(settings)
+    now = utcnow()
+    with session_scope(settings.DATABASE_URL) as s:
+        rows = [
+            {
+                "id": t.id,
+                "prefix": t.prefix,
+                "project": project,
+                "created": _when(t.created_at),
+                "last_used": _when(t.last_used_at),
+                "expires": _when(t.expires_at),
+                "revoked": _when(t.revoked_at),
+                "state": repo.token_refusal(t, now) or "active",
+            }
+            for t, project in repo.list_tokens(s, args.project)
+        ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    cols = ["id", "prefix", "project", "created", "last_used", "expires", "revoked", "state"]
+    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in cols}
+    sys.stdout.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")
+    for r in rows:
+        sys.stdout.write("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip() + "\n")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from common import repositories as repo
+    from common.db import session_scope
+
+    _open_token_db(settings)
+    with session_scope(settings.DATABASE_URL) as s:
+        try:
+            token = repo.resolve_token(s, args.token_ref)
+        except repo.TokenLookupError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
+        changed = repo.revoke_token(s, token)
+        token_id, prefix, when = token.id, token.prefix, token.revoked_at
+    state = "revoked" if changed else "was already revoked"
+    sys.stderr.write(f"token {token_id} ({prefix}...) {state} at {_when(when)}\n")
     return 0
 
 
@@ -394,7 +476,21 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     p = tok.add_parser("create", help="create a bearer token for a project (created if new)")
     p.add_argument("--project", required=True)
+    p.add_argument(
+        "--expires-in",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="expire after this long: seconds or e.g. 90m, 12h, 30d, 2w (default: never)",
+    )
     p.set_defaults(func=cmd_token_create)
+    p = tok.add_parser("list", help="list tokens: prefix, project, created, last used, expires, revoked")
+    p.add_argument("--project", default=None, help="only this project's tokens")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_token_list)
+    p = tok.add_parser("revoke", help="revoke a token at once (by id tok_... or prefix mt_...)")
+    p.add_argument("token_ref", metavar="PREFIX_OR_ID")
+    p.set_defaults(func=cmd_token_revoke)
 
     p = client_opts(sub.add_parser("upload", help="upload a checkpoint"))
     p.add_argument("file", type=Path)

@@ -117,6 +117,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to recognise a token in lists
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)  # None: never expires
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
     project: Mapped[Project] = relationship(lazy="joined")
 

@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select, update
@@ -76,21 +76,102 @@ def get_or_create_project(session: Session, name: str) -> Project:
     return project
 
 
-def create_token(session: Session, project: Project) -> tuple[ApiToken, str]:
-    """A new bearer token for ``project``; returns the row and the secret (shown once, stored hashed)."""
+def create_token(
+    session: Session, project: Project, *, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """A new bearer token for ``project``; returns the row and the secret (shown once, stored hashed).
+    ``expires_at`` None: the token never expires (it can still be revoked)."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(project_id=project.id, token_hash=hash_token(secret), prefix=secret[:10])
+    token = ApiToken(
+        project_id=project.id, token_hash=hash_token(secret), prefix=secret[:10], expires_at=expires_at
+    )
     session.add(token)
     session.flush()
     return token, secret
 
 
+def token_refusal(token: ApiToken, now: datetime | None = None) -> str | None:
+    """Why ``token`` may not be used now (``"token_revoked"``, ``"token_expired"``), None when it may."""
+    now = now or utcnow()
+    if token.revoked_at is not None:
+        return "token_revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "token_expired"
+    return None
+
+
+def find_token(session: Session, secret: str) -> tuple[ApiToken, str] | None:
+    """The token row for ``secret`` and its project's name, whatever its state (callers check
+    :func:`token_refusal`). The secret is compared through its sha256 (an indexed equality lookup)."""
+    row = session.execute(
+        select(ApiToken, Project.name)
+        .join(Project, Project.id == ApiToken.project_id)
+        .where(ApiToken.token_hash == hash_token(secret))
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def touch_token(session: Session, token_id: str, now: datetime, *, every: timedelta) -> bool:
+    """Record a use of the token: one conditional UPDATE, skipped when the stored time is younger than
+    ``every`` (so busy tokens cost at most one write per ``every``). True when a row was written."""
+    res = session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.id == token_id,
+            (ApiToken.last_used_at.is_(None)) | (ApiToken.last_used_at < now - every),
+        )
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(res) == 1
+
+
 def authenticate(session: Session, secret: str) -> ApiToken | None:
-    """The token row for ``secret`` (constant-time comparison happens in the hash lookup), touched."""
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(secret)))
-    if token is not None:
-        token.last_used_at = utcnow()
-    return token
+    """The usable (not revoked, not expired) token row for ``secret``, touched; None otherwise."""
+    found = find_token(session, secret)
+    if found is None or token_refusal(found[0]) is not None:
+        return None
+    found[0].last_used_at = utcnow()
+    return found[0]
+
+
+def list_tokens(session: Session, project_name: str | None = None) -> list[tuple[ApiToken, str]]:
+    """Every token (oldest first) with its project's name, optionally of one project."""
+    stmt = select(ApiToken, Project.name).join(Project, Project.id == ApiToken.project_id)
+    if project_name is not None:
+        stmt = stmt.where(Project.name == project_name)
+    return [(t, name) for t, name in session.execute(stmt.order_by(ApiToken.id)).all()]
+
+
+class TokenLookupError(LookupError):
+    """No token, or more than one, matches what the operator typed."""
+
+
+def resolve_token(session: Session, prefix_or_id: str) -> ApiToken:
+    """The one token whose id equals ``prefix_or_id`` or whose shown prefix starts with it.
+    Raises :class:`TokenLookupError` when none or several match."""
+    ref = prefix_or_id.strip()
+    if not ref:
+        raise TokenLookupError("give a token id (tok_...) or the token's prefix (mt_...)")
+    by_id = session.get(ApiToken, ref)
+    if by_id is not None:
+        return by_id
+    matches = list(session.scalars(select(ApiToken).where(ApiToken.prefix.startswith(ref, autoescape=True))))
+    if not matches:
+        raise TokenLookupError(f"no token matches {ref!r}")
+    if len(matches) > 1:
+        ids = ", ".join(t.id for t in matches)
+        raise TokenLookupError(f"{ref!r} matches {len(matches)} tokens ({ids}); give the token id")
+    return matches[0]
+
+
+def revoke_token(session: Session, token: ApiToken, now: datetime | None = None) -> bool:
+    """Revoke ``token`` from now on; False when it was already revoked (the first time is kept)."""
+    if token.revoked_at is not None:
+        return False
+    token.revoked_at = now or utcnow()
+    session.flush()
+    return True
 
 
 # -- checkpoints --------------------------------------------------------------------------------
