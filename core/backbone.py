@@ -19,7 +19,8 @@ import copy
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from torchvision import transforms as T
 
 from core.config import BackboneSpec
 from core.errors import BackboneError
+from core.weights import is_file_reference, parse_random, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 BUILTIN_MODEL = "tiny-clip"
-_RANDOM = "random"
 
 
 @dataclass
@@ -63,6 +64,13 @@ class Backbone:
     device: torch.device
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    #: MLP activation the model was built with: "quick_gelu" (OpenAI CLIP) or "gelu".
+    activation: str = "gelu"
+    #: How the weights file was read: openai_torchscript | openai_state_dict | state_dict | safetensors |
+    #: builtin; None for random init.
+    weights_format: str | None = None
+    #: Things the user should know about how the backbone was built (the job shows them as warnings).
+    warnings: list[str] = field(default_factory=list)
     _train_tf: Callable[[Image.Image], torch.Tensor] | None = field(default=None, repr=False)
     _test_tf: Callable[[Image.Image], torch.Tensor] | None = field(default=None, repr=False)
 
@@ -209,19 +217,88 @@ def _cached_tag_file(name: str, tag: str, cache_dir: str | None) -> str:
     )
 
 
-def _parse_random(pretrained: str) -> int | None:
-    if pretrained == _RANDOM:
-        return 0
-    if pretrained.startswith(_RANDOM + ":"):
-        try:
-            return int(pretrained.split(":", 1)[1])
-        except ValueError as exc:
-            raise BackboneError(
-                f"bad random seed in pretrained '{pretrained}'",
-                code="weights_invalid",
-                param="backbone.pretrained",
-            ) from exc
-    return None
+#: Keys that OpenAI's CLIP state dicts (and the state dicts of its TorchScript archives) carry besides the
+#: parameters; open_clip's own checkpoints never have them.
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+OPENAI_FORMATS = frozenset({"openai_torchscript", "openai_state_dict"})
+
+
+def _is_torchscript(path: str) -> bool:
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, format) of a weights file. OpenAI's formats are recognised: a TorchScript archive
+    (what OpenAI published and open_clip caches for the ``openai`` tag) or a plain state dict with OpenAI's
+    extra keys (``input_resolution``, ``context_length``, ``vocab_size``). Plain pickles are read with
+    ``weights_only=True``; a TorchScript archive is read by ``torch.jit.load`` (weights under the model
+    root are the operator's files, never uploads). Errors never quote the file's content."""
+    fmt = "state_dict"
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return dict(load_file(path, device="cpu")), "safetensors"
+        if _is_torchscript(path):
+            sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
+            fmt = "openai_torchscript"
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+                obj = obj["state_dict"]
+            if not isinstance(obj, dict):
+                raise TypeError("not a state dict")
+            sd = {str(k): v for k, v in obj.items()}
+            if sd and all(k.startswith("module.") for k in sd):
+                sd = {k[len("module.") :]: v for k, v in sd.items()}
+            if any(k in sd for k in OPENAI_EXTRA_KEYS):
+                fmt = "openai_state_dict"
+    except Exception as exc:  # torch raises many types for a bad file; their text may quote the file
+        raise BackboneError(
+            f"the weights file could not be read as a state dict, an OpenAI TorchScript archive or "
+            f"safetensors ({type(exc).__name__})",
+            code="weights_invalid",
+            param="backbone.pretrained",
+        ) from None
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise BackboneError(
+            "the weights file holds non-tensor entries", code="weights_invalid", param="backbone.pretrained"
+        )
+    return sd, fmt
+
+
+def _load_openai_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
+    """OpenAI's keys are open_clip's CLIP keys; drop the three extras, load fp32 (OpenAI stores fp16)."""
+    sd = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in sd.items()
+        if k not in OPENAI_EXTRA_KEYS and not k.endswith("attn_mask")  # the causal mask is rebuilt
+    }
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = [k for k in sd if k not in own]
+    misfit = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or extra or misfit:
+        raise BackboneError(
+            f"the OpenAI-format weights do not fit '{name}': {len(missing)} of its tensors missing, "
+            f"{len(misfit)} with other shapes, {len(extra)} unexpected; name the architecture the file holds",
+            code="weights_invalid",
+            param="backbone.pretrained",
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def activation_of(model: torch.nn.Module) -> str:
+    """ "quick_gelu" when the model's MLPs use QuickGELU (OpenAI CLIP), else "gelu"."""
+    from open_clip.transformer import QuickGELU
+
+    return "quick_gelu" if any(isinstance(m, QuickGELU) for m in model.modules()) else "gelu"
 
 
 @contextlib.contextmanager
@@ -241,9 +318,20 @@ def _quiet_random_init_warning() -> Iterator[None]:
 
 
 def load_backbone(
-    spec: BackboneSpec, device: str | torch.device = "cpu", cache_dir: str | None = None
+    spec: BackboneSpec,
+    device: str | torch.device = "cpu",
+    cache_dir: str | None = None,
+    *,
+    model_root: str | os.PathLike[str] | None = None,
+    forbidden: Iterable[str | os.PathLike[str]] = (),
 ) -> Backbone:
-    """Build the frozen CLIP described by ``spec`` on ``device``. Never downloads anything."""
+    """Build the frozen CLIP described by ``spec`` on ``device``. Never downloads anything.
+
+    With ``model_root`` (the service always passes it), a weights file must be named under it and is
+    confined like dataset paths (``core.weights.resolve_weights``; never inside ``forbidden``). Without
+    it (library use) a path is taken as given. OpenAI-format weights are built with QuickGELU whatever
+    the name says (open_clip does so only for its ``openai`` tag and ``-quickgelu`` names); a name
+    configured with GELU then gets a note in ``Backbone.warnings``."""
     name, pretrained = spec.model, spec.pretrained
     cfg = _model_config(name)
     text_cfg = cfg.get("text_cfg", {})
@@ -254,9 +342,10 @@ def load_backbone(
             param="backbone.model",
         )
 
-    seed = _parse_random(pretrained)
+    seed = parse_random(pretrained)
     weights: str | None = None
     force_quick_gelu = False
+    warnings: list[str] = []
     if seed is None:
         if pretrained == "builtin":
             if name != BUILTIN_MODEL:
@@ -272,7 +361,9 @@ def load_backbone(
                     code="weights_missing",
                     param="backbone.pretrained",
                 )
-        elif os.path.isfile(pretrained):
+        elif model_root is not None and is_file_reference(pretrained):
+            weights = str(resolve_weights(model_root, pretrained, forbidden=forbidden))
+        elif model_root is None and os.path.isfile(pretrained):
             weights = pretrained
         elif name in TINY_CONFIGS or name == BUILTIN_MODEL:
             raise BackboneError(
@@ -285,6 +376,22 @@ def load_backbone(
         else:
             weights = _cached_tag_file(name, pretrained, cache_dir)
             force_quick_gelu = bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+    state_dict: dict[str, torch.Tensor] | None = None
+    weights_format: str | None = None
+    if weights is not None and pretrained != "builtin":
+        state_dict, weights_format = read_weights(weights)
+        if weights_format in OPENAI_FORMATS:
+            if not force_quick_gelu and not cfg.get("quick_gelu", False):
+                kind = "TorchScript archive" if weights_format == "openai_torchscript" else "state dict"
+                warnings.append(
+                    f"model '{name}' is configured with GELU but the weights are OpenAI CLIP's (an OpenAI "
+                    f"{kind}); built with QuickGELU as OpenAI trained it, the same as '{name}-quickgelu' "
+                    "or the 'openai' tag would build it"
+                )
+            force_quick_gelu = True
+    elif weights is not None:
+        weights_format = "builtin"
 
     reg_name = f"mergetune::{name}"
     _register(reg_name, cfg)
@@ -302,14 +409,22 @@ def load_backbone(
         try:
             if pretrained == "builtin" and hasattr(_builtin_module(), "load_weights_into"):
                 _builtin_module().load_weights_into(model, weights)  # packed fp16, trimmed embedding rows
+            elif weights_format in OPENAI_FORMATS:
+                assert state_dict is not None
+                _load_openai_state_dict(model, state_dict, name)
             else:
+                state_dict = None  # open_clip reads the file again with its conversions (timm, old text keys)
                 open_clip.load_checkpoint(model, weights, strict=True, weights_only=True)
-        except Exception as exc:  # torch/safetensors raise many types for a bad file
+        except BackboneError:
+            raise
+        except Exception as exc:  # torch/safetensors raise many types; their text names the file's tensors
             raise BackboneError(
-                f"weights file {weights} does not load into '{name}': {exc}",
+                f"the weights file does not load into '{name}' ({type(exc).__name__}); name the "
+                "architecture the file holds",
                 code="weights_invalid",
                 param="backbone.pretrained",
-            ) from exc
+            ) from None
+        state_dict = None
         identity = sha256_file(weights)
     else:
         identity = f"random:{seed}"
@@ -345,4 +460,7 @@ def load_backbone(
         device=dev,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
+        activation=activation_of(model),
+        weights_format=weights_format,
+        warnings=warnings,
     )

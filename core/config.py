@@ -34,6 +34,13 @@ class ClassTokenPosition(StrEnum):
     front = "front"
 
 
+class Protocol(StrEnum):
+    """Which classes a prompt checkpoint was trained on (ALGORITHM.md section 6b)."""
+
+    base2novel = "base2novel"  # the base half (first ceil(n/2) sorted classes); evaluated on base and novel
+    all = "all"  # every class of the dataset; evaluated on all classes (and any extra datasets)
+
+
 class FeatureMode(StrEnum):
     """How image features of the frozen encoder are produced during training."""
 
@@ -128,3 +135,71 @@ def alphas(step: float = 0.1) -> list[float]:
     """0, step, ..., 1 (inclusive), rounded so that 0.1 * 3 prints as 0.3."""
     n = round(1.0 / step)
     return [round(i / n, 10) for i in range(n + 1)]
+class PromptOptions(_Frozen):
+    """How a prompt checkpoint assembles its prompts, as the job body's ``prompt`` gives it.
+
+    ``class_token_position`` (CoOp's ``TRAINER.COOP.CLASS_TOKEN_POSITION``) is not stored in CoOp's files;
+    unset here means: the value given at upload, else ``end``."""
+
+    class_token_position: ClassTokenPosition | None = None
+
+
+def class_count_problem(
+    *,
+    csc: bool,
+    n_ctx_cls: int | None,
+    protocol: Protocol,
+    dataset_name: str,
+    num_classes: int,
+    n_base: int,
+) -> str | None:
+    """Why a class-specific context cannot be used with a dataset under ``protocol`` (None: it can).
+
+    A CSC context has one row per class it was trained on: the base half under ``base2novel``, every
+    class under ``all``. Generic contexts fit any class list."""
+    if not csc or n_ctx_cls is None:
+        return None
+    want = n_base if protocol == Protocol.base2novel else num_classes
+    if n_ctx_cls == want:
+        return None
+    split = (
+        f"the base split is the first {n_base}"
+        if protocol == Protocol.base2novel
+        else "protocol 'all' uses every class"
+    )
+    hint = ""
+    if protocol == Protocol.base2novel and n_ctx_cls == num_classes:
+        hint = "; it covers every class: use protocol 'all'"
+    elif protocol == Protocol.all and n_ctx_cls == n_base:
+        hint = "; it covers the base half: use protocol 'base2novel'"
+    return (
+        f"CSC checkpoint has {n_ctx_cls} class contexts; dataset {dataset_name!r} has {num_classes} classes "
+        f"and {split}{hint}"
+    )
+
+
+#: Architectures a job may name: open_clip 3.3.0's models with the standard CLIP text tower (those a prompt
+#: learner can drive; ``tests/core/test_backbone_checks.py`` regenerates this from open_clip's registry),
+#: plus the tiny test/built-in models. The API checks job bodies against it without importing open_clip.
+OPEN_CLIP_MODELS: frozenset[str] = frozenset(
+    """
+    convnext_base convnext_base_w convnext_base_w_320 convnext_large convnext_large_d convnext_large_d_320
+    convnext_small convnext_tiny convnext_xlarge convnext_xxlarge convnext_xxlarge_320 EVA01-g-14
+    EVA01-g-14-plus EVA02-B-16 EVA02-E-14 EVA02-E-14-plus EVA02-L-14 EVA02-L-14-336 MobileCLIP2-B
+    MobileCLIP2-L-14 MobileCLIP2-S0 MobileCLIP2-S2 MobileCLIP2-S3 MobileCLIP2-S4 MobileCLIP-B MobileCLIP-S1
+    MobileCLIP-S2 PE-Core-B-16 PE-Core-bigG-14-448 PE-Core-L-14-336 PE-Core-S-16-384 PE-Core-T-16-384 RN50
+    RN50-quickgelu RN50x4 RN50x4-quickgelu RN50x16 RN50x16-quickgelu RN50x64 RN50x64-quickgelu RN101
+    RN101-quickgelu swin_base_patch4_window7_224 ViT-B-16 ViT-B-16-plus ViT-B-16-plus-240 ViT-B-16-quickgelu
+    ViT-B-32 ViT-B-32-256 ViT-B-32-plus-256 ViT-B-32-quickgelu ViT-bigG-14 ViT-bigG-14-quickgelu ViT-e-14
+    ViT-g-14 ViT-H-14 ViT-H-14-378 ViT-H-14-378-quickgelu ViT-H-14-quickgelu ViT-H-16 ViT-L-14 ViT-L-14-280
+    ViT-L-14-336 ViT-L-14-336-quickgelu ViT-L-14-quickgelu ViT-L-16 ViT-L-16-320 ViT-M-16 ViT-M-16-alt
+    ViT-M-32 ViT-M-32-alt ViT-S-16 ViT-S-16-alt ViT-S-32 ViT-S-32-alt vit_medium_patch16_gap_256
+    vit_relpos_medium_patch16_cls_224 ViTamin-B ViTamin-B-LTT ViTamin-L ViTamin-L2 ViTamin-L2-256
+    ViTamin-L2-336 ViTamin-L2-384 ViTamin-L-256 ViTamin-L-336 ViTamin-L-384 ViTamin-S ViTamin-S-LTT
+    ViTamin-XL-256 ViTamin-XL-336 ViTamin-XL-384
+    """.split()
+)
+TINY_MODELS: frozenset[str] = frozenset({"tiny-test", "tiny-clip"})
+KNOWN_MODELS: frozenset[str] = OPEN_CLIP_MODELS | TINY_MODELS
+
+
