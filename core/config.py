@@ -126,15 +126,6 @@ class PromptLearnerSpec(_Frozen):
         return v.strip() if v else None
 
 
-def path_points(num_samples: int) -> list[float]:
-    """t_k = (k - 1/2) / K for k = 1..K (midpoints of K equal bins of [0, 1])."""
-    return [(k - 0.5) / num_samples for k in range(1, num_samples + 1)]
-
-
-def alphas(step: float = 0.1) -> list[float]:
-    """0, step, ..., 1 (inclusive), rounded so that 0.1 * 3 prints as 0.3."""
-    n = round(1.0 / step)
-    return [round(i / n, 10) for i in range(n + 1)]
 class PromptOptions(_Frozen):
     """How a prompt checkpoint assembles its prompts, as the job body's ``prompt`` gives it.
 
@@ -203,3 +194,12 @@ TINY_MODELS: frozenset[str] = frozenset({"tiny-test", "tiny-clip"})
 KNOWN_MODELS: frozenset[str] = OPEN_CLIP_MODELS | TINY_MODELS
 
 
+def path_points(num_samples: int) -> list[float]:
+    """t_k = (k - 1/2) / K for k = 1..K (midpoints of K equal bins of [0, 1])."""
+    return [(k - 0.5) / num_samples for k in range(1, num_samples + 1)]
+
+
+def alphas(step: float = 0.1) -> list[float]:
+    """0, step, ..., 1 (inclusive), rounded so that 0.1 * 3 prints as 0.3."""
+    n = round(1.0 / step)
+    return [round(i / n, 10) for i in range(n + 1)]
