@@ -27,6 +27,7 @@ from core.safe_pickle import (
     DEFAULT_MAX_TENSOR_BYTES,
     SAFETENSORS_DTYPES,
     LazyTensor,
+    ParseLimits,
     Placeholder,
     decode_bytes,
     dtype_by_name,
@@ -37,6 +38,7 @@ from core.safe_pickle import (
 logger = logging.getLogger(__name__)
 
 MAX_SAFETENSORS_HEADER = 16 << 20
+MAX_STATE_DICT_ENTRIES = 1 << 20  # entries visited when flattening nested state dicts
 _KEY_PREFIXES = ("module.", "model.", "prompt_learner.")
 _HEAD_PREFIXES = ("", "head.", "classifier.", "fc.")
 
@@ -151,9 +153,14 @@ class _SafetensorsTensor(LazyTensor):
 def _flatten_state_dict(obj: Any) -> dict[str, LazyTensor]:
     """Tensors of a state dict (one level; nested dicts are flattened with '.')."""
     out: dict[str, LazyTensor] = {}
+    visited = 0
 
     def walk(d: dict, prefix: str, depth: int) -> None:
+        nonlocal visited
         for k, v in d.items():
+            visited += 1  # a pickle can share one dict many times (a DAG): bound the walk, not the tree
+            if visited > MAX_STATE_DICT_ENTRIES:
+                raise _err("the state dict has too many entries", "too_large")
             if not isinstance(k, str):
                 continue
             if isinstance(v, LazyTensor):
@@ -204,6 +211,7 @@ def ingest_checkpoint(
     expected_dim: int | None = None,
     n_cls: int | None = None,
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+    limits: ParseLimits | None = None,
 ) -> IngestedCheckpoint:
     """Read and validate a fine-tuned checkpoint without executing anything in it.
 
@@ -227,7 +235,7 @@ def ingest_checkpoint(
     if name.endswith(".safetensors") and kind not in ("safetensors", "zip"):
         raise _err("the file is named .safetensors but is not a safetensors file", "not_a_checkpoint")
     if kind == "safetensors":
-        tensors, raw_meta = _read_safetensors(path, max_tensor_bytes)
+        tensors, raw_meta = _read_safetensors(path, limits.max_tensor_bytes if limits else max_tensor_bytes)
         fmt = "safetensors"
         if "mergetune" in raw_meta:
             try:
@@ -236,7 +244,7 @@ def ingest_checkpoint(
             except json.JSONDecodeError:
                 meta = {}
     else:
-        loaded = load_torch_file(path, max_tensor_bytes=max_tensor_bytes)
+        loaded = load_torch_file(path, limits=limits or ParseLimits(max_tensor_bytes=max_tensor_bytes))
         archive, unknown = loaded.archive, loaded.unknown_globals
         obj = loaded.obj
         if isinstance(obj, Placeholder) or not isinstance(obj, dict):

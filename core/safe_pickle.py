@@ -1,4 +1,4 @@
-"""Read ``torch.save`` files without torch and without running any of their code.
+"""Read ``torch.save`` files without torch and without running any of their code, within limits.
 
 A ``torch.save`` file (zip format, torch >= 1.6) is a zip archive ``<prefix>/data.pkl`` (the pickle),
 ``<prefix>/data/<key>`` (raw storage bytes, one entry per storage) and ``<prefix>/byteorder``. The
@@ -10,19 +10,34 @@ whatever the file says.
 :class:`SafeUnpickler` resolves globals through three tiers:
 
 1. an allowlist of real callables: our own numpy tensor-rebuild functions standing in for
-   ``torch._utils._rebuild_tensor_v2`` and friends, storage/dtype markers, ``OrderedDict`` and plain
-   builtin containers;
+   ``torch._utils._rebuild_tensor_v2`` and friends, storage/dtype markers, ``OrderedDict`` and
+   argument-checked versions of plain builtins;
 2. a denylist of names able to run code (``os``, ``subprocess``, ``builtins.eval``, ``importlib``...):
    the whole file is rejected as ``unsafe_pickle`` even though nothing would be called;
 3. everything else becomes an inert placeholder class that records its name; instantiating, calling,
    ``BUILD``/``__setstate__`` on it are absorbed without effect.
 
+Limits before work (:class:`ParseLimits`): the pickle is pre-scanned opcode by opcode (memo indices,
+opcode count, MARK depth) before anything is built; containers, dict keys and what the allowed
+builtins may allocate are bounded while it is built; every tensor view's byte size is checked against
+a per-tensor cap, its storage and a per-file total before a byte is read. Keys whose hashes an
+attacker can choose (big ints, floats, tuples) are counted and capped, so a dict of colliding keys
+cannot cost quadratic time. Every failure is a :class:`CheckpointError` with a stable code
+(``too_large`` for a limit, ``truncated``, ``not_a_checkpoint``, ``unsafe_pickle``...); no
+``OverflowError`` or ``MemoryError`` escapes.
+
+Same meaning as torch's ``weights_only`` reader where that reader accepts a file: storages are cached
+by key only (the first reference's dtype and size win, an empty storage is not cached),
+``_rebuild_tensor_v3`` always applies its dtype to the storage bytes, ``OrderedDict`` pairs may be
+lists. Refused although torch would read them (documented in docs/ALGORITHM.md): the legacy
+(pre-1.6) format, compressed members, duplicate member names, tuple keys holding anything but
+scalars.
+
 Tensors are returned as :class:`LazyTensor` (zip entry + view geometry); their bytes are read only when
 :meth:`LazyTensor.numpy` is called, so the 150 MB ``token_suffix`` of an ImageNet CoOp file is never
-materialised. Declared storage sizes are checked against the actual zip entry and a cap before
-anything is allocated.
+materialised.
 
-No torch import here: the API process validates uploads with this module.
+No torch import here: the API's parse sandbox runs this module.
 """
 
 from __future__ import annotations
@@ -31,7 +46,9 @@ import io
 import logging
 import math
 import pickle
+import pickletools
 import struct
+import sys
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -43,10 +60,36 @@ from core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # 1 GiB per storage
+DEFAULT_MAX_TENSOR_BYTES = 512 << 20  # per storage and per view (as materialised)
 MAX_PICKLE_BYTES = 16 << 20  # data.pkl of a state dict is small (no tensor data inside); bounds memory
 MAX_ZIP_MEMBERS = 100_000
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_HASH_MODULUS = sys.hash_info.modulus  # ints in (-M, M) have pairwise distinct hashes (but -1/-2)
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on the work one file may cause. Defaults suit every checkpoint layout we read."""
+
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES  # one storage, and one view as materialised
+    max_total_bytes: int = 2 * DEFAULT_MAX_TENSOR_BYTES  # all views materialised from one file
+    max_pickle_bytes: int = MAX_PICKLE_BYTES
+    max_opcodes: int = 2_000_000  # pickle opcodes (each creates at most one object)
+    max_memo: int = 1 << 20  # memo index (PUT/GET) and memo entries
+    max_mark_depth: int = 10_000  # nested MARKs
+    max_container_items: int = 1 << 20  # items of one list/tuple/dict/set
+    max_collidable_keys: int = 4096  # dict keys / set items with attacker-chosen hashes, per file
+    max_alloc_bytes: int = 64 << 20  # what allowed builtins (bytes, str, list...) may allocate in all
+    max_unknown_globals: int = 64  # names recorded (the rest are still inert, just not listed)
+
+
+def _too_large(message: str) -> CheckpointError:
+    return CheckpointError(message, code="too_large", param="file")
+
+
+def _bad(message: str) -> CheckpointError:
+    return CheckpointError(message, code="not_a_checkpoint", param="file")
+
 
 # ----------------------------------------------------------------------------------------------------
 # dtypes
@@ -156,18 +199,31 @@ def decode_bytes(raw: bytes | memoryview, dtype: DType, byteorder: str = "little
     return arr
 
 
+def _swap_unit(dtype: DType) -> int:
+    """Byte-swap unit of a dtype (complex numbers swap each component)."""
+    return dtype.itemsize // 2 if dtype.name.startswith("complex") else dtype.itemsize
+
+
 # ----------------------------------------------------------------------------------------------------
 # lazy storages and tensors
 
 
 @dataclass(frozen=True, slots=True)
 class StorageRef:
-    """A storage in the archive, not read yet (validated against the archive when created)."""
+    """A storage in the archive, not read yet (validated against the archive when created).
+
+    ``dtype``/``numel`` are those of the first reference to ``key`` (torch's cache is by key only);
+    the storage is ``numel * dtype.itemsize`` raw bytes that views of any dtype may reinterpret.
+    """
 
     source: TorchZipFile
     key: str
     dtype: DType
     numel: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
 
     def __setstate__(self, state: Any) -> None:  # BUILD from a hostile pickle: absorbed
         return None
@@ -175,7 +231,11 @@ class StorageRef:
 
 @dataclass(eq=False)  # identity hash: tensors are dict keys in pickled optimizer states
 class LazyTensor:
-    """A tensor view (offset, size, stride) on a storage; bytes are read by :meth:`numpy`."""
+    """A tensor view (offset, size, stride in elements of ``dtype``) on a storage's bytes.
+
+    Bytes are read by :meth:`numpy`. The view was checked against the storage, the per-tensor cap and
+    the file's total when it was created; :meth:`numpy` checks again against the bytes actually read.
+    """
 
     storage: StorageRef | None  # None for tensors given as an in-memory array (safetensors)
     offset: int
@@ -200,25 +260,28 @@ class LazyTensor:
         if self._array is not None:
             return self._array
         assert self.storage is not None
-        base = self.storage.source.read_storage(self.storage)
-        if self.numel:  # re-check the view against the bytes actually read (never trust earlier checks)
-            extent = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True)) + 1
-            if extent > base.size:
-                raise CheckpointError(
-                    "a tensor reads past the end of its storage", code="not_a_checkpoint", param="file"
-                )
+        source = self.storage.source
+        out_bytes = self.numel * (4 if self.dtype.name == "bfloat16" else self.dtype.itemsize)
+        source.charge(out_bytes)
+        raw = source.storage_bytes(self.storage)
+        item = self.dtype.itemsize
+        np_dtype = np.dtype(self.dtype.numpy)
         if self.numel == 0:
-            out = np.zeros(self.shape, dtype=base.dtype)
+            out = np.zeros(self.shape, dtype=np_dtype)
         else:
+            extent = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True)) + 1
+            if extent * item > len(raw):  # never trust the earlier check alone
+                raise _bad("a tensor reads past the end of its storage")
+            base = np.frombuffer(raw, dtype=np_dtype, count=len(raw) // item)
             view = np.lib.stride_tricks.as_strided(
                 base[self.offset :],
                 shape=self.shape,
-                strides=tuple(s * base.itemsize for s in self.stride),
+                strides=tuple(s * item for s in self.stride),
                 writeable=False,
             )
-            out = np.ascontiguousarray(view)
-        if out.base is not None:  # own the memory (not a view on the whole storage)
-            out = out.copy()
+            out = np.array(view, copy=True, order="C")
+        if self.dtype.name == "bfloat16":
+            out = (out.astype(np.uint32) << 16).view(np.float32)
         self._array = out
         return out
 
@@ -228,27 +291,43 @@ class LazyTensor:
         return cls(None, 0, tuple(arr.shape), strides, dtype, arr)
 
 
-def _check_view(storage: StorageRef, offset: Any, size: Any, stride: Any) -> tuple[int, tuple, tuple]:
-    if not isinstance(offset, int) or offset < 0:
-        raise CheckpointError("a tensor has an invalid storage offset", code="not_a_checkpoint", param="file")
+_MAX_DIM = 1 << 48  # any size or stride beyond this cannot address a capped storage
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _check_view(
+    storage: StorageRef, dtype: DType, offset: Any, size: Any, stride: Any
+) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Validate a view (in elements of ``dtype``) before anything is read; same bounds rule as
+    torch's ``set_``: ``(offset + extent) * itemsize <= storage bytes`` unless the storage is empty."""
+    if not _is_int(offset) or not 0 <= offset < _MAX_DIM:
+        raise _bad("a tensor has an invalid storage offset")
     if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list) or len(size) != len(stride):
-        raise CheckpointError(
-            "a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file"
-        )
-    if not all(isinstance(v, int) and v >= 0 for v in (*size, *stride)) or len(size) > 16:
-        raise CheckpointError(
-            "a tensor has an invalid shape or stride", code="not_a_checkpoint", param="file"
-        )
+        raise _bad("a tensor has an invalid shape or stride")
+    if len(size) > 16 or not all(_is_int(v) and 0 <= v < _MAX_DIM for v in (*size, *stride)):
+        raise _bad("a tensor has an invalid shape or stride")
     size, stride = tuple(size), tuple(stride)
-    if math.prod(size) > 0:
-        extent = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
-        if extent > storage.numel:
-            raise CheckpointError(
-                f"a tensor of shape {list(size)} reads past the end of its storage "
-                f"({extent} > {storage.numel} elements)",
-                code="not_a_checkpoint",
-                param="file",
-            )
+    source = storage.source
+    numel = math.prod(size)  # exact (Python ints): no overflow
+    view_bytes = numel * (4 if dtype.name == "bfloat16" else dtype.itemsize)
+    if view_bytes > source.limits.max_tensor_bytes:
+        raise _too_large(
+            f"a tensor of shape {list(size)} would take {view_bytes} bytes, more than the limit of "
+            f"{source.limits.max_tensor_bytes}"
+        )
+    if storage.nbytes == 0:
+        if numel:
+            raise _bad(f"a tensor of shape {list(size)} views an empty storage")
+        return offset, size, stride
+    extent = 0 if numel == 0 else sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
+    if (offset + extent) * dtype.itemsize > storage.nbytes:
+        raise _bad(
+            f"a tensor of shape {list(size)} reads past the end of its storage "
+            f"({(offset + extent) * dtype.itemsize} > {storage.nbytes} bytes)"
+        )
     return offset, size, stride
 
 
@@ -256,32 +335,34 @@ def _check_view(storage: StorageRef, offset: Any, size: Any, stride: Any) -> tup
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> LazyTensor:
+    return _rebuild_with_dtype(storage, storage_offset, size, stride, None)
+
+
+def _rebuild_with_dtype(storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: Any) -> LazyTensor:
     if not isinstance(storage, StorageRef):
-        raise CheckpointError(
-            "a tensor refers to something that is not a storage", code="not_a_checkpoint", param="file"
-        )
-    offset, size, stride = _check_view(storage, storage_offset, size, stride)
-    return LazyTensor(storage, offset, size, stride, storage.dtype)
+        raise _bad("a tensor refers to something that is not a storage")
+    if dtype is None:
+        dtype = storage.dtype
+    if not isinstance(dtype, DType):
+        raise _bad("a tensor has an invalid dtype")
+    offset, size, stride = _check_view(storage, dtype, storage_offset, size, stride)
+    return LazyTensor(storage, offset, size, stride, dtype)
 
 
 def _rebuild_tensor_v2(
     storage: Any, storage_offset: Any, size: Any, stride: Any, *_rest: Any, **_kw: Any
 ) -> LazyTensor:
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+    return _rebuild_with_dtype(storage, storage_offset, size, stride, None)
 
 
 def _rebuild_tensor_v3(
     storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
     backward_hooks: Any = None, dtype: Any = None, *_rest: Any, **_kw: Any,
 ) -> LazyTensor:  # fmt: skip
-    if isinstance(storage, StorageRef) and isinstance(dtype, DType) and storage.dtype.name == "uint8":
-        # untyped storage reinterpreted with the given dtype
-        if storage.numel % dtype.itemsize:
-            raise CheckpointError(
-                "storage size is not a multiple of the dtype", code="not_a_checkpoint", param="file"
-            )
-        storage = StorageRef(storage.source, storage.key, dtype, storage.numel // dtype.itemsize)
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+    """torch applies ``dtype`` to the storage's bytes, whatever the storage's own type."""
+    if not isinstance(dtype, DType):
+        raise _bad("a tensor (rebuild v3) has no valid dtype")
+    return _rebuild_with_dtype(storage, storage_offset, size, stride, dtype)
 
 
 def _rebuild_parameter(data: Any, *_rest: Any, **_kw: Any) -> Any:
@@ -291,43 +372,14 @@ def _rebuild_parameter(data: Any, *_rest: Any, **_kw: Any) -> Any:
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *_: Any) -> Any:
     """torch._tensor._rebuild_from_type_v2: a tensor (subclass) with Python state; state is dropped."""
     if not isinstance(func, _SafeCallable) or not isinstance(args, tuple):
-        raise CheckpointError(
-            "a tensor has an unsupported rebuild function", code="not_a_checkpoint", param="file"
-        )
+        raise _bad("a tensor has an unsupported rebuild function")
     return func(*args)
-
-
-def _inert_ordered_dict(*args: Any, **_kw: Any) -> OrderedDict:
-    """collections.OrderedDict; only a list of pairs or nothing is accepted as argument."""
-    if args and isinstance(args[0], list | tuple):
-        return OrderedDict(p for p in args[0] if isinstance(p, tuple) and len(p) == 2)
-    return OrderedDict()
-
-
-_MAX_BYTES_ARG = 1 << 20
-
-
-def _safe_bytes(*args: Any) -> bytes:
-    """builtins.bytes / bytearray, without the ``bytes(10**12)`` allocation."""
-    if args and isinstance(args[0], int) and not 0 <= args[0] <= _MAX_BYTES_ARG:
-        raise CheckpointError("the pickle asks for a huge buffer", code="too_large", param="file")
-    if args and not isinstance(args[0], int | str | bytes | bytearray | list | tuple):
-        raise CheckpointError(
-            "unsupported bytes() argument in the pickle", code="not_a_checkpoint", param="file"
-        )
-    return bytes(*args)
-
-
-def _safe_bytearray(*args: Any) -> bytearray:
-    return bytearray(_safe_bytes(*args))
 
 
 def _safe_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
     """_codecs.encode as protocol-2 pickles of bytes use it: str -> bytes with a text encoding only."""
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
-        raise CheckpointError(
-            "unsupported _codecs.encode call in the pickle", code="not_a_checkpoint", param="file"
-        )
+        raise _bad("unsupported _codecs.encode call in the pickle")
     return obj.encode(encoding, "strict")
 
 
@@ -364,21 +416,11 @@ class _SafeCallable:
         return f"<safe {self._name}>"
 
 
-_SAFE_BUILTINS = {
-    "dict": dict,
-    "list": list,
-    "tuple": tuple,
-    "set": set,
-    "frozenset": frozenset,
-    "slice": slice,
-    "int": int,
-    "float": float,
-    "complex": complex,
-    "bool": bool,
-    "str": str,
-    "bytes": bytes,
-    "bytearray": bytearray,
-}
+# builtins a pickle may call; each resolves to an argument-checked version bound to one unpickler
+_SAFE_BUILTINS = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "slice", "int", "float", "complex", "bool", "str",
+     "bytes", "bytearray"}
+)  # fmt: skip
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     (m, n): _SafeCallable(f, f"{m}.{n}")
@@ -389,23 +431,15 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("collections", "OrderedDict"): _inert_ordered_dict,
         ("collections", "defaultdict"): _inert_defaultdict,
         ("_codecs", "encode"): _safe_encode,
         ("codecs", "encode"): _safe_encode,
-        ("builtins", "bytes"): _safe_bytes,
-        ("builtins", "bytearray"): _safe_bytearray,
-        ("__builtin__", "bytes"): _safe_bytes,
-        ("__builtin__", "bytearray"): _safe_bytearray,
     }.items()
 }
 for _name, _dt in _STORAGE_TYPES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
 for _name, _dt in _DTYPE_ALIASES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
-for _name, _obj in _SAFE_BUILTINS.items():
-    _ALLOWED.setdefault(("builtins", _name), _obj)
-    _ALLOWED.setdefault(("__builtin__", _name), _obj)
 
 # Modules (and their submodules) whose globals can run code, touch files, processes or the network,
 # import or unpickle further code. Naming any of them is enough to reject the file.
@@ -507,52 +541,403 @@ class UnsafePickle(Exception):
         self.qualname = qualname
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves globals by the policy above and storages through :class:`TorchZipFile`."""
+# ----------------------------------------------------------------------------------------------------
+# limits before work: a pre-scan of the opcodes
 
-    def __init__(self, data: bytes, source: TorchZipFile | None) -> None:
+
+_MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+
+
+def prescan(data: bytes, limits: ParseLimits) -> None:
+    """Walk the opcodes without building anything: refuse memo indices, opcode counts and MARK
+    nesting beyond the limits (the C unpickler would allocate a memo array as large as the index)."""
+    ops = memo_entries = depth = 0
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            ops += 1
+            if ops > limits.max_opcodes:
+                raise _too_large(f"the pickle has more than {limits.max_opcodes} opcodes")
+            name = op.name
+            if name in _MEMO_OPS:
+                if not isinstance(arg, int) or not 0 <= arg <= limits.max_memo:
+                    raise _too_large(f"the pickle uses memo index {arg}, over the limit of {limits.max_memo}")
+            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo_entries += 1
+                if memo_entries > limits.max_memo:
+                    raise _too_large("the pickle stores too many memo entries")
+            if name == "MARK":
+                depth += 1
+                if depth > limits.max_mark_depth:
+                    raise _too_large("the pickle nests too deeply")
+            elif pickletools.markobject in op.stack_before:
+                depth = max(depth - 1, 0)
+            elif name == "PROTO" and isinstance(arg, int) and arg > pickle.HIGHEST_PROTOCOL:
+                raise _bad(f"unsupported pickle protocol {arg}")
+    except CheckpointError:
+        raise
+    except ValueError as e:  # unknown opcode, short argument, no STOP, an int literal too long
+        msg = str(e)
+        code = "truncated" if ("not enough data" in msg or "exhausted" in msg) else "not_a_checkpoint"
+        raise CheckpointError(f"the file's pickle is malformed: {msg}", code=code, param="file") from None
+    except (OverflowError, MemoryError, UnicodeDecodeError) as e:
+        raise _bad(f"the file's pickle is malformed ({type(e).__name__})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the unpickler
+
+
+_SCALARS = (str, bytes, int, float, bool, complex, type(None))
+_COLLIDABLE_TYPES = (float, complex)
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """Unpickler that resolves globals by the policy above and storages through :class:`TorchZipFile`.
+
+    Built on the pure-Python unpickler so that every container operation can be checked: APPEND(S)
+    only on lists, SETITEM(S) only on dicts, dict keys and set items of bounded count and of types
+    whose hashes an attacker cannot pile up (beyond a small counted budget), NEWOBJ only on inert
+    placeholders, REDUCE only with a tuple of arguments.
+    """
+
+    dispatch: dict[int, Any] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined,misc]
+    # attributes of the pure-Python unpickler (not in the typeshed stubs)
+    stack: list[Any]
+    append: Any
+    pop_mark: Any
+
+    def __init__(self, data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None) -> None:
         super().__init__(io.BytesIO(data), encoding="latin1")
         self.source = source
+        self.limits = limits or (source.limits if source is not None else ParseLimits())
         self.unknown_globals: list[str] = []
         self._placeholders: dict[str, type] = {}
+        self._collidable = 0
+        self._allocated = 0
+        self._builtins = {
+            name: _SafeCallable(getattr(self, f"_b_{name}"), f"builtins.{name}") for name in _SAFE_BUILTINS
+        }
+        self._ordered_dict = _SafeCallable(self._ordered_dict_fn, "collections.OrderedDict")
+
+    # -- globals and persistent ids -----------------------------------------------------------------
 
     def find_class(self, module: str, name: str) -> Any:
         qual = f"{module}.{name}"
         if not isinstance(module, str) or not isinstance(name, str):
-            raise UnsafePickle(repr(qual))
+            raise UnsafePickle(repr(qual)[:200])
         if is_unsafe_global(module, name):
-            raise UnsafePickle(qual)
+            raise UnsafePickle(qual[:200])
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return self._builtins[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            return self._ordered_dict
         if module.split(".")[0] == "torch" and name.endswith("Storage"):
-            raise CheckpointError(f"unsupported storage type {qual}", code="bad_dtype", param="file")
+            raise CheckpointError(f"unsupported storage type {qual[:200]}", code="bad_dtype", param="file")
         cls = self._placeholders.get(qual)
         if cls is None:
-            cls = type(name.replace(".", "_") or "Unknown", (Placeholder,), {"__mt_global__": qual})
+            cls = type(
+                name.replace(".", "_")[:100] or "Unknown", (Placeholder,), {"__mt_global__": qual[:200]}
+            )
             self._placeholders[qual] = cls
-            self.unknown_globals.append(qual)
+            if len(self.unknown_globals) < self.limits.max_unknown_globals:
+                self.unknown_globals.append(qual[:200])
         return cls
 
     def persistent_load(self, pid: Any) -> Any:
         if self.source is None:
-            raise CheckpointError(
-                "the pickle refers to storages outside a torch archive", code="not_a_checkpoint", param="file"
-            )
-        if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
-            raise CheckpointError(
-                "the pickle has an unknown persistent id", code="not_a_checkpoint", param="file"
-            )
-        _, dtype, key, _location, numel = pid[:5]
-        if (
-            not isinstance(dtype, DType)
-            or not isinstance(key, str)
-            or not isinstance(numel, int)
-            or numel < 0
-        ):
-            raise CheckpointError(
-                "the pickle has a malformed storage reference", code="not_a_checkpoint", param="file"
-            )
+            raise _bad("the pickle refers to storages outside a torch archive")
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise _bad("the pickle has an unknown persistent id")
+        _, dtype, key, _location, numel = pid
+        if not isinstance(dtype, DType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise _bad("the pickle has a malformed storage reference")
         return self.source.storage_ref(key, dtype, numel)
+
+    # -- budgets ------------------------------------------------------------------------------------
+
+    def _charge(self, nbytes: int) -> None:
+        self._allocated += nbytes
+        if self._allocated > self.limits.max_alloc_bytes:
+            raise _too_large("the pickle builds more data than the limit allows")
+
+    def _check_len(self, n: int) -> None:
+        if n > self.limits.max_container_items:
+            raise _too_large(
+                f"a container in the pickle has more than {self.limits.max_container_items} items"
+            )
+
+    def _check_key(self, key: Any) -> None:
+        """Dict keys and set items: str/bytes hashes are randomised per process; small ints hash to
+        themselves; objects of ours hash by identity. Keys whose hash the file chooses (big ints,
+        floats, complex, flat tuples of scalars) are counted against a per-file budget so that a
+        dict of colliding keys costs at most budget^2 probes; anything else is refused."""
+        t = type(key)
+        if t is str or t is bytes or t is bool or key is None:
+            return
+        if t is int and -_HASH_MODULUS < key < _HASH_MODULUS:
+            return
+        if (
+            t is int
+            or t in _COLLIDABLE_TYPES
+            or (t is tuple and len(key) <= 16 and all(type(x) in _SCALARS for x in key))
+        ):
+            self._collidable += 1
+            if self._collidable > self.limits.max_collidable_keys:
+                raise _too_large(
+                    "the pickle has too many dict keys of chosen hash (big ints, floats, tuples)"
+                )
+            return
+        if isinstance(key, LazyTensor | Placeholder | StorageRef | DType | _SafeCallable | type):
+            return
+        raise _bad(f"the pickle uses a {t.__name__} as a dict key or set item")
+
+    def _checked_items(self, items: Any) -> list:
+        """The items of an iterable argument to dict()/set()/list()..., bounded, one level only."""
+        if not isinstance(items, list | tuple | dict | set | frozenset | str | bytes | bytearray):
+            raise _bad(f"unsupported argument of type {type(items).__name__} in the pickle")
+        self._check_len(len(items))
+        self._charge(8 * len(items))
+        return list(items)
+
+    # -- argument-checked builtins ------------------------------------------------------------------
+
+    def _b_str(self, *args: Any) -> str:
+        if not args:
+            return ""
+        if len(args) > 3 or not all(isinstance(a, str | bytes | bytearray) for a in args):
+            raise _bad("str() in the pickle takes only str or bytes arguments")
+        out = str(*args) if isinstance(args[0], str) or len(args) > 1 else args[0].decode("latin1")
+        self._charge(len(out))
+        return out
+
+    def _b_bytes(self, *args: Any) -> bytes:
+        if args and _is_int(args[0]) and not 0 <= args[0] <= self.limits.max_alloc_bytes:
+            raise _too_large("the pickle asks for a huge buffer")
+        if len(args) > 3:
+            raise _bad("unsupported bytes() call in the pickle")
+        if args and isinstance(args[0], list | tuple):
+            self._check_len(len(args[0]))
+            if not all(_is_int(v) for v in args[0]):
+                raise _bad("bytes() in the pickle takes only a list of ints")
+        elif args and not isinstance(args[0], int | str | bytes | bytearray):
+            raise _bad("unsupported bytes() argument in the pickle")
+        if len(args) > 1 and not all(isinstance(a, str) for a in args[1:]):
+            raise _bad("unsupported bytes() argument in the pickle")
+        if args:
+            self._charge(args[0] if _is_int(args[0]) else len(args[0]))
+        try:
+            return bytes(*args)
+        except (TypeError, ValueError, LookupError) as e:
+            raise _bad(f"bad bytes() call in the pickle: {e}") from None
+
+    def _b_bytearray(self, *args: Any) -> bytearray:
+        return bytearray(self._b_bytes(*args))
+
+    def _scalar_args(self, what: str, args: tuple) -> None:
+        if len(args) > 2 or not all(type(a) in _SCALARS for a in args):
+            raise _bad(f"{what}() in the pickle takes only scalar arguments")
+
+    def _b_int(self, *args: Any) -> int:
+        self._scalar_args("int", args)
+        return int(*args)
+
+    def _b_float(self, *args: Any) -> float:
+        self._scalar_args("float", args)
+        return float(*args)
+
+    def _b_complex(self, *args: Any) -> complex:
+        self._scalar_args("complex", args)
+        return complex(*args)
+
+    def _b_bool(self, *args: Any) -> bool:
+        self._scalar_args("bool", args)
+        return bool(*args)
+
+    def _b_slice(self, *args: Any) -> slice:
+        if len(args) > 3 or not all(type(a) in (int, type(None)) for a in args):
+            raise _bad("slice() in the pickle takes only ints or None")
+        return slice(*args)
+
+    def _b_list(self, *args: Any) -> list:
+        return self._checked_items(args[0]) if args else []
+
+    def _b_tuple(self, *args: Any) -> tuple:
+        return tuple(self._checked_items(args[0])) if args else ()
+
+    def _b_set(self, *args: Any) -> set:
+        items = self._checked_items(args[0]) if args else []
+        for k in items:
+            self._check_key(k)
+        return set(items)
+
+    def _b_frozenset(self, *args: Any) -> frozenset:
+        return frozenset(self._b_set(*args))
+
+    def _pairs(self, arg: Any) -> list[tuple[Any, Any]]:
+        if isinstance(arg, dict):
+            return list(arg.items())  # keys checked when that dict was built
+        pairs = []
+        for p in self._checked_items(arg):
+            if not isinstance(p, list | tuple) or len(p) != 2:
+                raise _bad("a dict in the pickle is built from something that is not a list of pairs")
+            self._check_key(p[0])
+            pairs.append((p[0], p[1]))
+        return pairs
+
+    def _mapping_args(self, args: tuple, kwargs: dict) -> list[tuple[Any, Any]]:
+        if len(args) > 1:
+            raise _bad("a dict in the pickle is built with too many arguments")
+        pairs = self._pairs(args[0]) if args else []
+        self._check_len(len(pairs) + len(kwargs))
+        return pairs + list(kwargs.items())
+
+    def _b_dict(self, *args: Any, **kwargs: Any) -> dict:
+        return dict(self._mapping_args(args, kwargs))
+
+    def _ordered_dict_fn(self, *args: Any, **kwargs: Any) -> OrderedDict:
+        """collections.OrderedDict(pairs): pairs given as 2-tuples or 2-lists, as Python accepts."""
+        return OrderedDict(self._mapping_args(args, kwargs))
+
+    # -- container opcodes --------------------------------------------------------------------------
+
+    def _set_items(self, target: Any, items: list) -> None:
+        if isinstance(target, Placeholder):
+            return
+        if type(target) not in (dict, OrderedDict):
+            raise _bad(f"the pickle sets items on a {type(target).__name__}")
+        self._check_len(len(target) + len(items) // 2)
+        for i in range(0, len(items) - 1, 2):
+            self._check_key(items[i])
+            target[items[i]] = items[i + 1]
+
+    def _load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._set_items(self.stack[-1], [key, value])
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise _bad("SETITEMS with an odd number of items")
+        self._set_items(self.stack[-1], items)
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise _bad("DICT with an odd number of items")
+        d: dict = {}
+        self._set_items(d, items)
+        self.append(d)
+
+    def _append_items(self, target: Any, items: list) -> None:
+        if isinstance(target, Placeholder):
+            return
+        if type(target) is not list:
+            raise _bad(f"the pickle appends to a {type(target).__name__}")
+        self._check_len(len(target) + len(items))
+        target.extend(items)
+
+    def _load_append(self) -> None:
+        value = self.stack.pop()
+        self._append_items(self.stack[-1], [value])
+
+    def _load_appends(self) -> None:
+        items = self.pop_mark()
+        self._append_items(self.stack[-1], items)
+
+    def _load_list(self) -> None:
+        items = self.pop_mark()
+        self._check_len(len(items))
+        self.append(items)
+
+    def _load_tuple(self) -> None:
+        items = self.pop_mark()
+        self._check_len(len(items))
+        self.append(tuple(items))
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise _bad(f"the pickle adds items to a {type(target).__name__}")
+        self._check_len(len(target) + len(items))
+        for k in items:
+            self._check_key(k)
+        target.update(items)
+
+    def _load_frozenset(self) -> None:
+        items = self.pop_mark()
+        self._check_len(len(items))
+        for k in items:
+            self._check_key(k)
+        self.append(frozenset(items))
+
+    # -- object opcodes -----------------------------------------------------------------------------
+
+    def _load_reduce(self) -> None:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if not isinstance(args, tuple):
+            raise _bad("REDUCE with arguments that are not a tuple")
+        if not (isinstance(func, _SafeCallable) or _is_placeholder(func)):
+            raise _bad(f"the pickle calls a {type(func).__name__}")
+        self.stack[-1] = func(*args)
+
+    def _load_newobj(self) -> None:
+        self.stack.pop()  # args
+        cls = self.stack.pop()
+        self.append(self._new_placeholder(cls))
+
+    def _load_newobj_ex(self) -> None:
+        self.stack.pop()  # kwargs
+        self.stack.pop()  # args
+        cls = self.stack.pop()
+        self.append(self._new_placeholder(cls))
+
+    def _new_placeholder(self, cls: Any) -> Placeholder:
+        if isinstance(cls, type) and issubclass(cls, Placeholder):
+            return cls()
+        raise _bad("the pickle creates an object (NEWOBJ) of a type that is not an inert placeholder")
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST / OBJ (protocols 0 and 1)
+        if not (isinstance(klass, _SafeCallable) or _is_placeholder(klass)):
+            raise _bad(f"the pickle instantiates a {type(klass).__name__}")
+        self.append(klass(*args))
+
+    def _load_build(self) -> None:
+        self.stack.pop()  # state
+        inst = self.stack[-1]
+        if (
+            type(inst) is OrderedDict
+            or hasattr(type(inst), "__setstate__")
+            and isinstance(inst, Placeholder | LazyTensor | StorageRef | DType | _SafeCallable)
+        ):
+            return  # absorbed: no state of ours can be set from a file
+        raise _bad(f"the pickle sets the state of a {type(inst).__name__}")
+
+    for _op, _fn in {
+        pickle.SETITEM: _load_setitem,
+        pickle.SETITEMS: _load_setitems,
+        pickle.DICT: _load_dict,
+        pickle.APPEND: _load_append,
+        pickle.APPENDS: _load_appends,
+        pickle.LIST: _load_list,
+        pickle.TUPLE: _load_tuple,
+        pickle.ADDITEMS: _load_additems,
+        pickle.FROZENSET: _load_frozenset,
+        pickle.REDUCE: _load_reduce,
+        pickle.NEWOBJ: _load_newobj,
+        pickle.NEWOBJ_EX: _load_newobj_ex,
+        pickle.BUILD: _load_build,
+    }.items():
+        dispatch[_op[0]] = _fn
+    del _op, _fn
+
+
+def _is_placeholder(obj: Any) -> bool:
+    return isinstance(obj, Placeholder) or (isinstance(obj, type) and issubclass(obj, Placeholder))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -562,46 +947,58 @@ class SafeUnpickler(pickle.Unpickler):
 class TorchZipFile:
     """A zip-format ``torch.save`` file opened for reading (validated member names, lazy storages)."""
 
-    def __init__(self, path: str, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+    def __init__(
+        self, path: str, *, max_tensor_bytes: int | None = None, limits: ParseLimits | None = None
+    ) -> None:
         self.path = path
-        self.max_tensor_bytes = max_tensor_bytes
+        limits = limits or ParseLimits()
+        if max_tensor_bytes is not None:
+            limits = ParseLimits(**{**limits.__dict__, "max_tensor_bytes": max_tensor_bytes})
+        self.limits = limits
+        self.max_tensor_bytes = limits.max_tensor_bytes
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error) as e:
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, OverflowError) as e:
             raise CheckpointError(f"not a readable torch archive: {e}", code="truncated", param="file") from e
+        try:
+            self._index(infos)
+        except BaseException:
+            self._zip.close()
+            raise
+        self._cache: dict[str, StorageRef] = {}  # torch's loaded_storages: by key only
+        self._bytes: dict[str, bytes] = {}
+        self._materialised = 0
+
+    def _index(self, infos: list[zipfile.ZipInfo]) -> None:
         if len(infos) > MAX_ZIP_MEMBERS:
-            raise CheckpointError("the archive has too many members", code="too_large", param="file")
+            raise _too_large("the archive has too many members")
         self._infos: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             name = info.filename
             parts = name.replace("\\", "/").split("/")
             if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0] or "\x00" in name:
-                raise CheckpointError(
-                    f"archive member {name!r} escapes the archive (path traversal); not a torch checkpoint",
-                    code="not_a_checkpoint",
-                    param="file",
+                raise _bad(
+                    f"archive member {name!r} escapes the archive (path traversal); not a torch checkpoint"
                 )
+            if name in self._infos:
+                raise _bad(f"archive member {name!r} appears twice; refusing an ambiguous archive")
             self._infos[name] = info
         pkls = [n for n in self._infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
-            raise CheckpointError(
-                "zip file without a single <archive>/data.pkl: not a torch checkpoint",
-                code="not_a_checkpoint",
-                param="file",
-            )
+            raise _bad("zip file without a single <archive>/data.pkl: not a torch checkpoint")
         self.prefix = pkls[0][: -len("data.pkl")]
         self.byteorder = "little"
         bo = self._infos.get(self.prefix + "byteorder")
         if bo is not None:
             value = self._read_member(bo, 16).decode("ascii", "replace").strip()
             if value not in ("little", "big"):
-                raise CheckpointError(f"unknown byteorder {value!r}", code="not_a_checkpoint", param="file")
+                raise _bad(f"unknown byteorder {value!r}")
             self.byteorder = value
-        self._cache: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
         self._zip.close()
+        self._bytes.clear()
 
     def __enter__(self) -> TorchZipFile:
         return self
@@ -609,40 +1006,44 @@ class TorchZipFile:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _read_member(self, info: zipfile.ZipInfo, limit: int) -> bytes:
-        if info.file_size > limit:
-            raise CheckpointError(
-                f"archive member {info.filename!r} is too large", code="too_large", param="file"
+    def _read_member(self, info: zipfile.ZipInfo, limit: int, length: int | None = None) -> bytes:
+        """The first ``length`` bytes (default: all) of a member; only stored (uncompressed) members."""
+        if info.file_size > limit and length is None:
+            raise _too_large(f"archive member {info.filename!r} is too large")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _bad(
+                f"archive member {info.filename!r} is compressed; torch never writes compressed members"
             )
+        want = info.file_size if length is None else length
         try:
             with self._zip.open(info) as f:
-                data = f.read(limit + 1)
+                data = f.read(want + 1) if length is None else f.read(want)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as e:
             raise CheckpointError(
                 f"archive member {info.filename!r} is unreadable: {e}", code="truncated", param="file"
             ) from e
-        if len(data) > limit:
-            raise CheckpointError(
-                f"archive member {info.filename!r} is too large", code="too_large", param="file"
-            )
-        if len(data) != info.file_size:
+        if length is None and len(data) > limit:
+            raise _too_large(f"archive member {info.filename!r} is too large")
+        if len(data) != want:
             raise CheckpointError(
                 f"archive member {info.filename!r} is truncated", code="truncated", param="file"
             )
         return data
 
     def pickle_bytes(self) -> bytes:
-        return self._read_member(self._infos[self.prefix + "data.pkl"], MAX_PICKLE_BYTES)
+        return self._read_member(self._infos[self.prefix + "data.pkl"], self.limits.max_pickle_bytes)
 
     def storage_ref(self, key: str, dtype: DType, numel: int) -> StorageRef:
+        """The storage ``key``; the first reference decides its dtype and size (as torch's cache)."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         if "/" in key or "\\" in key or key in ("", ".", ".."):
-            raise CheckpointError(f"invalid storage key {key!r}", code="not_a_checkpoint", param="file")
+            raise _bad(f"invalid storage key {key[:100]!r}")
         nbytes = numel * dtype.itemsize
-        if nbytes > self.max_tensor_bytes:
-            raise CheckpointError(
-                f"a tensor declares {nbytes} bytes, more than the limit of {self.max_tensor_bytes}",
-                code="too_large",
-                param="file",
+        if nbytes > self.limits.max_tensor_bytes:
+            raise _too_large(
+                f"a tensor declares {nbytes} bytes, more than the limit of {self.limits.max_tensor_bytes}"
             )
         info = self._infos.get(f"{self.prefix}data/{key}")
         if info is None:
@@ -655,18 +1056,36 @@ class TorchZipFile:
                 code="truncated",
                 param="file",
             )
-        return StorageRef(self, key, dtype, numel)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _bad(f"storage {key!r} is compressed; torch never writes compressed members")
+        ref = StorageRef(self, key, dtype, numel)
+        if nbytes:  # torch does not cache an empty storage
+            self._cache[key] = ref
+        return ref
 
-    def read_storage(self, ref: StorageRef) -> np.ndarray:
-        cache_key = f"{ref.key}:{ref.dtype.name}"
-        arr = self._cache.get(cache_key)
-        if arr is None:
-            info = self._infos[f"{self.prefix}data/{ref.key}"]
-            nbytes = ref.numel * ref.dtype.itemsize
-            raw = self._read_member(info, max(info.file_size, 0))[:nbytes]
-            arr = decode_bytes(raw, ref.dtype, self.byteorder)
-            self._cache[cache_key] = arr
-        return arr
+    def charge(self, nbytes: int) -> None:
+        """Count bytes about to be materialised against the per-file total."""
+        self._materialised += nbytes
+        if self._materialised > self.limits.max_total_bytes:
+            raise _too_large(
+                f"the file's tensors need more than the limit of {self.limits.max_total_bytes} bytes"
+            )
+
+    def read_storage(self, ref: StorageRef) -> bytes:
+        """The storage's raw bytes in native (little-endian) order, read once."""
+        info = self._infos[f"{self.prefix}data/{ref.key}"]
+        raw = self._read_member(info, self.limits.max_tensor_bytes, ref.nbytes)
+        unit = _swap_unit(ref.dtype)
+        if self.byteorder != sys.byteorder and unit > 1:  # torch swaps by the first reference's dtype
+            raw = np.frombuffer(raw, dtype=f"u{unit}", count=len(raw) // unit).byteswap().tobytes()
+        return raw
+
+    def storage_bytes(self, ref: StorageRef) -> bytes:
+        raw = self._bytes.get(ref.key)
+        if raw is None:
+            raw = self.read_storage(ref)
+            self._bytes[ref.key] = raw
+        return raw
 
 
 @dataclass
@@ -693,9 +1112,13 @@ def sniff(path: str) -> str:
     return "unknown"
 
 
-def unpickle(data: bytes, source: TorchZipFile | None) -> tuple[Any, list[str]]:
-    """Run :class:`SafeUnpickler` on ``data``; map every failure to a CheckpointError."""
-    up = SafeUnpickler(data, source)
+def unpickle(
+    data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None
+) -> tuple[Any, list[str]]:
+    """Pre-scan, then run :class:`SafeUnpickler` on ``data``; map every failure to a CheckpointError."""
+    limits = limits or (source.limits if source is not None else ParseLimits())
+    prescan(data, limits)
+    up = SafeUnpickler(data, source, limits)
     try:
         obj = up.load()
     except UnsafePickle as e:
@@ -708,26 +1131,27 @@ def unpickle(data: bytes, source: TorchZipFile | None) -> tuple[Any, list[str]]:
     except CheckpointError:
         raise
     except RecursionError:
-        raise CheckpointError(
-            "the pickle is nested too deeply", code="not_a_checkpoint", param="file"
-        ) from None
+        raise _bad("the pickle is nested too deeply") from None
     except (EOFError, pickle.UnpicklingError) as e:
         code = "truncated" if isinstance(e, EOFError) or "truncated" in str(e) else "not_a_checkpoint"
         raise CheckpointError(f"the file's pickle is malformed: {e}", code=code, param="file") from None
-    except MemoryError:
-        raise CheckpointError("the pickle is too large", code="too_large", param="file") from None
+    except (MemoryError, OverflowError):
+        raise _too_large("the pickle asks for more memory than the limits allow") from None
     except Exception as e:  # noqa: BLE001 - any other failure inside a hostile pickle is a bad file
-        raise CheckpointError(
-            f"the file's pickle is malformed ({type(e).__name__}: {e})", code="not_a_checkpoint", param="file"
-        ) from None
+        raise _bad(f"the file's pickle is malformed ({type(e).__name__}: {str(e)[:200]})") from None
     return obj, up.unknown_globals
 
 
-def load_torch_file(path: str, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> LoadedPickle:
+def load_torch_file(
+    path: str, *, max_tensor_bytes: int | None = None, limits: ParseLimits | None = None
+) -> LoadedPickle:
     """Load a ``torch.save`` file safely. Tensors come back as :class:`LazyTensor`.
 
     The archive stays open (``result.archive``) so that tensors can be materialised; close it when done.
     """
+    limits = limits or ParseLimits()
+    if max_tensor_bytes is not None:
+        limits = ParseLimits(**{**limits.__dict__, "max_tensor_bytes": max_tensor_bytes})
     kind = sniff(path)
     if kind == "legacy_torch":
         raise CheckpointError(
@@ -739,22 +1163,16 @@ def load_torch_file(path: str, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYT
     if kind == "pickle":
         # a bare pickle: still scan it (an unsafe one is reported as such), but it holds no tensors
         with open(path, "rb") as f:
-            data = f.read(MAX_PICKLE_BYTES + 1)
-        if len(data) > MAX_PICKLE_BYTES:
-            raise CheckpointError("the pickle is too large", code="too_large", param="file")
-        unpickle(data, None)
-        raise CheckpointError(
-            "a bare pickle is not a torch checkpoint (expected a zip-format torch.save file)",
-            code="not_a_checkpoint",
-            param="file",
-        )
+            data = f.read(limits.max_pickle_bytes + 1)
+        if len(data) > limits.max_pickle_bytes:
+            raise _too_large("the pickle is too large")
+        unpickle(data, None, limits)
+        raise _bad("a bare pickle is not a torch checkpoint (expected a zip-format torch.save file)")
     if kind != "zip":
-        raise CheckpointError(
-            "not a torch checkpoint (unknown file format)", code="not_a_checkpoint", param="file"
-        )
-    archive = TorchZipFile(path, max_tensor_bytes=max_tensor_bytes)
+        raise _bad("not a torch checkpoint (unknown file format)")
+    archive = TorchZipFile(path, limits=limits)
     try:
-        obj, unknown = unpickle(archive.pickle_bytes(), archive)
+        obj, unknown = unpickle(archive.pickle_bytes(), archive, limits)
     except BaseException:
         archive.close()
         raise
