@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.config import BackboneSpec, DatasetKind
+from core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
 
 T = TypeVar("T")
 
@@ -44,6 +44,9 @@ class CheckpointRead(_Read):
     ctx_dim: int | None
     csc: bool | None
     n_cls: int | None
+    class_token_position: str | None = Field(
+        default=None, description="end | middle | front as given at upload; null: not given (jobs use end)"
+    )
     created_at: datetime
 
 
@@ -107,6 +110,16 @@ class JobCreate(BaseModel):
     checkpoint_id: str = Field(min_length=1, max_length=40)
     dataset_id: str = Field(min_length=1, max_length=40)
     backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    protocol: Protocol = Field(
+        default=Protocol.base2novel,
+        description="base2novel: the checkpoint was trained on the base half of the dataset's classes; "
+        "all: on every class (evaluated on all classes and on any eval_dataset_ids)",
+    )
+    prompt: PromptOptions | None = Field(
+        default=None,
+        description="Prompt assembly of a prompt checkpoint: class_token_position end | middle | front "
+        "(default: the value given at upload, else end)",
+    )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="core.config.Hyperparameters (prompt checkpoints) or HeadHyperparameters (linear_head); "
@@ -147,11 +160,15 @@ class JobRead(BaseModel):
     checkpoint_id: str
     dataset_id: str
     backbone: dict[str, Any]
+    protocol: str = "base2novel"
+    prompt: dict[str, Any] | None = None
     hyperparameters: dict[str, Any]
     metadata: dict[str, str]
     eval_dataset_ids: list[str] = Field(default_factory=list)
     progress: Progress | None = None
     metrics: dict[str, Any] | None = None
+    #: core.result.Verdict of a succeeded job: {text, ok, warnings: [{code, message}], hm, deltas}
+    verdict: dict[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False
     queue_position: int | None = None

@@ -75,6 +75,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DATA_ROOT",
         "ARTIFACT_URL",
         "MODEL_CACHE_DIR",
+        "MODEL_ROOT",
         "LOG_LEVEL",
     ):
         value = getattr(settings, name)
@@ -246,6 +247,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         log.info("embedded mode: state under %s", settings.HOME.resolve())
         upgrade_head(settings.DATABASE_URL)
+        settings = settings.model_copy(update={"EMBEDDED": True})  # the API may check this machine's disk
         worker = subprocess.Popen(
             worker_command(settings, concurrency=1, hostname="embedded@%h"),
             env=settings_env(settings),

@@ -141,6 +141,8 @@ class Checkpoint(Base):
     ctx_dim: Mapped[int | None] = mapped_column(default=None)
     csc: Mapped[bool | None] = mapped_column(Boolean, default=None)
     n_cls: Mapped[int | None] = mapped_column(default=None)
+    #: CoOp's class-token position (end|middle|front) given at upload; None: not given (jobs use ``end``).
+    class_token_position: Mapped[str | None] = mapped_column(String(8), default=None)
     #: Extra facts from ingestion (epoch, unknown_globals, head shape ...).
     info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     original_key: Mapped[str | None] = mapped_column(String(512), default=None)  # the upload, for audit
@@ -187,6 +189,10 @@ class Job(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     #: Extra datasets (ids, same project) the result is evaluated on (cross-dataset / shift); None = none.
     eval_dataset_ids: Mapped[list[Any] | None] = mapped_column(default=None)
+    #: core.config.Protocol value: which classes the checkpoint was trained on (base2novel | all).
+    protocol: Mapped[str] = mapped_column(String(16), default="base2novel", server_default="base2novel")
+    #: Resolved prompt assembly ({"class_token_position": ...}) for prompt jobs; None for linear heads.
+    prompt: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.validating.value)
     progress: Mapped[dict[str, Any] | None] = mapped_column(
         default=None

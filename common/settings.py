@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     WORKER_CONCURRENCY: int = Field(default=1, ge=1)
     DEVICE: str = "auto"
     MODEL_CACHE_DIR: Path | None = None
+    #: Weights files named by ``backbone.pretrained`` must lie under it (default: MODEL_CACHE_DIR).
+    MODEL_ROOT: Path | None = None
+    #: Set by ``mergetune serve --embedded``: the API and its worker share this machine's disk.
+    EMBEDDED: bool = False
     LOG_LEVEL: str = "INFO"
     #: Seconds per epoch used for the rough ``estimated_finish`` of a job that has not started yet.
     ESTIMATE_SECONDS_PER_EPOCH: float = Field(default=5.0, gt=0)
@@ -69,6 +73,8 @@ class Settings(BaseSettings):
             self.ARTIFACT_ROOT = self.ARTIFACT_URL
         if self.MODEL_CACHE_DIR is None:
             self.MODEL_CACHE_DIR = home / "models"
+        if self.MODEL_ROOT is None:
+            self.MODEL_ROOT = self.MODEL_CACHE_DIR
         return self
 
     # -- derived helpers ---------------------------------------------------------------------

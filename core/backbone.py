@@ -217,6 +217,23 @@ def _cached_tag_file(name: str, tag: str, cache_dir: str | None) -> str:
     )
 
 
+def cached_tags(cache_dir: str | None) -> list[str]:
+    """``model/tag`` of every open_clip pretrained tag whose weights are already in the local cache (what a
+    worker can load for a tag without downloading); only architectures in ``core.config.KNOWN_MODELS``."""
+    from core.config import OPEN_CLIP_MODELS
+
+    out = []
+    for name, tag in open_clip.list_pretrained():
+        if name not in OPEN_CLIP_MODELS:
+            continue
+        try:
+            _cached_tag_file(name, tag, cache_dir)
+        except BackboneError:
+            continue
+        out.append(f"{name}/{tag}")
+    return sorted(out)
+
+
 #: Keys that OpenAI's CLIP state dicts (and the state dicts of its TorchScript archives) carry besides the
 #: parameters; open_clip's own checkpoints never have them.
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")

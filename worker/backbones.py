@@ -25,8 +25,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def get_backbone(spec: Any, device: str, cache_dir: str | None = None) -> tuple[Any, bool]:
-    """(backbone, was_cached) for a ``core.config.BackboneSpec``; least recently used evicted first."""
+def get_backbone(
+    spec: Any,
+    device: str,
+    cache_dir: str | None = None,
+    *,
+    model_root: str | None = None,
+    forbidden: tuple[str, ...] = (),
+) -> tuple[Any, bool]:
+    """(backbone, was_cached) for a ``core.config.BackboneSpec``; least recently used evicted first.
+    Weights files are confined to ``model_root`` and never come from the ``forbidden`` trees."""
     from core.backbone import load_backbone
 
     key = (spec.model, spec.pretrained, str(device))
@@ -34,7 +42,9 @@ def get_backbone(spec: Any, device: str, cache_dir: str | None = None) -> tuple[
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key], True
-        backbone = load_backbone(spec, device=device, cache_dir=cache_dir)
+        backbone = load_backbone(
+            spec, device=device, cache_dir=cache_dir, model_root=model_root, forbidden=forbidden
+        )
         _cache[key] = backbone
         while len(_cache) > MAX_BACKBONES:
             old, _ = _cache.popitem(last=False)
@@ -44,6 +54,32 @@ def get_backbone(spec: Any, device: str, cache_dir: str | None = None) -> tuple[
 
             torch.cuda.empty_cache()
         return backbone, False
+
+
+def weights_sources(settings: Any) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(cache_dir, model_root, forbidden trees) for ``get_backbone`` from the service settings: weights come
+    from the model root (default MODEL_CACHE_DIR), never from the local artifact store."""
+    cache_dir = str(settings.MODEL_CACHE_DIR) if settings.MODEL_CACHE_DIR else None
+    root = settings.MODEL_ROOT or settings.MODEL_CACHE_DIR
+    forbidden = (str(settings.ARTIFACT_URL),) if "://" not in str(settings.ARTIFACT_URL) else ()
+    return cache_dir, (str(root) if root else None), forbidden
+
+
+def weights_report(settings: Any) -> dict[str, Any]:
+    """What this worker can load, for its heartbeat: weights files under the model root (relative paths)
+    and the open_clip tags whose files are in the local cache (``model/tag``). The API refuses jobs whose
+    weights no live worker reports."""
+    from core.backbone import cached_tags
+    from core.weights import inventory
+
+    cache_dir, root, forbidden = weights_sources(settings)
+    try:
+        files = inventory(root, forbidden=forbidden) if root else []
+        tags = cached_tags(cache_dir)
+    except Exception:  # noqa: BLE001 - a report failure must never stop the heartbeat
+        logger.warning("could not list the loadable weights", exc_info=True)
+        return {"files": [], "tags": [], "error": True}
+    return {"files": files, "tags": tags}
 
 
 def clear() -> None:

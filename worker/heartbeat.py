@@ -41,6 +41,7 @@ class Heartbeat:
         info: dict[str, Any] | None = None,
         enqueue: Callable[[str], None] | None = None,
         interval: float = jobdb.HEARTBEAT_INTERVAL,
+        report: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.url, self.hostname, self.info, self.enqueue, self.interval = (
             url,
@@ -49,22 +50,34 @@ class Heartbeat:
             enqueue,
             interval,
         )
+        #: Refreshed every REAP_EVERY beats into ``info["weights"]`` (what this node can load).
+        self.report = report
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         try:
-            jobdb.heartbeat(self.url, self.hostname, self.info, reset_job=True)
+            jobdb.heartbeat(self.url, self.hostname, self._info(), reset_job=True)
             self.reap()
         except Exception:  # noqa: BLE001 - the thread below keeps trying
             logger.exception("first heartbeat failed")
         self._thread = threading.Thread(target=self._run, name="mergetune-heartbeat", daemon=True)
         self._thread.start()
 
+    def _info(self) -> dict[str, Any] | None:
+        if self.report is None:
+            return self.info
+        return {**(self.info or {}), "weights": self.report()}
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 1)
+        if self.report is not None:  # a stopped node no longer vouches for any weights
+            try:
+                jobdb.heartbeat(self.url, self.hostname, dict(self.info or {}))
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                logger.warning("could not withdraw the weights report", exc_info=True)
 
     def reap(self) -> list[str]:
         if self.enqueue is None:
@@ -84,7 +97,8 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             beats += 1
             try:
-                jobdb.heartbeat(self.url, self.hostname)
+                refresh = self.report is not None and beats % REAP_EVERY == 0
+                jobdb.heartbeat(self.url, self.hostname, self._info() if refresh else None)
             except Exception:  # noqa: BLE001 - a DB blip must not kill the thread
                 logger.warning("heartbeat failed", exc_info=True)
             if beats % REAP_EVERY == 0:

@@ -30,6 +30,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _heartbeat
+    from worker.backbones import weights_report
     from worker.heartbeat import Heartbeat, node_info
 
     settings = sender.app.conf.mergetune_settings
@@ -46,6 +47,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         hostname,
         info=node_info(device),
         enqueue=lambda job_id: enqueue_job(settings, job_id),
+        report=lambda: weights_report(settings),
     )
     _heartbeat.start()
     logger.info("worker %s ready (device=%s)", hostname, device)

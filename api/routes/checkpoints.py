@@ -33,6 +33,12 @@ _UPLOAD_SCHEMA = {
                             "description": "Detected when absent",
                         },
                         "name": {"type": "string"},
+                        "class_token_position": {
+                            "type": "string",
+                            "enum": ["end", "middle", "front"],
+                            "description": "CoOp's TRAINER.COOP.CLASS_TOKEN_POSITION (not stored in its "
+                            "files); jobs use end when neither this nor the job's prompt gives it",
+                        },
                     },
                 }
             }

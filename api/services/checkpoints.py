@@ -20,7 +20,7 @@ from common import repositories as repo
 from common.models import Checkpoint, CheckpointStatus, new_id
 from common.settings import Settings
 from common.storage import ArtifactStore
-from core.config import Method
+from core.config import ClassTokenPosition, Method
 from core.errors import CheckpointError
 from core.ingest import IngestedCheckpoint, ingest_checkpoint
 
@@ -39,6 +39,20 @@ def parse_method(value: str | None) -> Method | None:
         raise Unprocessable(f"method must be one of {choices}", param="method") from None
 
 
+def parse_position(value: str | None) -> ClassTokenPosition | None:
+    """The ``class_token_position`` form field (CoOp's CLASS_TOKEN_POSITION; not stored in its files)."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return ClassTokenPosition(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in ClassTokenPosition)
+        raise Unprocessable(
+            f"class_token_position must be one of {choices} (CoOp's TRAINER.COOP.CLASS_TOKEN_POSITION)",
+            param="class_token_position",
+        ) from None
+
+
 def create_checkpoint(
     session: Session,
     settings: Settings,
@@ -51,11 +65,18 @@ def create_checkpoint(
     """Validate and store one upload; returns (checkpoint, created). Commits."""
     assert upload.path is not None
     method = parse_method(upload.fields.get("method"))
+    position = parse_position(upload.fields.get("class_token_position"))
     filename = (upload.filename or "checkpoint").strip()[:255] or "checkpoint"
     name = (upload.fields.get("name") or "").strip()[:255] or filename
-    req_hash = request_hash(
-        ENDPOINT, {"sha256": upload.sha256, "method": method, "name": name, "filename": filename}
-    )
+    hashed: dict[str, object] = {
+        "sha256": upload.sha256,
+        "method": method,
+        "name": name,
+        "filename": filename,
+    }
+    if position is not None:  # absent keeps the hash such requests always had
+        hashed["class_token_position"] = position.value
+    req_hash = request_hash(ENDPOINT, hashed)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
         return _replay(session, project_id, existing), False
@@ -70,6 +91,7 @@ def create_checkpoint(
         bytes=upload.size,
         sha256=upload.sha256,
         original_key=original_key,
+        class_token_position=position.value if position is not None else None,
     )
     try:
         ingested = ingest_checkpoint(upload.path, filename=filename, method=method)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,11 +18,25 @@ from common import repositories as repo
 from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
 from common.queue import enqueue_job
 from common.settings import Settings
-from core.config import HeadHyperparameters, Hyperparameters, Method
+from core.config import (
+    KNOWN_MODELS,
+    TINY_MODELS,
+    BackboneSpec,
+    ClassTokenPosition,
+    HeadHyperparameters,
+    Hyperparameters,
+    Method,
+    Protocol,
+    class_count_problem,
+)
+from core.errors import BackboneError
+from core.weights import PARAM as WEIGHTS_PARAM
+from core.weights import is_file_reference, outside_root, parse_random, resolve_weights, weights_relpath
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "POST /v1/jobs"
+BUILTIN_MODEL = "tiny-clip"
 
 #: Text transformer width (the prompt context dimension) of common open_clip models. Models not listed
 #: (the tiny test/builtin models, custom configs) are checked by the worker when it loads the backbone.
@@ -46,6 +62,10 @@ def create_job(
     if not payload["eval_dataset_ids"]:
         # Absent and empty ask for the same thing; keep the hash of such bodies what it always was.
         del payload["eval_dataset_ids"]
+    if payload["protocol"] == Protocol.base2novel.value:
+        del payload["protocol"]  # the default: bodies that do not name it keep their old hash
+    if payload["prompt"] is None:
+        del payload["prompt"]
     req_hash = request_hash(ENDPOINT, payload)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
@@ -79,6 +99,29 @@ def create_job(
     except ValidationError as exc:
         raise from_pydantic(exc, prefix="hyperparameters") from None
 
+    check_backbone(session, settings, body.backbone)
+    prompt: dict[str, Any] | None = None
+    if is_head:
+        if body.prompt is not None and body.prompt.class_token_position is not None:
+            raise Unprocessable(
+                "linear-head checkpoints have no prompt; prompt.class_token_position applies to CoOp/KgCoOp "
+                "checkpoints",
+                param="prompt.class_token_position",
+            )
+    else:
+        position = (body.prompt.class_token_position if body.prompt else None) or ckpt.class_token_position
+        prompt = {"class_token_position": ClassTokenPosition(position or ClassTokenPosition.end).value}
+        problem = class_count_problem(
+            csc=bool(ckpt.csc),
+            n_ctx_cls=ckpt.n_cls,
+            protocol=body.protocol,
+            dataset_name=ds.name,
+            num_classes=ds.num_classes,
+            n_base=len(ds.base_classes or []),
+        )
+        if problem:
+            raise Unprocessable(problem, code="class_count_mismatch", param="checkpoint_id")
+
     width = KNOWN_TEXT_WIDTHS.get(body.backbone.model)
     if not is_head and width is not None and ckpt.ctx_dim is not None and ckpt.ctx_dim != width:
         raise Unprocessable(
@@ -95,6 +138,8 @@ def create_job(
         dataset_id=ds.id,
         job_type=(JobType.linear_head if is_head else JobType.prompt).value,
         backbone=body.backbone.model_dump(mode="json"),
+        protocol=body.protocol.value,
+        prompt=prompt,
         hyperparameters=hp.model_dump(mode="json"),
         metadata_=dict(body.metadata),
         eval_dataset_ids=eval_ids or None,
@@ -136,6 +181,90 @@ def create_job(
         ) from exc
     log.info("job %s queued (checkpoint %s, dataset %s)", job.id, ckpt.id, ds.id)
     return job, True
+
+
+#: A worker whose heartbeat is older than this is dead (worker.jobdb.STALE_AFTER) and vouches for no weights.
+LIVE_WORKER_SECONDS = 30
+
+
+def check_backbone(session: Session, settings: Settings, spec: BackboneSpec) -> None:
+    """Refuse at submission a backbone no worker can build: an unknown architecture (422 on
+    ``backbone.model``), weights outside the model root (422 ``path_outside_root``, the same answer
+    whether or not such a file exists), or weights that no live worker reports it can load (422 on
+    ``backbone.pretrained``). Without any live worker reporting, the embedded mode looks at its own
+    disk and a separate deployment queues the job for the workers to come."""
+    if spec.model not in KNOWN_MODELS:
+        close = difflib.get_close_matches(spec.model, sorted(KNOWN_MODELS), n=3)
+        raise Unprocessable(
+            f"unknown backbone {spec.model[:128]!r}"
+            + (f" (did you mean {', '.join(close)}?)" if close else "")
+            + "; use an open_clip architecture with the standard CLIP text tower, e.g. ViT-B-16, or tiny-clip",
+            code="unknown_backbone",
+            param="backbone.model",
+        )
+    pretrained = spec.pretrained.strip()
+    try:
+        if parse_random(pretrained) is not None:
+            return
+        if pretrained == "builtin":
+            if spec.model != BUILTIN_MODEL:
+                raise BackboneError(
+                    f"pretrained 'builtin' only exists for model {BUILTIN_MODEL!r}",
+                    code="weights_unavailable",
+                    param=WEIGHTS_PARAM,
+                )
+            return
+        is_file = is_file_reference(pretrained)
+        rel = ""
+        if spec.model in TINY_MODELS and not is_file:
+            raise BackboneError(
+                f"{spec.model!r} takes pretrained 'random', 'random:<seed>'"
+                + (", 'builtin'" if spec.model == BUILTIN_MODEL else "")
+                + " or a weights file under the model root",
+                code="weights_unavailable",
+                param=WEIGHTS_PARAM,
+            )
+        assert settings.MODEL_ROOT is not None  # derived in Settings
+        artifact_dirs = [settings.ARTIFACT_URL] if "://" not in settings.ARTIFACT_URL else []
+        if is_file:
+            rel = weights_relpath(settings.MODEL_ROOT, pretrained)
+            target = os.path.realpath(os.path.join(settings.MODEL_ROOT, rel))
+            if any(
+                target == os.path.realpath(a)
+                or target.startswith(os.path.realpath(a).rstrip(os.sep) + os.sep)
+                for a in artifact_dirs
+            ):
+                raise outside_root(pretrained)  # the artifact store is never a weights source
+        inventories = [
+            w.info["weights"]
+            for w in repo.live_workers(session, utcnow() - timedelta(seconds=LIVE_WORKER_SECONDS))
+            if isinstance(w.info, dict) and isinstance(w.info.get("weights"), dict)
+        ]
+        if inventories:
+            key, wanted = ("files", rel) if is_file else ("tags", f"{spec.model}/{pretrained}")
+            if not any(wanted in (inv.get(key) or []) for inv in inventories):
+                what = (
+                    f"weights file {rel!r} under the model root" if is_file else f"{spec.model}/{pretrained}"
+                )
+                raise BackboneError(
+                    f"no live worker can load {what} ({len(inventories)} worker(s) report their weights); "
+                    "place the file on the workers or name one they have",
+                    code="weights_unavailable",
+                    param=WEIGHTS_PARAM,
+                )
+        elif settings.EMBEDDED and is_file:
+            try:
+                resolve_weights(settings.MODEL_ROOT, pretrained, forbidden=artifact_dirs)
+            except BackboneError as exc:
+                if exc.code != "weights_missing":
+                    raise
+                raise BackboneError(
+                    f"no weights file {rel!r} under the model root",
+                    code="weights_unavailable",
+                    param=WEIGHTS_PARAM,
+                ) from None
+    except BackboneError as exc:
+        raise Unprocessable(exc.message, code=exc.code, param=WEIGHTS_PARAM) from None
 
 
 def _eval_datasets(session: Session, project_id: str, ids: list[str]) -> list[str]:
@@ -197,11 +326,14 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         checkpoint_id=job.checkpoint_id,
         dataset_id=job.dataset_id,
         backbone=job.backbone,
+        protocol=job.protocol or Protocol.base2novel.value,
+        prompt=job.prompt,
         hyperparameters=job.hyperparameters,
         metadata=job.metadata_ or {},
         eval_dataset_ids=list(job.eval_dataset_ids or []),
         progress=Progress.model_validate(job.progress) if job.progress else None,
         metrics=job.metrics,
+        verdict=job.verdict,
         error=JobError.model_validate(job.error) if job.error else None,
         cancel_requested=job.cancel_requested,
         queue_position=position,
