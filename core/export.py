@@ -3,16 +3,26 @@
 - ``prompts.safetensors``: tensor ``ctx``; header metadata ``mergetune`` = JSON of the provenance
   (method, n_ctx, class names, backbone, weights hash, parent sha256, hyperparameters), plus a few flat
   str keys (``format``, ``method``, ``n_ctx``, ``ctx_dim``) for tools that do not parse JSON.
-- ``prompts.pth.tar``: Dassl layout ``{"state_dict": {"ctx", "token_prefix", "token_suffix"}, "epoch"}``,
-  only tensors and plain types, so CoOp's ``load_model`` and ``torch.load(weights_only=True)`` read it.
+- ``prompts.pth.tar``: Dassl layout ``{"state_dict": {"ctx", "token_prefix", "token_suffix"}, "epoch",
+  "optimizer": None, "scheduler": None, "val_result": None, "mergetune": {...}}``, only tensors and plain
+  types, so CoOp's ``load_model`` and ``torch.load(weights_only=True)`` read it.
+- ``prompts-coop.tar``: the same file where CoOp's ``load_model(directory, epoch)`` looks for it,
+  ``prompt_learner/model.pth.tar-<epoch>``, plus Dassl's ``prompt_learner/checkpoint`` pointer and
+  ``mergetune.json`` (the metadata): ``tar xf prompts-coop.tar -C <dir>`` then CoOp's
+  ``--model-dir <dir> --load-epoch <epoch> --eval-only``.
+
+The metadata records the class-token position, the protocol and the classes the contexts cover
+(``context_classes``: one CSC row per class, in order); CoOp's files carry none of these.
 - ``head.safetensors``: ``weight`` [C, D] (+ ``bias`` [C]) for linear-head jobs.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +88,61 @@ def export_prompts(
         "n_ctx": str(int(ctx_t.shape[-2])),
         "ctx_dim": str(int(ctx_t.shape[-1])),
     }
-    paths = {"prompts.safetensors": out / "prompts.safetensors", "prompts.pth.tar": out / "prompts.pth.tar"}
+    for key in ("class_token_position", "protocol"):
+        if meta.get(key) is not None:
+            flat[key] = str(meta[key])
+    paths = {
+        "prompts.safetensors": out / "prompts.safetensors",
+        "prompts.pth.tar": out / "prompts.pth.tar",
+        COOP_ARCHIVE: out / COOP_ARCHIVE,
+    }
     _atomic_save_file({"ctx": ctx_t}, paths["prompts.safetensors"], _header_metadata(meta, flat))
     state_dict: dict[str, torch.Tensor] = {"ctx": ctx_t}
     if token_prefix is not None:
         state_dict["token_prefix"] = _tensor(token_prefix, "token_prefix")
     if token_suffix is not None:
         state_dict["token_suffix"] = _tensor(token_suffix, "token_suffix")
-    _atomic_torch_save({"state_dict": state_dict, "epoch": int(epoch)}, paths["prompts.pth.tar"])
+    plain_meta = json.loads(json.dumps(meta, default=str))  # plain types only: weights_only loads it
+    dassl = {
+        "state_dict": state_dict,
+        "epoch": int(epoch),
+        "optimizer": None,
+        "scheduler": None,
+        "val_result": None,
+        "mergetune": plain_meta,
+    }
+    _atomic_torch_save(dassl, paths["prompts.pth.tar"])
+    _write_coop_archive(paths[COOP_ARCHIVE], paths["prompts.pth.tar"], int(epoch), plain_meta)
     logger.info("exported prompts (ctx %s) to %s", list(ctx_t.shape), out)
     return paths
+
+
+#: The download CoOp's loader finds once unpacked: ``prompt_learner/model.pth.tar-<epoch>``.
+COOP_ARCHIVE = "prompts-coop.tar"
+
+
+def coop_member(epoch: int) -> str:
+    """Where CoOp's ``load_model(directory, epoch)`` reads the prompt learner (Dassl's file name)."""
+    return f"prompt_learner/model.pth.tar-{int(epoch)}"
+
+
+def _write_coop_archive(path: Path, dassl_file: Path, epoch: int, meta: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+
+    def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, 0
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tar.gettarinfo(str(dassl_file), arcname=coop_member(epoch))
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        with open(dassl_file, "rb") as f:
+            tar.addfile(info, f)
+        # Dassl's resume_from_checkpoint reads the latest file name from this pointer
+        add_bytes(tar, "prompt_learner/checkpoint", f"model.pth.tar-{int(epoch)}\n".encode())
+        add_bytes(tar, "mergetune.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+    os.replace(tmp, path)
 
 
 def export_head(

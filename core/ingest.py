@@ -73,6 +73,15 @@ class IngestedCheckpoint:
         }
 
 
+def _plain_metadata(value: dict[Any, Any]) -> dict[str, Any]:
+    """JSON-safe copy of a pickled metadata dict (what our exports write); anything else is dropped."""
+    try:
+        parsed = json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _err(message: str, code: str) -> CheckpointError:
     return CheckpointError(message, code=code, param="file")
 
@@ -258,6 +267,8 @@ def ingest_checkpoint(
             fmt = "dassl"
             epoch = _int_or_none(obj.get("epoch"))
             tensors = _flatten_state_dict(obj["state_dict"])
+            if isinstance(obj.get("mergetune"), dict):  # our own Dassl export's metadata (plain types)
+                meta = _plain_metadata(obj["mergetune"])
         else:
             fmt = "state_dict"
             tensors = _flatten_state_dict(obj)

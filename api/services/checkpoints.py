@@ -166,3 +166,6 @@ def _accept(ckpt: Checkpoint, ing: IngestedCheckpoint, store: ArtifactStore, set
     ckpt.n_cls = ing.n_cls
     ckpt.tensors_key = key
     ckpt.info = info
+    recorded = (ing.metadata or {}).get("class_token_position")  # our own exports record it
+    if ckpt.class_token_position is None and recorded in {p.value for p in ClassTokenPosition}:
+        ckpt.class_token_position = recorded

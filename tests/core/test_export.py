@@ -30,9 +30,9 @@ def test_round_trip_bit_exact(tmp_path: Path, csc: bool) -> None:
     ctx.view(-1)[0] = 1e-40  # a denormal survives too
     prefix, suffix = torch.randn(2, 1, 64), torch.randn(2, 72, 64)
     paths = export_prompts(tmp_path, ctx, token_prefix=prefix, token_suffix=suffix, metadata=META, epoch=7)
-    assert set(paths) == {"prompts.safetensors", "prompts.pth.tar"}
-    for name, p in paths.items():
-        ck = ingest_checkpoint(p, expected_dim=64, n_cls=2)
+    assert set(paths) == {"prompts.safetensors", "prompts.pth.tar", "prompts-coop.tar"}
+    for name in ("prompts.safetensors", "prompts.pth.tar"):  # the tar holds the second one
+        ck = ingest_checkpoint(paths[name], expected_dim=64, n_cls=2)
         assert ck.ctx.tobytes() == ctx.numpy().tobytes(), name
         assert ck.method == Method.coop and ck.csc == csc and ck.n_ctx == 4
     assert ingest_checkpoint(paths["prompts.pth.tar"]).epoch == 7
@@ -68,7 +68,10 @@ def test_dassl_file_loads_with_weights_only(tmp_path: Path) -> None:
         tmp_path, torch.nn.Parameter(ctx), token_prefix=prefix, token_suffix=suffix, metadata=META, epoch=3
     )
     ck = torch.load(paths["prompts.pth.tar"], weights_only=True)
-    assert set(ck) == {"state_dict", "epoch"} and ck["epoch"] == 3 and type(ck["epoch"]) is int
+    # Dassl's save_model keys (optimizer/scheduler/val_result empty), plus our metadata
+    assert set(ck) == {"state_dict", "epoch", "optimizer", "scheduler", "val_result", "mergetune"}
+    assert ck["epoch"] == 3 and type(ck["epoch"]) is int and ck["optimizer"] is None
+    assert ck["mergetune"]["n_ctx"] == 4
     assert set(ck["state_dict"]) == {"ctx", "token_prefix", "token_suffix"}
     assert type(ck["state_dict"]["ctx"]) is torch.Tensor and not ck["state_dict"]["ctx"].requires_grad
     assert torch.equal(ck["state_dict"]["ctx"], ctx)
@@ -82,3 +85,30 @@ def test_head_export_round_trip(tmp_path: Path) -> None:
     assert ck.method == Method.linear_head
     assert ck.head_weight.tobytes() == w.numpy().tobytes() and ck.head_bias.tobytes() == b.numpy().tobytes()
     assert read_export_metadata(paths["head.safetensors"])["method"] == "linear_head"
+
+
+def test_coop_archive_puts_the_file_where_coops_loader_looks(tmp_path: Path) -> None:
+    """CoOp's load_model(directory, epoch) opens <directory>/prompt_learner/model.pth.tar-<epoch>."""
+    import tarfile
+
+    meta = {**META, "class_token_position": "middle", "protocol": "all", "context_classes": ["a", "b"]}
+    ctx = torch.randn(2, 4, 16)
+    paths = export_prompts(
+        tmp_path / "out", ctx, token_prefix=None, token_suffix=None, metadata=meta, epoch=12
+    )
+    with tarfile.open(paths["prompts-coop.tar"]) as tar:
+        assert tar.getnames() == [
+            "prompt_learner/model.pth.tar-12",
+            "prompt_learner/checkpoint",
+            "mergetune.json",
+        ]
+        tar.extractall(tmp_path / "coop", filter="data")
+    model_file = tmp_path / "coop" / "prompt_learner" / "model.pth.tar-12"
+    assert model_file.read_bytes() == paths["prompts.pth.tar"].read_bytes()
+    assert (tmp_path / "coop" / "prompt_learner" / "checkpoint").read_text() == "model.pth.tar-12\n"
+    ck = torch.load(model_file, weights_only=True)
+    assert torch.equal(ck["state_dict"]["ctx"], ctx) and ck["epoch"] == 12
+    assert ck["mergetune"]["class_token_position"] == "middle" and ck["mergetune"]["protocol"] == "all"
+    assert ck["mergetune"]["context_classes"] == ["a", "b"]
+    meta_sf = read_export_metadata(paths["prompts.safetensors"])
+    assert meta_sf["class_token_position"] == "middle" and meta_sf["context_classes"] == ["a", "b"]
