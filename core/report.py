@@ -32,6 +32,7 @@ CURVES_PNG = "curves.png"
 DOWNLOADS: tuple[tuple[str, str], ...] = (
     ("prompts.safetensors", "recovered context + JSON metadata (safetensors)"),
     ("prompts.pth.tar", "Dassl layout, loads into CoOp's evaluation code"),
+    ("prompts-coop.tar", "prompt_learner/model.pth.tar-<epochs>: unpack into CoOp's --model-dir"),
     ("report.json", "metrics, curves, barrier heights, manifest"),
     ("manifest.json", "seed, resolved config, hashes, package versions"),
     ("curves.png", "interpolation curves"),
@@ -570,6 +571,23 @@ def _image(uri: str | None, alt: str, elem_id: str) -> str:
 # -------------------------------------------------------------------------------------------------- API
 
 
+def _protocol_line(report: Mapping[str, Any]) -> str:
+    """Which classes the checkpoint was trained on and how its prompts were assembled (prompt jobs)."""
+    protocol = _dict(report.get("protocol"))
+    position = _dict(_dict(report.get("config")).get("prompt")).get("class_token_position")
+    if not protocol and not position:
+        return ""
+    bits = []
+    if protocol.get("name"):
+        bits.append(f"protocol {protocol['name']}")
+    if position:
+        bits.append(f"class token {position}")
+    labels = _dict(protocol.get("labels"))
+    if labels:
+        bits.append(f"columns: base = {labels.get('base', 'base')}, novel = {labels.get('novel', 'novel')}")
+    return f'<p class="muted" id="protocol">{_e(" · ".join(str(b) for b in bits))}</p>'
+
+
 def build_html(
     report: Mapping[str, Any],
     curves_png: bytes | None,
@@ -595,6 +613,7 @@ def build_html(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         "<h2>Summary</h2>",
+        _protocol_line(report),
         _summary(metrics),
         _head_section(head, wise_png),
         "<h2>Interpolation curves</h2>",
