@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import Unauthorized
 from common import repositories as repo
-from common.db import get_sessionmaker, session_scope
+from common.db import get_sessionmaker
 from common.models import utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, get_store
@@ -26,15 +28,37 @@ def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """One session per request. Write routes commit explicitly (before enqueueing or responding);
-    whatever is left uncommitted is rolled back here."""
-    session = get_sessionmaker(settings.DATABASE_URL)()
+#: Requests holding a database session at once (the others wait, without a thread, in the event loop).
+#: Below both the engine's pool (10 + 30 overflow, common.db.make_engine) and the 40 request threads,
+#: leaving room for /readyz and /metrics: a request that holds a connection can then always get a
+#: thread, and a thread that needs a connection always gets one, so a burst of requests can neither
+#: exhaust the pool nor deadlock it against the thread pool (both ended in 500s after 30 s).
+MAX_DB_SESSIONS = 32
+
+
+def _session_slots(request: Request) -> asyncio.Semaphore:
+    slots: asyncio.Semaphore | None = getattr(request.app.state, "db_session_slots", None)
+    if slots is None:
+        slots = request.app.state.db_session_slots = asyncio.Semaphore(MAX_DB_SESSIONS)
+    return slots
+
+
+def _close(session: Session) -> None:
     try:
-        yield session
-    finally:
         session.rollback()
+    finally:
         session.close()
+
+
+async def get_session(request: Request, settings: SettingsDep) -> AsyncIterator[Session]:
+    """One session per request. Write routes commit explicitly (before enqueueing or responding);
+    whatever is left uncommitted is rolled back here. At most MAX_DB_SESSIONS requests hold one."""
+    async with _session_slots(request):
+        session = get_sessionmaker(settings.DATABASE_URL)()
+        try:
+            yield session
+        finally:
+            await run_in_threadpool(_close, session)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -58,7 +82,6 @@ _TOUCH_EVERY = timedelta(minutes=1)
 
 
 def get_principal(
-    settings: SettingsDep,
     session: SessionDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
@@ -79,9 +102,10 @@ def get_principal(
         raise Unauthorized(f"token {token.prefix}... expired; create a new one", code=refusal)
     now = utcnow()
     if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
-        # Its own short transaction (a conditional UPDATE), so read-only requests do not have to commit.
-        with session_scope(settings.DATABASE_URL) as s:
-            repo.touch_token(s, token.id, now, every=_TOUCH_EVERY)
+        repo.touch_token(session, token.id, now, every=_TOUCH_EVERY)  # a conditional UPDATE
+    # End the authentication transaction: commits the touch and hands the connection back to the pool
+    # while the request goes on (an upload streams its body before it needs the database again).
+    session.commit()
     return Principal(project_id=token.project_id, project_name=project_name, token_id=token.id)
 
 

@@ -345,11 +345,13 @@ def add_idempotency_key(
     job_id: str | None = None,
     resource_id: str | None = None,
 ) -> IdempotencyKey:
+    """Not flushed here: on Postgres a concurrent request's INSERT of the same key waits for the first
+    transaction and then fails; that must happen at the commit, where ``commit_or_replay`` turns it
+    into a replay of the winner's object (a flush here would raise the IntegrityError outside it)."""
     row = IdempotencyKey(
         project_id=project_id, key=key, request_hash=request_hash, job_id=job_id, resource_id=resource_id
     )
     session.add(row)
-    session.flush()
     return row
 
 

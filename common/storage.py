@@ -162,6 +162,18 @@ class LocalStore(ArtifactStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """A folder prefix (``checkpoints/ckpt_1/``) removes that folder whole, without walking the
+        rest of the store; other prefixes fall back to listing."""
+        if not prefix.endswith("/") or not prefix.strip("/"):
+            return super().delete_prefix(prefix)
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder)
+        return count
+
     def list(self, prefix: str = "") -> list[str]:
         base = self.root
         out = []

@@ -93,6 +93,7 @@ def create_checkpoint(
         original_key=original_key,
         class_token_position=position.value if position is not None else None,
     )
+    ingested: IngestedCheckpoint | None = None
     try:
         ingested = ingest_checkpoint(upload.path, filename=filename, method=method)
     except CheckpointError as exc:
@@ -100,20 +101,41 @@ def create_checkpoint(
     except Exception as exc:  # the loader must never turn bad input into a 500
         log.warning("checkpoint %s: unexpected ingestion failure", ckpt_id, exc_info=True)
         _reject(ckpt, "not_a_checkpoint", f"could not read the checkpoint: {type(exc).__name__}", "file")
-    else:
-        _accept(ckpt, ingested, store, settings)
 
-    store.put_file(original_key, upload.path)
-    session.add(ckpt)
-    if idempotency_key:
-        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=ckpt.id)
-    replay = commit_or_replay(
-        session, project_id, idempotency_key, req_hash, lambda ckpt_id: _replay(session, project_id, ckpt_id)
-    )
+    # Bytes are stored before the row commits (a committed row always has its files). Every way out
+    # other than this request's own commit (a concurrent request with the same key won, the database
+    # refused the row, the store failed half-way) removes what this request stored.
+    stored_prefix = f"checkpoints/{ckpt_id}/"
+    try:
+        if ingested is not None:
+            _accept(ckpt, ingested, store, settings)
+        store.put_file(original_key, upload.path)
+        session.add(ckpt)
+        if idempotency_key:
+            repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=ckpt.id)
+        replay = commit_or_replay(
+            session,
+            project_id,
+            idempotency_key,
+            req_hash,
+            lambda ckpt_id: _replay(session, project_id, ckpt_id),
+        )
+    except BaseException:
+        session.rollback()
+        _discard(store, stored_prefix)
+        raise
     if replay is not None:  # a concurrent request with the same key won the race
+        _discard(store, stored_prefix)
         return replay, False
     log.info("checkpoint %s stored (%s, %d bytes)", ckpt.id, ckpt.status, ckpt.bytes)
     return ckpt, True
+
+
+def _discard(store: ArtifactStore, prefix: str) -> None:
+    try:
+        store.delete_prefix(prefix)
+    except Exception:  # never hide the original outcome; the log names what is left behind
+        log.error("could not remove stored files under %s", prefix, exc_info=True)
 
 
 def _replay(session: Session, project_id: str, ckpt_id: str) -> Checkpoint:
