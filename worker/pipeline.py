@@ -26,6 +26,7 @@ import socket
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,7 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"mergetune-{job_id}-"))
     try:
-        return _run(job_id, settings, hostname, store, device, claim, work, t0)
+        return _run(JobRun(job_id, settings, hostname, store, device, claim, work, t0))
     except BaseException as exc:
         from core.errors import Cancelled
 
@@ -357,65 +358,136 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(
-    job_id: str,
-    settings: Settings,
-    hostname: str,
-    store: ArtifactStore,
-    device: str,
-    claim: jobdb.Claim,
-    work: Path,
-    t0: float,
-) -> str:
-    import torch
+@dataclass
+class JobRun:
+    """What one run of one job carries from stage to stage (filled in as the stages go)."""
 
-    from core.config import (
-        BackboneSpec,
-        DatasetKind,
-        HeadHyperparameters,
-        Hyperparameters,
-        Method,
-        PromptLearnerSpec,
-    )
-    from core.datasets import base_to_novel, open_dataset
-    from core.errors import Cancelled, CheckpointError
-    from core.recovery import recover
+    job_id: str
+    settings: Settings
+    hostname: str
+    store: ArtifactStore
+    device: str
+    claim: jobdb.Claim
+    work: Path
+    t0: float
+    timings: dict[str, float] = field(default_factory=dict)
+    # load inputs
+    job: dict[str, Any] = field(default_factory=dict)
+    ck: dict[str, Any] = field(default_factory=dict)
+    ds_row: dict[str, Any] = field(default_factory=dict)
+    method: Any = None
+    head: bool = False
+    hp: Any = None
+    spec: Any = None
+    # backbone
+    tensors: dict[str, Any] = field(default_factory=dict)
+    backbone: Any = None
+    cached: bool = False
+    # features (the data and starting tensors the core encodes and trains on)
+    dataset: Any = None
+    task: Any = None
+    task_sha: str | None = None
+    eval_opened: list[tuple[str, Any, dict[str, Any]]] = field(default_factory=list)
+    extra_datasets: list[tuple[str, Any]] | None = None
+    ctx_ft: Any = None
+    prompt_spec: Any = None
+    # train
+    resumed_from: int = 0
+    cb: JobCallbacks | None = None
+    output: Any = None
+    # evaluate
+    result_json: dict[str, Any] = field(default_factory=dict)
+    # export / report
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
 
-    url = settings.DATABASE_URL
-    timings: dict[str, float] = {}
-    rows = jobdb.load_job_inputs(url, job_id)
-    job, ck, ds_row = rows["job"], rows["checkpoint"], rows["dataset"]
-    method = Method(ck["method"] or "coop")
-    head = job["job_type"] == "linear_head" or method == Method.linear_head
-    hp_cls = HeadHyperparameters if head else Hyperparameters
-    hp = hp_cls(**(job["hyperparameters"] or {}))
-    spec = BackboneSpec(**job["backbone"])
+    @property
+    def url(self) -> str:
+        return self.settings.DATABASE_URL
+
+
+def _run(run: JobRun) -> str:
+    """The stages of one job, in order. Any stage may raise:
+
+    - a user error (``CoreError`` with ``user_error``: bad checkpoint, dataset, hyperparameters) or any
+      other exception: :func:`run_job` marks the job ``failed`` (with a traceback event for system errors);
+    - ``Cancelled`` (the cancel flag, read between steps): :func:`run_job` marks it ``cancelled``;
+    - ``KeyboardInterrupt``/``SystemExit``: left to the broker to redeliver (late acks); the next run
+      resumes from the last epoch state.
+
+    A stage that finds the job taken over by another node returns ``skipped: ...`` and writes nothing."""
+    _stage_load_inputs(run)
+    _stage_backbone(run)
+    _stage_features(run)
+    _stage_train(run)
+    _stage_evaluate(run)
+    _stage_export(run)
+    _stage_report(run)
+    return _stage_finish(run)
+
+
+def _stage_load_inputs(run: JobRun) -> None:
+    """Job, checkpoint and dataset rows; method and validated hyperparameters.
+
+    Failure: a hyperparameter the core refuses fails the job (validation error)."""
+    from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method
+
+    rows = jobdb.load_job_inputs(run.url, run.job_id)
+    run.job, run.ck, run.ds_row = rows["job"], rows["checkpoint"], rows["dataset"]
+    run.method = Method(run.ck["method"] or "coop")
+    run.head = run.job["job_type"] == "linear_head" or run.method == Method.linear_head
+    hp_cls = HeadHyperparameters if run.head else Hyperparameters
+    run.hp = hp_cls(**(run.job["hyperparameters"] or {}))
+    run.spec = BackboneSpec(**run.job["backbone"])
+
+
+def _stage_backbone(run: JobRun) -> None:
+    """The checkpoint's tensors and the (cached) backbone.
+
+    Failure: a checkpoint without extracted tensors fails the job as a user error (``missing_ctx``);
+    a backbone that cannot be built fails it as a system error."""
+    from core.errors import CheckpointError
 
     t = time.monotonic()
-    if not ck.get("tensors_key"):
+    if not run.ck.get("tensors_key"):
         raise CheckpointError(
             "checkpoint has no extracted tensors", code="missing_ctx", param="checkpoint_id"
         )
-    tensors = _load_tensors(store, ck["tensors_key"])
-    backbone, cached = get_backbone(
-        spec, device, str(settings.MODEL_CACHE_DIR) if settings.MODEL_CACHE_DIR else None
+    run.tensors = _load_tensors(run.store, run.ck["tensors_key"])
+    settings = run.settings
+    run.backbone, run.cached = get_backbone(
+        run.spec, run.device, str(settings.MODEL_CACHE_DIR) if settings.MODEL_CACHE_DIR else None
     )
-    timings["load_backbone"] = time.monotonic() - t
+    run.timings["load_backbone"] = time.monotonic() - t
+
+
+def _stage_features(run: JobRun) -> None:
+    """The dataset and its base-to-novel split, the extra evaluation datasets, and the starting tensors
+    (prompt context or head weights) the core encodes and trains from.
+
+    Failure: an unreadable dataset, a missing extra dataset or a checkpoint without ``ctx`` fails the job
+    as a user error naming the parameter; a changed split only adds a warning event."""
+    from core.config import DatasetKind, PromptLearnerSpec
+    from core.datasets import base_to_novel, open_dataset
+    from core.errors import CheckpointError
+
+    url, ds_row, job = run.url, run.ds_row, run.job
     t = time.monotonic()
     dataset = open_dataset(
         DatasetKind(ds_row["kind"]),
-        settings.DATA_ROOT,
+        run.settings.DATA_ROOT,
         ds_row.get("path") or "",
         coop_name=ds_row.get("coop_name"),
         options=ds_row.get("options"),
     )
-    task = base_to_novel(dataset, hp.shots, hp.seed)
-    timings["load_dataset"] = time.monotonic() - t
-    task_sha = _split_sha(task)
+    task = base_to_novel(dataset, run.hp.shots, run.hp.seed)
+    run.dataset, run.task = dataset, task
+    run.timings["load_dataset"] = time.monotonic() - t
+    task_sha = run.task_sha = _split_sha(task)
     if ds_row.get("sha256_of_split") and ds_row["sha256_of_split"] not in (task_sha, dataset.split_sha256()):
         jobdb.add_event(
             url,
-            job_id,
+            run.job_id,
             "warning",
             "The dataset's splits changed since it was registered (split hash differs)",
             "warning",
@@ -423,36 +495,52 @@ def _run(
             now=task_sha,
         )
 
-    # ---- extra evaluation datasets (cross-dataset / shift) -----------------------------------------
+    # extra evaluation datasets (cross-dataset / shift)
     t = time.monotonic()
     eval_ids = [str(i) for i in (job.get("eval_dataset_ids") or [])]
-    extra_datasets: list[tuple[str, Any]] | None = None
-    eval_opened: list[tuple[str, Any, dict[str, Any]]] = []
     if eval_ids:
-        extra_datasets = []
-        if head:  # explicit datasets come on top of the default shifted splits of a built-in dataset
+        extra: list[tuple[str, Any]] = []
+        if run.head:  # explicit datasets come on top of the default shifted splits of a built-in dataset
             from core.crossdata import builtin_shift_datasets
 
-            extra_datasets += builtin_shift_datasets(dataset)
+            extra += builtin_shift_datasets(dataset)
         eval_rows = jobdb.load_datasets(url, job["project_id"], eval_ids)
-        taken = {"val", "test", *(name for name, _ in extra_datasets)}
-        eval_opened = _open_eval_datasets(settings, eval_ids, eval_rows, taken)
-        extra_datasets += [(name, d) for name, d, _ in eval_opened]
-        timings["load_eval_datasets"] = time.monotonic() - t
+        taken = {"val", "test", *(name for name, _ in extra)}
+        run.eval_opened = _open_eval_datasets(run.settings, eval_ids, eval_rows, taken)
+        extra += [(name, d) for name, d, _ in run.eval_opened]
+        run.extra_datasets = extra
+        run.timings["load_eval_datasets"] = time.monotonic() - t
 
-    if head:
-        ctx_ft: Any = {k: v for k, v in tensors.items() if k in ("weight", "bias")}
-        prompt_spec = None
+    tensors = run.tensors
+    if run.head:
+        run.ctx_ft = {k: v for k, v in tensors.items() if k in ("weight", "bias")}
+        run.prompt_spec = None
     else:
         if "ctx" not in tensors:
             raise CheckpointError(
                 "checkpoint tensors have no 'ctx'", code="missing_ctx", param="checkpoint_id"
             )
-        ctx_ft = tensors["ctx"].float()
-        prompt_spec = PromptLearnerSpec(n_ctx=int(ctx_ft.shape[-2]), csc=ctx_ft.dim() == 3, ctx_init=None)
+        run.ctx_ft = tensors["ctx"].float()
+        run.prompt_spec = PromptLearnerSpec(
+            n_ctx=int(run.ctx_ft.shape[-2]), csc=run.ctx_ft.dim() == 3, ctx_init=None
+        )
 
-    resume_state = _load_resume_state(store, job_id) if claim.resumed else None
-    resumed_from = int(resume_state.get("epoch", 0)) if resume_state else 0
+
+def _stage_train(run: JobRun) -> None:
+    """Resume from the last epoch state (a rerun after a lost worker), then train (the core also
+    evaluates at the end of training).
+
+    Retry: every epoch end stores ``jobs/<id>/state/epoch.pt`` before logging its event, so a run that
+    dies here resumes at the last stored epoch; a missing epoch event is backfilled from that state.
+    Failure: ``Cancelled`` at any step (cancel flag, or another node took the job over)."""
+    import torch
+
+    from core.errors import Cancelled
+    from core.recovery import recover
+
+    url, job_id, hp, claim = run.url, run.job_id, run.hp, run.claim
+    resume_state = _load_resume_state(run.store, job_id) if claim.resumed else None
+    run.resumed_from = int(resume_state.get("epoch", 0)) if resume_state else 0
     if resume_state:
         _backfill_epoch_events(url, job_id, resume_state, hp.epochs)
     if claim.resumed:
@@ -460,63 +548,77 @@ def _run(
             url,
             job_id,
             "resume",
-            f"Resuming from epoch {resumed_from}" if resume_state else "No saved epoch state; starting over",
-            epoch=resumed_from,
+            f"Resuming from epoch {run.resumed_from}"
+            if resume_state
+            else "No saved epoch state; starting over",
+            epoch=run.resumed_from,
         )
-    cb = JobCallbacks(url, job_id, store, hp.epochs, hostname=hostname)
+    cb = run.cb = JobCallbacks(url, job_id, run.store, hp.epochs, hostname=run.hostname)
     if cb.should_stop():
         raise Cancelled("cancelled before training started")
 
     torch.manual_seed(hp.seed)
     t = time.monotonic()
-    output = recover(
-        backbone,
-        task,
-        ctx_ft,
+    run.output = recover(
+        run.backbone,
+        run.task,
+        run.ctx_ft,
         hp,
-        method=method,
-        spec=prompt_spec,
+        method=run.method,
+        spec=run.prompt_spec,
         on_progress=cb.on_progress,
         should_stop=cb.should_stop,
         resume_state=resume_state,
         on_epoch_end=cb.on_epoch_end,
-        extra_datasets=extra_datasets,
+        extra_datasets=run.extra_datasets,
     )
-    timings["recover"] = time.monotonic() - t
+    run.timings["recover"] = time.monotonic() - t
+
+
+def _stage_evaluate(run: JobRun) -> None:
+    """Re-read the cancel flag once more, mark the job ``evaluating`` and take the core's results.
+
+    Failure: ``Cancelled`` when a cancel came in during the last steps."""
+    from core.errors import Cancelled
+
+    cb = run.cb
+    assert cb is not None
     cb._last_cancel_check = float("-inf")
     if cb.should_stop():
         raise Cancelled("cancelled after training")
-    jobdb.set_evaluating(url, job_id)
+    jobdb.set_evaluating(run.url, run.job_id)
+    run.result_json = run.output.result.model_dump(mode="json")
 
-    # ---- export -----------------------------------------------------------------------------------
+
+def _stage_export(run: JobRun) -> None:
+    """Write the recovered prompts (CoOp/Dassl and safetensors) or head into the work directory.
+
+    Failure: any error fails the job (system error); nothing is uploaded yet."""
     t = time.monotonic()
-    result = output.result
-    result_json: dict[str, Any] = result.model_dump(mode="json")
-    parent_sha = ck.get("sha256")
+    result, method, spec, hp, task = run.output.result, run.method, run.spec, run.hp, run.task
     export_meta = {
-        "job_id": job_id,
+        "job_id": run.job_id,
         "method": method.value,
         # A head may cover all classes (robust fine-tuning) or the base classes only.
         "classnames": list(result.config.get("classes", {}).get("head") or task.base_classnames),
         "backbone": {"model": spec.model, "pretrained": spec.pretrained},
-        "weights_sha256": backbone.identity,
-        "parent_sha256": parent_sha,
+        "weights_sha256": run.backbone.identity,
+        "parent_sha256": run.ck.get("sha256"),
         "hyperparameters": hp.model_dump(mode="json"),
     }
-    out_dir = work / "out"
+    out_dir = run.out_dir = run.work / "out"
     out_dir.mkdir()
-    files: dict[str, Path] = {}
-    if head:
+    if run.head:
         from core.export import export_head
 
-        rec = output.ctx
+        rec = run.output.ctx
         if isinstance(rec, dict):
             w, b = rec["weight"], rec.get("bias")
         elif isinstance(rec, tuple | list):
             w, b = rec[0], (rec[1] if len(rec) > 1 else None)
         else:
             w, b = rec, None
-        files.update(
+        run.files.update(
             export_head(
                 out_dir, w.detach().cpu(), None if b is None else b.detach().cpu(), metadata=export_meta
             )
@@ -525,10 +627,13 @@ def _run(
         from core.export import export_prompts
         from core.prompts import PromptLearner
 
-        ctx = output.ctx.detach().float().cpu()
-        learner = PromptLearner(backbone, list(task.base_classnames), ctx.to(backbone.device), prompt_spec)
+        backbone = run.backbone
+        ctx = run.output.ctx.detach().float().cpu()
+        learner = PromptLearner(
+            backbone, list(task.base_classnames), ctx.to(backbone.device), run.prompt_spec
+        )
         prefix, suffix = learner.dassl_buffers()
-        files.update(
+        run.files.update(
             export_prompts(
                 out_dir,
                 ctx,
@@ -538,19 +643,31 @@ def _run(
                 epoch=hp.epochs,
             )
         )
-    timings["export"] = time.monotonic() - t
+    run.timings["export"] = time.monotonic() - t
 
-    # ---- manifest + report --------------------------------------------------------------------------
-    timings["total"] = time.monotonic() - t0
-    manifest = {
-        "job_id": job_id,
+
+def _manifest(run: JobRun) -> dict[str, Any]:
+    import torch
+
+    job, ck, ds_row, spec, hp, task, dataset = (
+        run.job,
+        run.ck,
+        run.ds_row,
+        run.spec,
+        run.hp,
+        run.task,
+        run.dataset,
+    )
+    device = run.device
+    return {
+        "job_id": run.job_id,
         "seed": hp.seed,
         "config": {
             "job_type": job["job_type"],
-            "method": method.value,
+            "method": run.method.value,
             "backbone": spec.model_dump(mode="json"),
             "hyperparameters": hp.model_dump(mode="json"),
-            "prompt": prompt_spec.model_dump(mode="json") if prompt_spec else None,
+            "prompt": run.prompt_spec.model_dump(mode="json") if run.prompt_spec else None,
             "metadata": job.get("metadata_") or {},
         },
         "dataset": {
@@ -560,7 +677,7 @@ def _run(
             "path": ds_row.get("path"),
             "coop_name": ds_row.get("coop_name"),
             "options": ds_row.get("options"),
-            "split_sha256": task_sha,
+            "split_sha256": run.task_sha,
             "dataset_sha256": dataset.split_sha256(),
             "registered_split_sha256": ds_row.get("sha256_of_split"),
             "base_classes": list(task.base_classnames),
@@ -578,55 +695,78 @@ def _run(
                 "dataset_sha256": d.split_sha256(),
                 "registered_split_sha256": row.get("sha256_of_split"),
             }
-            for name, d, row in eval_opened
+            for name, d, row in run.eval_opened
         ],
         "checkpoint": {
             "id": ck["id"],
-            "sha256": parent_sha,
+            "sha256": ck.get("sha256"),
             "format": ck.get("format"),
             "method": ck.get("method"),
             "n_ctx": ck.get("n_ctx"),
             "csc": ck.get("csc"),
         },
-        "backbone": {"model": spec.model, "pretrained": spec.pretrained, "weights_sha256": backbone.identity},
+        "backbone": {
+            "model": spec.model,
+            "pretrained": spec.pretrained,
+            "weights_sha256": run.backbone.identity,
+        },
         "packages": package_versions(),
         "worker": {
-            "node": hostname,
+            "node": run.hostname,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "device": device,
             "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
             "torch_threads": torch.get_num_threads(),
-            "backbone_cached": cached,
+            "backbone_cached": run.cached,
         },
-        "attempts": claim.attempt,
-        "resumed_from_epoch": resumed_from,
+        "attempts": run.claim.attempt,
+        "resumed_from_epoch": run.resumed_from,
         "created_at": job["created_at"].isoformat() if job.get("created_at") else None,
         "started_at": job["started_at"].isoformat() if job.get("started_at") else None,
         "finished_at": utcnow().isoformat(),
         "timings": {
-            **{k: round(v, 4) for k, v in timings.items()},
-            "core": {k: round(float(v), 4) for k, v in (result_json.get("timings") or {}).items()},
+            **{k: round(v, 4) for k, v in run.timings.items()},
+            "core": {k: round(float(v), 4) for k, v in (run.result_json.get("timings") or {}).items()},
         },
     }
-    report = {"job_id": job_id, **result_json, "manifest": manifest}
+
+
+def _stage_report(run: JobRun) -> None:
+    """manifest.json, report.json, and (when core.report renders) report.html and curves.png.
+
+    Failure: a report that cannot be rendered only adds a warning event; the job still succeeds."""
+    run.timings["total"] = time.monotonic() - run.t0
+    manifest = _manifest(run)
+    out_dir = run.out_dir
+    assert out_dir is not None
+    report = {"job_id": run.job_id, **run.result_json, "manifest": manifest}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    files["manifest.json"] = out_dir / "manifest.json"
-    files["report.json"] = out_dir / "report.json"
+    run.files["manifest.json"] = out_dir / "manifest.json"
+    run.files["report.json"] = out_dir / "report.json"
     try:
         from core.report import render_report
     except ImportError:
         logger.warning("core.report is not available: report.html and curves.png skipped")
-    else:
-        try:
-            for p in render_report(report, out_dir):
-                files[Path(p).name] = Path(p)
-        except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job still succeeds
-            logger.warning("job %s: report rendering failed", job_id, exc_info=True)
-            jobdb.add_event(url, job_id, "warning", f"report.html could not be rendered: {exc}", "warning")
+        return
+    try:
+        for p in render_report(report, out_dir):
+            run.files[Path(p).name] = Path(p)
+    except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job still succeeds
+        logger.warning("job %s: report rendering failed", run.job_id, exc_info=True)
+        jobdb.add_event(
+            run.url, run.job_id, "warning", f"report.html could not be rendered: {exc}", "warning"
+        )
 
-    # ---- upload artifacts, then one transaction marks the job succeeded -------------------------------
+
+def _stage_finish(run: JobRun) -> str:
+    """Upload the artifacts (report and manifest last), then one transaction replaces the job's artifact
+    rows and marks it ``succeeded``; the epoch state is deleted after that.
+
+    Retry: artifacts go to fixed keys, so a rerun overwrites them. A node that lost the job (taken over
+    meanwhile) uploads nothing, or, if it lost it during the upload, does not mark it: ``skipped``."""
+    url, job_id, hostname, store, files = run.url, run.job_id, run.hostname, run.store, run.files
     if jobdb.stop_flags(url, job_id)[1] != hostname:  # taken over meanwhile: do not overwrite its files
         logger.warning("job %s: taken over by another node before upload; dropping this run", job_id)
         return "skipped: lost ownership"
@@ -644,15 +784,17 @@ def _run(
                 "key": key,
             }
         )
-    metrics = result_json.get("metrics")
-    progress = dict(cb.progress) if cb.progress else {"epoch": hp.epochs, "epochs": hp.epochs}
+    cb, hp = run.cb, run.hp
+    progress = (
+        dict(cb.progress) if cb is not None and cb.progress else {"epoch": hp.epochs, "epochs": hp.epochs}
+    )
     ok = jobdb.finish_job(
         url,
         job_id,
         hostname,
         JobStatus.succeeded,
-        message=f"Job succeeded in {time.monotonic() - t0:.1f} s",
-        metrics=metrics,
+        message=f"Job succeeded in {time.monotonic() - run.t0:.1f} s",
+        metrics=run.result_json.get("metrics"),
         progress=progress,
         artifacts=artifacts,
     )
