@@ -45,8 +45,10 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import pickle
 import pickletools
+import re
 import struct
 import sys
 import zipfile
@@ -142,7 +144,6 @@ _STORAGE_TYPES = {
     "BoolStorage": "bool",
     "ComplexFloatStorage": "complex64",
     "ComplexDoubleStorage": "complex128",
-    "UntypedStorage": "uint8",
 }
 # torch.<alias> -> dtype name (torch.float32 etc. appear as globals in _rebuild_tensor_v3 pickles)
 _DTYPE_ALIASES = {
@@ -334,39 +335,58 @@ def _check_view(
 # Rebuild functions: what the allowlisted torch._utils names resolve to.
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> LazyTensor:
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> LazyTensor:
     return _rebuild_with_dtype(storage, storage_offset, size, stride, None)
 
 
-def _rebuild_with_dtype(storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: Any) -> LazyTensor:
+def _check_requires_grad(requires_grad: Any, dtype: DType) -> None:
+    """As torch sets ``tensor.requires_grad``: a bool, and only floating/complex tensors may require it."""
+    if type(requires_grad) is not bool:
+        raise _bad("a tensor's requires_grad is not a bool")
+    if requires_grad and not (dtype.is_floating or dtype.name.startswith("complex")):
+        raise _bad(f"a {dtype.name} tensor cannot require gradients")
+
+
+def _rebuild_with_dtype(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: Any, requires_grad: Any = False
+) -> LazyTensor:
     if not isinstance(storage, StorageRef):
         raise _bad("a tensor refers to something that is not a storage")
     if dtype is None:
         dtype = storage.dtype
     if not isinstance(dtype, DType):
         raise _bad("a tensor has an invalid dtype")
+    _check_requires_grad(requires_grad, dtype)
     offset, size, stride = _check_view(storage, dtype, storage_offset, size, stride)
     return LazyTensor(storage, offset, size, stride, dtype)
 
 
 def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, *_rest: Any, **_kw: Any
-) -> LazyTensor:
-    return _rebuild_with_dtype(storage, storage_offset, size, stride, None)
+    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
+    metadata: Any = None,
+) -> LazyTensor:  # fmt: skip
+    return _rebuild_with_dtype(storage, storage_offset, size, stride, None, requires_grad)
 
 
 def _rebuild_tensor_v3(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-    backward_hooks: Any = None, dtype: Any = None, *_rest: Any, **_kw: Any,
+    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
+    dtype: Any, metadata: Any = None,
 ) -> LazyTensor:  # fmt: skip
     """torch applies ``dtype`` to the storage's bytes, whatever the storage's own type."""
     if not isinstance(dtype, DType):
         raise _bad("a tensor (rebuild v3) has no valid dtype")
-    return _rebuild_with_dtype(storage, storage_offset, size, stride, dtype)
+    return _rebuild_with_dtype(storage, storage_offset, size, stride, dtype, requires_grad)
 
 
-def _rebuild_parameter(data: Any, *_rest: Any, **_kw: Any) -> Any:
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> Any:
+    if not isinstance(data, LazyTensor):
+        raise _bad("a parameter wraps something that is not a tensor")
+    _check_requires_grad(requires_grad, data.dtype)
     return data
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
+    return _rebuild_parameter(data, requires_grad, backward_hooks)
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *_: Any) -> Any:
@@ -429,7 +449,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
         ("collections", "defaultdict"): _inert_defaultdict,
         ("_codecs", "encode"): _safe_encode,
@@ -440,6 +460,31 @@ for _name, _dt in _STORAGE_TYPES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
 for _name, _dt in _DTYPE_ALIASES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
+_ALLOWED[("torch.storage", "UntypedStorage")] = _DTYPES["uint8"]  # torch's untyped storage: raw bytes
+
+# What torch's own weights_only reader allows. A file that needs more than this (an unknown class,
+# a builtin torch does not allow, an opcode torch does not read) is one torch refuses; we record such
+# "extensions" so that callers and tests can tell a file both readers read from one only we read.
+_TORCH_GLOBALS = frozenset(
+    {("collections", "OrderedDict"), ("_codecs", "encode"), ("builtins", "bytearray"), ("builtins", "set"),
+     ("builtins", "complex"), ("torch.storage", "UntypedStorage")}
+    | {(m, n) for (m, n) in _ALLOWED if m.startswith("torch._")}
+    | {("torch", n) for n in _STORAGE_TYPES}
+    | {("torch", n) for n, d in _DTYPE_ALIASES.items() if n == d}
+)  # fmt: skip
+_TORCH_OPCODES = frozenset(
+    {"GLOBAL", "NEWOBJ", "REDUCE", "BUILD", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "MARK", "TUPLE",
+     "TUPLE1", "TUPLE2", "TUPLE3", "NONE", "NEWFALSE", "NEWTRUE", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT",
+     "EMPTY_SET", "BININT", "BININT1", "BININT2", "BINFLOAT", "BINUNICODE", "SHORT_BINSTRING", "BINPERSID",
+     "BINGET", "LONG_BINGET", "BINPUT", "LONG_BINPUT", "LONG1", "PROTO", "STOP"}
+)  # fmt: skip
+# Also read (protocols 3-4 and plain stack operations); everything else (protocol-0 text opcodes,
+# INST/OBJ, extension registry, out-of-band buffers, LONG4) is refused.
+_EXTRA_OPCODES = frozenset(
+    {"POP", "POP_MARK", "DUP", "LIST", "DICT", "ADDITEMS", "FROZENSET", "MEMOIZE", "FRAME",
+     "SHORT_BINUNICODE", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "STACK_GLOBAL",
+     "NEWOBJ_EX", "BINSTRING"}
+)  # fmt: skip
 
 # Modules (and their submodules) whose globals can run code, touch files, processes or the network,
 # import or unpickle further code. Naming any of them is enough to reject the file.
@@ -483,7 +528,14 @@ _UNSAFE_NAMES = frozenset(
 
 
 # names inside denied modules that are allowlisted (safe versions) or harmless
-_SAFE_EXCEPTIONS = frozenset({("types", "SimpleNamespace"), ("_codecs", "encode"), ("codecs", "encode")})
+_SAFE_EXCEPTIONS = frozenset(
+    {
+        ("types", "SimpleNamespace"),
+        ("_codecs", "encode"),
+        ("codecs", "encode"),
+        ("torch.storage", "UntypedStorage"),
+    }
+)
 _UNSAFE_SUBSTRINGS = ("load", "exec", "eval", "system", "popen", "spawn", "import", "compile", "subprocess")
 
 
@@ -548,16 +600,22 @@ class UnsafePickle(Exception):
 _MEMO_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
 
 
-def prescan(data: bytes, limits: ParseLimits) -> None:
-    """Walk the opcodes without building anything: refuse memo indices, opcode counts and MARK
-    nesting beyond the limits (the C unpickler would allocate a memo array as large as the index)."""
+def prescan(data: bytes, limits: ParseLimits) -> set[str]:
+    """Walk the opcodes without building anything: refuse opcodes outside the allowlist, memo
+    indices, opcode counts and MARK nesting beyond the limits (the C unpickler would allocate a memo
+    array as large as the index). Returns the opcodes used that torch's reader does not read."""
     ops = memo_entries = depth = 0
+    extra: set[str] = set()
     try:
         for op, arg, _pos in pickletools.genops(data):
             ops += 1
             if ops > limits.max_opcodes:
                 raise _too_large(f"the pickle has more than {limits.max_opcodes} opcodes")
             name = op.name
+            if name not in _TORCH_OPCODES:
+                if name not in _EXTRA_OPCODES:
+                    raise _bad(f"the pickle uses opcode {name}, which checkpoints never use")
+                extra.add(name)
             if name in _MEMO_OPS:
                 if not isinstance(arg, int) or not 0 <= arg <= limits.max_memo:
                     raise _too_large(f"the pickle uses memo index {arg}, over the limit of {limits.max_memo}")
@@ -581,6 +639,7 @@ def prescan(data: bytes, limits: ParseLimits) -> None:
         raise CheckpointError(f"the file's pickle is malformed: {msg}", code=code, param="file") from None
     except (OverflowError, MemoryError, UnicodeDecodeError) as e:
         raise _bad(f"the file's pickle is malformed ({type(e).__name__})") from None
+    return extra
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -611,6 +670,7 @@ class SafeUnpickler(pickle._Unpickler):
         self.source = source
         self.limits = limits or (source.limits if source is not None else ParseLimits())
         self.unknown_globals: list[str] = []
+        self.extensions: set[str] = set()  # what torch's weights_only reader would refuse
         self._placeholders: dict[str, type] = {}
         self._collidable = 0
         self._allocated = 0
@@ -627,6 +687,8 @@ class SafeUnpickler(pickle._Unpickler):
             raise UnsafePickle(repr(qual)[:200])
         if is_unsafe_global(module, name):
             raise UnsafePickle(qual[:200])
+        if (module, name) not in _TORCH_GLOBALS:
+            self.extensions.add(qual[:200])
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
@@ -961,6 +1023,8 @@ class TorchZipFile:
             infos = self._zip.infolist()
         except (zipfile.BadZipFile, EOFError, OSError, ValueError, struct.error, OverflowError) as e:
             raise CheckpointError(f"not a readable torch archive: {e}", code="truncated", param="file") from e
+        except (NotImplementedError, UnicodeError, MemoryError) as e:
+            raise _bad(f"not a readable torch archive: {e}") from e
         try:
             self._index(infos)
         except BaseException:
@@ -988,13 +1052,89 @@ class TorchZipFile:
         if len(pkls) != 1:
             raise _bad("zip file without a single <archive>/data.pkl: not a torch checkpoint")
         self.prefix = pkls[0][: -len("data.pkl")]
+        for info in infos:  # torch requires every member in the folder of the first one, UTF-8 names
+            if not info.filename.startswith(self.prefix):
+                raise _bad(f"archive member {info.filename!r} is outside the folder of data.pkl")
+            if not info.flag_bits & 0x800:
+                try:
+                    info.orig_filename.encode("cp437").decode("utf-8")
+                except UnicodeError:
+                    raise _bad("an archive member's name is not UTF-8") from None
+        if self._infos[pkls[0]].file_size > self.limits.max_pickle_bytes:
+            raise _too_large(f"archive member {pkls[0]!r} is too large")
+        size = self._size = os.path.getsize(self.path)
+        self._check_directory(len(infos), size)
+        for info in infos:  # torch's zip reader checks every central-directory entry
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _bad(
+                    f"archive member {info.filename!r} is compressed; torch never writes compressed members"
+                )
+            if (
+                info.compress_size != info.file_size
+                or info.header_offset + 30 + info.compress_size > size
+                or info.flag_bits & 1  # encrypted
+                or info.volume not in (0, 1)
+            ):
+                raise CheckpointError(
+                    f"archive member {info.filename!r} has an inconsistent directory entry",
+                    code="truncated",
+                    param="file",
+                )
+
+    def _check_local_header(self, info: zipfile.ZipInfo) -> None:
+        """A member's local header as torch's zip reader checks it before reading the member."""
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            head = f.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise CheckpointError(
+                f"archive member {info.filename!r} has a bad local header", code="truncated", param="file"
+            )
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        if info.header_offset + 30 + name_len + extra_len + info.compress_size > self._size:
+            raise CheckpointError(
+                f"archive member {info.filename!r} is truncated", code="truncated", param="file"
+            )
+
+    def _check_directory(self, n_members: int, size: int) -> None:
+        """The end-of-central-directory record as torch's zip reader (miniz) checks it: one disk,
+        entry counts equal to the entries present, the directory inside the file."""
+        try:
+            with open(self.path, "rb") as f:
+                end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
+                locator = b""
+                if end is not None and end[9] >= 20:
+                    f.seek(end[9] - 20)
+                    locator = f.read(20)
+                if locator[:4] == b"PK\x06\x07":  # zip64: torch follows the locator's offset
+                    _, _, z64_offset, disks = struct.unpack("<4sLQL", locator)
+                    f.seek(min(z64_offset, size))
+                    if z64_offset != end[9] - 20 - 56 or f.read(4) != b"PK\x06\x06" or disks != 1:
+                        raise CheckpointError(
+                            "the archive's zip64 locator is inconsistent", code="truncated", param="file"
+                        )
+        except (OSError, zipfile.BadZipFile, struct.error, ValueError) as e:
+            raise CheckpointError(f"not a readable torch archive: {e}", code="truncated", param="file") from e
+        if (
+            end is None
+            or end[1] > 1
+            or end[2] > 1
+            or not end[3] == end[4] == n_members
+            or end[5] < 46 * n_members
+            or end[6] + end[5] > size
+        ):
+            raise CheckpointError(
+                "the archive's end-of-directory record does not match its entries",
+                code="truncated",
+                param="file",
+            )
         self.byteorder = "little"
         bo = self._infos.get(self.prefix + "byteorder")
         if bo is not None:
-            value = self._read_member(bo, 16).decode("ascii", "replace").strip()
-            if value not in ("little", "big"):
+            value = self._read_member(bo, 16)
+            if value not in (b"little", b"big"):  # exactly, as torch compares it
                 raise _bad(f"unknown byteorder {value!r}")
-            self.byteorder = value
+            self.byteorder = value.decode()
 
     def close(self) -> None:
         self._zip.close()
@@ -1015,6 +1155,7 @@ class TorchZipFile:
                 f"archive member {info.filename!r} is compressed; torch never writes compressed members"
             )
         want = info.file_size if length is None else length
+        self._check_local_header(info)
         try:
             with self._zip.open(info) as f:
                 data = f.read(want + 1) if length is None else f.read(want)
@@ -1033,6 +1174,24 @@ class TorchZipFile:
     def pickle_bytes(self) -> bytes:
         return self._read_member(self._infos[self.prefix + "data.pkl"], self.limits.max_pickle_bytes)
 
+    def check_version(self) -> None:
+        """The format version record, read as torch reads it (a decimal number from 1 to 10)."""
+        info = self._infos.get(self.prefix + ".data/version") or self._infos.get(self.prefix + "version")
+        if info is None:
+            raise _bad("the archive has no version record; not a torch checkpoint")
+        match = re.match(rb"\s*(\d{1,6})", self._read_member(info, 64))
+        if match is None or not 1 <= int(match.group(1)) <= 10:
+            raise _bad("the archive's format version is not one torch reads")
+        for record in (".format_version", ".data/serialization_id"):  # read by torch, unused here
+            if (self.prefix + record) in self._infos:
+                self._read_member(self._infos[self.prefix + record], 1 << 10)
+        align = self._infos.get(self.prefix + ".storage_alignment")
+        if align is not None:
+            try:
+                int(self._read_member(align, 64))
+            except ValueError:
+                raise _bad("the archive's storage alignment record is not a number") from None
+
     def storage_ref(self, key: str, dtype: DType, numel: int) -> StorageRef:
         """The storage ``key``; the first reference decides its dtype and size (as torch's cache)."""
         cached = self._cache.get(key)
@@ -1050,14 +1209,13 @@ class TorchZipFile:
             raise CheckpointError(
                 f"storage {key!r} is missing from the archive", code="truncated", param="file"
             )
-        if info.file_size < nbytes:
+        if info.file_size != nbytes:  # torch requires the record to match exactly
             raise CheckpointError(
                 f"storage {key!r} declares {nbytes} bytes but the archive holds {info.file_size}",
-                code="truncated",
+                code="truncated" if info.file_size < nbytes else "not_a_checkpoint",
                 param="file",
             )
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise _bad(f"storage {key!r} is compressed; torch never writes compressed members")
+        self._check_local_header(info)  # torch reads every storage; we read only what is used
         ref = StorageRef(self, key, dtype, numel)
         if nbytes:  # torch does not cache an empty storage
             self._cache[key] = ref
@@ -1093,6 +1251,8 @@ class LoadedPickle:
     obj: Any
     unknown_globals: list[str]
     archive: TorchZipFile | None
+    #: globals/opcodes torch's weights_only reader refuses (empty: torch reads the file as we do)
+    torch_extensions: list[str] = field(default_factory=list)
 
 
 def sniff(path: str) -> str:
@@ -1116,8 +1276,16 @@ def unpickle(
     data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None
 ) -> tuple[Any, list[str]]:
     """Pre-scan, then run :class:`SafeUnpickler` on ``data``; map every failure to a CheckpointError."""
+    obj, unknown, _ = unpickle_ex(data, source, limits)
+    return obj, unknown
+
+
+def unpickle_ex(
+    data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None
+) -> tuple[Any, list[str], list[str]]:
+    """:func:`unpickle`, also returning what torch's weights_only reader would refuse."""
     limits = limits or (source.limits if source is not None else ParseLimits())
-    prescan(data, limits)
+    extra_ops = prescan(data, limits)
     up = SafeUnpickler(data, source, limits)
     try:
         obj = up.load()
@@ -1139,7 +1307,7 @@ def unpickle(
         raise _too_large("the pickle asks for more memory than the limits allow") from None
     except Exception as e:  # noqa: BLE001 - any other failure inside a hostile pickle is a bad file
         raise _bad(f"the file's pickle is malformed ({type(e).__name__}: {str(e)[:200]})") from None
-    return obj, up.unknown_globals
+    return obj, up.unknown_globals, sorted(up.extensions) + sorted(f"opcode {n}" for n in extra_ops)
 
 
 def load_torch_file(
@@ -1172,8 +1340,10 @@ def load_torch_file(
         raise _bad("not a torch checkpoint (unknown file format)")
     archive = TorchZipFile(path, limits=limits)
     try:
-        obj, unknown = unpickle(archive.pickle_bytes(), archive, limits)
+        data = archive.pickle_bytes()
+        archive.check_version()
+        obj, unknown, extensions = unpickle_ex(data, archive, limits)
     except BaseException:
         archive.close()
         raise
-    return LoadedPickle(obj, unknown, archive)
+    return LoadedPickle(obj, unknown, archive, extensions)

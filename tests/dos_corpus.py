@@ -93,6 +93,7 @@ def torch_zip(
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", data_pkl)
         z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
         for k, v in (storages if storages is not None else {"0": CTX}).items():
             z.writestr(f"archive/data/{k}", v)
         for name, v in extra or []:
@@ -154,6 +155,7 @@ def deflate_member(path: Path, size: int = 256 << 20) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", body)
         z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
         info = zipfile.ZipInfo("archive/data/0")
         info.compress_type = zipfile.ZIP_DEFLATED
         with z.open(info, "w", force_zip64=True) as f:
@@ -210,6 +212,7 @@ def duplicate_storage_member(path: Path) -> Path:
             z.writestr("archive/data.pkl", state())
             z.writestr("archive/data/0", CTX)
             z.writestr("archive/data/0", bytes(len(CTX)))
+            z.writestr("archive/version", "3\n")
     return path
 
 
@@ -220,6 +223,7 @@ def duplicate_data_pkl(path: Path) -> Path:
             z.writestr("archive/data.pkl", state())
             z.writestr("archive/data.pkl", pkl(b"}"))
             z.writestr("archive/data/0", CTX)
+            z.writestr("archive/version", "3\n")
     return path
 
 
