@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     S3_SECRET_ACCESS_KEY: str | None = None
     MAX_UPLOAD_BYTES: int = Field(default=512 * 1024 * 1024, ge=1)
     UPLOAD_CHUNK_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    #: Checkpoint parsing runs in a child process with these hard limits (API uploads and the worker's
+    #: check of stored tensors); at most PARSE_WORKERS at once, PARSE_QUEUE more waiting, then 503.
+    PARSE_MEMORY_BYTES: int = Field(default=1 << 30, ge=256 << 20, description="RLIMIT_AS of a parse")
+    PARSE_CPU_SECONDS: int = Field(default=10, ge=1, description="RLIMIT_CPU of a parse")
+    PARSE_WALL_SECONDS: float = Field(default=15.0, gt=0, description="a parse is killed after this")
+    PARSE_MAX_TENSOR_BYTES: int = Field(default=256 << 20, ge=1, description="per storage / tensor view")
+    PARSE_MAX_TOTAL_BYTES: int = Field(default=512 << 20, ge=1, description="materialised per file")
+    PARSE_WORKERS: int = Field(default=2, ge=1, description="parses running at once (API process)")
+    PARSE_QUEUE: int = Field(default=4, ge=0, description="uploads waiting for a parse slot before 503")
+    PARSE_RETRY_AFTER: int = Field(default=5, ge=1, description="Retry-After (s) of a 503 when full")
     VISIBILITY_TIMEOUT: int = Field(default=86400, ge=60, description="Broker visibility timeout (s)")
     WORKER_CONCURRENCY: int = Field(default=1, ge=1)
     DEVICE: str = "auto"

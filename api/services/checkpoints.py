@@ -13,7 +13,8 @@ import numpy as np
 from safetensors.numpy import save_file
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound, Unprocessable
+from api.errors import NotFound, ServiceUnavailable, Unprocessable
+from api.parse_pool import parse_pool
 from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from api.uploads import ReceivedUpload, safe_filename
 from common import repositories as repo
@@ -22,11 +23,13 @@ from common.settings import Settings
 from common.storage import ArtifactStore
 from core.config import ClassTokenPosition, Method
 from core.errors import CheckpointError
-from core.ingest import IngestedCheckpoint, ingest_checkpoint
+from core.ingest import IngestedCheckpoint
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "POST /v1/checkpoints"
+#: Parser refusals for exceeding a limit: answered 422 without storing the file.
+LIMIT_CODES = frozenset({"too_large", "too_slow"})
 
 
 def parse_method(value: str | None) -> Method | None:
@@ -94,9 +97,13 @@ def create_checkpoint(
         class_token_position=position.value if position is not None else None,
     )
     ingested: IngestedCheckpoint | None = None
-    try:
-        ingested = ingest_checkpoint(upload.path, filename=filename, method=method)
+    try:  # in a limited child process (memory, CPU, wall time); 503 when the parse pool is full
+        ingested = parse_pool(settings).parse(settings, upload.path, filename=filename, method=method)
+    except ServiceUnavailable:
+        raise
     except CheckpointError as exc:
+        if exc.code in LIMIT_CODES:  # a file that hits a limit leaves nothing stored
+            raise Unprocessable(exc.message, code=exc.code, param="file") from None
         _reject(ckpt, exc.code, exc.message, exc.param or "file")
     except Exception as exc:  # the loader must never turn bad input into a 500
         log.warning("checkpoint %s: unexpected ingestion failure", ckpt_id, exc_info=True)

@@ -1,0 +1,245 @@
+"""Checkpoint parsing in a child process with hard limits (address space, CPU time, wall time).
+
+:func:`ingest_sandboxed` runs :func:`core.ingest.ingest_checkpoint` (numpy only, no torch) in a fresh
+``python -m core.sandbox`` process. Before it reads a byte of the file the child limits itself with
+``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (CPU seconds; SIGXCPU, then SIGKILL one second later),
+``RLIMIT_FSIZE`` (what it may write), ``RLIMIT_CORE`` 0 and ``RLIMIT_NPROC``-free simple exec; the
+parent kills it past the wall-time limit. Results come back as JSON plus ``.npy`` arrays read with
+``allow_pickle=False``: nothing the child writes is unpickled by the parent.
+
+Outcomes: the parsed :class:`IngestedCheckpoint`, or a :class:`CheckpointError` with the parser's
+own code, ``too_large`` (memory limit hit) or ``too_slow`` (CPU or wall-time limit hit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import config as core_config
+from core.config import Method
+from core.errors import CheckpointError
+from core.safe_pickle import ParseLimits
+
+_ROOT = str(Path(__file__).resolve().parent.parent)  # the folder holding the ``core`` package
+_ARRAYS = ("ctx", "head_weight", "head_bias")
+_EXIT_MEMORY = 3
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    memory_bytes: int = 1 << 30  # RLIMIT_AS of the child (virtual address space)
+    cpu_seconds: int = 10  # RLIMIT_CPU of the child
+    wall_seconds: float = 15.0  # the parent kills the child after this long
+    parse: ParseLimits = field(default_factory=ParseLimits)
+
+
+@dataclass
+class SandboxRun:
+    """What one sandboxed parse cost (for logs and tests)."""
+
+    wall_seconds: float = 0.0
+    returncode: int | None = None
+    peak_rss_bytes: int = 0
+
+
+def _err(message: str, code: str) -> CheckpointError:
+    return CheckpointError(message, code=code, param="file")
+
+
+def ingest_sandboxed(
+    path: str | os.PathLike,
+    *,
+    filename: str | None = None,
+    method: Method | None = None,
+    expected_dim: int | None = None,
+    n_cls: int | None = None,
+    limits: SandboxLimits | None = None,
+    tmp_dir: str | os.PathLike | None = None,
+    run: SandboxRun | None = None,
+) -> Any:
+    """Parse ``path`` in a limited child process; returns an :class:`core.ingest.IngestedCheckpoint`."""
+    from core.ingest import IngestedCheckpoint
+
+    limits = limits or SandboxLimits()
+    run = run if run is not None else SandboxRun()
+    work = Path(tempfile.mkdtemp(prefix="parse-", dir=os.fspath(tmp_dir) if tmp_dir else None))
+    try:
+        request = {
+            "path": os.path.abspath(os.fspath(path)),
+            "filename": filename,
+            "method": method.value if method is not None else None,
+            "expected_dim": expected_dim,
+            "n_cls": n_cls,
+            "out": str(work),
+            "memory_bytes": limits.memory_bytes,
+            "cpu_seconds": limits.cpu_seconds,
+            "parse": asdict(limits.parse),
+        }
+        (work / "request.json").write_text(json.dumps(request))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": _ROOT,
+            "PYTHONHASHSEED": "random",  # str keys must keep unpredictable hashes
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "LC_ALL": "C.UTF-8",
+        }
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.sandbox", str(work / "request.json")],
+            cwd=str(work),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+        try:
+            returncode = proc.wait(timeout=limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            run.wall_seconds, run.returncode = time.monotonic() - t0, proc.returncode
+            raise _err(
+                f"parsing the file took longer than the limit of {limits.wall_seconds:g} s", "too_slow"
+            ) from None
+        run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
+        result_path = work / "result.json"
+        if returncode != 0 or not result_path.exists():
+            if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+                raise _err(f"parsing the file used more than {limits.cpu_seconds} s of CPU", "too_slow")
+            raise _err(
+                f"parsing the file needed more than {limits.memory_bytes >> 20} MiB of memory", "too_large"
+            )
+        result = json.loads(result_path.read_text())
+        run.peak_rss_bytes = int(result.get("peak_rss_bytes", 0))
+        if "error" in result:
+            raise _err(str(result["error"]["message"]), str(result["error"]["code"]))
+        arrays: dict[str, Any] = {}
+        for name in _ARRAYS:
+            p = work / f"{name}.npy"
+            arrays[name] = np.load(p, allow_pickle=False) if p.exists() else None
+        for name, arr in arrays.items():
+            if arr is not None and arr.dtype != np.float32:
+                raise _err(f"the parser returned {name} as {arr.dtype}", "not_a_checkpoint")
+        names = {f.name for f in fields(IngestedCheckpoint)}
+        kwargs: dict[str, Any] = {k: _from_json(v) for k, v in result["ok"].items() if k in names}
+        kwargs.update({k: v for k, v in arrays.items() if k in names})
+        return IngestedCheckpoint(**kwargs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the child
+
+
+def _limit_self(memory_bytes: int, cpu_seconds: int, fsize_bytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_bytes, fsize_bytes))
+
+
+def _child(request_path: str) -> int:
+    request = json.loads(Path(request_path).read_text())
+    out = Path(request["out"])
+    parse = ParseLimits(**request["parse"])
+    _limit_self(request["memory_bytes"], request["cpu_seconds"], parse.max_total_bytes + (16 << 20))
+    # the reply is opened before the work so that a MemoryError can still be reported
+    reply = open(out / "result.part", "w")  # noqa: SIM115
+    try:
+        payload = _parse(request, parse, out)
+    except MemoryError:
+        payload = {
+            "error": {"code": "too_large", "message": "parsing the file needs more memory than allowed"}
+        }
+    except CheckpointError as e:
+        payload = {"error": {"code": e.code, "message": e.message}}
+    except Exception as e:  # noqa: BLE001 - any other failure on a hostile file is a refusal
+        payload = {
+            "error": {
+                "code": "not_a_checkpoint",
+                "message": f"could not read the checkpoint: {type(e).__name__}",
+            }
+        }
+    payload["peak_rss_bytes"] = _peak_rss()
+    try:
+        reply.write(json.dumps(payload))
+        reply.close()
+    except MemoryError:
+        return _EXIT_MEMORY
+    os.replace(out / "result.part", out / "result.json")
+    return 0
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM; ru_maxrss would include the parent's before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _parse(request: dict[str, Any], parse: ParseLimits, out: Path) -> dict[str, Any]:
+    from core.ingest import ingest_checkpoint
+
+    method = Method(request["method"]) if request["method"] else None
+    ck = ingest_checkpoint(
+        request["path"],
+        filename=request["filename"],
+        method=method,
+        expected_dim=request["expected_dim"],
+        n_cls=request["n_cls"],
+        limits=parse,
+    )
+    for name in _ARRAYS:
+        arr = getattr(ck, name)
+        if arr is not None:
+            np.save(out / f"{name}.npy", np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    ck.keys = ck.keys[:1000]
+    info = {f.name: _to_json(getattr(ck, f.name)) for f in fields(ck) if f.name not in _ARRAYS}
+    return {"ok": json.loads(json.dumps(info, default=str))}
+
+
+def _to_json(value: Any) -> Any:
+    """Plain JSON; enums of core.config travel as {"__enum__": name, "value": value}."""
+    if isinstance(value, Enum):
+        return {"__enum__": type(value).__name__, "value": value.value}
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__enum__", "value"}:
+        enum = getattr(core_config, str(value["__enum__"]), None)
+        if not (isinstance(enum, type) and issubclass(enum, Enum)):
+            raise _err("the parser returned an unknown value", "not_a_checkpoint")
+        return enum(value["value"])
+    return value
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(_child(sys.argv[1]))
+    except MemoryError:
+        sys.exit(_EXIT_MEMORY)
