@@ -35,7 +35,7 @@ from common.models import JobStatus, utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, LocalStore, get_store
 from worker import jobdb
-from worker.backbones import get_backbone, resolve_device
+from worker.backbones import get_backbone, resolve_device, weights_sources
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ MEDIA_TYPES = {
 ARTIFACT_ORDER = [
     "prompts.safetensors",
     "prompts.pth.tar",
+    "prompts-coop.tar",
     "head.safetensors",
     "curves.png",
     "report.html",
@@ -222,28 +223,11 @@ def _load_resume_state(store: ArtifactStore, job_id: str) -> dict[str, Any] | No
 
 
 def _load_tensors(store: ArtifactStore, key: str) -> dict[str, Any]:
-    """The checkpoint's stored tensors, read by the same bounded, sandboxed parser as uploads (a child
-    process with the PARSE_* limits) before the worker trusts them."""
-    import torch
+    from safetensors.torch import load_file
 
-    from common.settings import get_settings
-    from core.safe_pickle import ParseLimits
-    from core.sandbox import SandboxLimits, ingest_sandboxed
-
-    settings = get_settings()
-    limits = SandboxLimits(
-        memory_bytes=settings.PARSE_MEMORY_BYTES,
-        cpu_seconds=settings.PARSE_CPU_SECONDS,
-        wall_seconds=settings.PARSE_WALL_SECONDS,
-        parse=ParseLimits(
-            max_tensor_bytes=settings.PARSE_MAX_TENSOR_BYTES, max_total_bytes=settings.PARSE_MAX_TOTAL_BYTES
-        ),
-    )
     path = store.local_path(key)
     try:
-        ck = ingest_sandboxed(path, filename="tensors.safetensors", limits=limits)
-        arrays = {"ctx": ck.ctx, "weight": ck.head_weight, "bias": ck.head_bias}
-        return {name: torch.from_numpy(arr) for name, arr in arrays.items() if arr is not None}
+        return load_file(str(path))
     finally:
         if not isinstance(store, LocalStore):  # a temporary download; LocalStore gives the stored file
             path.unlink(missing_ok=True)
@@ -396,6 +380,8 @@ class JobRun:
     head: bool = False
     hp: Any = None
     spec: Any = None
+    protocol: str = "base2novel"  # core.config.Protocol value
+    position: str = "end"  # class-token position of a prompt job
     # backbone
     tensors: dict[str, Any] = field(default_factory=dict)
     backbone: Any = None
@@ -456,6 +442,8 @@ def _stage_load_inputs(run: JobRun) -> None:
     hp_cls = HeadHyperparameters if run.head else Hyperparameters
     run.hp = hp_cls(**(run.job["hyperparameters"] or {}))
     run.spec = BackboneSpec(**run.job["backbone"])
+    run.protocol = str(run.job.get("protocol") or "base2novel")
+    run.position = str((run.job.get("prompt") or {}).get("class_token_position") or "end")
 
 
 def _stage_backbone(run: JobRun) -> None:
@@ -471,11 +459,13 @@ def _stage_backbone(run: JobRun) -> None:
             "checkpoint has no extracted tensors", code="missing_ctx", param="checkpoint_id"
         )
     run.tensors = _load_tensors(run.store, run.ck["tensors_key"])
-    settings = run.settings
+    cache_dir, model_root, forbidden = weights_sources(run.settings)
     run.backbone, run.cached = get_backbone(
-        run.spec, run.device, str(settings.MODEL_CACHE_DIR) if settings.MODEL_CACHE_DIR else None
+        run.spec, run.device, cache_dir, model_root=model_root, forbidden=forbidden
     )
     run.timings["load_backbone"] = time.monotonic() - t
+    for message in getattr(run.backbone, "warnings", []):  # e.g. OpenAI weights under a GELU name
+        jobdb.add_event(run.url, run.job_id, "warning", message, "warning", code="backbone_activation")
 
 
 def _stage_features(run: JobRun) -> None:
@@ -484,9 +474,10 @@ def _stage_features(run: JobRun) -> None:
 
     Failure: an unreadable dataset, a missing extra dataset or a checkpoint without ``ctx`` fails the job
     as a user error naming the parameter; a changed split only adds a warning event."""
-    from core.config import DatasetKind, PromptLearnerSpec
-    from core.datasets import base_to_novel, open_dataset
+    from core.config import ClassTokenPosition, DatasetKind, PromptLearnerSpec
+    from core.datasets import open_dataset
     from core.errors import CheckpointError
+    from core.protocols import make_task
 
     url, ds_row, job = run.url, run.ds_row, run.job
     t = time.monotonic()
@@ -497,7 +488,8 @@ def _stage_features(run: JobRun) -> None:
         coop_name=ds_row.get("coop_name"),
         options=ds_row.get("options"),
     )
-    task = base_to_novel(dataset, run.hp.shots, run.hp.seed)
+    # prompt jobs follow the job's protocol; heads pick their rows from the checkpoint (core.recovery)
+    task = make_task(dataset, "base2novel" if run.head else run.protocol, run.hp.shots, run.hp.seed)
     run.dataset, run.task = dataset, task
     run.timings["load_dataset"] = time.monotonic() - t
     task_sha = run.task_sha = _split_sha(task)
@@ -539,7 +531,10 @@ def _stage_features(run: JobRun) -> None:
             )
         run.ctx_ft = tensors["ctx"].float()
         run.prompt_spec = PromptLearnerSpec(
-            n_ctx=int(run.ctx_ft.shape[-2]), csc=run.ctx_ft.dim() == 3, ctx_init=None
+            n_ctx=int(run.ctx_ft.shape[-2]),
+            csc=run.ctx_ft.dim() == 3,
+            class_token_position=ClassTokenPosition(run.position),
+            ctx_init=None,
         )
 
 
@@ -623,6 +618,14 @@ def _stage_export(run: JobRun) -> None:
         "parent_sha256": run.ck.get("sha256"),
         "hyperparameters": hp.model_dump(mode="json"),
     }
+    if not run.head:
+        export_meta.update(
+            class_token_position=run.position,
+            protocol=run.protocol,
+            # one CSC row per class, in this order (a generic context was trained on these classes)
+            context_classes=list(task.base_classnames),
+            activation=getattr(run.backbone, "activation", None),
+        )
     out_dir = run.out_dir = run.work / "out"
     out_dir.mkdir()
     if run.head:
@@ -685,6 +688,7 @@ def _manifest(run: JobRun) -> dict[str, Any]:
             "backbone": spec.model_dump(mode="json"),
             "hyperparameters": hp.model_dump(mode="json"),
             "prompt": run.prompt_spec.model_dump(mode="json") if run.prompt_spec else None,
+            "protocol": None if run.head else run.protocol,
             "metadata": job.get("metadata_") or {},
         },
         "dataset": {
@@ -726,6 +730,9 @@ def _manifest(run: JobRun) -> dict[str, Any]:
             "model": spec.model,
             "pretrained": spec.pretrained,
             "weights_sha256": run.backbone.identity,
+            "weights_format": getattr(run.backbone, "weights_format", None),
+            "activation": getattr(run.backbone, "activation", None),
+            "warnings": list(getattr(run.backbone, "warnings", [])),
         },
         "packages": package_versions(),
         "worker": {
@@ -758,6 +765,10 @@ def _stage_report(run: JobRun) -> None:
     out_dir = run.out_dir
     assert out_dir is not None
     report = {"job_id": run.job_id, **run.result_json, "manifest": manifest}
+    if not run.head:
+        from core.protocols import SPLIT_LABELS
+
+        report["protocol"] = {"name": run.protocol, "labels": SPLIT_LABELS[run.protocol]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     run.files["manifest.json"] = out_dir / "manifest.json"

@@ -18,6 +18,7 @@ HP = {"epochs": 2, "batch_size": 4, "shots": 4}
 EXPECTED = {
     "prompts.safetensors",
     "prompts.pth.tar",
+    "prompts-coop.tar",
     "report.json",
     "manifest.json",
     "report.html",

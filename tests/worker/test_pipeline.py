@@ -20,6 +20,7 @@ HOST = "w-test@local"
 EXPECTED = {
     "prompts.safetensors",
     "prompts.pth.tar",
+    "prompts-coop.tar",
     "report.json",
     "manifest.json",
     "report.html",
