@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import dashboard
 from api.errors import install_error_handlers
+from api.hygiene import InputHygieneMiddleware
 from api.metrics import LatencyMiddleware, Metrics
 from api.routes import checkpoints, datasets, jobs, ops
 from common.db import DatabaseNotMigrated, check_migrated, get_engine
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(settings.DATABASE_URL)
     install_error_handlers(app)
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(InputHygieneMiddleware)  # outermost: control characters never reach a route
 
     app.include_router(ops.router)
     app.include_router(checkpoints.router)

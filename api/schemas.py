@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
+
+MAX_METADATA_KEYS = 32
+MAX_METADATA_BYTES = 16 * 1024
 
 T = TypeVar("T")
 
@@ -125,13 +129,28 @@ class JobCreate(BaseModel):
         description="core.config.Hyperparameters (prompt checkpoints) or HeadHyperparameters (linear_head); "
         "unset fields take the reference defaults and are echoed back resolved",
     )
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Free-form string labels: at most {MAX_METADATA_KEYS} keys and "
+        f"{MAX_METADATA_BYTES} bytes as compact JSON",
+    )
     eval_dataset_ids: list[str] = Field(
         default_factory=list,
         max_length=MAX_EVAL_DATASETS,
         description="Other datasets of the project to evaluate the result on too (cross-dataset and "
         "distribution-shift evaluation, listed in the report as extra evaluations)",
     )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        # Echoed by every job read and list: bounded so that no job can bloat them.
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys (got {len(value)})")
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"at most {MAX_METADATA_BYTES} bytes as JSON (got {size})")
+        return value
 
 
 class Progress(BaseModel):

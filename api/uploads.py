@@ -17,6 +17,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from api.hygiene import describe, has_control
 
 #: Slack for multipart framing and small form fields when judging Content-Length up front.
 FRAMING_SLACK = 64 * 1024
@@ -84,7 +85,7 @@ async def receive_multipart(
         sink.close()
         result.cleanup()
         raise Unprocessable(f"form field {exc.name!r} is too long", param=exc.name) from None
-    except BadRequest:
+    except (BadRequest, Unprocessable):
         sink.close()
         result.cleanup()
         raise
@@ -97,6 +98,13 @@ async def receive_multipart(
         result.cleanup()
         raise
     sink.close()
+    if not sink.ended:  # the closing boundary never came: a truncated body is not an upload
+        result.cleanup()
+        raise BadRequest(
+            "malformed multipart body: it ends before the closing boundary (truncated upload?)",
+            code="truncated_body",
+            param="file",
+        )
     if result.path is None:
         raise Unprocessable("a `file` part is required", param="file")
     if result.size == 0:
@@ -119,6 +127,7 @@ class _Sink:
         self.name: str | None = None
         self.out: BinaryIO | None = None
         self.buf: bytearray | None = None
+        self.ended = False  # the closing boundary was parsed
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {
@@ -129,6 +138,7 @@ class _Sink:
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -147,12 +157,25 @@ class _Sink:
     def on_headers_finished(self) -> None:
         _, opts = parse_options_header(self.headers.get(b"content-disposition", b""))
         self.name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if has_control(self.name):
+            raise Unprocessable(
+                f"a multipart part name holds control character {describe(self.name)}",
+                code="invalid_characters",
+                param="name",
+            )
         if self.name == self.file_field:
             if self.result.path is not None:
                 raise BadRequest("only one `file` part is allowed", param="file")
+            filename = opts.get(b"filename", b"").decode("utf-8", "replace") or None
+            if filename is not None and has_control(filename):
+                raise Unprocessable(
+                    f"the file name holds control character {describe(filename)}",
+                    code="invalid_characters",
+                    param="filename",
+                )
             fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
             self.result.path = Path(tmp)
-            self.result.filename = opts.get(b"filename", b"").decode("utf-8", "replace") or None
+            self.result.filename = filename
             self.out = os.fdopen(fd, "wb")
         else:
             self.buf = bytearray()
@@ -175,7 +198,17 @@ class _Sink:
             self.out.close()
             self.out = None
         elif self.buf is not None and self.name:
-            self.result.fields[self.name] = bytes(self.buf).decode("utf-8", "replace")
+            value = bytes(self.buf).decode("utf-8", "replace")
+            if has_control(value):
+                raise Unprocessable(
+                    f"{self.name}: control character {describe(value)} is not allowed",
+                    code="invalid_characters",
+                    param=self.name,
+                )
+            self.result.fields[self.name] = value
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def close(self) -> None:
         if self.out is not None:

@@ -3,6 +3,7 @@ core.datasets (PIL/numpy only, no torch) to record classes, the base/novel split
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path, PurePosixPath
 
@@ -36,7 +37,14 @@ def confine_path(data_root: Path, path: str) -> str:
             param="path",
         )
     root = data_root.resolve()
-    target = (root / p).resolve()  # follows symlinks: a link out of the root is refused too
+    try:
+        target = (root / p).resolve()  # follows symlinks: a link out of the root is refused too
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise Unprocessable(
+            f"path cannot be resolved: {type(exc).__name__} (a symlink loop?)",
+            code="symlink_loop",
+            param="path",
+        ) from None
     if not target.is_relative_to(root):
         raise BadRequest("path resolves outside the data root", code="path_outside_root", param="path")
     return str(p)
@@ -69,6 +77,15 @@ def create_dataset(
         ) from None
     except (TypeError, ValueError, KeyError) as exc:  # bad options values
         raise Unprocessable(f"invalid dataset options: {exc}", param="options") from None
+    except (RuntimeError, OSError) as exc:  # a symlink loop or an unreadable entry inside the dataset
+        # Named without the server's absolute paths.
+        loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+        reason = "a symlink loop" if loop else (getattr(exc, "strerror", None) or type(exc).__name__)
+        raise Unprocessable(
+            f"the dataset cannot be read: {reason}",
+            code="symlink_loop" if loop else "dataset_unreadable",
+            param="path",
+        ) from None
 
     row = Dataset(
         id=new_id("ds"),
