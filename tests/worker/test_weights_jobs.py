@@ -61,3 +61,33 @@ def test_worker_refuses_weights_outside_the_model_root(wsettings, store, rows, t
         assert run_job(job_id, settings=wsettings, hostname="w@test") == "failed"
         err = ws.job_row(wsettings.DATABASE_URL, job_id)["error"]
         assert err["code"] == "path_outside_root" and err["param"] == "backbone.pretrained", err
+
+
+def test_heartbeat_reports_the_loadable_weights_and_withdraws_them(wsettings) -> None:
+    """A worker's heartbeat row carries the weights files under its model root (never the artifact store)
+    and the cached open_clip tags; a stopped worker withdraws the report."""
+    from common.db import session_scope
+    from common.models import WorkerHeartbeat
+    from worker.backbones import weights_report
+    from worker.heartbeat import Heartbeat
+
+    root = Path(wsettings.MODEL_ROOT)
+    (root / "openai").mkdir(parents=True, exist_ok=True)
+    (root / "openai" / "ViT-B-16.pt").write_bytes(b"w")
+    (root / "notes.txt").write_text("not weights")
+    report = weights_report(wsettings)
+    assert report["files"] == ["openai/ViT-B-16.pt"] and report["tags"] == []
+
+    hb = Heartbeat(
+        wsettings.DATABASE_URL, "inventory@test", info={"pid": 1}, report=lambda: report, interval=60
+    )
+    hb.start()
+    try:
+        with session_scope(wsettings.DATABASE_URL) as s:
+            assert s.get(WorkerHeartbeat, "inventory@test").info["weights"]["files"] == ["openai/ViT-B-16.pt"]
+    finally:
+        hb.stop()
+    with session_scope(wsettings.DATABASE_URL) as s:
+        row = s.get(WorkerHeartbeat, "inventory@test")
+        assert "weights" not in row.info
+        s.delete(row)
