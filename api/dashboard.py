@@ -217,11 +217,18 @@ def _datasets(session: Session, viewer: Viewer) -> list[Dataset]:
     return list(session.scalars(query))
 
 
-def queue_health(session: Session) -> dict[str, Any]:
-    """Queue depth and activity over all projects (one queue serves them all) + recent workers."""
+def queue_health(session: Session, project_id: str) -> dict[str, Any]:
+    """Queue depth and activity over all projects (one queue serves them all) + recent workers. A
+    worker busy with another project's job shows as ``busy`` without that job's id."""
     counts = repo.count_jobs_by_status(session)
     active = sum(counts.get(s.value, 0) for s in ACTIVE_STATUSES)
     workers = sorted(repo.live_workers(session, datetime.now(UTC) - WORKER_RECENT), key=lambda w: w.hostname)
+    running = {w.current_job_id for w in workers if w.current_job_id}
+    own = (
+        set(session.scalars(select(Job.id).where(Job.id.in_(running), Job.project_id == project_id)))
+        if running
+        else set()
+    )
     return {
         "queued": counts.get(JobStatus.queued.value, 0) + counts.get(JobStatus.validating.value, 0),
         "running": active,
@@ -230,7 +237,8 @@ def queue_health(session: Session) -> dict[str, Any]:
                 "hostname": w.hostname,
                 "last_seen": _fmt_time(w.last_seen),
                 "age_s": int((datetime.now(UTC) - w.last_seen).total_seconds()),
-                "current_job_id": w.current_job_id,
+                "current_job_id": w.current_job_id if w.current_job_id in own else None,
+                "busy": w.current_job_id is not None,
             }
             for w in workers
         ],
@@ -427,7 +435,7 @@ def job_list(
         dataset_id=dataset_id,
         next_url=next_url,
         first_url=first_url,
-        health=queue_health(session),
+        health=queue_health(session, viewer.project_id),
     )
 
 
@@ -602,7 +610,8 @@ def overview_json(session: SessionDep, viewer: ViewerDep, ids: str = "") -> Resp
         ).all()
         statuses = {r.id: {"status": r.status, "progress": r.progress or {}} for r in rows}
     return JSONResponse(
-        {"health": queue_health(session), "jobs": statuses}, headers={"Cache-Control": "no-store"}
+        {"health": queue_health(session, viewer.project_id), "jobs": statuses},
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -79,10 +79,13 @@ class Client:
         method: str | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
+        class_token_position: str | None = None,
     ) -> dict[str, Any]:
-        """Stream a checkpoint file (httpx reads it in chunks)."""
+        """Stream a checkpoint file (httpx reads it in chunks). ``class_token_position``: CoOp's
+        CLASS_TOKEN_POSITION (end | middle | front), which its files do not record."""
         path = Path(path)
-        data = {k: v for k, v in {"method": method, "name": name}.items() if v}
+        fields = {"method": method, "name": name, "class_token_position": class_token_position}
+        data = {k: v for k, v in fields.items() if v}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with path.open("rb") as f:
             return self._request(
@@ -132,9 +135,12 @@ class Client:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
         eval_dataset_ids: list[str] | None = None,
+        protocol: str | None = None,
+        class_token_position: str | None = None,
     ) -> dict[str, Any]:
         """Create a job. An Idempotency-Key is always sent (a fresh one unless given) so that a retried
-        request cannot start two jobs. ``eval_dataset_ids``: other datasets to evaluate the result on."""
+        request cannot start two jobs. ``eval_dataset_ids``: other datasets to evaluate the result on;
+        ``protocol``: base2novel | all; ``class_token_position`` overrides the checkpoint's."""
         body: dict[str, Any] = {"checkpoint_id": checkpoint_id, "dataset_id": dataset_id}
         if backbone:
             body["backbone"] = backbone
@@ -144,6 +150,10 @@ class Client:
             body["metadata"] = metadata
         if eval_dataset_ids:
             body["eval_dataset_ids"] = list(eval_dataset_ids)
+        if protocol:
+            body["protocol"] = protocol
+        if class_token_position:
+            body["prompt"] = {"class_token_position": class_token_position}
         headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
         return self._request("POST", "/v1/jobs", json=body, headers=headers)
 

@@ -11,10 +11,10 @@ Server side::
 
 Client side (``--url`` / MERGETUNE_URL, ``--token`` / MERGETUNE_TOKEN)::
 
-    mergetune upload FILE [--method M] [--name N]
+    mergetune upload FILE [--method M] [--name N] [--class-token-position end|middle|front]
     mergetune dataset create --name N --kind builtin|coop|imagefolder [--path P] [--coop-name C] [--options JSON]
     mergetune job create --checkpoint ID --dataset ID [--model M --pretrained P] [--hp key=value ...]
-                         [--eval-dataset ID ...]
+                         [--eval-dataset ID ...] [--protocol base2novel|all] [--class-token-position P]
     mergetune job wait JOB        (progress bar on stderr; exit 0 when succeeded)
     mergetune job get|cancel|events JOB, mergetune job list
     mergetune download JOB [--name NAME ...] [--out DIR]
@@ -332,7 +332,11 @@ def _client(args: argparse.Namespace, settings: Settings) -> Client:
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
     with _client(args, settings) as c:
         ckpt = c.upload_checkpoint(
-            args.file, method=args.method, name=args.name, idempotency_key=args.idempotency_key
+            args.file,
+            method=args.method,
+            name=args.name,
+            idempotency_key=args.idempotency_key,
+            class_token_position=args.class_token_position,
         )
     _print_json(ckpt)
     return 0 if ckpt["status"] == "ready" else 2
@@ -368,6 +372,8 @@ def cmd_job_create(args: argparse.Namespace, settings: Settings) -> int:
             metadata=_pairs(args.metadata, typed=False),
             idempotency_key=args.idempotency_key,
             eval_dataset_ids=args.eval_dataset,
+            protocol=args.protocol,
+            class_token_position=args.class_token_position,
         )
     _print_json(job)
     return 0
@@ -498,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--method", choices=["coop", "kgcoop", "linear_head"])
     p.add_argument("--name")
+    p.add_argument(
+        "--class-token-position", choices=["end", "middle", "front"], help="CoOp's CLASS_TOKEN_POSITION"
+    )
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_upload)
 
@@ -526,6 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ID",
         help="another dataset to evaluate the result on (cross-dataset / shift; repeatable)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["base2novel", "all"],
+        help="classes the checkpoint was trained on: the base half (default) or all",
+    )
+    p.add_argument(
+        "--class-token-position", choices=["end", "middle", "front"], help="overrides the upload's"
     )
     p.add_argument("--idempotency-key")
     p.set_defaults(func=cmd_job_create)

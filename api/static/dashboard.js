@@ -149,7 +149,7 @@
           link.textContent = w.current_job_id;
           c.appendChild(link);
         } else {
-          c.textContent = "idle";
+          c.textContent = w.busy ? "busy (another project)" : "idle";
           c.className = "muted";
         }
         [a, b, c].forEach(function (td) { tr.appendChild(td); });

@@ -85,6 +85,13 @@ def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):
         with pytest.raises(ApiError) as exc:
             c.create_job(ckpt["id"], ds["id"], eval_dataset_ids=[shift["id"], "ds_nope"])
         assert (exc.value.status, exc.value.param) == (404, "eval_dataset_ids[1]")
+        # CoOp's class-token position at upload, overridden per job; the protocol
+        placed = c.upload_checkpoint(ckpt_file, name="mid", class_token_position="middle")
+        assert placed["class_token_position"] == "middle"
+        job = c.create_job(placed["id"], ds["id"], protocol="all")
+        assert job["protocol"] == "all" and job["prompt"] == {"class_token_position": "middle"}
+        job = c.create_job(placed["id"], ds["id"], class_token_position="front")
+        assert job["protocol"] == "base2novel" and job["prompt"] == {"class_token_position": "front"}
 
 
 def test_cli_parser_covers_the_commands():
@@ -101,5 +108,10 @@ def test_cli_parser_covers_the_commands():
     assert args.eval_dataset is None
     args = p.parse_args("job create --checkpoint c --dataset d --eval-dataset e1 --eval-dataset e2".split())
     assert args.eval_dataset == ["e1", "e2"]
+    args = p.parse_args(
+        "job create --checkpoint c --dataset d --protocol all --class-token-position middle".split()
+    )
+    assert (args.protocol, args.class_token_position) == ("all", "middle")
+    assert p.parse_args("upload f --class-token-position front".split()).class_token_position == "front"
     assert p.parse_args(["serve", "--embedded", "--port", "9000"]).embedded is True
     assert json.loads('{"a": 1}') == {"a": 1}
