@@ -13,13 +13,17 @@ own code, ``too_large`` (memory limit hit) or ``too_slow`` (CPU or wall-time lim
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -69,6 +73,7 @@ def ingest_sandboxed(
     limits: SandboxLimits | None = None,
     tmp_dir: str | os.PathLike | None = None,
     run: SandboxRun | None = None,
+    use_server: bool = True,
 ) -> Any:
     """Parse ``path`` in a limited child process; returns an :class:`core.ingest.IngestedCheckpoint`."""
     from core.ingest import IngestedCheckpoint
@@ -89,36 +94,13 @@ def ingest_sandboxed(
             "parse": asdict(limits.parse),
         }
         (work / "request.json").write_text(json.dumps(request))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": _ROOT,
-            "PYTHONHASHSEED": "random",  # str keys must keep unpredictable hashes
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "LC_ALL": "C.UTF-8",
-        }
         t0 = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core.sandbox", str(work / "request.json")],
-            cwd=str(work),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-            start_new_session=True,
-        )
-        try:
-            returncode = proc.wait(timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            run.wall_seconds, run.returncode = time.monotonic() - t0, proc.returncode
+        returncode, timed_out = _run_child(work / "request.json", limits.wall_seconds, use_server)
+        run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
+        if timed_out:
             raise _err(
                 f"parsing the file took longer than the limit of {limits.wall_seconds:g} s", "too_slow"
-            ) from None
-        run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
+            )
         result_path = work / "result.json"
         if returncode != 0 or not result_path.exists():
             if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
@@ -143,6 +125,179 @@ def ingest_sandboxed(
         return IngestedCheckpoint(**kwargs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# running the child: forked from a warm parse server (numpy and the parser already imported), or a
+# fresh interpreter when the server cannot be used
+
+
+def _child_env() -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": _ROOT,
+        "PYTHONHASHSEED": "random",  # str keys must keep unpredictable hashes
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "LC_ALL": "C.UTF-8",
+    }
+
+
+def _run_child(request: Path, wall_seconds: float, use_server: bool) -> tuple[int, bool]:
+    """Run one child on ``request``; (exit code, negative for a signal; killed for wall time)."""
+    if use_server:
+        try:
+            return _SERVER.run(request, wall_seconds)
+        except _ServerGone:
+            pass  # fall back to a fresh interpreter for this parse
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.sandbox", str(request)],
+        cwd=str(request.parent),
+        env=_child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,
+    )
+    try:
+        return proc.wait(timeout=wall_seconds), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(), True
+
+
+class _ServerGone(Exception):
+    pass
+
+
+class _ParseServer:
+    """Client of ``python -m core.sandbox --serve``: one JSON line per request on its stdin; it forks a
+    child per request and answers ``{"id", "pid"}`` then ``{"id", "status"}`` (the wait status)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._waiters: dict[int, queue.Queue[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+
+    def _ensure(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "core.sandbox", "--serve"],
+                env=_child_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
+            threading.Thread(target=self._read, args=(self._proc,), daemon=True, name="parse-server").start()
+        return self._proc
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                msg = json.loads(line)
+                waiter = self._waiters.get(int(msg["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if waiter is not None:
+                waiter.put(msg)
+        with self._lock:  # the server is gone: wake everyone waiting on it
+            for waiter in self._waiters.values():
+                waiter.put({"gone": True})
+
+    def run(self, request: Path, wall_seconds: float) -> tuple[int, bool]:
+        rid = next(self._ids)
+        answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            try:
+                proc = self._ensure()
+                self._waiters[rid] = answers
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({"id": rid, "request": str(request)}).encode() + b"\n")
+                proc.stdin.flush()
+            except (OSError, ValueError) as e:
+                self._waiters.pop(rid, None)
+                raise _ServerGone() from e
+        try:
+            started = answers.get(timeout=30)
+            if "pid" not in started:
+                raise _ServerGone()
+            timed_out = False
+            try:
+                done = answers.get(timeout=wall_seconds)
+            except queue.Empty:
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(started["pid"]), signal.SIGKILL)
+                done = answers.get(timeout=30)
+            if "status" not in done:
+                raise _ServerGone()
+            return os.waitstatus_to_exitcode(int(done["status"])), timed_out
+        except queue.Empty:
+            raise _ServerGone() from None
+        finally:
+            with self._lock:
+                self._waiters.pop(rid, None)
+
+
+_SERVER = _ParseServer()
+
+
+def _serve() -> int:
+    """The parse server: preload the parser, then fork one limited child per request line."""
+    import select
+
+    import core.ingest  # noqa: F401 - imported once here, inherited by every child
+
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.buffer
+    children: dict[int, int] = {}
+    pending = b""
+    while True:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            rid = children.pop(pid, None)
+            if rid is not None:
+                stdout.write(json.dumps({"id": rid, "status": status}).encode() + b"\n")
+                stdout.flush()
+        readable, _, _ = select.select([stdin], [], [], 0.01 if children else 1.0)
+        if not readable:
+            continue
+        chunk = os.read(stdin, 1 << 16)
+        if not chunk:  # the API process is gone: so are its parses
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return 0
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            msg = json.loads(line)
+            pid = os.fork()
+            if pid == 0:  # the child: no access to the server's pipes, its own session
+                code = 1
+                try:
+                    devnull = os.open(os.devnull, os.O_RDWR)
+                    for fd in (0, 1, 2):
+                        os.dup2(devnull, fd)
+                    os.setsid()
+                    code = _child(str(msg["request"]))
+                except MemoryError:
+                    code = _EXIT_MEMORY
+                finally:
+                    os._exit(code)
+            children[pid] = int(msg["id"])
+            stdout.write(json.dumps({"id": msg["id"], "pid": pid}).encode() + b"\n")
+            stdout.flush()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,6 +394,8 @@ def _from_json(value: Any) -> Any:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        sys.exit(_serve())
     try:
         sys.exit(_child(sys.argv[1]))
     except MemoryError:

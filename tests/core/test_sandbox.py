@@ -52,10 +52,23 @@ def test_cpu_limit_stops_quadratic_work(tmp_path: Path) -> None:
 
 
 def test_wall_limit_kills_the_child(tmp_path: Path) -> None:
+    f = hash_collision_int_keys(tmp_path / "h.pth", n=60_000)
     run = SandboxRun()
     with pytest.raises(CheckpointError) as ei:
-        ingest_sandboxed(
-            torch_zip(tmp_path / "ok.pth", state()), limits=SandboxLimits(wall_seconds=0.01), run=run
-        )
+        ingest_sandboxed(f, limits=SandboxLimits(cpu_seconds=60, wall_seconds=0.5, parse=NO_CAPS), run=run)
     assert ei.value.code == "too_slow"
     assert run.returncode is not None and run.returncode < 0  # killed, not finished
+    assert run.wall_seconds < 5
+
+
+@pytest.mark.parametrize("use_server", [True, False])
+def test_server_and_fresh_interpreter_give_the_same_answers(tmp_path: Path, use_server: bool) -> None:
+    ok = ingest_sandboxed(torch_zip(tmp_path / "ok.pth", state()), use_server=use_server)
+    assert ok.ctx is not None and ok.ctx.shape == (4, 8)
+    with pytest.raises(CheckpointError) as ei:
+        ingest_sandboxed(
+            zero_stride_view(tmp_path / "z.pth"),
+            limits=SandboxLimits(memory_bytes=512 << 20, parse=NO_CAPS),
+            use_server=use_server,
+        )
+    assert ei.value.code == "too_large"
