@@ -42,7 +42,8 @@ def race_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("race") / "home"
     with ws.fresh_database("mt_race") as url:
         redis.Redis.from_url(broker).flushdb()
-        settings = ws.make_settings(home, url, broker)
+        # every upload of the race waits for a parse slot (no 503 from a full parse queue)
+        settings = ws.make_settings(home, url, broker, PARSE_QUEUE=KEYS * PARALLEL)
         api = ws.ApiProcess(ws.settings_env(settings), home.parent / "api.log").start(wait=False)
         with session_scope(url) as s:
             _, secret = repo.create_token(s, repo.get_or_create_project(s, "race"))

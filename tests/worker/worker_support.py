@@ -109,6 +109,8 @@ def settings_env(settings: Any) -> dict[str, str]:
         MERGETUNE_ARTIFACT_URL=settings.ARTIFACT_URL,
         MERGETUNE_DEVICE=settings.DEVICE,
         MERGETUNE_VISIBILITY_TIMEOUT=str(settings.VISIBILITY_TIMEOUT),
+        MERGETUNE_PARSE_WORKERS=str(settings.PARSE_WORKERS),
+        MERGETUNE_PARSE_QUEUE=str(settings.PARSE_QUEUE),
         MERGETUNE_LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
