@@ -36,6 +36,13 @@ class DatasetError(CoreError):
     code = "invalid_dataset"  # path_outside_root | not_found | bad_layout | ...
 
 
+class NonFiniteLoss(CoreError):
+    """The training loss became NaN or infinite (typically a learning rate or loss weight too large
+    for the checkpoint): the job fails instead of exporting garbage."""
+
+    code = "non_finite_loss"
+
+
 class Cancelled(CoreError):
     """Raised by the training loop when ``should_stop()`` returned True."""
 

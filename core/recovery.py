@@ -209,6 +209,9 @@ def recover(
     with torch.no_grad():
         ft_feats = learner.text_features().float()  # constant G_ft, computed once
     timer("constant_text_features")
+    val_records = list(task.val)
+    val = (encode_records(backbone, task.dataset, val_records), labels_of(val_records).to(backbone.device))
+    timer("val_features")
 
     history = train_prompts(
         learner,
@@ -222,11 +225,12 @@ def recover(
         should_stop=should_stop,
         resume_state=resume_state,
         on_epoch_end=on_epoch_end,
+        val=val if val_records else None,
     )
     timer("training")
     ctx_rec = learner.ctx.detach().cpu().clone()
 
-    eval_feats = EvalFeatures(backbone, task)
+    eval_feats = EvalFeatures(backbone, task, known={"val": val})
     ev = evaluate(
         backbone,
         task,
@@ -251,6 +255,8 @@ def recover(
         "split_sha256": _split_sha(task),
         "n_train": len(task.train),
         "steps_per_epoch": batches.steps_per_epoch,
+        "feature_mode": batches.mode.value,
+        "train_transform": batches.transform_spec.model_dump(mode="json"),
         "device": str(backbone.device),
         "amp": use_amp(hp.precision, backbone.device),
         "logit_scale": backbone.logit_scale,

@@ -80,6 +80,8 @@ SEGMENTS = (
 TERMS = (("ce", "cross-entropy"), ("zs", "zero-shot surrogate"), ("lmc", "path (LMC) term"))
 
 _CSS = """
+.verdict{border-left:4px solid #1e7b34;background:#eef7f0;padding:.4rem .8rem;margin:.6rem 0}
+.verdict.warn{border-left-color:#b3261e;background:#fbeeed}.verdict ul{margin:.3rem 0}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
 color:#1d232b;padding:0 1rem;line-height:1.4}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d8dde3;
@@ -287,8 +289,11 @@ def _plot_training(training: list[Mapping[str, Any]]) -> bytes | None:
     xs = _series([r.get("epoch") for r in rows])
     if not _has_points(xs):
         xs = [float(i) for i in range(len(rows))]
-    fig, axes = _figure(1, 1 + len(TERMS), 13.0, 3.0)
-    for ax, (key, label) in zip(axes[0], (("loss", "total loss"), *TERMS), strict=True):
+    panels: list[tuple[str, str]] = [("loss", "total loss"), *TERMS]
+    if _has_points(_series([r.get("val_acc") for r in rows])):
+        panels.append(("val_acc", "validation accuracy (%)"))
+    fig, axes = _figure(1, len(panels), 13.0 if len(panels) <= 4 else 16.0, 3.0)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
         ys = _series([r.get(key) for r in rows])
         if _has_points(ys):
             ax.plot(xs, ys, marker="o", markersize=3)
@@ -407,15 +412,49 @@ def _baselines(baselines: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     return f'<table id="baselines"><tr><th class="l">method</th>{head}</tr>{"".join(rows)}</table>'
 
 
+def verdict_of(report: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The report's verdict; computed from its metrics and baselines when an older report lacks one."""
+    v = _dict(report.get("verdict"))
+    if v or not _dict(report.get("metrics")):
+        return v
+    try:
+        from core.result import Baselines, Metrics, compute_verdict
+
+        bl = _dict(report.get("baselines"))
+        return compute_verdict(
+            Metrics.model_validate(report["metrics"]), Baselines.model_validate(bl) if bl else None
+        ).model_dump(mode="json")
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _verdict(v: Mapping[str, Any]) -> str:
+    if not v:
+        return ""
+    warnings = [w for w in _list(v.get("warnings")) if isinstance(w, Mapping)]
+    text = str(v.get("text", "")).split(". Warning: ")[0]
+    items = "".join(f'<li data-code="{_e(w.get("code"))}">{_e(w.get("message"))}</li>' for w in warnings)
+    cls = "verdict ok" if not warnings else "verdict warn"
+    body = f'<p id="verdict-text"><strong>{_e(text)}</strong></p>'
+    if items:
+        body += f'<ul id="verdict-warnings">{items}</ul>'
+    return f'<div id="verdict" class="{cls}">{body}</div>'
+
+
 def _training_table(training: list[Any]) -> str:
     rows = [r for r in training if isinstance(r, Mapping)]
     if not rows:
         return '<p class="muted">No training log recorded.</p>'
-    cols = ("epoch", "loss", "ce", "zs", "lmc", "lr")
+    cols: tuple[str, ...] = ("epoch", "loss", "ce", "zs", "lmc", "lr")
+    if any(_num(r.get("val_acc")) is not None for r in rows):
+        cols += ("val_acc",)
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = "".join(
         "<tr>"
-        + "".join(f"<td>{_e(r.get(c)) if c == 'epoch' else _fmt(r.get(c), 6)}</td>" for c in cols)
+        + "".join(
+            f"<td>{_e(r.get(c)) if c == 'epoch' else _fmt(r.get(c), 2 if c == 'val_acc' else 6)}</td>"
+            for c in cols
+        )
         + "</tr>"
         for r in rows
     )
@@ -612,6 +651,7 @@ def build_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
+        _verdict(verdict_of(report)),
         "<h2>Summary</h2>",
         _protocol_line(report),
         _summary(metrics),

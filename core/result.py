@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class _Model(BaseModel):
@@ -51,6 +58,104 @@ class Baselines(_Model):
     ensemble: SplitMetrics
 
 
+#: A recovered model whose base accuracy is more than this many points below the fine-tuned input's gets
+#: the ``base_drop`` warning (MergeTune trades a little base accuracy for novel; more than 2 points is
+#: more than the method's published trade on average).
+BASE_DROP_MARGIN = 2.0
+
+#: Warning codes of a verdict (also the label values of /metrics' mergetune_job_warnings_total).
+WARNING_CODES = ("below_fine_tuned", "below_zero_shot", "base_drop", "baseline_better")
+
+
+class VerdictWarning(_Model):
+    code: str  # one of WARNING_CODES
+    message: str
+
+
+class Verdict(_Model):
+    """What a person reads first: the recovered harmonic mean against the two endpoints, and what to
+    look at. Deltas are percentage points; ``base`` / ``novel`` are against the fine-tuned input."""
+
+    text: str
+    ok: bool  # no warnings
+    warnings: list[VerdictWarning] = Field(default_factory=list)
+    hm: float
+    hm_vs_fine_tuned: float
+    hm_vs_zero_shot: float
+    base_vs_fine_tuned: float
+    novel_vs_fine_tuned: float
+
+
+def _pts(x: float) -> str:
+    return f"{x:+.1f}"
+
+
+def compute_verdict(
+    metrics: Metrics, baselines: Baselines | None, *, base_drop_margin: float = BASE_DROP_MARGIN
+) -> Verdict:
+    """The verdict of a job from its metrics and naive baselines (comparisons at the printed 0.1
+    precision, so a warning never contradicts the numbers shown next to it)."""
+    rec, ft, zs = metrics.recovered, metrics.fine_tuned, metrics.zero_shot
+
+    def r(x: float) -> float:
+        return round(x, 1)
+
+    d_ft, d_zs = rec.hm - ft.hm, rec.hm - zs.hm
+    d_base, d_novel = rec.base - ft.base, rec.novel - ft.novel
+    text = (
+        f"Recovered HM {rec.hm:.1f} ({_pts(d_ft)} vs fine-tuned, {_pts(d_zs)} vs zero-shot); "
+        f"base {_pts(d_base)}, novel {_pts(d_novel)}"
+    )
+    warnings: list[VerdictWarning] = []
+    if r(rec.hm) < r(ft.hm):
+        warnings.append(
+            VerdictWarning(
+                code="below_fine_tuned",
+                message=f"recovered HM {rec.hm:.1f} is below the fine-tuned input's {ft.hm:.1f}",
+            )
+        )
+    if r(rec.hm) < r(zs.hm):
+        warnings.append(
+            VerdictWarning(
+                code="below_zero_shot", message=f"recovered HM {rec.hm:.1f} is below zero-shot's {zs.hm:.1f}"
+            )
+        )
+    if r(ft.base) - r(rec.base) > base_drop_margin:
+        warnings.append(
+            VerdictWarning(
+                code="base_drop",
+                message=f"base accuracy fell {ft.base - rec.base:.1f} points ({ft.base:.1f} -> {rec.base:.1f}), "
+                f"more than the {base_drop_margin:g}-point margin",
+            )
+        )
+    if baselines is not None:
+        fi = baselines.feature_interpolation
+        naive = [
+            (f"feature interpolation (alpha {fi.alpha:g})", fi.hm),
+            ("zero-shot + fine-tuned ensemble", baselines.ensemble.hm),
+        ]
+        for name, hm in naive:
+            if r(hm) > r(rec.hm):
+                warnings.append(
+                    VerdictWarning(
+                        code="baseline_better",
+                        message=f"{name} beats the recovered model: HM {hm:.1f} vs {rec.hm:.1f}",
+                    )
+                )
+    if warnings:
+        text += ". Warning: " + "; ".join(w.message for w in warnings)
+    return Verdict(
+        text=text,
+        ok=not warnings,
+        warnings=warnings,
+        hm=rec.hm,
+        hm_vs_fine_tuned=d_ft,
+        hm_vs_zero_shot=d_zs,
+        base_vs_fine_tuned=d_base,
+        novel_vs_fine_tuned=d_novel,
+    )
+
+
 class Curve(_Model):
     alphas: list[float]
     base_acc: list[float]
@@ -63,12 +168,17 @@ class Curve(_Model):
 
 
 class EpochLog(_Model):
+    """One epoch of training: mean loss and its parts (ce: cross-entropy, zs: zero-shot surrogate
+    (unweighted), lmc: path term (unweighted); loss = ce + W * zs + W_LMC * lmc), the learning rate, and
+    top-1 accuracy (%) on the validation split after the epoch when the task has one."""
+
     epoch: int
     loss: float
     ce: float
     zs: float
     lmc: float
     lr: float
+    val_acc: float | None = None
 
 
 class HeadSplit(_Model):
@@ -136,6 +246,14 @@ class RecoveryResult(_Model):
     extra_evaluations: list[dict[str, Any]] = Field(default_factory=list)
     #: linear-head jobs only; absent from the dump of prompt jobs (their report.json keys are unchanged)
     head: HeadReport | None = None
+    #: computed from metrics and baselines when not given (compute_verdict)
+    verdict: Verdict | None = None
+
+    @model_validator(mode="after")
+    def _fill_verdict(self) -> RecoveryResult:
+        if self.verdict is None:
+            self.verdict = compute_verdict(self.metrics, self.baselines)
+        return self
 
     @model_serializer(mode="wrap")
     def _drop_empty_head(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
 
 from core.config import Hyperparameters, Precision
-from core.errors import Cancelled, ConfigError
+from core.errors import Cancelled, ConfigError, NonFiniteLoss
 from core.objectives import LossWeights, total_loss
 from core.prompts import PromptLearner
 from core.schedule import EpochSchedule, build_optimizer
@@ -70,12 +71,20 @@ class EpochMeter:
         self.n = 0
 
     def step(self, step: int, parts: LossTerms) -> None:
+        """Record one step; :class:`core.errors.NonFiniteLoss` when the loss is NaN or infinite."""
         vals = {
             "loss": float(parts.total.detach()),
             "ce": float(parts.ce.detach()),
             "zs": float(parts.zs.detach()),
             "lmc": float(parts.lmc.detach()),
         }
+        if not math.isfinite(vals["loss"]):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
+            raise NonFiniteLoss(
+                f"the training loss is not finite at epoch {self.epoch + 1} step {step + 1} ({shown}); "
+                f"lower lr (now {self.lr:.3g}) or the loss weights, or check the checkpoint",
+                param="hyperparameters",
+            )
         for k, v in vals.items():
             self.sums[k] += v
         self.n += 1
@@ -85,8 +94,19 @@ class EpochMeter:
                 zs=vals["zs"], lmc=vals["lmc"], lr=self.lr,
             )  # fmt: skip
 
-    def log(self) -> dict[str, float]:
+    def log(self) -> dict[str, Any]:
         return {"epoch": self.epoch, **{k: v / max(self.n, 1) for k, v in self.sums.items()}, "lr": self.lr}
+
+
+@torch.no_grad()
+def val_accuracy(learner: PromptLearner, val: tuple[torch.Tensor, torch.Tensor], tau: float) -> float | None:
+    """Top-1 (%) of the current prompts on precomputed validation features; None without any."""
+    feats, labels = val
+    if labels.numel() == 0:
+        return None
+    text = torch.nn.functional.normalize(learner.text_features().float(), dim=-1)
+    pred = (tau * feats.float() @ text.T).argmax(-1)
+    return float((pred == labels.to(pred.device)).float().mean() * 100.0)
 
 
 def use_amp(precision: Precision, device: torch.device) -> bool:
@@ -120,8 +140,10 @@ def train_prompts(
     should_stop: StopFn | None = None,
     resume_state: dict[str, Any] | None = None,
     on_epoch_end: EpochEndFn | None = None,
-) -> list[dict[str, float]]:
-    """Optimise ``learner.ctx`` for ``hp.epochs`` epochs; returns one log dict per epoch.
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[dict[str, Any]]:
+    """Optimise ``learner.ctx`` for ``hp.epochs`` epochs; returns one log dict per epoch (with
+    ``val_acc`` after the epoch when ``val`` = (normalised image features, labels) is given).
 
     ``on_progress(epoch, step, loss, *, epochs, steps, ce, zs, lmc, lr)`` after every step, with
     0-based ``epoch`` and ``step`` (``steps`` = steps per epoch). ``should_stop()`` is checked before
@@ -132,7 +154,7 @@ def train_prompts(
     optimizer = build_optimizer([learner.ctx], hp)
     schedule = EpochSchedule(optimizer, hp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     start = 0
     if resume_state is not None:
         ctx = resume_state["ctx"]
@@ -173,6 +195,8 @@ def train_prompts(
             scaler.update()
             meter.step(step, parts)
         log = meter.log()
+        if val is not None:
+            log["val_acc"] = val_accuracy(learner, val, tau)
         history.append(log)
         logger.info("epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:

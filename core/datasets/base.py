@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from core.config import DatasetKind
+from core.config import DatasetKind, TrainTransformSpec, train_transform_for
 from core.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
@@ -123,6 +123,11 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    @property
+    def train_transform(self) -> TrainTransformSpec:
+        """The training augmentation of this dataset's kind (core.config.train_transform_for)."""
+        return train_transform_for(self.kind)
+
     def load_image(self, key: str) -> Image.Image:
         """The image of a record, RGB. File keys are re-confined to the data root at every load."""
         if self._loader is not None:
@@ -160,6 +165,7 @@ class Dataset:
             "template": self.template,
             "sizes": {s: len(self.splits.get(s, [])) for s in SPLITS},
             "split_sha256": self.split_sha256(),
+            "train_transform": self.train_transform.model_dump(mode="json"),
         }
 
 

@@ -79,6 +79,7 @@ def test_result_serialises_to_json_and_back(output):
         "timings",
         "config",
         "extra_evaluations",
+        "verdict",
     }
     assert set(dumped["baselines"]) == {"feature_interpolation", "ensemble"}
     assert set(dumped["curves"]["prompt"]["zs_ft"]) == {

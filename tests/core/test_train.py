@@ -61,18 +61,36 @@ def test_bank_views_are_seeded_augmentations(bb):
     src = FakeImages()
     recs = records(2, 3)
     tf = TrainFeatures(bb, src, recs, mode=FeatureMode.bank, batch_size=6, seed=7, views=3)
-    assert tf.feats.shape == (3, 6, 32)
-    # view v of image i is the train transform seeded with (seed, 1, v, i)
-    pix = augment(bb, src.load_image(recs[4].key), _mix(7, 1, 2, 4))
-    assert torch.allclose(tf.feats[2, 4], bb.encode_images(pix[None])[0], atol=1e-6)
+    assert tf.feats.shape == (3, 6, 32) and tf.feats.dtype == torch.float16  # stored in fp16
+    # view v of image i is the dataset's train transform seeded with (seed, 1, v, i)
+    pix = augment(bb, src.load_image(recs[4].key), _mix(7, 1, 2, 4), tf.transform)
+    assert torch.allclose(tf.feats[2, 4].float(), bb.encode_images(pix[None])[0], atol=2e-3)
     assert not torch.allclose(tf.feats[0, 4], tf.feats[1, 4])
     # each epoch picks one view per image; the same epoch gives the same batches
     a = [f for f, _ in tf.epoch(3)]
     b = [f for f, _ in tf.epoch(3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a[0].dtype == torch.float32
     rows = torch.cat(a)
     for row in rows:  # every row is one of the bank's views
-        assert ((tf.feats.view(-1, 32) - row).abs().sum(-1) < 1e-6).any()
+        assert ((tf.feats.view(-1, 32).float() - row).abs().sum(-1) < 1e-6).any()
+
+
+def test_bank_of_as_many_views_as_epochs_gives_every_epoch_its_own_view(bb):
+    src = FakeImages()
+    recs = records(2, 3)
+    tf = TrainFeatures(bb, src, recs, mode=FeatureMode.bank, batch_size=6, seed=7, views=3)
+    flat = tf.feats.float()
+    seen: dict[int, set[int]] = {i: set() for i in range(len(recs))}
+    for epoch in range(3):
+        feats, _ = next(iter(tf.epoch(epoch)))
+        order = tf._order(epoch)
+        for row, i in zip(feats, order.tolist(), strict=True):
+            v = int((flat[:, i] - row).abs().sum(-1).argmin())
+            assert (flat[v, i] - row).abs().max() < 1e-6
+            seen[i].add(v)
+    # 3 epochs over 3 views: every image saw 3 different views (the reference's fresh view per epoch)
+    assert all(len(v) == 3 for v in seen.values())
 
 
 def test_exact_mode_runs_the_image_encoder_once_per_batch(bb, monkeypatch):
@@ -193,3 +211,52 @@ def test_one_text_pass_per_step(bb):
         learner, batches, hp, LossWeights.mergetune(hp), tau=bb.logit_scale, anchor=anchor, ft_feats=g_ft
     )
     assert len(calls) == hp.epochs * batches.steps_per_epoch == 6
+
+
+class _NaNAfter:
+    """A batch source whose features turn NaN from ``bad_epoch`` on (as an overflowing encoder would)."""
+
+    def __init__(self, inner, bad_epoch):
+        self.inner, self.bad_epoch = inner, bad_epoch
+        self.steps_per_epoch = inner.steps_per_epoch
+
+    def epoch(self, epoch):
+        for feats, labels in self.inner.epoch(epoch):
+            yield (feats * float("nan") if epoch >= self.bad_epoch else feats), labels
+
+
+def test_a_non_finite_loss_fails_with_its_own_code(bb):
+    from core.errors import NonFiniteLoss
+
+    hp = Hyperparameters(epochs=3, batch_size=4, lr=0.01, feature_mode=FeatureMode.none, seed=3)
+    learner = PromptLearner(bb, NAMES, None, PromptLearnerSpec())
+    inner = TrainFeatures(bb, FakeImages(), records(3, 4), mode=FeatureMode.none, batch_size=4, seed=3)
+    with pytest.raises(NonFiniteLoss) as err:
+        train_prompts(learner, _NaNAfter(inner, 1), hp, LossWeights.coop(), tau=bb.logit_scale)
+    assert err.value.code == "non_finite_loss" and err.value.user_error
+    assert "epoch 2 step 1" in err.value.message and "lower lr" in err.value.message
+
+
+def test_validation_accuracy_is_recorded_every_epoch(bb):
+    from core.train import val_accuracy
+
+    hp = Hyperparameters(epochs=3, batch_size=4, lr=0.01, feature_mode=FeatureMode.none, seed=3)
+    learner = PromptLearner(bb, NAMES, None, PromptLearnerSpec())
+    src, recs = FakeImages(), records(3, 4)
+    batches = TrainFeatures(bb, src, recs, mode=FeatureMode.none, batch_size=4, seed=3)
+    val_recs = records(3, 2)
+    val = (encode_records(bb, src, val_recs), torch.tensor([r.label for r in val_recs]))
+    hist = train_prompts(learner, batches, hp, LossWeights.coop(), tau=bb.logit_scale, val=val)
+    accs = [h["val_acc"] for h in hist]
+    assert len(accs) == 3 and all(0.0 <= a <= 100.0 for a in accs)
+    # 6 validation images: every value is a multiple of 100/6
+    assert all(abs(a * 6 / 100 - round(a * 6 / 100)) < 1e-6 for a in accs)
+    # the last entry is the accuracy of the final prompts, recomputed by hand
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(learner.text_features().float(), dim=-1)
+        pred = (val[0] @ text.T).argmax(-1)
+    assert accs[-1] == pytest.approx(float((pred == val[1]).float().mean()) * 100)
+    assert val_accuracy(learner, (val[0][:0], val[1][:0]), bb.logit_scale) is None
+    # without a validation split there is no entry
+    learner2 = PromptLearner(bb, NAMES, None, PromptLearnerSpec())
+    assert "val_acc" not in train_prompts(learner2, batches, hp, LossWeights.coop(), tau=bb.logit_scale)[0]
