@@ -7,6 +7,7 @@ from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, Se
 from api.errors import NotFound, error_responses
 from api.schemas import CheckpointList, CheckpointRead, DeletedRead
 from api.services.checkpoints import create_checkpoint
+from api.services.idempotency import key_locks
 from api.uploads import receive_multipart
 from common import repositories as repo
 from common.models import utcnow
@@ -67,15 +68,17 @@ async def upload_checkpoint(
     upload = await receive_multipart(request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES)
     try:
         request.app.state.metrics.upload_bytes.inc(upload.size)
-        ckpt, created = await run_in_threadpool(
-            create_checkpoint,
-            session,
-            settings,
-            store,
-            principal.project_id,
-            upload,
-            idempotency_key=idempotency_key,
-        )
+        # Concurrent uploads with one Idempotency-Key go one at a time: the later ones replay the first.
+        async with key_locks(request.app.state).hold(principal.project_id, idempotency_key):
+            ckpt, created = await run_in_threadpool(
+                create_checkpoint,
+                session,
+                settings,
+                store,
+                principal.project_id,
+                upload,
+                idempotency_key=idempotency_key,
+            )
     finally:
         upload.cleanup()
     if not created:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
@@ -59,3 +61,41 @@ def commit_or_replay(
             raise
         return replay
     return None
+
+
+class KeyLocks:
+    """One asyncio lock per (project, Idempotency-Key) while requests with that key are in flight, so
+    that concurrent identical uploads are handled one after the other in this process: the first
+    parses and stores, the others then replay its object without parsing the same bytes again (and
+    without taking parse slots). The database's unique key still decides between processes."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, project_id: str, key: str | None) -> AsyncIterator[None]:
+        if not key:
+            yield
+            return
+        k = (project_id, key)
+        lock, users = self._locks.get(k, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[k] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[k]
+            if users <= 1:
+                del self._locks[k]
+            else:
+                self._locks[k] = (lock, users - 1)
+
+
+def key_locks(state: Any) -> KeyLocks:
+    """The app's :class:`KeyLocks` (``app.state``), made on first use."""
+    locks: KeyLocks | None = getattr(state, "idempotency_key_locks", None)
+    if locks is None:
+        locks = state.idempotency_key_locks = KeyLocks()
+    return locks
