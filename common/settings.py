@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     PARSE_CPU_SECONDS: int = Field(default=10, ge=1, description="RLIMIT_CPU of a parse")
     PARSE_WALL_SECONDS: float = Field(default=15.0, gt=0, description="a parse is killed after this")
     PARSE_MAX_TENSOR_BYTES: int = Field(default=256 << 20, ge=1, description="per storage / tensor view")
-    PARSE_MAX_TOTAL_BYTES: int = Field(default=512 << 20, ge=1, description="materialised per file")
+    PARSE_MAX_TOTAL_BYTES: int = Field(default=128 << 20, ge=1, description="materialised per file")
     PARSE_WORKERS: int = Field(default=2, ge=1, description="parses running at once (API process)")
     PARSE_QUEUE: int = Field(default=4, ge=0, description="uploads waiting for a parse slot before 503")
     PARSE_RETRY_AFTER: int = Field(default=5, ge=1, description="Retry-After (s) of a 503 when full")

@@ -75,6 +75,9 @@ class ParseLimits:
 
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES  # one storage, and one view as materialised
     max_total_bytes: int = 2 * DEFAULT_MAX_TENSOR_BYTES  # all views materialised from one file
+    #: materialised bytes per byte of the file (+1 MiB): overlapping (zero-stride) views cannot turn a
+    #: small file into large arrays; 2 covers fp16/bf16 widened to float32
+    max_amplification: float = 2.0
     max_pickle_bytes: int = MAX_PICKLE_BYTES
     max_opcodes: int = 2_000_000  # pickle opcodes (each creates at most one object)
     max_memo: int = 1 << 20  # memo index (PUT/GET) and memo entries
@@ -1222,11 +1225,16 @@ class TorchZipFile:
         return ref
 
     def charge(self, nbytes: int) -> None:
-        """Count bytes about to be materialised against the per-file total."""
+        """Count bytes about to be materialised against the per-file total and the file's own size."""
         self._materialised += nbytes
         if self._materialised > self.limits.max_total_bytes:
             raise _too_large(
                 f"the file's tensors need more than the limit of {self.limits.max_total_bytes} bytes"
+            )
+        if self._materialised > self.limits.max_amplification * self._size + (1 << 20):
+            raise _too_large(
+                f"the file's tensors would take {self._materialised} bytes from a {self._size}-byte file "
+                "(overlapping views); refusing the amplification"
             )
 
     def read_storage(self, ref: StorageRef) -> bytes:

@@ -117,6 +117,13 @@ def zero_stride_view_3g(path: Path) -> Path:
     return torch_zip(path, body, {"0": b"\x00\x00\x80\x3f"})
 
 
+def zero_stride_view_within_caps(path: Path) -> Path:
+    """A ctx of 1000 x 32 x 1024 float32 (131 MB, under the per-tensor and per-file caps) viewed on
+    one 4-byte storage: a 611-byte upload that would be stored as 131 MB of tensors."""
+    body = state(ctx=s("ctx") + tensor("0", 1, (1000, 32, 1024), (0, 0, 0)))
+    return torch_zip(path, body, {"0": b"\x00\x00\x80\x3f"})
+
+
 def memo_long_binput(path: Path) -> Path:
     """LONG_BINPUT 2^27: the C unpickler grows its memo array to 2^27 slots (about 2 GB)."""
     return torch_zip(path, state(extra=s("x") + b"N" + put(1 << 27)))
@@ -236,6 +243,7 @@ def oversized_pickle(path: Path) -> Path:
 CORPUS: dict[str, tuple[Callable[[Path], Path], set[str]]] = {
     "zero_stride_view_1g": (zero_stride_view, {"too_large"}),
     "zero_stride_view_3g": (zero_stride_view_3g, {"too_large"}),
+    "zero_stride_view_131m": (zero_stride_view_within_caps, {"too_large"}),
     "memo_long_binput_2^27": (memo_long_binput, {"too_large"}),
     "str_on_shared_list_dag": (str_on_shared_list_dag, {"not_a_checkpoint"}),
     "hash_collision_int_keys": (hash_collision_int_keys, {"too_large"}),
