@@ -53,7 +53,7 @@ _UPLOAD_SCHEMA = {
     status_code=status.HTTP_201_CREATED,
     response_model=CheckpointRead,
     openapi_extra=_UPLOAD_SCHEMA,
-    responses=error_responses(400, 401, 409, 413, 415, 422),
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503),
     summary="Upload a fine-tuned checkpoint (streamed, validated without unpickling code)",
 )
 async def upload_checkpoint(
