@@ -217,11 +217,34 @@ class JobEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(16), default="info")  # debug|info|warning|error
     type: Mapped[str] = mapped_column(String(64))  # e.g. status, progress, epoch, artifact, error
     message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+class Sweep(Base):
+    """A set of jobs created together: cells (checkpoint, dataset, seed) x grid points, shared settings.
+
+    ``spec`` is the resolved request (backbone, protocol, prompt, hyperparameters, grid, selection) and
+    ``cells`` the list of ``{checkpoint_id, dataset_id, dataset, seed, source}``; each job carries the
+    sweep's id and its cell / grid-point indices in its metadata (``sweep_cell``, ``sweep_point``)."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("swp"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    cells: Mapped[list[Any]] = mapped_column()
+    #: Where the cells came from: None (listed in the request) or {filename, bytes, sha256, checkpoints}.
+    source: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 
 
 class Artifact(Base):
