@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import math
 import mimetypes
 import secrets
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -29,6 +32,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -284,8 +288,67 @@ def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> 
 
 # -------------------------------------------------------------------------------------- new-job form
 
-FORM_INTS = ("epochs", "shots", "batch_size", "num_samples", "seed")
-FORM_FLOATS = ("lr", "w_zs", "w_lmc")
+FORM_LABELS = {
+    "w_zs": "Zero-shot surrogate weight W",
+    "loss_type": "Surrogate loss",
+    "w_lmc": "Path weight W_LMC",
+    "num_samples": "Path samples K",
+    "path_term": "Path term",
+    "epochs": "Epochs",
+    "lr": "Learning rate",
+    "batch_size": "Batch size",
+    "shots": "Shots per class",
+    "seed": "Seed",
+    "precision": "Precision",
+    "momentum": "SGD momentum",
+    "weight_decay": "Weight decay",
+    "warmup_epochs": "Warm-up epochs",
+    "warmup_lr": "Warm-up learning rate",
+    "feature_mode": "Feature mode",
+    "bank_views": "Bank views V (bank mode)",
+    "curve_step": "Curve alpha step",
+    "lam": "Head lambda (linear heads)",
+}
+
+
+def _bounds(info: Any) -> tuple[Any, Any]:
+    lo = hi = None
+    for m in info.metadata:
+        lo = getattr(m, "ge", getattr(m, "gt", lo))
+        hi = getattr(m, "le", getattr(m, "lt", hi))
+    return lo, hi
+
+
+def hyperparameter_fields() -> list[dict[str, Any]]:
+    """Every hyperparameter ``POST /v1/jobs`` accepts (prompt jobs, then the linear-head-only ones),
+    with its real default (and the linear-head default where it differs), range or choices."""
+    prompt, head = Hyperparameters.model_fields, HeadHyperparameters.model_fields
+    out: list[dict[str, Any]] = []
+    for name in [*prompt, *(n for n in head if n not in prompt)]:
+        info = prompt.get(name) or head[name]
+        default = info.default.value if hasattr(info.default, "value") else info.default
+        ann = info.annotation
+        field: dict[str, Any] = {"name": name, "label": FORM_LABELS.get(name, name), "default": default}
+        if isinstance(ann, type) and issubclass(ann, StrEnum):
+            field["kind"], field["choices"] = "choice", [m.value for m in ann]
+        elif ann is bool:
+            field["kind"], field["choices"] = "bool", ["true", "false"]
+            field["default"] = "true" if default else "false"
+        else:
+            field["kind"] = "int" if ann is int else "float"
+            field["min"], field["max"] = _bounds(info)
+        field["applies"] = "both" if name in head else "prompt"
+        if name not in prompt:
+            field["applies"] = "head"
+        if field["applies"] == "both" and head[name].default != info.default:
+            hd = head[name].default
+            field["head_default"] = hd.value if hasattr(hd, "value") else hd
+        out.append(field)
+    return out
+
+
+HP_FIELDS = hyperparameter_fields()
+templates.env.globals["HP_FIELDS"] = HP_FIELDS
 
 
 class FormError(Exception):
@@ -310,12 +373,18 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
     is_head = checkpoint.method == Method.linear_head.value
     known = (HeadHyperparameters if is_head else Hyperparameters).model_fields
     hyperparameters: dict[str, Any] = {}
-    for name in FORM_INTS + FORM_FLOATS:
+    for field in HP_FIELDS:
+        name = field["name"]
         text = (form.get(name) or "").strip()
         if not text or name not in known:
             continue
+        if field["kind"] in ("choice", "bool"):
+            if text not in field["choices"]:
+                raise FormError(f"{name} must be one of {', '.join(field['choices'])}, not {text!r}.")
+            hyperparameters[name] = text == "true" if field["kind"] == "bool" else text
+            continue
         try:
-            hyperparameters[name] = int(text) if name in FORM_INTS else float(text)
+            hyperparameters[name] = int(text) if field["kind"] == "int" else float(text)
         except ValueError:
             raise FormError(f"{name} must be a number, not {text!r}.") from None
     metadata = {"name": form["name"].strip()} if (form.get("name") or "").strip() else {}
@@ -484,6 +553,60 @@ async def create_job(
     return RedirectResponse(f"/jobs/{quote(job.id)}", status_code=303)
 
 
+TRAINING_PANELS = (
+    ("loss", "total loss"),
+    ("ce", "cross-entropy"),
+    ("zs", "zero-shot surrogate"),
+    ("lmc", "path term"),
+    ("val_acc", "validation accuracy (%)"),
+)
+REPORT_MAX_BYTES = 64 * 2**20
+
+
+def _training_log(settings: Settings, artifacts: list[Artifact]) -> list[dict[str, Any]]:
+    """The per-epoch records of a finished job's report.json (empty when there is none)."""
+    art = next((a for a in artifacts if a.name == "report.json"), None)
+    if art is None or (art.bytes or 0) > REPORT_MAX_BYTES:
+        return []
+    try:
+        report = json.loads(get_store(settings).get_bytes(art.key))
+    except (ArtifactNotFound, OSError, ValueError):
+        logger.warning("report.json of artifact %s is unreadable", art.key, exc_info=True)
+        return []
+    rows = report.get("training") if isinstance(report, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
+def training_charts(rows: list[dict[str, Any]], width: int = 240, height: int = 120) -> list[dict[str, Any]]:
+    """One small SVG line chart per training record that has finite values (server-side, no script)."""
+    charts = []
+    for key, title in TRAINING_PANELS:
+        pts = [
+            (float(r.get("epoch", i)), float(v))
+            for i, r in enumerate(rows)
+            if isinstance(v := r.get(key), int | float) and math.isfinite(v)
+        ]
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        pad, w, h = 6.0, width - 12.0, height - 12.0
+        line = " ".join(
+            f"{pad + (x - x0) / ((x1 - x0) or 1.0) * w:.1f},{height - pad - (y - y0) / ((y1 - y0) or 1.0) * h:.1f}"
+            for x, y in pts
+        )
+        svg = (
+            f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+            f'aria-label="{title}"><rect x="0" y="0" width="{width}" height="{height}" fill="none" '
+            f'stroke="#d8dde3"/><polyline fill="none" stroke="#2458b3" stroke-width="1.5" points="{line}"/></svg>'
+        )
+        charts.append(
+            {"key": key, "title": title, "svg": Markup(svg), "first": ys[0], "last": ys[-1], "min": y0}
+            | {"max": y1}
+        )
+    return charts
+
+
 @router.get("/jobs/{job_id}")
 def job_detail(
     request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, job_id: str
@@ -508,6 +631,7 @@ def job_detail(
         dataset=session.get(Dataset, job.dataset_id),
         checkpoint=session.get(Checkpoint, job.checkpoint_id),
         queue=_queue_facts(session, settings, job),
+        training=training_charts(_training_log(settings, artifacts)) if job.status == "succeeded" else [],
     )
 
 

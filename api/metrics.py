@@ -5,6 +5,8 @@
 - ``mergetune_queue_depth``: jobs waiting in the queue (status ``queued``), also from the database.
 - ``mergetune_job_duration_seconds``: histogram of started_at -> finished_at of finished jobs, by final
   status, built from the database at scrape time (bounded to the latest ``DURATION_WINDOW`` jobs).
+- ``mergetune_job_warnings_total{code}``: verdict warnings of finished jobs by code (below_fine_tuned,
+  below_zero_shot, base_drop, baseline_better; core.result.WARNING_CODES), from the database.
 - ``mergetune_upload_bytes_total``: bytes of checkpoint uploads received by this process.
 - ``mergetune_http_request_duration_seconds{method,route,status}``: request latency.
 """
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common import repositories as repo
 from common.db import get_sessionmaker
 from common.models import TERMINAL_STATUSES, Job
+from core.result import WARNING_CODES
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class _DatabaseCollector(Collector):
                     .order_by(Job.id.desc())
                     .limit(DURATION_WINDOW)
                 ).all()
+                verdicts = session.scalars(select(Job.verdict).where(Job.status == "succeeded")).all()
             finally:
                 session.close()
         except Exception:  # a scrape must not fail because the DB blinked
@@ -74,7 +78,18 @@ class _DatabaseCollector(Collector):
             buckets = [(str(b), sum(1 for v in values if v <= b)) for b in DURATION_BUCKETS]
             buckets.append(("+Inf", len(values)))
             duration.add_metric([status], buckets, sum(values))
-        return [jobs, depth, duration]
+        warnings = CounterMetricFamily(
+            "mergetune_job_warnings", "Verdict warnings of finished jobs, by warning code", labels=["code"]
+        )
+        by_code = dict.fromkeys(WARNING_CODES, 0)
+        for v in verdicts:
+            for w in (v or {}).get("warnings") or []:
+                code = str(w.get("code", "")) if isinstance(w, dict) else ""
+                if code:
+                    by_code[code] = by_code.get(code, 0) + 1
+        for code, n in sorted(by_code.items()):
+            warnings.add_metric([code], n)
+        return [jobs, depth, duration, warnings]
 
 
 class Metrics:

@@ -186,6 +186,8 @@ class JobRead(BaseModel):
     eval_dataset_ids: list[str] = Field(default_factory=list)
     progress: Progress | None = None
     metrics: dict[str, Any] | None = None
+    #: core.result.Verdict of a succeeded job: {text, ok, warnings: [{code, message}], hm, deltas}
+    verdict: dict[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False
     queue_position: int | None = None

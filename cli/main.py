@@ -429,6 +429,14 @@ def cmd_job_wait(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             bar.close()
     _print_json(job)
+    # the last line a person sees (stderr, so stdout stays one JSON document): the verdict or the error
+    verdict, error = job.get("verdict") or {}, job.get("error") or {}
+    if verdict.get("text"):
+        sys.stderr.write(f"{verdict['text']}\n")
+    elif error:
+        sys.stderr.write(f"{job['status']}: {error.get('code', 'error')}: {error.get('message', '')}\n")
+    else:
+        sys.stderr.write(f"{job['status']}\n")
     return 0 if job["status"] == "succeeded" else 1
 
 

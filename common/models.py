@@ -198,6 +198,7 @@ class Job(Base):
         default=None
     )  # {epoch, epochs, step, steps, loss}
     metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {zero_shot, fine_tuned, recovered}
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # core.result.Verdict dump
     error: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {code, message, user_error}
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -216,14 +217,13 @@ class JobEvent(Base):
     __tablename__ = "job_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(16), default="info")  # debug|info|warning|error
     type: Mapped[str] = mapped_column(String(64))  # e.g. status, progress, epoch, artifact, error
     message: Mapped[str] = mapped_column(Text, default="")
-    data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 class Sweep(Base):
     """A set of jobs created together: cells (checkpoint, dataset, seed) x grid points, shared settings.
 
@@ -245,6 +245,7 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+    data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class Artifact(Base):

@@ -199,6 +199,7 @@ def finish_job(
     progress: dict[str, Any] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
     level: str = "info",
+    verdict: dict[str, Any] | None = None,
 ) -> bool:
     """Move an owned job to a terminal status, replacing its artifact rows (one transaction).
 
@@ -221,6 +222,8 @@ def finish_job(
         job.finished_at = now
         if metrics is not None:
             job.metrics = metrics
+        if verdict is not None:
+            job.verdict = verdict
         if progress is not None:
             job.progress = progress
         job.error = error
@@ -228,6 +231,16 @@ def finish_job(
         if hb is not None and hb.current_job_id == job_id:
             hb.current_job_id = None
             hb.last_seen = now
+        if verdict is not None:
+            warnings = [w for w in verdict.get("warnings") or [] if isinstance(w, dict)]
+            _event(
+                s,
+                job_id,
+                "verdict",
+                str(verdict.get("text", "")),
+                level="warning" if warnings else "info",
+                warnings=[w.get("code") for w in warnings],
+            )
         _event(
             s,
             job_id,

@@ -179,6 +179,8 @@ class JobCallbacks:
             epoch=epoch,
             epochs=self.epochs,
             loss=self.progress.get("loss"),
+            # the epoch's means: loss parts and validation accuracy (core.result.EpochLog)
+            record={k: v for k, v in ((state.get("history") or [{}])[-1]).items() if k != "epoch"},
         )
         if epoch >= self.epochs and not self._evaluating:
             self._evaluating = True
@@ -703,6 +705,8 @@ def _manifest(run: JobRun) -> dict[str, Any]:
             "registered_split_sha256": ds_row.get("sha256_of_split"),
             "base_classes": list(task.base_classnames),
             "novel_classes": list(task.novel_classnames),
+            # the dataset kind's training augmentation (linear heads train on un-augmented features)
+            "train_transform": None if run.head else dataset.train_transform.model_dump(mode="json"),
         },
         "eval_datasets": [
             {
@@ -825,6 +829,7 @@ def _stage_finish(run: JobRun) -> str:
         metrics=run.result_json.get("metrics"),
         progress=progress,
         artifacts=artifacts,
+        verdict=run.result_json.get("verdict"),
     )
     if not ok:
         return "skipped: lost ownership before finishing"

@@ -333,6 +333,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         eval_dataset_ids=list(job.eval_dataset_ids or []),
         progress=Progress.model_validate(job.progress) if job.progress else None,
         metrics=job.metrics,
+        verdict=job.verdict,
         error=JobError.model_validate(job.error) if job.error else None,
         cancel_requested=job.cancel_requested,
         queue_position=position,

@@ -321,3 +321,102 @@ def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
     assert app_client.get(f"/ui/jobs/{job_id}/live").json()["status"] == "cancelled"
     # Cancelling again is harmless.
     assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}).status_code == 200
+
+
+def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
+    app_client: TestClient, settings: Any
+) -> None:
+    import json
+
+    from common.db import session_scope
+    from common.models import Artifact
+    from common.storage import get_store
+    from core.result import Metrics, compute_verdict
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    # recovered HM 22.9 below fine-tuned 28.1 and zero-shot 29.9 (the case a user once saw as green)
+    metrics = Metrics.model_validate(
+        {
+            "zero_shot": {"base": 35.7, "novel": 25.7, "hm": 29.89},
+            "fine_tuned": {"base": 37.9, "novel": 22.3, "hm": 28.08},
+            "recovered": {"base": 30.0, "novel": 18.5, "hm": 22.89},
+        }
+    )
+    verdict = compute_verdict(metrics, None).model_dump(mode="json")
+    rows = _rows(
+        url, project, jobs=[{"status": "succeeded", "metrics": metrics.model_dump(), "verdict": verdict}]
+    )
+    job_id = rows["job_ids"][0]
+    training = [
+        {"epoch": e, "loss": 2.0 - 0.1 * e, "ce": 1.5 - 0.1 * e, "zs": 0.01, "lmc": 0.4, "lr": 0.002,
+         "val_acc": 40.0 + e}
+        for e in range(5)
+    ]  # fmt: skip
+    body = json.dumps({"metrics": metrics.model_dump(), "training": training}).encode()
+    get_store(settings).put_bytes(f"jobs/{job_id}/report.json", body)
+    with session_scope(url) as s:
+        s.add(Artifact(job_id=job_id, name="report.json", bytes=len(body), sha256="00" * 32,
+                       media_type="application/json", key=f"jobs/{job_id}/report.json"))  # fmt: skip
+    _login(app_client, secret)
+
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert 'id="verdict" class="verdict warn"' in page
+    assert "Recovered HM 22.9 (-5.2 vs fine-tuned, -7.0 vs zero-shot); base -7.9, novel -3.8" in page
+    for code in ("below_fine_tuned", "below_zero_shot", "base_drop"):
+        assert f'data-code="{code}"' in page, code
+    charts = re.findall(r'<figure data-key="(\w+)"', page)
+    assert charts == ["loss", "ce", "zs", "lmc", "val_acc"]
+    assert "validation accuracy (%): 40.0000 → 44.0000" in page
+
+    api = app_client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {secret}"}).json()
+    assert api["verdict"]["text"].startswith("Recovered HM 22.9") and api["verdict"]["ok"] is False
+    listed = app_client.get("/v1/jobs", headers={"Authorization": f"Bearer {secret}"}).json()["data"]
+    assert [j["verdict"]["hm"] for j in listed] == [pytest.approx(22.89, abs=0.01)]
+
+    scrape = app_client.get("/metrics").text
+    assert 'mergetune_job_warnings_total{code="below_fine_tuned"} 1.0' in scrape
+    assert 'mergetune_job_warnings_total{code="base_drop"} 1.0' in scrape
+    assert 'mergetune_job_warnings_total{code="baseline_better"} 0.0' in scrape
+
+
+def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
+    app_client: TestClient, settings: Any
+) -> None:
+    from common.db import session_scope
+    from common.models import Job
+    from core.config import HeadHyperparameters, Hyperparameters
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    rows = _rows(url, project, jobs=[])
+    _login(app_client, secret)
+    page = app_client.get("/jobs/new").text
+    for name in {*Hyperparameters.model_fields, *HeadHyperparameters.model_fields}:
+        assert f'id="{name}"' in page, name
+    assert 'placeholder="default"' not in page
+    assert 'placeholder="100 (heads: 20)"' in page  # epochs: prompt default, linear-head default
+    assert 'placeholder="0.002 (heads: 0.01)"' in page  # lr
+    assert '<option value="">exact (default)</option>' in page  # feature_mode
+    assert '<option value="">cosine (default)</option>' in page  # loss_type
+    assert '<option value="">true (default)</option>' in page  # path_term
+    assert 'placeholder="2"' in page and 'placeholder="0.1"' in page  # bank_views, curve_step
+
+    key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', page).group(1)
+    form = {
+        "csrf": _csrf(page), "idempotency_key": key,
+        "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
+        "backbone_model": "tiny-test", "backbone_pretrained": "random",
+        "loss_type": "l2", "path_term": "false", "feature_mode": "bank", "bank_views": "100",
+        "warmup_lr": "1e-4", "lam": "0.5",
+    }  # fmt: skip
+    bad = app_client.post("/jobs", data={**form, "feature_mode": "sometimes"})
+    assert bad.status_code == 422 and "feature_mode must be one of bank, exact, none" in bad.text
+    r = app_client.post("/jobs", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    with session_scope(url) as s:
+        hp = s.get(Job, r.headers["location"].removeprefix("/jobs/")).hyperparameters
+    assert hp["loss_type"] == "l2" and hp["path_term"] is False
+    assert hp["feature_mode"] == "bank" and hp["bank_views"] == 100 and hp["warmup_lr"] == 1e-4
+    assert "lam" not in hp  # a linear-head setting is not sent for a prompt checkpoint
+    assert hp["epochs"] == 100 and hp["w_zs"] == 10.0  # untouched fields take the defaults

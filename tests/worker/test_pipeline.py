@@ -74,6 +74,16 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
     assert manifest["packages"]["torch"] and manifest["packages"]["python"]
     assert manifest["worker"]["node"] == HOST and manifest["worker"]["device"] == "cpu"
     assert {"load_backbone", "load_dataset", "recover", "export", "total"} <= set(manifest["timings"])
+    # the dataset kind's training transform is recorded; the verdict is the job's and the report's
+    assert manifest["dataset"]["train_transform"]["name"] == "small_image_flip"
+    assert report["config"]["train_transform"] == manifest["dataset"]["train_transform"]
+    assert job["verdict"] == report["verdict"] and job["verdict"]["text"].startswith("Recovered HM ")
+    verdict_events = [e for e in ws.events(url, job_id) if e["type"] == "verdict"]
+    assert [e["message"] for e in verdict_events] == [job["verdict"]["text"]]
+    # each epoch event carries the epoch's mean loss parts and validation accuracy
+    records = [e["data"]["record"] for e in ws.events(url, job_id) if e["type"] == "epoch"]
+    assert [r["ce"] for r in records] == [t["ce"] for t in report["training"]]
+    assert all(0.0 <= r["val_acc"] <= 100.0 for r in records)
 
     tensors = ws.load_safetensors_bytes(store.get_bytes(arts["prompts.safetensors"]["key"]))
     assert tensors["ctx"].shape == ctx_ft.shape and not bool((tensors["ctx"] == ctx_ft).all())
@@ -215,6 +225,21 @@ def test_user_error_and_system_error_are_told_apart(wsettings, store, rows, monk
     err = ws.job_row(url, job_id)["error"]
     assert err == {"code": "internal_error", "message": "RuntimeError: disk on fire", "user_error": False}
     assert any(e["type"] == "traceback" and "disk on fire" in e["message"] for e in ws.events(url, job_id))
+
+
+def test_a_loss_that_goes_non_finite_fails_the_job_with_its_code(wsettings, store, rows):
+    import torch
+
+    url = wsettings.DATABASE_URL
+    project, _, ds = rows
+    # a context this large overflows the text encoder: the first loss is NaN
+    huge = ws.make_checkpoint(url, store, project, torch.full((4, 64), 1e30))
+    job_id = ws.make_job(url, project, huge, ds, epochs=2)
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "failed"
+    job = ws.job_row(url, job_id)
+    assert job["error"]["code"] == "non_finite_loss" and job["error"]["user_error"] is True
+    assert "epoch 1 step 1" in job["error"]["message"]
+    assert job["verdict"] is None and ws.artifacts(url, job_id) == []
 
 
 def _own(url, job_id, host, *, seen_ago: float, current: bool):
