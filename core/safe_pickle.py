@@ -79,7 +79,7 @@ class ParseLimits:
     #: small file into large arrays; 2 covers fp16/bf16 widened to float32
     max_amplification: float = 2.0
     max_pickle_bytes: int = MAX_PICKLE_BYTES
-    max_opcodes: int = 2_000_000  # pickle opcodes (each creates at most one object)
+    max_opcodes: int = 1_000_000  # pickle opcodes (each creates at most one object); ~30k tensors
     max_memo: int = 1 << 20  # memo index (PUT/GET) and memo entries
     max_mark_depth: int = 10_000  # nested MARKs
     max_container_items: int = 1 << 20  # items of one list/tuple/dict/set

@@ -187,6 +187,11 @@ def empty_list_flood(path: Path) -> Path:
     return torch_zip(path, b"\x80\x02" + b"]" * 3_000_000 + b"N.")
 
 
+def bad_opcode_late(path: Path) -> Path:
+    """900,000 harmless opcodes (under the opcode cap), then one the reader refuses (INST)."""
+    return torch_zip(path, b"\x80\x02" + b"N0" * 450_000 + b"(ios\nsystem\n.")
+
+
 def mark_flood(path: Path) -> Path:
     """1 million nested MARKs (the pure-Python unpickler keeps one list per MARK)."""
     return torch_zip(path, b"\x80\x02" + b"(" * 1_000_000 + b"N.")
@@ -254,6 +259,7 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], set[str]]] = {
     "huge_shape_empty_dim": (huge_shape_empty_dim, {"not_a_checkpoint"}),
     "empty_list_flood": (empty_list_flood, {"too_large"}),
     "mark_flood": (mark_flood, {"too_large"}),
+    "bad_opcode_late": (bad_opcode_late, {"not_a_checkpoint"}),
     "bytes_budget": (bytes_budget, {"too_large"}),
     "shared_dict_dag": (shared_dict_dag, {"too_large"}),
     "long_int_literal": (long_int_literal, {"not_a_checkpoint"}),
