@@ -11,8 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.db import DatabaseUnavailable, is_unavailable
 from core.errors import CoreError
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,21 @@ _DESCRIPTIONS = {
 }
 
 
+#: Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable() -> JSONResponse:
+    """503 ``database_unavailable`` with ``Retry-After``: the database cannot be reached right now."""
+    return error_json(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry later",
+        None,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
+    )
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting the error body for each status code."""
     return {c: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(c, "Error")} for c in codes}
@@ -189,6 +206,18 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("core error: %s", exc, exc_info=exc)
             return error_json(500, "internal_error", "internal error", None)
         return error_json(status, exc.code, exc.message, exc.param)
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        # Handled here (not by the catch-all below, which ends the connection): the client keeps its
+        # connection and may retry on it.
+        if is_unavailable(exc):
+            log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
+            return database_unavailable()
+        log.error("database error", exc_info=exc)
+        return error_json(500, "internal_error", "internal error", None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ Server side::
     mergetune serve [--embedded] [--host H] [--port P]   API (+ one worker and migrations with --embedded)
     mergetune worker [--concurrency N] [--loglevel L]    a Celery worker (exec'd, worker.celery_app)
     mergetune migrate                                    alembic upgrade head on MERGETUNE_DATABASE_URL
+    mergetune reconcile [--once]                         requeue stuck jobs, resend lost messages (loop)
     mergetune token create --project NAME [--expires-in 30d]  prints a new bearer token alone on its last line
     mergetune token list [--project NAME] [--json]        prefix, project, created, last used, expires, revoked
     mergetune token revoke PREFIX_OR_ID                   refused (401) from the next request on
@@ -123,6 +124,21 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     settings.ensure_dirs()
     upgrade_head(settings.DATABASE_URL)
     log.info("database at head: %s", settings.DATABASE_URL.split("@")[-1])
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """The reconciler (worker.reconcile): every RECONCILE_INTERVAL s, or one pass with --once."""
+    from worker.reconcile import reconcile_once, run_forever
+
+    if args.once:
+        rep = reconcile_once(settings)
+        _print_json({"orphaned": rep.orphaned, "stalled": rep.stalled, "lost": rep.lost, "swept": rep.swept})
+        return 1 if rep.errors else 0
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run_forever(settings, stop)
     return 0
 
 
@@ -254,6 +270,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             start_new_session=True,  # we forward signals ourselves
         )
         log.info("worker started (pid %d)", worker.pid)
+        from worker.reconcile import start_thread
+
+        start_thread(settings)  # in-process reconciler (daemon thread)
     elif settings.REQUIRE_MIGRATED:
         from common.db import DatabaseNotMigrated, check_migrated, get_engine
 
@@ -488,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("reconcile", help="requeue stalled/orphaned jobs and resend lost broker messages")
+    p.add_argument("--once", action="store_true", help="one pass, print what changed as JSON, exit")
+    p.set_defaults(func=cmd_reconcile)
 
     tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     p = tok.add_parser("create", help="create a bearer token for a project (created if new)")

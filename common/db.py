@@ -28,6 +28,25 @@ class DatabaseNotMigrated(RuntimeError):
     """The database has no Alembic version or an older/unknown one."""
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached (within the caller's retry budget, if any)."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "the database is down or the connection was lost" (retry later), as
+    opposed to errors in the statement itself: a refused or dropped connection, a server shutting down
+    or starting up, an exhausted pool, and :class:`DatabaseUnavailable`."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, DatabaseUnavailable | sa_exc.OperationalError | sa_exc.InterfaceError):
+        return True
+    if isinstance(exc, sa_exc.TimeoutError):  # QueuePool limit reached while connections hang
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return False
+
+
 def rowcount(result: Result[Any]) -> int:
     """Rows matched by an UPDATE/DELETE run through ``Session.execute``, which is typed as returning a
     ``Result`` but returns a ``CursorResult`` (the class that has ``rowcount``) for such statements."""

@@ -20,6 +20,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -208,6 +209,14 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: Progress stamp: written by the owning worker at every stage, progress write and epoch end. An
+    #: active job whose stamp is older than RECONCILE_STALL_TIMEOUT is requeued by the reconciler.
+    progress_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: When a run message was last sent to the broker for this job (API, reaper or reconciler).
+    enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Start of the current attempt, and the run time of the earlier ones (reports count all attempts).
+    attempt_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="select")
     dataset: Mapped[Dataset] = relationship(lazy="select")

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     TOKEN: str | None = None
     #: Startup check that the database is at the Alembic head (tests of the refusal turn nothing off).
     REQUIRE_MIGRATED: bool = True
+    #: Reliability (issue: no job is ever stuck or lost). A worker retries database writes for up to
+    #: DB_RETRY_SECONDS before it hands its job back to the broker.
+    DB_RETRY_SECONDS: float = Field(default=120.0, ge=0)
+    #: The reconciler (``mergetune reconcile``) runs every RECONCILE_INTERVAL seconds; a ``queued`` job
+    #: with no broker message for longer than RECONCILE_QUEUE_GRACE is re-enqueued; an active job whose
+    #: progress stamp is older than RECONCILE_STALL_TIMEOUT is requeued (even with a live worker).
+    RECONCILE_INTERVAL: float = Field(default=30.0, gt=0)
+    RECONCILE_QUEUE_GRACE: float = Field(default=60.0, ge=0)
+    RECONCILE_STALL_TIMEOUT: float = Field(default=1800.0, gt=0)
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

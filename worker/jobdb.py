@@ -6,18 +6,32 @@ Ownership rule (what makes redelivery safe): a job in an active status belongs t
 in ``jobs.worker_host`` while that node's heartbeat row is fresh *and* says it is running that job.
 Claiming a job and setting the node's ``current_job_id`` happen in the same transaction; so do finishing
 it and clearing ``current_job_id``.
+
+The lease: the owner is ``jobs.worker_host`` for attempt ``jobs.attempts`` while the job is active; the
+claim takes it with a conditional UPDATE (status and attempt as read), so two workers never both win. The
+owner stamps ``jobs.progress_at`` at every stage and progress write; the reconciler (``worker.reconcile``)
+requeues an active job whose owner died or whose stamp is older than the stall timeout, which ends the
+lease: the old owner sees it at its next check and stops without writing.
+
+Database outages: every function here retries on a lost connection (:func:`retrying`, exponential backoff
+up to ``RETRY_SECONDS``) and then raises :class:`common.db.DatabaseUnavailable`; the Celery task hands
+the message back to the broker on it. Retried writes are idempotent (epoch events are written once per
+epoch; finishing a job this node already finished returns True).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
-from common.db import rowcount, session_scope
+from common.db import DatabaseUnavailable, is_unavailable, rowcount, session_scope
 from common.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -40,6 +54,50 @@ _ACTIVE = [s.value for s in ACTIVE_STATUSES]
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
 _STARTABLE = [JobStatus.validating.value, JobStatus.queued.value]
 
+#: How long a worker keeps retrying a database call that fails for want of a connection (settings:
+#: ``MERGETUNE_DB_RETRY_SECONDS``, set by the pipeline); then DatabaseUnavailable.
+RETRY_SECONDS = 120.0
+RETRY_FIRST_DELAY = 0.25
+RETRY_MAX_DELAY = 2.0
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def retrying(fn: _F) -> _F:
+    """Run ``fn`` again (a new transaction each time) while the database is unreachable, backing off
+    exponentially, for up to RETRY_SECONDS; then raise DatabaseUnavailable."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + RETRY_SECONDS
+        delay, tries = RETRY_FIRST_DELAY, 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                tries += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailable(
+                        f"database unreachable for {RETRY_SECONDS:.0f} s ({fn.__name__}, {tries} tries): "
+                        f"{type(exc).__name__}"
+                    ) from exc
+                log = logger.warning if tries == 1 else logger.info
+                log(
+                    "%s: database unreachable (%s); retrying in %.2f s",
+                    fn.__name__,
+                    type(exc).__name__,
+                    delay,
+                )
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    return wrapper  # type: ignore[return-value]
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -49,22 +107,34 @@ class Claim:
     reason: str
     attempt: int = 0
     resumed: bool = False
+    #: Run time of the earlier attempts (seconds), so the finished job reports the total.
+    previous_seconds: float = 0.0
 
 
 def _event(session: Any, job_id: str, type_: str, message: str, level: str = "info", **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, type=type_, message=message, level=level, data=data or None))
 
 
+@retrying
 def add_event(url: str, job_id: str, type_: str, message: str, level: str = "info", **data: Any) -> None:
+    """Append one event. An ``epoch`` event is written once per epoch number: a write retried after a
+    connection lost during its commit (or a backfill) does not add a second one."""
     with session_scope(url) as s:
+        if type_ == "epoch" and "epoch" in data and int(data["epoch"]) in _logged_epochs(s, job_id):
+            return
         _event(s, job_id, type_, message, level, **data)
 
 
+def _logged_epochs(s: Any, job_id: str) -> set[int]:
+    rows = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch"))
+    return {int(d["epoch"]) for d in rows if isinstance(d, dict) and "epoch" in d}
+
+
+@retrying
 def logged_epochs(url: str, job_id: str) -> set[int]:
     """Epoch numbers that already have an ``epoch`` event."""
     with session_scope(url) as s:
-        rows = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch"))
-        return {int(d["epoch"]) for d in rows if isinstance(d, dict) and "epoch" in d}
+        return _logged_epochs(s, job_id)
 
 
 def _owner_alive(session: Any, job: Job, now: datetime) -> bool:
@@ -86,6 +156,7 @@ def _locked_job(session: Any, job_id: str) -> Job | None:
     return session.execute(stmt).scalar_one_or_none()
 
 
+@retrying
 def claim_job(url: str, job_id: str, hostname: str, info: dict[str, Any] | None = None) -> Claim:
     """Decide whether this node runs ``job_id`` now, and take it if so (one transaction)."""
     now = utcnow()
@@ -108,11 +179,32 @@ def claim_job(url: str, job_id: str, hostname: str, info: dict[str, Any] | None 
             return Claim("skip", f"unexpected status {status}")
         resumed = job.attempts > 0
         previous_host = job.worker_host
-        job.attempts = (job.attempts or 0) + 1
-        job.status = JobStatus.running.value
-        job.worker_host = hostname
-        job.started_at = job.started_at or now
-        job.error = None
+        previous_seconds = float(job.run_seconds or 0.0)
+        if job.attempt_started_at is not None and job.progress_at is not None:
+            # the last attempt ran from its start to its last progress stamp
+            previous_seconds += max(0.0, (job.progress_at - job.attempt_started_at).total_seconds())
+        # The lease, taken with a compare-and-set on what was read: a concurrent claim changed status or
+        # attempts, so at most one of two claimers matches a row.
+        won = rowcount(
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == status, Job.attempts == job.attempts)
+                .values(
+                    attempts=(job.attempts or 0) + 1,
+                    status=JobStatus.running.value,
+                    worker_host=hostname,
+                    started_at=job.started_at or now,
+                    error=None,
+                    progress_at=now,
+                    attempt_started_at=now,
+                    run_seconds=previous_seconds,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session="fetch")
+            )
+        )
+        if not won:
+            return Claim("skip", "claimed concurrently by another worker")
         _heartbeat(s, hostname, job.id, info, now)
         if resumed:
             _event(
@@ -127,9 +219,12 @@ def claim_job(url: str, job_id: str, hostname: str, info: dict[str, Any] | None 
             )
         else:
             _event(s, job.id, "status", f"Job started on {hostname}", status="running", worker=hostname)
-        return Claim("run", "claimed", attempt=job.attempts, resumed=resumed)
+        return Claim(
+            "run", "claimed", attempt=job.attempts, resumed=resumed, previous_seconds=previous_seconds
+        )
 
 
+@retrying
 def load_job_inputs(url: str, job_id: str) -> dict[str, Any]:
     """Plain copies of the job, checkpoint and dataset rows (no ORM objects escape the session)."""
     with session_scope(url) as s:
@@ -144,6 +239,7 @@ def load_job_inputs(url: str, job_id: str) -> dict[str, Any]:
         return {"job": row(job), "checkpoint": row(ck), "dataset": row(ds)}
 
 
+@retrying
 def load_datasets(url: str, project_id: str, dataset_ids: list[str]) -> list[dict[str, Any] | None]:
     """Plain copies of the project's dataset rows with these ids, in that order (None: no such row)."""
     if not dataset_ids:
@@ -162,31 +258,60 @@ def cancel_requested(url: str, job_id: str) -> bool:
     return stop_flags(url, job_id)[0]
 
 
-def stop_flags(url: str, job_id: str) -> tuple[bool, str | None]:
-    """(cancel_requested, worker_host) in one cheap primary-key read."""
+@retrying
+def stop_flags(url: str, job_id: str, attempt: int | None = None) -> tuple[bool, str | None]:
+    """(cancel_requested, owner) in one cheap primary-key read. The owner is ``worker_host`` while the
+    job is active (and, given ``attempt``, still in that attempt); None once the lease ended (the job was
+    requeued by the reconciler, or finished)."""
     with session_scope(url) as s:
-        row = s.execute(select(Job.cancel_requested, Job.worker_host).where(Job.id == job_id)).first()
-        return (bool(row[0]), row[1]) if row else (True, None)
+        row = s.execute(
+            select(Job.cancel_requested, Job.worker_host, Job.status, Job.attempts).where(Job.id == job_id)
+        ).first()
+        if row is None:
+            return True, None
+        owned = row[2] in _ACTIVE and (attempt is None or row[3] == attempt)
+        return bool(row[0]), row[1] if owned else None
 
 
-def write_progress(url: str, job_id: str, progress: dict[str, Any]) -> None:
+@retrying
+def write_progress(url: str, job_id: str, progress: dict[str, Any], hostname: str | None = None) -> None:
+    """Store the progress and stamp ``progress_at`` (only while ``hostname``, if given, owns the job)."""
+    now = utcnow()
+    stmt = update(Job).where(Job.id == job_id)
+    if hostname is not None:
+        stmt = stmt.where(Job.worker_host == hostname)
     with session_scope(url) as s:
-        s.execute(update(Job).where(Job.id == job_id).values(progress=progress, updated_at=utcnow()))
+        s.execute(stmt.values(progress=progress, progress_at=now, updated_at=now))
 
 
+@retrying
+def stamp(url: str, job_id: str, hostname: str) -> None:
+    """The progress stamp alone (stage boundaries): proves the owner is still getting somewhere."""
+    now = utcnow()
+    with session_scope(url) as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker_host == hostname, Job.status.in_(_ACTIVE))
+            .values(progress_at=now, updated_at=now)
+        )
+
+
+@retrying
 def set_evaluating(url: str, job_id: str) -> None:
     with session_scope(url) as s:
+        now = utcnow()
         n = rowcount(
             s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.status == JobStatus.running.value)
-                .values(status=JobStatus.evaluating.value, updated_at=utcnow())
+                .values(status=JobStatus.evaluating.value, progress_at=now, updated_at=now)
             )
         )
         if n:
             _event(s, job_id, "status", "Training done; evaluating", status="evaluating")
 
 
+@retrying
 def finish_job(
     url: str,
     job_id: str,
@@ -200,14 +325,30 @@ def finish_job(
     artifacts: list[dict[str, Any]] | None = None,
     level: str = "info",
     verdict: dict[str, Any] | None = None,
+    attempt: int | None = None,
+    run_seconds: float | None = None,
 ) -> bool:
     """Move an owned job to a terminal status, replacing its artifact rows (one transaction).
 
-    Returns False (and changes nothing) when this node no longer owns the job."""
+    Returns False (and changes nothing) when this node no longer owns the job (given ``attempt``: in
+    that attempt). Returns True when this node already finished it so (a retried call whose first
+    commit went through before the connection dropped)."""
     now = utcnow()
     with session_scope(url) as s:
         job = _locked_job(s, job_id)
-        if job is None or job.worker_host != hostname or job.status in _TERMINAL:
+        if (
+            job is not None
+            and job.worker_host == hostname
+            and job.status == status.value
+            and (attempt is None or job.attempts == attempt)
+        ):
+            return True
+        if (
+            job is None
+            or job.worker_host != hostname
+            or job.status not in _ACTIVE
+            or (attempt is not None and job.attempts != attempt)
+        ):
             logger.warning(
                 "job %s: not finishing as %s; no longer owned by %s", job_id, status.value, hostname
             )
@@ -220,6 +361,9 @@ def finish_job(
                 s.add(Artifact(job_id=job_id, **a))
         job.status = status.value
         job.finished_at = now
+        job.progress_at = now
+        if run_seconds is not None:
+            job.run_seconds = run_seconds
         if metrics is not None:
             job.metrics = metrics
         if verdict is not None:
@@ -303,7 +447,7 @@ def requeue_orphans(url: str, *, now: datetime | None = None) -> list[str]:
                 s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.worker_host == host, Job.status == status)
-                    .values(status=new_status, queued_at=now, updated_at=now)
+                    .values(status=new_status, queued_at=now, enqueued_at=now, updated_at=now)
                 )
             )
             if n:
@@ -323,3 +467,87 @@ def requeue_orphans(url: str, *, now: datetime | None = None) -> list[str]:
                 )
                 out.append(job_id)
     return out
+
+
+@retrying
+def requeue_stalled(url: str, stall_timeout: float, *, now: datetime | None = None) -> list[str]:
+    """Active jobs whose progress stamp is older than ``stall_timeout`` seconds, whatever their worker's
+    heartbeat says (a live worker may be stuck, or may have given the job up while the database was
+    down), are put back to ``queued`` (``cancelling`` stays ``cancelling``) and returned for the caller
+    to enqueue. This ends the old owner's lease: its next check sees the job is no longer its own. The
+    UPDATE is conditional on the status, owner, attempt and stamp read, so concurrent reconcilers and a
+    worker stamping at that moment are harmless."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=stall_timeout)
+    out: list[str] = []
+    with session_scope(url) as s:
+        rows = s.execute(
+            select(Job.id, Job.worker_host, Job.status, Job.attempts, Job.progress_at, Job.updated_at).where(
+                Job.status.in_(_ACTIVE),
+                or_(Job.progress_at < cutoff, Job.progress_at.is_(None) & (Job.updated_at < cutoff)),
+            )
+        ).all()
+        for job_id, host, status, attempts, stamp_at, _updated in rows:
+            new_status = status if status == JobStatus.cancelling.value else JobStatus.queued.value
+            stmt = update(Job).where(
+                Job.id == job_id, Job.status == status, Job.attempts == attempts, Job.worker_host == host
+            )
+            stmt = stmt.where(Job.progress_at == stamp_at) if stamp_at is not None else stmt
+            n = rowcount(
+                s.execute(stmt.values(status=new_status, queued_at=now, enqueued_at=now, updated_at=now))
+            )
+            if n:
+                idle = (now - stamp_at).total_seconds() if stamp_at is not None else None
+                _event(
+                    s,
+                    job_id,
+                    "status",
+                    f"No progress from worker {host} for "
+                    + (f"{idle:.0f} s" if idle is not None else "too long")
+                    + f" (stall timeout {stall_timeout:.0f} s); job requeued",
+                    level="warning",
+                    status=new_status,
+                    previous_worker=host,
+                    stalled_seconds=idle,
+                )
+                out.append(job_id)
+    return out
+
+
+@retrying
+def queued_jobs(url: str, *, enqueued_before: datetime) -> list[str]:
+    """``queued`` jobs whose last message was sent before ``enqueued_before`` (oldest first)."""
+    with session_scope(url) as s:
+        sent = Job.enqueued_at
+        rows = s.execute(
+            select(Job.id)
+            .where(
+                Job.status == JobStatus.queued.value,
+                or_(sent < enqueued_before, sent.is_(None) & (Job.queued_at < enqueued_before)),
+            )
+            .order_by(Job.queued_at)
+        ).all()
+        return [r[0] for r in rows]
+
+
+@retrying
+def mark_enqueued(url: str, job_ids: list[str], *, reason: str | None = None) -> None:
+    """Record that a message was just sent for these jobs (and, with ``reason``, an event saying why)."""
+    if not job_ids:
+        return
+    now = utcnow()
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=now))
+        if reason:
+            for job_id in job_ids:
+                _event(s, job_id, "status", reason, level="warning", status=JobStatus.queued.value)
+
+
+@retrying
+def job_states(url: str, job_ids: list[str]) -> dict[str, tuple[str, datetime | None]]:
+    """{job_id: (status, enqueued_at)} for the jobs that exist."""
+    if not job_ids:
+        return {}
+    with session_scope(url) as s:
+        rows = s.execute(select(Job.id, Job.status, Job.enqueued_at).where(Job.id.in_(job_ids))).all()
+        return {r[0]: (r[1], r[2]) for r in rows}

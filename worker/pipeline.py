@@ -31,6 +31,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from common.db import is_unavailable
 from common.models import JobStatus, utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, LocalStore, get_store
@@ -111,9 +112,10 @@ class JobCallbacks:
         epochs: int,
         clock: Any = time.monotonic,
         hostname: str | None = None,
+        attempt: int | None = None,
     ):
         self.url, self.job_id, self.store, self.epochs, self.clock = url, job_id, store, epochs, clock
-        self.hostname = hostname
+        self.hostname, self.attempt = hostname, attempt
         #: Set when another node took the job over (this node was presumed dead): stop without touching it.
         self.lost_ownership = False
         self._last_progress = float("-inf")
@@ -140,7 +142,7 @@ class JobCallbacks:
         if end_of_epoch or now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
             self.progress_writes += 1
-            jobdb.write_progress(self.url, self.job_id, self.progress)
+            jobdb.write_progress(self.url, self.job_id, self.progress, self.hostname)
 
     def should_stop(self) -> bool:
         if self._cancel:
@@ -149,7 +151,7 @@ class JobCallbacks:
         if now - self._last_cancel_check >= CANCEL_CHECK_EVERY:
             self._last_cancel_check = now
             self.cancel_reads += 1
-            cancel, owner = jobdb.stop_flags(self.url, self.job_id)
+            cancel, owner = jobdb.stop_flags(self.url, self.job_id, self.attempt)
             if self.hostname is not None and owner != self.hostname:
                 logger.warning("job %s: now owned by %s; stopping here", self.job_id, owner)
                 self.lost_ownership = True
@@ -169,7 +171,7 @@ class JobCallbacks:
             torch.save(state, path)
             self.store.put_file(state_key(self.job_id), path)
         if self.progress:
-            jobdb.write_progress(self.url, self.job_id, self.progress)
+            jobdb.write_progress(self.url, self.job_id, self.progress, self.hostname)
         jobdb.add_event(
             self.url,
             self.job_id,
@@ -312,6 +314,7 @@ def _open_eval_datasets(
 def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactStore | None = None) -> str:
     """Run (or resume, or skip) one job; returns the outcome (succeeded|failed|cancelled|skipped: why)."""
     url = settings.DATABASE_URL
+    jobdb.RETRY_SECONDS = settings.DB_RETRY_SECONDS
     store = store or get_store(settings)
     device = resolve_device(settings.DEVICE)
     claim = jobdb.claim_job(url, job_id, hostname, info={"pid": os.getpid(), "device": device})
@@ -329,9 +332,14 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
     except BaseException as exc:
         from core.errors import Cancelled
 
+        if is_unavailable(exc):  # retried for DB_RETRY_SECONDS already: hand the job back (worker.tasks)
+            logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
+            raise
         if isinstance(exc, Cancelled):
             # finish_job refuses (False) when another node owns the job now: then leave its files alone.
-            if not jobdb.finish_job(url, job_id, hostname, JobStatus.cancelled, message="Job cancelled"):
+            if not jobdb.finish_job(
+                url, job_id, hostname, JobStatus.cancelled, message="Job cancelled", attempt=claim.attempt
+            ):
                 return "skipped: lost ownership"
             store.delete_prefix(job_prefix(job_id))
             logger.info("job %s cancelled", job_id)
@@ -339,7 +347,7 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: leave it to redelivery
             raise
         err = _error(exc)
-        if jobdb.stop_flags(url, job_id)[1] != hostname:
+        if jobdb.stop_flags(url, job_id, claim.attempt)[1] != hostname:
             logger.error("job %s failed here after another node took it over: %s", job_id, err["message"])
             return "skipped: lost ownership"
         logger.error("job %s failed: %s", job_id, err["message"], exc_info=not err["user_error"])
@@ -355,6 +363,7 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
             message=f"Job failed: {err['message']}",
             error=err,
             level="error",
+            attempt=claim.attempt,
         )
         return "failed"
     finally:
@@ -418,16 +427,26 @@ def _run(run: JobRun) -> str:
       other exception: :func:`run_job` marks the job ``failed`` (with a traceback event for system errors);
     - ``Cancelled`` (the cancel flag, read between steps): :func:`run_job` marks it ``cancelled``;
     - ``KeyboardInterrupt``/``SystemExit``: left to the broker to redeliver (late acks); the next run
-      resumes from the last epoch state.
+      resumes from the last epoch state;
+    - ``DatabaseUnavailable`` (every database call retries a lost connection for DB_RETRY_SECONDS
+      first, see ``worker.jobdb.retrying``): the task hands the message back to the broker and a later
+      run resumes from the last epoch state.
 
-    A stage that finds the job taken over by another node returns ``skipped: ...`` and writes nothing."""
-    _stage_load_inputs(run)
-    _stage_backbone(run)
-    _stage_features(run)
-    _stage_train(run)
-    _stage_evaluate(run)
-    _stage_export(run)
-    _stage_report(run)
+    Each stage starts with a progress stamp (the reconciler requeues a job whose stamp gets older than
+    its stall timeout). A stage that finds the job taken over by another node returns ``skipped: ...``
+    and writes nothing."""
+    for stage in (
+        _stage_load_inputs,
+        _stage_backbone,
+        _stage_features,
+        _stage_train,
+        _stage_evaluate,
+        _stage_export,
+        _stage_report,
+    ):
+        jobdb.stamp(run.url, run.job_id, run.hostname)
+        stage(run)
+    jobdb.stamp(run.url, run.job_id, run.hostname)
     return _stage_finish(run)
 
 
@@ -567,7 +586,9 @@ def _stage_train(run: JobRun) -> None:
             else "No saved epoch state; starting over",
             epoch=run.resumed_from,
         )
-    cb = run.cb = JobCallbacks(url, job_id, run.store, hp.epochs, hostname=run.hostname)
+    cb = run.cb = JobCallbacks(
+        url, job_id, run.store, hp.epochs, hostname=run.hostname, attempt=claim.attempt
+    )
     if cb.should_stop():
         raise Cancelled("cancelled before training started")
 
@@ -799,7 +820,7 @@ def _stage_finish(run: JobRun) -> str:
     Retry: artifacts go to fixed keys, so a rerun overwrites them. A node that lost the job (taken over
     meanwhile) uploads nothing, or, if it lost it during the upload, does not mark it: ``skipped``."""
     url, job_id, hostname, store, files = run.url, run.job_id, run.hostname, run.store, run.files
-    if jobdb.stop_flags(url, job_id)[1] != hostname:  # taken over meanwhile: do not overwrite its files
+    if jobdb.stop_flags(url, job_id, run.claim.attempt)[1] != hostname:  # taken over: keep its files
         logger.warning("job %s: taken over by another node before upload; dropping this run", job_id)
         return "skipped: lost ownership"
     artifacts: list[dict[str, Any]] = []
@@ -817,6 +838,7 @@ def _stage_finish(run: JobRun) -> str:
             }
         )
     cb, hp = run.cb, run.hp
+    total = run.claim.previous_seconds + (time.monotonic() - run.t0)  # all attempts, not just this one
     progress = (
         dict(cb.progress) if cb is not None and cb.progress else {"epoch": hp.epochs, "epochs": hp.epochs}
     )
@@ -825,11 +847,14 @@ def _stage_finish(run: JobRun) -> str:
         job_id,
         hostname,
         JobStatus.succeeded,
-        message=f"Job succeeded in {time.monotonic() - run.t0:.1f} s",
+        message=f"Job succeeded in {total:.1f} s"
+        + (f" ({run.claim.attempt} attempts)" if run.claim.attempt > 1 else ""),
         metrics=run.result_json.get("metrics"),
         progress=progress,
         artifacts=artifacts,
         verdict=run.result_json.get("verdict"),
+        attempt=run.claim.attempt,
+        run_seconds=total,
     )
     if not ok:
         return "skipped: lost ownership before finishing"

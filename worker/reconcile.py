@@ -1,0 +1,239 @@
+"""The reconciler: Postgres is the record of truth, and every job in it converges.
+
+Every ``RECONCILE_INTERVAL`` seconds one pass (:func:`reconcile_once`):
+
+1. requeues active jobs whose worker died (stale heartbeat, or a restarted node no longer running them:
+   :func:`worker.jobdb.requeue_orphans`);
+2. requeues active jobs whose progress stamp is older than ``RECONCILE_STALL_TIMEOUT``, even when their
+   worker's heartbeat is fresh (a worker stuck, or one that gave the job up while the database was down:
+   :func:`worker.jobdb.requeue_stalled`); that ends the old owner's lease;
+3. re-enqueues ``queued`` jobs whose broker message is gone (a Redis restarted without persistence, a
+   purged queue, an enqueue that failed after the commit), once they have waited
+   ``RECONCILE_QUEUE_GRACE`` seconds since their last message. The broker is inspected for the job's
+   message (Redis: the queue lists and the ``unacked`` hash; the filesystem broker: its queue folder);
+   on a broker that cannot be inspected this step is skipped;
+4. on Redis, deletes ``unacked`` entries left by a dead delivery: the job finished, or was requeued
+   (and a new message sent) after that delivery. Otherwise kombu would restore them only after the
+   visibility timeout (24 h) and a worker would pick up a message with nothing to do.
+
+Requeues are idempotent: every change is a conditional UPDATE on what was read, a job runs at most once
+at a time (the claim in :func:`worker.jobdb.claim_job` is a compare-and-set), and a duplicate message is
+harmless (the worker skips a finished job or one a live worker owns). A resumed job continues from its
+last epoch state.
+
+Run it as ``mergetune reconcile`` (docker-compose's ``reconciler`` service); ``mergetune serve
+--embedded`` runs it in a thread. Several reconcilers may run at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from common.models import TERMINAL_STATUSES, utcnow
+from common.queue import enqueue_job
+from common.settings import Settings
+from common.tasks import JOBS_QUEUE, RUN_JOB
+from worker import jobdb
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL = {s.value for s in TERMINAL_STATUSES}
+#: kombu's Redis transport: priority queues are ``<queue>`` and ``<queue>\x06\x16<priority>``.
+_REDIS_PRIORITY_SEP = "\x06\x16"
+
+
+@dataclass
+class ReconcileReport:
+    orphaned: list[str] = field(default_factory=list)  # requeued: worker dead
+    stalled: list[str] = field(default_factory=list)  # requeued: no progress within the stall timeout
+    lost: list[str] = field(default_factory=list)  # queued without a broker message: re-enqueued
+    swept: int = 0  # stale unacked broker entries removed
+    errors: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return bool(self.orphaned or self.stalled or self.lost or self.swept)
+
+
+# -- the broker's view --------------------------------------------------------------------------------
+def _job_id_of(payload: Any) -> str | None:
+    """The job id a kombu message payload (dict or JSON text) carries, if it is a RUN_JOB message."""
+    try:
+        if isinstance(payload, bytes | str):
+            payload = json.loads(payload)
+        if isinstance(payload, list):  # the unacked hash stores [payload, exchange, routing_key]
+            payload = payload[0]
+            if isinstance(payload, str):
+                payload = json.loads(payload)
+        headers = payload.get("headers") or {}
+        if headers.get("task") not in (None, RUN_JOB):
+            return None
+        body = payload.get("body")
+        if (payload.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0] if body else None  # task protocol 2: [args, kwargs, embed]
+        if isinstance(args, list) and args and isinstance(args[0], str):
+            return args[0]
+    except Exception:  # noqa: BLE001 - a foreign or corrupt message is not ours to judge
+        return None
+    return None
+
+
+def _redis_client(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.BROKER_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _redis_keys(settings: Settings) -> tuple[str, str, str]:
+    opts = settings.broker_transport_options()
+    prefix = str(opts.get("global_keyprefix", ""))
+    return (
+        prefix,
+        prefix + str(opts.get("unacked_key", "unacked")),
+        prefix + str(opts.get("unacked_index_key", "unacked_index")),
+    )
+
+
+def broker_job_ids(settings: Settings) -> set[str] | None:
+    """Ids of the jobs that have a message in the broker (waiting or delivered and unacknowledged);
+    None when this broker cannot be inspected."""
+    url = settings.BROKER_URL
+    if url.startswith(("redis://", "rediss://")):
+        prefix, unacked, _index = _redis_keys(settings)
+        r = _redis_client(settings)
+        ids: set[str] = set()
+        queues = [prefix + JOBS_QUEUE]
+        queues += [k.decode() for k in r.scan_iter(match=f"{prefix}{JOBS_QUEUE}{_REDIS_PRIORITY_SEP}*")]
+        for q in queues:
+            for raw in r.lrange(q, 0, -1):
+                if (job_id := _job_id_of(raw)) is not None:
+                    ids.add(job_id)
+        for raw in r.hvals(unacked):
+            if (job_id := _job_id_of(raw)) is not None:
+                ids.add(job_id)
+        return ids
+    if url.startswith("filesystem://"):
+        ids = set()
+        for path in settings.queue_dir.glob(f"*.{JOBS_QUEUE}.msg"):
+            try:
+                job_id = _job_id_of(path.read_bytes())
+            except OSError:  # consumed meanwhile
+                continue
+            if job_id is not None:
+                ids.add(job_id)
+        return ids
+    return None
+
+
+def sweep_unacked(settings: Settings, *, slack: float = 1.0) -> int:
+    """Delete Redis ``unacked`` entries of dead deliveries (see the module docstring); the count."""
+    if not settings.BROKER_URL.startswith(("redis://", "rediss://")):
+        return 0
+    _prefix, unacked, index = _redis_keys(settings)
+    r = _redis_client(settings)
+    entries: dict[str, str] = {}
+    for tag, raw in r.hgetall(unacked).items():
+        if (job_id := _job_id_of(raw)) is not None:
+            entries[tag.decode()] = job_id
+    if not entries:
+        return 0
+    states = jobdb.job_states(settings.DATABASE_URL, sorted(set(entries.values())))
+    removed = 0
+    for tag, job_id in entries.items():
+        status, enqueued_at = states.get(job_id, ("missing", None))
+        delivered = r.zscore(index, tag)
+        stale = status in _TERMINAL or status == "missing"
+        if not stale and enqueued_at is not None and delivered is not None:
+            stale = enqueued_at > datetime.fromtimestamp(float(delivered), UTC) + timedelta(seconds=slack)
+        if stale:
+            r.hdel(unacked, tag)
+            r.zrem(index, tag)
+            removed += 1
+            logger.info("removed the stale broker entry of job %s (%s)", job_id, status)
+    return removed
+
+
+# -- one pass -----------------------------------------------------------------------------------------
+def reconcile_once(settings: Settings, *, now: datetime | None = None) -> ReconcileReport:
+    url = settings.DATABASE_URL
+    now = now or utcnow()
+    rep = ReconcileReport()
+
+    def send(ids: list[str], what: str) -> None:
+        for job_id in ids:
+            try:
+                enqueue_job(settings, job_id)
+            except Exception as exc:  # noqa: BLE001 - the job is queued in Postgres: a later pass resends
+                logger.warning("could not enqueue %s job %s: %s", what, job_id, exc)
+                rep.errors.append(f"enqueue {job_id}: {type(exc).__name__}")
+
+    rep.orphaned = jobdb.requeue_orphans(url, now=now)
+    send(rep.orphaned, "orphaned")
+    rep.stalled = jobdb.requeue_stalled(url, settings.RECONCILE_STALL_TIMEOUT, now=now)
+    send(rep.stalled, "stalled")
+
+    waiting = jobdb.queued_jobs(url, enqueued_before=now - timedelta(seconds=settings.RECONCILE_QUEUE_GRACE))
+    if waiting:
+        try:
+            present = broker_job_ids(settings)
+        except Exception as exc:  # noqa: BLE001 - broker down: nothing to compare with; next pass
+            logger.warning("cannot inspect the broker: %s", exc)
+            rep.errors.append(f"broker: {type(exc).__name__}")
+            present = None
+        if present is not None:
+            rep.lost = [job_id for job_id in waiting if job_id not in present]
+            if rep.lost:
+                jobdb.mark_enqueued(
+                    url, rep.lost, reason="The broker has no message for this job; re-enqueued"
+                )
+                send(rep.lost, "lost")
+    try:
+        rep.swept = sweep_unacked(settings)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cannot sweep the broker's unacked entries: %s", exc)
+        rep.errors.append(f"sweep: {type(exc).__name__}")
+    for what, ids in (("orphaned", rep.orphaned), ("stalled", rep.stalled), ("lost", rep.lost)):
+        for job_id in ids:
+            logger.warning("reconciler: %s job %s requeued", what, job_id)
+    return rep
+
+
+def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Reconcile every RECONCILE_INTERVAL seconds until ``stop`` is set; outages only delay a pass."""
+    stop = stop or threading.Event()
+    jobdb.RETRY_SECONDS = min(settings.DB_RETRY_SECONDS, settings.RECONCILE_INTERVAL)
+    logger.info(
+        "reconciler: every %.0f s, stall timeout %.0f s, queue grace %.0f s",
+        settings.RECONCILE_INTERVAL,
+        settings.RECONCILE_STALL_TIMEOUT,
+        settings.RECONCILE_QUEUE_GRACE,
+    )
+    while not stop.is_set():
+        try:
+            rep = reconcile_once(settings)
+            if rep.changed():
+                logger.info(
+                    "reconciler: %d orphaned, %d stalled, %d lost, %d stale broker entries",
+                    len(rep.orphaned),
+                    len(rep.stalled),
+                    len(rep.lost),
+                    rep.swept,
+                )
+        except Exception as exc:  # noqa: BLE001 - the database may be down: try again next interval
+            logger.warning("reconcile pass failed: %s: %s", type(exc).__name__, exc)
+        stop.wait(settings.RECONCILE_INTERVAL)
+
+
+def start_thread(settings: Settings) -> threading.Event:
+    """Run the reconciler in a daemon thread (the embedded mode); set the returned event to stop it."""
+    stop = threading.Event()
+    threading.Thread(
+        target=run_forever, args=(settings, stop), name="mergetune-reconcile", daemon=True
+    ).start()
+    return stop
