@@ -73,8 +73,32 @@ class IngestedCheckpoint:
         }
 
 
+def _bounded_plain(value: Any, budget: list[int], depth: int = 0) -> bool:
+    """True when ``value`` is plain JSON data of at most ``budget[0]`` nodes and depth 32: a pickle
+    can share one list many times (a DAG), which json.dumps would render exponentially."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 32:
+        return False
+    if value is None or isinstance(value, bool | float):
+        return True
+    if isinstance(value, int):
+        return abs(value) < 1 << 63
+    if isinstance(value, str):
+        return len(value) <= 1 << 16
+    if isinstance(value, list | tuple):
+        return all(_bounded_plain(v, budget, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str | int | float | bool) and _bounded_plain(v, budget, depth + 1)
+            for k, v in value.items()
+        )
+    return False
+
+
 def _plain_metadata(value: dict[Any, Any]) -> dict[str, Any]:
     """JSON-safe copy of a pickled metadata dict (what our exports write); anything else is dropped."""
+    if not _bounded_plain(value, [10_000]):
+        return {}
     try:
         parsed = json.loads(json.dumps(value))
     except (TypeError, ValueError):
@@ -103,7 +127,7 @@ def _read_safetensors(path: str, max_tensor_bytes: int) -> tuple[dict[str, LazyT
             raise _err("the safetensors file is truncated (header)", "truncated")
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise _err(f"the safetensors header is not valid JSON: {e}", "not_a_checkpoint") from None
         if not isinstance(header, dict):
             raise _err("the safetensors header is not an object", "not_a_checkpoint")
@@ -170,7 +194,7 @@ def _flatten_state_dict(obj: Any) -> dict[str, LazyTensor]:
             visited += 1  # a pickle can share one dict many times (a DAG): bound the walk, not the tree
             if visited > MAX_STATE_DICT_ENTRIES:
                 raise _err("the state dict has too many entries", "too_large")
-            if not isinstance(k, str):
+            if not isinstance(k, str) or len(prefix) + len(k) > 1024:  # state dict keys are short
                 continue
             if isinstance(v, LazyTensor):
                 out[prefix + k] = v
@@ -250,7 +274,7 @@ def ingest_checkpoint(
             try:
                 parsed = json.loads(raw_meta["mergetune"])
                 meta = parsed if isinstance(parsed, dict) else {}
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 meta = {}
     else:
         loaded = load_torch_file(path, limits=limits or ParseLimits(max_tensor_bytes=max_tensor_bytes))

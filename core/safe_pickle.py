@@ -1210,11 +1210,11 @@ class TorchZipFile:
         info = self._infos.get(f"{self.prefix}data/{key}")
         if info is None:
             raise CheckpointError(
-                f"storage {key!r} is missing from the archive", code="truncated", param="file"
+                f"storage {key[:100]!r} is missing from the archive", code="truncated", param="file"
             )
         if info.file_size != nbytes:  # torch requires the record to match exactly
             raise CheckpointError(
-                f"storage {key!r} declares {nbytes} bytes but the archive holds {info.file_size}",
+                f"storage {key[:100]!r} declares {nbytes} bytes but the archive holds {info.file_size}",
                 code="truncated" if info.file_size < nbytes else "not_a_checkpoint",
                 param="file",
             )

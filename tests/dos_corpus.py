@@ -138,6 +138,26 @@ def str_on_shared_list_dag(path: Path) -> Path:
     return torch_zip(path, pkl(body + top))
 
 
+def metadata_dag(path: Path) -> Path:
+    """A Dassl file whose "mergetune" metadata is a shared-list DAG: json.dumps would render 2^60 leaves."""
+    body = b"]" + put(0) + b"0"
+    for k in range(1, 61):
+        body += b"(" + get(k - 1) + get(k - 1) + b"l" + put(k) + b"0"
+    top = (
+        b"}("
+        + s("state_dict")
+        + b"}("
+        + ctx_entry()
+        + b"u"
+        + s("mergetune")
+        + b"}("
+        + s("x")
+        + get(60)
+        + b"uu"
+    )
+    return torch_zip(path, pkl(body + top))
+
+
 def hash_collision_int_keys(path: Path, n: int = 60_000) -> Path:
     """n int keys k * (2^61 - 1): all hash to 0, so inserting them costs n^2 probes."""
     keys = b"".join(i(k * P61) + b"N" for k in range(1, n + 1))
@@ -244,13 +264,14 @@ def oversized_pickle(path: Path) -> Path:
     return torch_zip(path, b"\x80\x02" + b"N0" * (17 << 19) + b"N.")
 
 
-#: pattern -> (builder, accepted error codes). Every file must be refused with one of the codes.
+#: pattern -> (builder, accepted answers): error codes, or "ready" for a file read (quickly, boundedly).
 CORPUS: dict[str, tuple[Callable[[Path], Path], set[str]]] = {
     "zero_stride_view_1g": (zero_stride_view, {"too_large"}),
     "zero_stride_view_3g": (zero_stride_view_3g, {"too_large"}),
     "zero_stride_view_131m": (zero_stride_view_within_caps, {"too_large"}),
     "memo_long_binput_2^27": (memo_long_binput, {"too_large"}),
     "str_on_shared_list_dag": (str_on_shared_list_dag, {"not_a_checkpoint"}),
+    "metadata_dag": (metadata_dag, {"ready"}),  # read, the metadata dropped
     "hash_collision_int_keys": (hash_collision_int_keys, {"too_large"}),
     "hash_collision_tuple_keys": (hash_collision_tuple_keys, {"too_large"}),
     "hash_collision_set": (hash_collision_set, {"too_large"}),
