@@ -81,13 +81,16 @@ def test_cli_flow_against_embedded_server(tmp_path, checkpoint_file):
         assert out.returncode == 0, (out.stdout, out.stderr, (tmp_path / "serve.log").read_text()[-4000:])
         done = json.loads(out.stdout)
         assert done["status"] == "succeeded" and "100.0%" in out.stderr  # the progress bar reached the end
+        # the last line a person sees is the verdict, the same as the API's and the report's
+        assert out.stderr.strip().splitlines()[-1] == done["verdict"]["text"]
+        assert done["verdict"]["text"].startswith("Recovered HM ")
 
         out = _cli(env, "download", job["id"], "--out", str(tmp_path / "dl"), *common)
         assert out.returncode == 0, out.stderr
         names = {p.name for p in (tmp_path / "dl").rglob("*") if p.is_file()}
         assert {"prompts.safetensors", "prompts.pth.tar", "report.json", "manifest.json"} <= names
         report = json.loads(next((tmp_path / "dl").rglob("report.json")).read_text())
-        assert report["metrics"] == done["metrics"]
+        assert report["metrics"] == done["metrics"] and report["verdict"] == done["verdict"]
         # embedded: everything lives under $MERGETUNE_HOME
         assert (home / "mergetune.db").exists() and (home / "queue").is_dir()
         assert any((home / "artifacts" / "jobs" / job["id"]).iterdir())
