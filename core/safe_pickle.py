@@ -771,11 +771,14 @@ class SafeUnpickler(pickle._Unpickler):
     def _b_str(self, *args: Any) -> str:
         if not args:
             return ""
-        if len(args) > 3 or not all(isinstance(a, str | bytes | bytearray) for a in args):
+        if len(args) > 3 or not isinstance(args[0], str | bytes | bytearray):
             raise _bad("str() in the pickle takes only str or bytes arguments")
-        out = str(*args) if isinstance(args[0], str) or len(args) > 1 else args[0].decode("latin1")
-        self._charge(len(out))
-        return out
+        _check_codec(args[1:])
+        self._charge(4 * len(args[0]) + 3)
+        try:
+            return str(*args)
+        except (TypeError, ValueError) as e:
+            raise _bad(f"bad str() call in the pickle: {e}") from None
 
     def _b_bytes(self, *args: Any) -> bytes:
         if args and _is_int(args[0]) and not 0 <= args[0] <= self.limits.max_alloc_bytes:
@@ -788,8 +791,7 @@ class SafeUnpickler(pickle._Unpickler):
                 raise _bad("bytes() in the pickle takes only a list of ints")
         elif args and not isinstance(args[0], int | str | bytes | bytearray):
             raise _bad("unsupported bytes() argument in the pickle")
-        if len(args) > 1 and not all(isinstance(a, str) for a in args[1:]):
-            raise _bad("unsupported bytes() argument in the pickle")
+        _check_codec(args[1:])
         if args:
             self._charge(args[0] if _is_int(args[0]) else len(args[0]))
         try:
@@ -999,6 +1001,16 @@ class SafeUnpickler(pickle._Unpickler):
     }.items():
         dispatch[_op[0]] = _fn
     del _op, _fn
+
+
+_TEXT_CODECS = frozenset({"latin1", "latin-1", "utf-8", "utf8", "ascii"})
+_CODEC_ERRORS = frozenset({"strict", "replace", "ignore"})
+
+
+def _check_codec(args: tuple) -> None:
+    """(encoding[, errors]) of str()/bytes(): plain text codecs only (a codec name imports a module)."""
+    if (args and args[0] not in _TEXT_CODECS) or (len(args) > 1 and args[1] not in _CODEC_ERRORS):
+        raise _bad("str()/bytes() in the pickle with an unsupported encoding")
 
 
 def _is_placeholder(obj: Any) -> bool:

@@ -97,10 +97,14 @@ def test_builtins_take_only_plain_arguments(tmp_path: Path) -> None:
         + s("b") + g("builtins", "int") + tup(s("12")) + b"R"
         + s("c") + g("builtins", "bytes") + tup(b"(" + i(1) + i(2) + b"l") + b"R"
         + s("d") + g("builtins", "set") + tup(b"(" + i(3) + i(3) + b"l") + b"R"
+        + s("e") + g("builtins", "str") + tup(b"C\x02ab") + b"R"
+        + s("f") + g("builtins", "str") + tup(b"C\x02ab", s("ascii")) + b"R"
     )  # fmt: skip
     obj = _load(tmp_path, state(extra=ok))
     assert (obj["a"], obj["b"], obj["c"], obj["d"]) == ("x", 12, b"\x01\x02", {3})  # type: ignore[index]
+    assert (obj["e"], obj["f"]) == ("b'ab'", "ab")  # type: ignore[index]  # as Python reads them
     for bad in (
+        g("builtins", "str") + tup(b"C\x02ab", s("idna")) + b"R",  # a codec name imports a module
         g("builtins", "str") + tup(b"]") + b"R",
         g("builtins", "int") + tup(b"]") + b"R",
         g("builtins", "float") + tup(b"}") + b"R",
