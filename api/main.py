@@ -21,7 +21,7 @@ from api import dashboard
 from api.errors import install_error_handlers
 from api.hygiene import InputHygieneMiddleware
 from api.metrics import LatencyMiddleware, Metrics
-from api.routes import checkpoints, datasets, jobs, ops
+from api.routes import checkpoints, datasets, jobs, ops, sweeps
 from common.db import DatabaseNotMigrated, check_migrated, get_engine
 from common.settings import Settings, get_settings
 
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(checkpoints.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(dashboard.router)  # server-rendered MLOps pages under /
     return app
 

@@ -229,6 +229,105 @@ class ArtifactList(BaseModel):
     next_cursor: str | None = None
 
 
+# -- sweeps -------------------------------------------------------------------------------------
+#: Values one grid axis may take, and grid points (combinations) one sweep may have.
+MAX_GRID_VALUES = 16
+MAX_GRID_POINTS = 64
+
+
+class SweepCell(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: str = Field(min_length=1, max_length=40)
+    dataset_id: str = Field(min_length=1, max_length=40)
+    seed: int = Field(default=1, ge=0, le=2**31 - 1, description="The run's seed: the job's few-shot sample")
+
+
+class SweepCreate(BaseModel):
+    """The JSON body, or the ``spec`` form field of a multipart request whose ``file`` is a CoOp tree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=255)
+    cells: list[SweepCell] = Field(
+        default_factory=list, max_length=1000, description="(checkpoint, dataset, seed); empty with a file"
+    )
+    dataset_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Archive only: tree dataset name -> dataset id (default: the project's dataset of that name)",
+    )
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    protocol: Protocol = Protocol.base2novel
+    prompt: PromptOptions | None = None
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Shared by every cell (seed comes from each cell)"
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description=f"Hyperparameter name -> values (at most {MAX_GRID_VALUES} each, {MAX_GRID_POINTS} "
+        "combinations); every cell runs at every combination",
+    )
+    selection: str = Field(
+        default="val_acc",
+        description="How the grid point is chosen: val_acc (highest mean validation accuracy on base classes)",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Copied to every job (at most 24 keys)"
+    )
+
+
+class SweepCellRead(BaseModel):
+    index: int
+    dataset: str
+    dataset_id: str
+    checkpoint_id: str
+    seed: int
+    source: str | None = None
+
+
+class SweepJobRead(BaseModel):
+    id: str
+    cell: int
+    point: int
+    status: str
+    fraction: float = Field(description="0..1 of this job's epochs done")
+    metrics: dict[str, Any] | None = None
+
+
+class SweepProgress(BaseModel):
+    jobs: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    fraction: float = Field(description="0..1 of the sweep's epochs done (finished jobs count whole)")
+
+
+class SweepRead(BaseModel):
+    id: str
+    object: str = "sweep"
+    name: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelling | cancelled")
+    backbone: dict[str, Any]
+    protocol: str
+    prompt: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any]
+    grid: dict[str, list[Any]]
+    points: list[dict[str, Any]]
+    selection: str
+    cells: list[SweepCellRead]
+    jobs: list[SweepJobRead]
+    progress: SweepProgress
+    source: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    created_at: datetime
+
+
+class SweepList(ListResponse[SweepRead]):
+    pass
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

@@ -27,6 +27,7 @@ from common.models import (
     JobEvent,
     JobStatus,
     Project,
+    Sweep,
     WorkerHeartbeat,
     utcnow,
 )
@@ -373,3 +374,23 @@ def heartbeat(
 
 def live_workers(session: Session, since: datetime) -> Sequence[WorkerHeartbeat]:
     return session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= since)).all()
+# -- sweeps -------------------------------------------------------------------------------------
+def get_sweep(session: Session, project_id: str, sweep_id: str) -> Sweep | None:
+    sweep = session.get(Sweep, sweep_id)
+    return sweep if sweep is not None and sweep.project_id == project_id else None
+
+
+def list_sweeps(session: Session, project_id: str, *, limit: int, after: str | None) -> Page[Sweep]:
+    return paginate(
+        session, select(Sweep).where(Sweep.project_id == project_id), Sweep.id, limit=limit, after=after
+    )
+
+
+def sweep_jobs(session: Session, sweep_id: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)))
+
+
+def datasets_named(session: Session, project_id: str, name: str) -> list[Dataset]:
+    return list(
+        session.scalars(select(Dataset).where(Dataset.project_id == project_id, Dataset.name == name))
+    )

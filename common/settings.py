@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     PARSE_WORKERS: int = Field(default=2, ge=1, description="parses running at once (API process)")
     PARSE_QUEUE: int = Field(default=4, ge=0, description="uploads waiting for a parse slot before 503")
     PARSE_RETRY_AFTER: int = Field(default=5, ge=1, description="Retry-After (s) of a 503 when full")
+    #: Sweep archives (a CoOp output tree as zip/tar, at most MAX_UPLOAD_BYTES as uploaded): members,
+    #: bytes once unpacked (each checkpoint member at most MAX_UPLOAD_BYTES too) and cells (x grid points).
+    SWEEP_MAX_MEMBERS: int = Field(default=10000, ge=1, description="archive members (files + dirs)")
+    SWEEP_MAX_UNPACKED_BYTES: int = Field(default=4 << 30, ge=1, description="archive bytes unpacked")
+    SWEEP_MAX_JOBS: int = Field(default=1000, ge=1, description="jobs one sweep may create")
     VISIBILITY_TIMEOUT: int = Field(default=86400, ge=60, description="Broker visibility timeout (s)")
     WORKER_CONCURRENCY: int = Field(default=1, ge=1)
     DEVICE: str = "auto"

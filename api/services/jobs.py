@@ -76,6 +76,45 @@ def create_job(
             )
         return job, False
 
+    job = build_job(session, settings, project_id, body)
+    session.add(job)
+    session.flush()
+    repo.add_event(session, job.id, "status", "job queued", data={"status": "queued"})
+    if idempotency_key:
+        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, job_id=job.id)
+    replay = commit_or_replay(
+        session,
+        project_id,
+        idempotency_key,
+        req_hash,
+        lambda job_id: repo.get_job(session, project_id, job_id),
+    )
+    if replay is not None:
+        return replay, False
+
+    try:
+        enqueue_job(settings, job.id)
+    except Exception as exc:
+        log.error("job %s: enqueue failed", job.id, exc_info=True)
+        job.status = JobStatus.failed.value
+        job.finished_at = utcnow()
+        job.error = {
+            "code": "enqueue_failed",
+            "message": f"the job queue is unavailable: {exc}",
+            "user_error": False,
+        }
+        repo.add_event(session, job.id, "status", "enqueue failed", level="error", data={"status": "failed"})
+        session.commit()
+        raise ServiceUnavailable(
+            "the job queue is unavailable; try again later", code="broker_unavailable"
+        ) from exc
+    log.info("job %s queued (checkpoint %s, dataset %s)", job.id, job.checkpoint_id, job.dataset_id)
+    return job, True
+
+
+def build_job(session: Session, settings: Settings, project_id: str, body: JobCreate) -> Job:
+    """The validated ``queued`` job a request asks for (not added to the session): every refusal that
+    can be made at submission is raised here (sweeps build all their jobs this way before inserting any)."""
     ckpt = repo.get_checkpoint(session, project_id, body.checkpoint_id)
     if ckpt is None:
         raise NotFound(f"checkpoint {body.checkpoint_id!r} not found", param="checkpoint_id")
@@ -148,39 +187,7 @@ def create_job(
         queued_at=now,
         updated_at=now,
     )
-    session.add(job)
-    session.flush()
-    repo.add_event(session, job.id, "status", "job queued", data={"status": "queued"})
-    if idempotency_key:
-        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, job_id=job.id)
-    replay = commit_or_replay(
-        session,
-        project_id,
-        idempotency_key,
-        req_hash,
-        lambda job_id: repo.get_job(session, project_id, job_id),
-    )
-    if replay is not None:
-        return replay, False
-
-    try:
-        enqueue_job(settings, job.id)
-    except Exception as exc:
-        log.error("job %s: enqueue failed", job.id, exc_info=True)
-        job.status = JobStatus.failed.value
-        job.finished_at = utcnow()
-        job.error = {
-            "code": "enqueue_failed",
-            "message": f"the job queue is unavailable: {exc}",
-            "user_error": False,
-        }
-        repo.add_event(session, job.id, "status", "enqueue failed", level="error", data={"status": "failed"})
-        session.commit()
-        raise ServiceUnavailable(
-            "the job queue is unavailable; try again later", code="broker_unavailable"
-        ) from exc
-    log.info("job %s queued (checkpoint %s, dataset %s)", job.id, ckpt.id, ds.id)
-    return job, True
+    return job
 
 
 #: A worker whose heartbeat is older than this is dead (worker.jobdb.STALE_AFTER) and vouches for no weights.

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from api.errors import error_responses, from_pydantic
+from api.schemas import SweepCreate, SweepList, SweepRead
+from api.services.idempotency import key_locks
+from api.services.sweeps import cancel_sweep, create_sweep, get_sweep, render_report, sweep_read, sweep_report
+from api.uploads import ReceivedUpload, receive_multipart
+from common import repositories as repo
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=error_responses(401, 422))
+
+_CREATE_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SweepCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "zip or tar(.gz) of a CoOp output tree: <dataset>/shots_<K>/"
+                            "<Trainer>/<cfg>/seed<N>/prompt_learner/model.pth.tar-<E>",
+                        },
+                        "spec": {"type": "string", "description": "SweepCreate as JSON, without cells"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _spec(raw: str | bytes) -> SweepCreate:
+    try:
+        return SweepCreate.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        raise from_pydantic(exc) from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SweepRead,
+    openapi_extra=_CREATE_SCHEMA,
+    responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503),
+    summary="Create a sweep: cells (checkpoint, dataset, seed) or a CoOp output tree, x an optional grid",
+)
+async def post_sweep(
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> SweepRead:
+    archive: ReceivedUpload | None = None
+    try:
+        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+            archive = await receive_multipart(
+                request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES
+            )
+            body = _spec(archive.fields.get("spec") or "{}")
+        else:
+            body = _spec(await request.body())
+        async with key_locks(request.app.state).hold(principal.project_id, idempotency_key):
+            sweep, created = await run_in_threadpool(
+                create_sweep,
+                session,
+                settings,
+                store,
+                principal.project_id,
+                body,
+                archive=archive,
+                idempotency_key=idempotency_key,
+            )
+    finally:
+        if archive is not None:
+            archive.cleanup()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return await run_in_threadpool(sweep_read, session, sweep)
+
+
+@router.get("", response_model=SweepList)
+def list_sweeps(principal: PrincipalDep, session: SessionDep, page: PageDep) -> SweepList:
+    p = repo.list_sweeps(session, principal.project_id, limit=page.limit, after=page.after)
+    return SweepList(
+        data=[sweep_read(session, s) for s in p.items], has_more=p.has_more, next_cursor=p.next_cursor
+    )
+
+
+@router.get("/{sweep_id}", response_model=SweepRead, responses=error_responses(401, 404))
+def read_sweep(sweep_id: str, principal: PrincipalDep, session: SessionDep) -> SweepRead:
+    return sweep_read(session, get_sweep(session, principal.project_id, sweep_id))
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepRead, responses=error_responses(401, 404, 409))
+def post_cancel(sweep_id: str, principal: PrincipalDep, session: SessionDep) -> SweepRead:
+    """Cancels every unfinished job of the sweep; 409 when all have finished."""
+    return sweep_read(session, cancel_sweep(session, principal.project_id, sweep_id))
+
+
+def _report(
+    sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> Response:
+    sweep = get_sweep(session, principal.project_id, sweep_id)
+    body, media_type = render_report(sweep_report(session, store, sweep), fmt)
+    headers = {}
+    if fmt != "json":
+        headers["Content-Disposition"] = f'attachment; filename="{sweep.id}-report.{fmt}"'
+    return Response(body, media_type=media_type, headers=headers)
+
+
+_REPORT_RESPONSES = {
+    200: {
+        "content": {"application/json": {}, "text/csv": {}, "application/x-tex": {}, "text/html": {}},
+        "description": "The base-to-novel table (selected grid point), the whole grid, every job",
+    },
+    **error_responses(401, 404),
+}
+
+
+@router.get("/{sweep_id}/report", responses=_REPORT_RESPONSES, response_class=Response)
+def report_json(sweep_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> Response:
+    return _report(sweep_id, "json", principal, session, store)
+
+
+@router.get("/{sweep_id}/report.{fmt}", responses=_REPORT_RESPONSES, response_class=Response)
+def report_as(
+    sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> Response:
+    """``fmt``: json | csv | tex | html."""
+    return _report(sweep_id, fmt, principal, session, store)
