@@ -204,10 +204,12 @@ def fit_head(
     resume_state: dict[str, Any] | None = None,
     on_epoch_end: EpochEndFn | None = None,
     device: torch.device | str = "cpu",
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Head, list[dict[str, float]]]:
     """SGD (momentum ``hp.momentum``, weight decay ``hp.weight_decay``, cosine lr from ``hp.lr``) on the
     head objective for ``hp.epochs`` epochs, on ``device`` (where the batches are); the bias is trained
-    only when ``init`` has one. Returns the head on the CPU and the per-epoch history.
+    only when ``init`` has one. Returns the head on the CPU and the per-epoch history (with ``val_acc``,
+    top-1 % on ``val`` = (features, labels) after each epoch, when given and not empty).
 
     Epoch state for ``on_epoch_end`` / ``resume_state`` (tensors and plain types)::
 
@@ -255,6 +257,10 @@ def fit_head(
             optimizer.step()
             meter.step(step, parts)
         log = meter.log()
+        if val is not None and val[1].numel():
+            with torch.no_grad():
+                pred = Head(weight, bias).logits(val[0].float()).argmax(-1)
+                log["val_acc"] = float((pred == val[1].to(pred.device)).float().mean() * 100.0)
         history.append(log)
         logger.info("head epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:

@@ -468,16 +468,17 @@ def recover_head(
     timer("setup")
     batches = _head_batches(backbone, data, hp)
     timer("train_features")
+    dev = backbone.device
+    val = (encode_records(backbone, ds, data.val), labels_of(data.val).to(dev))
     merged, history = fit_head(
         batches, ft, hp, zs=zs, lam=hp.lam, ft=ft, w_lmc=hp.w_lmc, on_progress=on_progress,
         should_stop=should_stop, resume_state=resume_state, on_epoch_end=on_epoch_end, device=backbone.device,
+        val=val,
     )  # fmt: skip
     timer("training")
 
-    dev = backbone.device
     test_records = list(ds.splits.get("test", []))
     test_all = (encode_records(backbone, ds, test_records), labels_of(test_records).to(dev))
-    val = (encode_records(backbone, ds, data.val), labels_of(data.val).to(dev))
     splits = {"val": val, "test": _subset(test_all, data.rows)}
     shifts = builtin_shift_datasets(ds) if extra_datasets is None else list(extra_datasets)
     names = [name for name, _ in shifts]

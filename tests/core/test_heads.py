@@ -218,6 +218,9 @@ def test_recover_linear_head_end_to_end(backbone, task, head_ft) -> None:
     assert len(progress) == 3 * 3 and len(r.training) == 3  # 24 images, batch 8
     head = r.head
     assert head is not None and head.classes == 6 and head.bias
+    # validation accuracy after every epoch; the last one is the merged head's on the val split
+    assert all(t.val_acc is not None for t in r.training)
+    assert r.training[-1].val_acc == pytest.approx(head.splits[0].accuracy["merged"])
     names = [s.name for s in head.splits]
     assert names == ["val", "test", "builtin-shift"]
     assert [s.kind for s in head.splits] == ["validation", "in_distribution", "shift"]
