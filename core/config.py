@@ -20,6 +20,7 @@ class Method(StrEnum):
     coop = "coop"
     kgcoop = "kgcoop"
     linear_head = "linear_head"
+    mma = "mma"  # Multi-Modal Adapter (ALGORITHM.md section 6c)
 
 
 class Precision(StrEnum):
@@ -158,6 +159,38 @@ class HeadHyperparameters(_Frozen):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     curve_step: float = Field(default=0.1, gt=0.0, le=0.5)
+
+
+class MMAHyperparameters(_Frozen):
+    """MergeTune for MMA adapters (ALGORITHM.md section 6c); defaults are the reference's MMA_LMC config:
+    W_LMC 10, K 5, 5 epochs, batch 16, SGD lr 0.0015 (momentum 0.9, weight decay 5e-4), cosine, no
+    warm-up. ``adapter_scale`` is not stored in MMA's files (its configs use 0.001)."""
+
+    w_lmc: float = Field(default=10.0, ge=0.0, le=1e4, description="W_LMC: weight of the path term")
+    num_samples: int = Field(default=5, ge=1, le=64, description="K: path samples t_k=(k-1/2)/K")
+    path_term: bool = True
+    epochs: int = Field(default=5, ge=1, le=1000)
+    lr: float = Field(default=0.0015, gt=0.0, le=10.0)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    shots: int = Field(default=16, ge=1, le=10000)
+    seed: int = Field(default=1, ge=0, le=2**31 - 1)
+    precision: Precision = Precision.auto
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(default=0, ge=0, le=1000)
+    warmup_lr: float = Field(default=1e-5, ge=0.0, le=10.0)
+    adapter_scale: float = Field(default=0.001, gt=0.0, le=10.0)
+    #: exact: a fresh augmentation per image per epoch (the reference); none: test-transform images, their
+    #: frozen lower-block outputs computed once for the whole job.
+    feature_mode: FeatureMode = FeatureMode.exact
+    curve_step: float = Field(default=0.1, gt=0.0, le=0.5)
+
+    @field_validator("feature_mode")
+    @classmethod
+    def _modes(cls, v: FeatureMode) -> FeatureMode:
+        if FeatureMode(v) == FeatureMode.bank:
+            raise ValueError("MMA jobs take feature_mode 'exact' or 'none'")
+        return v
 
 
 class PromptLearnerSpec(_Frozen):
