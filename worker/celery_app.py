@@ -18,7 +18,11 @@ or ``python -m worker`` (same thing with the settings below). Why these settings
 - ``broker_transport_options.visibility_timeout`` (Redis/SQS) = ``MERGETUNE_VISIBILITY_TIMEOUT``
   (default 24 h), longer than the longest job: a message unacknowledged for longer is redelivered,
   so a shorter timeout would start a second copy of a job that is still running (the pipeline would skip
-  it, but the slot is wasted). Stale jobs are found faster by the heartbeat reaper (``worker.reaper``).
+  it, but the slot is wasted). Stale jobs are found faster by the heartbeat reaper and the reconciler
+  (``worker.reconcile``: dead or stalled owners, messages the broker lost), which also removes a killed
+  delivery's leftover unacknowledged entry once its job finished or was requeued.
+- A job is handed back (rejected with requeue) when the database stays unreachable past
+  ``MERGETUNE_DB_RETRY_SECONDS``: a message is acknowledged only after the state it reports is committed.
 - ``worker_cancel_long_running_tasks_on_connection_loss``: with late acks, a broker connection loss makes
   the broker redeliver the message anyway; cancelling the local copy avoids two runs.
 - No result backend (``task_ignore_result``): Postgres is the record of truth for status, progress,

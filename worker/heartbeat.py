@@ -96,10 +96,15 @@ class Heartbeat:
         beats = 0
         while not self._stop.wait(self.interval):
             beats += 1
+            release = dict(jobdb.HANDED_BACK)  # jobs handed back while the database was down
             try:
                 refresh = self.report is not None and beats % REAP_EVERY == 0
-                jobdb.heartbeat(self.url, self.hostname, self._info() if refresh else None)
+                jobdb.heartbeat(self.url, self.hostname, self._info() if refresh else None, release=release)
             except Exception:  # noqa: BLE001 - a DB blip must not kill the thread
                 logger.warning("heartbeat failed", exc_info=True)
+            else:
+                for job_id, attempt in release.items():  # released, or claimed again: done either way
+                    if jobdb.HANDED_BACK.get(job_id) == attempt:
+                        del jobdb.HANDED_BACK[job_id]
             if beats % REAP_EVERY == 0:
                 self.reap()

@@ -408,12 +408,40 @@ def _heartbeat(s: Any, hostname: str, job_id: str | None, info: dict[str, Any] |
             hb.info = info
 
 
+#: Jobs this process handed back to the broker while the database was down: {job_id: attempt}. The
+#: heartbeat thread releases them (clears current_job_id) once the database answers, unless the job was
+#: claimed again meanwhile, so that any worker, not only this one, may take the requeued message.
+HANDED_BACK: dict[str, int] = {}
+
+
 def heartbeat(
-    url: str, hostname: str, info: dict[str, Any] | None = None, *, reset_job: bool = False
+    url: str,
+    hostname: str,
+    info: dict[str, Any] | None = None,
+    *,
+    reset_job: bool = False,
+    release: dict[str, int] | None = None,
 ) -> None:
-    """Touch this node's heartbeat row (``reset_job`` clears current_job_id: a fresh worker process)."""
+    """Touch this node's heartbeat row (``reset_job`` clears current_job_id: a fresh worker process;
+    ``release`` {job_id: attempt} clears it if it names that job still in that attempt)."""
     now = utcnow()
     with session_scope(url) as s:
+        if release:
+            # lock the job rows first, in the claim's order (job, then heartbeat): a concurrent claim
+            # either commits before (attempts moved on: keep) or waits for this transaction
+            current = s.scalar(
+                select(WorkerHeartbeat.current_job_id).where(WorkerHeartbeat.hostname == hostname)
+            )
+            if current in release:
+                job = _locked_job(s, current)
+                if job is not None and job.attempts == release[current]:
+                    s.execute(
+                        update(WorkerHeartbeat)
+                        .where(
+                            WorkerHeartbeat.hostname == hostname, WorkerHeartbeat.current_job_id == current
+                        )
+                        .values(current_job_id=None)
+                    )
         hb = s.get(WorkerHeartbeat, hostname)
         if hb is None:
             s.add(WorkerHeartbeat(hostname=hostname, last_seen=now, current_job_id=None, info=info))

@@ -334,6 +334,7 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
 
         if is_unavailable(exc):  # retried for DB_RETRY_SECONDS already: hand the job back (worker.tasks)
             logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
+            jobdb.HANDED_BACK[job_id] = claim.attempt  # the heartbeat thread releases it when it can
             raise
         if isinstance(exc, Cancelled):
             # finish_job refuses (False) when another node owns the job now: then leave its files alone.

@@ -197,3 +197,24 @@ def test_a_resumed_job_reports_the_time_of_all_its_attempts(rsettings, rows):
     seconds = float(last.split(" in ")[1].split(" s")[0])
     assert last.startswith("Job succeeded in ") and last.endswith("(2 attempts)"), last
     assert 60.0 <= seconds < 60.0 + 60 and job["run_seconds"] == pytest.approx(seconds, abs=0.05)
+
+
+def test_a_job_handed_back_during_an_outage_is_released_for_any_worker(rsettings, rows):
+    """A worker that gave a job back while the database was down stops vouching for it once the
+    database answers (its heartbeat releases the job), unless it claimed the job again meanwhile."""
+    url = rsettings.DATABASE_URL
+    job_id = ws.make_job(url, *rows)
+    assert jobdb.claim_job(url, job_id, "w1@test").attempt == 1
+    assert jobdb.claim_job(url, job_id, "w2@test").action == "skip"  # w1 is alive and runs it
+
+    jobdb.heartbeat(url, "w1@test", release={job_id: 1})  # handed back in attempt 1
+    with session_scope(url) as s:
+        assert s.get(WorkerHeartbeat, "w1@test").current_job_id is None
+    rep = reconcile_once(rsettings)  # the job is nobody's now: requeued and sent again
+    assert rep.orphaned == [job_id] and broker_job_ids(rsettings) == {job_id}
+    claim = jobdb.claim_job(url, job_id, "w2@test")
+    assert claim.action == "run" and claim.attempt == 2 and claim.resumed
+
+    jobdb.heartbeat(url, "w2@test", release={job_id: 1})  # a stale release never drops a live claim
+    with session_scope(url) as s:
+        assert s.get(WorkerHeartbeat, "w2@test").current_job_id == job_id

@@ -34,6 +34,16 @@ def test_compose_services_and_gpu_reservation(compose):
     for key in ("MERGETUNE_DATABASE_URL", "MERGETUNE_BROKER_URL", "MERGETUNE_ARTIFACT_URL"):
         assert api["environment"][key] == worker["environment"][key]
     assert int(api["environment"]["MERGETUNE_VISIBILITY_TIMEOUT"]) >= 86400
+    # the reconciler: the API image (no torch), the same database and broker, after migrations
+    rec = services["reconciler"]
+    assert (
+        rec["image"] == api["image"]
+        and rec["entrypoint"] == ["mergetune"]
+        and rec["command"] == ["reconcile"]
+    )
+    assert rec["depends_on"]["api"]["condition"] == "service_healthy"
+    for key in ("MERGETUNE_DATABASE_URL", "MERGETUNE_BROKER_URL"):
+        assert rec["environment"][key] == api["environment"][key]
 
 
 def test_dockerfiles():
