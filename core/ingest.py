@@ -23,6 +23,7 @@ import numpy as np
 
 from core.config import Method
 from core.errors import CheckpointError
+from core.mma_layout import BUFFER_KEYS, layout_from_shapes, looks_like_mma
 from core.safe_pickle import (
     DEFAULT_MAX_TENSOR_BYTES,
     SAFETENSORS_DTYPES,
@@ -58,6 +59,9 @@ class IngestedCheckpoint:
     unknown_globals: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)  # "mergetune" JSON of our own exports
     keys: list[str] = field(default_factory=list)
+    #: MMA only: float32 adapter tensors under MMA's keys, and their layout (core.mma_layout.AdapterLayout JSON)
+    adapters: dict[str, np.ndarray] | None = None
+    mma_layout: dict[str, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Plain-JSON description for the API / manifest."""
@@ -70,6 +74,7 @@ class IngestedCheckpoint:
             "n_cls": self.n_cls,
             "epoch": self.epoch,
             "unknown_globals": list(self.unknown_globals),
+            **({"mma_layout": dict(self.mma_layout)} if self.mma_layout else {}),
         }
 
 
@@ -326,6 +331,10 @@ def _interpret(
             method = Method(meta["method"])
         except ValueError:
             method = None
+    if method is None and looks_like_mma([_strip_mma(k) for k in tensors]):
+        method = Method.mma
+    if method == Method.mma:
+        return _interpret_mma(tensors, fmt, expected_dim)
     ctx_t = _find(tensors, "ctx")
     head = None
     for p in _HEAD_PREFIXES:
@@ -383,6 +392,42 @@ def _interpret(
         csc=csc,
         n_cls=file_cls,
         epoch=None,
+    )
+
+
+def _strip_mma(key: str) -> str:
+    key = _strip(key)
+    return key[len("adapter_learner.") :] if key.startswith("adapter_learner.") else key
+
+
+def _interpret_mma(tensors: dict[str, LazyTensor], fmt: str, expected_dim: int | None) -> IngestedCheckpoint:
+    """MMA's ``adapter_learner`` state dict (ALGORITHM.md section 6c): the adapters are read, the
+    class-dependent buffers only give the class count."""
+    named = {_strip_mma(k): v for k, v in tensors.items()}
+    adapters = {k: v for k, v in named.items() if looks_like_mma([k])}
+    try:
+        layout = layout_from_shapes({k: v.shape for k, v in adapters.items()})
+    except ValueError as exc:
+        raise _err(f"not a usable MMA checkpoint: {exc}", "bad_rank") from None
+    if expected_dim is not None and layout.text_width != expected_dim:
+        raise _err(
+            f"MMA text adapters are {layout.text_width} wide; the backbone's text width is {expected_dim}",
+            "width_mismatch",
+        )
+    arrays = {k: _float32(v, k) for k, v in adapters.items()}
+    emb = named.get(BUFFER_KEYS[0])
+    n_cls = emb.shape[0] if emb is not None and len(emb.shape) == 3 else None
+    return IngestedCheckpoint(
+        format=fmt,
+        method=Method.mma,
+        ctx=None,
+        n_ctx=None,
+        ctx_dim=layout.text_width,
+        csc=False,
+        n_cls=n_cls,
+        epoch=None,
+        adapters=arrays,
+        mma_layout=layout.to_json(),
     )
 
 

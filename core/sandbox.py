@@ -122,6 +122,12 @@ def ingest_sandboxed(
         names = {f.name for f in fields(IngestedCheckpoint)}
         kwargs: dict[str, Any] = {k: _from_json(v) for k, v in result["ok"].items() if k in names}
         kwargs.update({k: v for k, v in arrays.items() if k in names})
+        adapters_path = work / "adapters.npz"
+        if adapters_path.exists():  # MMA: the adapter tensors under their keys
+            with np.load(adapters_path, allow_pickle=False) as npz:
+                kwargs["adapters"] = {k: npz[k] for k in npz.files}
+            if any(a.dtype != np.float32 for a in kwargs["adapters"].values()):
+                raise _err("the parser returned adapters that are not float32", "not_a_checkpoint")
         return IngestedCheckpoint(**kwargs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -372,8 +378,14 @@ def _parse(request: dict[str, Any], parse: ParseLimits, out: Path) -> dict[str, 
         arr = getattr(ck, name)
         if arr is not None:
             np.save(out / f"{name}.npy", np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    if ck.adapters:
+        arrays: dict[str, Any] = {
+            k: np.ascontiguousarray(v, dtype=np.float32) for k, v in ck.adapters.items()
+        }
+        np.savez(out / "adapters.npz", **arrays)
     ck.keys = ck.keys[:1000]
-    info = {f.name: _to_json(getattr(ck, f.name)) for f in fields(ck) if f.name not in _ARRAYS}
+    skip = (*_ARRAYS, "adapters")
+    info = {f.name: _to_json(getattr(ck, f.name)) for f in fields(ck) if f.name not in skip}
     return {"ok": json.loads(json.dumps(info, default=str))}
 
 

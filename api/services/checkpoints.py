@@ -166,6 +166,9 @@ def _accept(ckpt: Checkpoint, ing: IngestedCheckpoint, store: ArtifactStore, set
         tensors["weight"] = np.ascontiguousarray(ing.head_weight, dtype=np.float32)
         if ing.head_bias is not None:
             tensors["bias"] = np.ascontiguousarray(ing.head_bias, dtype=np.float32)
+    elif ing.method == Method.mma:  # the adapters under MMA's keys; their layout in info["mma_layout"]
+        assert ing.adapters is not None
+        tensors.update({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in ing.adapters.items()})
     else:
         assert ing.ctx is not None
         tensors["ctx"] = np.ascontiguousarray(ing.ctx, dtype=np.float32)
@@ -183,6 +186,8 @@ def _accept(ckpt: Checkpoint, ing: IngestedCheckpoint, store: ArtifactStore, set
         save_file(tensors, str(path), metadata=meta)
         store.put_file(key, path)
     info: dict[str, Any] = {"epoch": ing.epoch, "unknown_globals": list(ing.unknown_globals)}
+    if ing.mma_layout:
+        info["mma_layout"] = dict(ing.mma_layout)
     if ing.metadata:
         info["metadata"] = json.loads(json.dumps(ing.metadata, default=str))
     ckpt.status = CheckpointStatus.ready

@@ -26,10 +26,12 @@ from core.config import (
     HeadHyperparameters,
     Hyperparameters,
     Method,
+    MMAHyperparameters,
     Protocol,
     class_count_problem,
 )
 from core.errors import BackboneError
+from core.mma_layout import AdapterLayout
 from core.weights import PARAM as WEIGHTS_PARAM
 from core.weights import is_file_reference, outside_root, parse_random, resolve_weights, weights_relpath
 
@@ -52,6 +54,39 @@ KNOWN_TEXT_WIDTHS = {
     "ViT-L-14-336": 768,
     "ViT-H-14": 1024,
 }
+
+
+#: (text width, text blocks, image width, image blocks) of ViT backbones, for MMA checkpoints (adapters sit
+#: on transformer blocks of both towers; ResNet image towers have none). Others: checked by the worker.
+KNOWN_MMA_TOWERS = {
+    "ViT-B-32": (512, 12, 768, 12),
+    "ViT-B-16": (512, 12, 768, 12),
+    "ViT-L-14": (768, 12, 1024, 24),
+    "ViT-L-14-336": (768, 12, 1024, 24),
+    "ViT-H-14": (1024, 24, 1280, 32),
+    "tiny-clip": (128, 4, 128, 4),
+    "tiny-test": (64, 2, 64, 1),
+}
+
+
+def _check_mma(ckpt: Any, model: str) -> None:
+    """Refuse MMA adapters whose widths or blocks do not fit the backbone (422 on backbone.model)."""
+    if model.startswith("RN"):
+        raise Unprocessable(
+            f"MMA adapters need a ViT image tower; {model} has a ResNet one",
+            code="width_mismatch",
+            param="backbone.model",
+        )
+    towers = KNOWN_MMA_TOWERS.get(model)
+    raw = (ckpt.info or {}).get("mma_layout")
+    if towers is None or not isinstance(raw, dict):
+        return
+    tw, tl, vw, vl = towers
+    problem = AdapterLayout.from_json(raw).backbone_problem(
+        text_width=tw, visual_width=vw, text_layers=tl, visual_layers=vl
+    )
+    if problem:
+        raise Unprocessable(f"{problem} ({model})", code="width_mismatch", param="backbone.model")
 
 
 def create_job(
@@ -132,7 +167,10 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
     eval_ids = _eval_datasets(session, project_id, body.eval_dataset_ids)
 
     is_head = ckpt.method == Method.linear_head.value
-    hp_model: type[BaseModel] = HeadHyperparameters if is_head else Hyperparameters
+    is_mma = ckpt.method == Method.mma.value
+    hp_model: type[BaseModel] = (
+        HeadHyperparameters if is_head else MMAHyperparameters if is_mma else Hyperparameters
+    )
     try:
         hp = hp_model.model_validate(body.hyperparameters)
     except ValidationError as exc:
@@ -140,11 +178,13 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
 
     check_backbone(session, settings, body.backbone)
     prompt: dict[str, Any] | None = None
-    if is_head:
+    if is_mma:
+        _check_mma(ckpt, body.backbone.model)
+    if is_head or is_mma:
         if body.prompt is not None and body.prompt.class_token_position is not None:
             raise Unprocessable(
-                "linear-head checkpoints have no prompt; prompt.class_token_position applies to CoOp/KgCoOp "
-                "checkpoints",
+                f"{'MMA' if is_mma else 'linear-head'} checkpoints have no prompt; "
+                "prompt.class_token_position applies to CoOp/KgCoOp checkpoints",
                 param="prompt.class_token_position",
             )
     else:
@@ -162,7 +202,13 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
             raise Unprocessable(problem, code="class_count_mismatch", param="checkpoint_id")
 
     width = KNOWN_TEXT_WIDTHS.get(body.backbone.model)
-    if not is_head and width is not None and ckpt.ctx_dim is not None and ckpt.ctx_dim != width:
+    if (
+        not is_head
+        and not is_mma
+        and width is not None
+        and ckpt.ctx_dim is not None
+        and ckpt.ctx_dim != width
+    ):
         raise Unprocessable(
             f"the checkpoint's context width {ckpt.ctx_dim} does not match {body.backbone.model} (text width {width})",
             code="width_mismatch",
@@ -175,7 +221,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         project_id=project_id,
         checkpoint_id=ckpt.id,
         dataset_id=ds.id,
-        job_type=(JobType.linear_head if is_head else JobType.prompt).value,
+        job_type=Method.mma.value if is_mma else (JobType.linear_head if is_head else JobType.prompt).value,
         backbone=body.backbone.model_dump(mode="json"),
         protocol=body.protocol.value,
         prompt=prompt,
