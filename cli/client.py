@@ -11,6 +11,7 @@ with Client("http://127.0.0.1:8000", token) as c:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+SWEEP_TERMINAL = TERMINAL
 
 
 class ApiError(Exception):
@@ -220,6 +222,73 @@ class Client:
         out.mkdir(parents=True, exist_ok=True)
         wanted = names or [a["name"] for a in self.list_artifacts(job_id)]
         return [self.download_artifact(job_id, n, out / n) for n in wanted]
+
+    # -- sweeps ------------------------------------------------------------------------------
+    def create_sweep(
+        self, spec: dict[str, Any], *, tree: str | Path | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Create a sweep from ``spec`` (SweepCreate: cells, grid, hyperparameters ...) or, with ``tree``,
+        from a zip/tar of a CoOp output directory (``spec`` then has no cells; ``dataset_map`` maps the
+        tree's dataset names to dataset ids)."""
+        headers = {"Idempotency-Key": idempotency_key or f"cli-{uuid.uuid4()}"}
+        if tree is None:
+            return self._request("POST", "/v1/sweeps", json=spec, headers=headers)
+        path = Path(tree)
+        with path.open("rb") as f:
+            return self._request(
+                "POST",
+                "/v1/sweeps",
+                files={"file": (path.name, f, "application/octet-stream")},
+                data={"spec": json.dumps(spec)},
+                headers=headers,
+            )
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/sweeps/{sweep_id}")
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        return list(self._paginate("/v1/sweeps"))
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        interval: float = 2.0,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until every job of the sweep has finished; returns the final sweep object."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            if sweep["status"] in SWEEP_TERMINAL:
+                return sweep
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_id} still {sweep['status']} after {timeout} s")
+            time.sleep(interval)
+
+    def sweep_report(self, sweep_id: str, fmt: str = "json") -> bytes:
+        """The report as ``json`` | ``csv`` | ``tex`` | ``html`` (bytes as served)."""
+        r = self._http.get(f"/v1/sweeps/{sweep_id}/report.{fmt}")
+        _raise_for_error(r)
+        return r.content
+
+    def download_sweep_report(
+        self, sweep_id: str, out_dir: str | Path, formats: tuple[str, ...] = ("json", "csv", "tex", "html")
+    ) -> list[Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for fmt in formats:
+            dest = out / f"{sweep_id}-report.{fmt}"
+            dest.write_bytes(self.sweep_report(sweep_id, fmt))
+            paths.append(dest)
+        return paths
 
 
 def _raise_for_error(r: httpx.Response) -> None:

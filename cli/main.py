@@ -482,6 +482,112 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- sweeps ---------------------------------------------------------------------------------------
+def _grid(items: list[str] | None) -> dict[str, list[Any]]:
+    """``--grid w_zs=1,10`` -> {"w_zs": [1, 10]}."""
+    grid: dict[str, list[Any]] = {}
+    for key, raw in _pairs(items, typed=False).items():
+        grid[key] = [_parse_value(v.strip()) for v in str(raw).split(",") if v.strip()]
+    return grid
+
+
+def _cell(text: str) -> dict[str, Any]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"--cell takes CHECKPOINT_ID:DATASET_ID[:SEED], got {text!r}")
+    cell: dict[str, Any] = {"checkpoint_id": parts[0], "dataset_id": parts[1]}
+    if len(parts) == 3:
+        cell["seed"] = int(parts[2])
+    return cell
+
+
+def cmd_sweep_create(args: argparse.Namespace, settings: Settings) -> int:
+    if bool(args.tree) == bool(args.cell):
+        raise SystemExit("give --tree ARCHIVE or --cell CHECKPOINT:DATASET[:SEED] (repeatable), not both")
+    spec: dict[str, Any] = {}
+    if args.name:
+        spec["name"] = args.name
+    if args.cell:
+        spec["cells"] = [_cell(c) for c in args.cell]
+    if args.dataset_map:
+        spec["dataset_map"] = _pairs(args.dataset_map, typed=False)
+    if args.model or args.pretrained:
+        spec["backbone"] = {
+            k: v for k, v in {"model": args.model, "pretrained": args.pretrained}.items() if v
+        }
+    hp = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    hp.update(_pairs(args.hp, typed=True))
+    if hp:
+        spec["hyperparameters"] = hp
+    if args.grid:
+        spec["grid"] = _grid(args.grid)
+    if args.protocol:
+        spec["protocol"] = args.protocol
+    if args.class_token_position:
+        spec["prompt"] = {"class_token_position": args.class_token_position}
+    if args.metadata:
+        spec["metadata"] = _pairs(args.metadata, typed=False)
+    with _client(args, settings) as c:
+        sweep = c.create_sweep(spec, tree=args.tree, idempotency_key=args.idempotency_key)
+    _print_json(sweep)
+    return 0
+
+
+class _SweepProgress(_ProgressBar):
+    def __call__(self, sweep: dict[str, Any]) -> None:  # type: ignore[override]
+        p = sweep["progress"]
+        filled = int(p["fraction"] * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        detail = f"{p['succeeded']}/{p['jobs']} succeeded, {p['running']} running, {p['queued']} queued"
+        if p["failed"] or p["cancelled"]:
+            detail += f", {p['failed']} failed, {p['cancelled']} cancelled"
+        line = f"\r{sweep['id']} [{bar}] {p['fraction'] * 100:5.1f}% {sweep['status']} ({detail})"
+        if line != self.last:
+            self.stream.write(line.ljust(len(self.last)))
+            self.stream.flush()
+            self.last = line
+
+
+def cmd_sweep_wait(args: argparse.Namespace, settings: Settings) -> int:
+    from core.sweep_table import to_text
+
+    bar = _SweepProgress()
+    with _client(args, settings) as c:
+        try:
+            sweep = c.wait_sweep(
+                args.sweep,
+                interval=args.interval,
+                timeout=args.wait_timeout,
+                on_update=None if args.quiet else bar,
+            )
+        finally:
+            bar.close()
+        report = json.loads(c.sweep_report(sweep["id"], "json"))
+    _print_json(sweep)
+    sys.stderr.write(to_text(report["table"]))  # the table a person reads; stdout stays one JSON document
+    sys.stderr.write(f"{sweep['status']}\n")
+    return 0 if sweep["status"] == "succeeded" else 1
+
+
+def cmd_sweep_download(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as c:
+        paths = c.download_sweep_report(
+            args.sweep, args.out, tuple(args.format or ("json", "csv", "tex", "html"))
+        )
+    for p in paths:
+        sys.stdout.write(f"{p}\n")
+    return 0
+
+
+def _sweep_simple(method: str) -> Any:
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        with _client(args, settings) as c:
+            _print_json(getattr(c, method)(*([args.sweep] if hasattr(args, "sweep") else [])))
+        return 0
+
+    return run
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mergetune", description="MergeTune recovery service")
@@ -598,6 +704,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("."))
     p.set_defaults(func=cmd_download)
     return parser
+    sw = sub.add_parser("sweep", help="sweeps: many jobs from a CoOp output tree or a grid").add_subparsers(
+        dest="sweep_command", required=True
+    )
+    p = client_opts(sw.add_parser("create", help="create a sweep from a tree archive or from cells"))
+    p.add_argument("--tree", type=Path, help="zip/tar of a CoOp output directory")
+    p.add_argument("--cell", action="append", metavar="CKPT:DATASET[:SEED]", help="a cell (repeatable)")
+    p.add_argument(
+        "--dataset-map", action="append", metavar="TREE_NAME=DATASET_ID", help="default: datasets by name"
+    )
+    p.add_argument("--name")
+    p.add_argument("--model", help="backbone model, e.g. ViT-B-16 or tiny-clip")
+    p.add_argument("--pretrained", help="backbone weights tag, e.g. openai or builtin")
+    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a shared hyperparameter (repeatable)")
+    p.add_argument("--hyperparameters", help="JSON object of shared hyperparameters")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (repeatable)")
+    p.add_argument("--protocol", choices=["base2novel", "all"])
+    p.add_argument("--class-token-position", choices=["end", "middle", "front"])
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    p.add_argument("--idempotency-key")
+    p.set_defaults(func=cmd_sweep_create)
+    p = client_opts(sw.add_parser("wait", help="wait for a sweep (progress on stderr), then print its table"))
+    p.add_argument("sweep")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep_wait)
+    p = client_opts(sw.add_parser("download", help="download the report (json, csv, tex, html)"))
+    p.add_argument("sweep")
+    p.add_argument("--format", action="append", choices=["json", "csv", "tex", "html"])
+    p.add_argument("--out", type=Path, default=Path("."))
+    p.set_defaults(func=cmd_sweep_download)
+    for name, method in (("get", "get_sweep"), ("cancel", "cancel_sweep")):
+        p = client_opts(sw.add_parser(name))
+        p.add_argument("sweep")
+        p.set_defaults(func=_sweep_simple(method))
+    p = client_opts(sw.add_parser("list"))
+    p.set_defaults(func=_sweep_simple("list_sweeps"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -260,3 +260,48 @@ def to_latex(table: dict[str, Any], caption: str = "Base-to-novel accuracy (%)")
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
+
+
+def to_text(table: dict[str, Any]) -> str:
+    """A fixed-width rendering for terminals: per dataset (then Average) each model's base / novel / HM
+    (seed means, ± std) and the recovered row's deltas."""
+    out = [f"{'dataset':<14} {'method':<22} {'base':>14} {'novel':>14} {'HM':>7}"]
+    blocks = [*((d["dataset"], d) for d in table["datasets"]), ("Average", table["average"])]
+    for name, block in blocks:
+        out.append("-" * 75)
+        if not block["rows"]:
+            out.append(f"{name[:14]:<14} (no finished cell yet)")
+            continue
+        first = True
+        for model in MODELS:
+            r = block["rows"].get(model)
+            if r is None:
+                continue
+            cells = []
+            for key in ("base", "novel"):
+                std = r.get(f"{key}_std")
+                cells.append(f"{r[key]:6.2f}" + (f" ±{std:5.2f}" if std is not None else " " * 7))
+            label = name[:14] if first else ""
+            first = False
+            out.append(f"{label:<14} {MODEL_LABELS[model]:<22} {cells[0]:>14} {cells[1]:>14} {r['hm']:7.2f}")
+        for key, what in (
+            ("delta_vs_fine_tuned", "Δ vs fine-tuned"),
+            ("delta_vs_zero_shot", "Δ vs zero-shot"),
+        ):
+            d = block.get(key)
+            if d is not None:
+                out.append(f"{'':<14} {what:<22} {d['base']:>+14.2f} {d['novel']:>+14.2f} {d['hm']:>+7.2f}")
+    sel = table["selection"]
+    if table["grid"]:
+        out.append("-" * 75)
+        for g in table["grid"]:
+            r = g["average"]["rows"].get("recovered")
+            mark = "*" if g["point"] == sel["point"] else " "
+            params = " ".join(f"{k}={v}" for k, v in g["params"].items())
+            val = f"{g['val_acc']:.2f}" if g["val_acc"] is not None else "-"
+            hm = f"{r['hm']:.2f}" if r else "-"
+            out.append(f"{mark} point {g['point']:<3} {params:<40} val_acc {val:>6}  HM {hm:>6}")
+        out.append(
+            f"selected by {sel['rule']}: point {sel['point']}" + ("" if sel["final"] else " (provisional)")
+        )
+    return "\n".join(out) + "\n"

@@ -111,10 +111,11 @@ def post_cancel(sweep_id: str, principal: PrincipalDep, session: SessionDep) -> 
 
 
 def _report(
-    sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+    request: Request, sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
 ) -> Response:
     sweep = get_sweep(session, principal.project_id, sweep_id)
-    body, media_type = render_report(sweep_report(session, store, sweep), fmt)
+    job_href = str(request.base_url) + "jobs/"  # the dashboard's job pages, absolute in a downloaded file
+    body, media_type = render_report(sweep_report(session, store, sweep), fmt, job_href)
     headers = {}
     if fmt != "json":
         headers["Content-Disposition"] = f'attachment; filename="{sweep.id}-report.{fmt}"'
@@ -131,13 +132,15 @@ _REPORT_RESPONSES = {
 
 
 @router.get("/{sweep_id}/report", responses=_REPORT_RESPONSES, response_class=Response)
-def report_json(sweep_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> Response:
-    return _report(sweep_id, "json", principal, session, store)
+def report_json(
+    request: Request, sweep_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> Response:
+    return _report(request, sweep_id, "json", principal, session, store)
 
 
 @router.get("/{sweep_id}/report.{fmt}", responses=_REPORT_RESPONSES, response_class=Response)
 def report_as(
-    sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+    request: Request, sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
 ) -> Response:
     """``fmt``: json | csv | tex | html."""
-    return _report(sweep_id, fmt, principal, session, store)
+    return _report(request, sweep_id, fmt, principal, session, store)

@@ -603,8 +603,9 @@ def sweep_report(session: Session, store: ArtifactStore, sweep: Sweep) -> dict[s
     return {"sweep": read.model_dump(mode="json"), "table": table, "jobs": rows}
 
 
-def render_report(report: dict[str, Any], fmt: str) -> tuple[str, str]:
-    """(body, media type) of the report in ``json`` | ``csv`` | ``tex`` | ``html``."""
+def render_report(report: dict[str, Any], fmt: str, job_href: str = "/jobs/") -> tuple[str, str]:
+    """(body, media type) of the report in ``json`` | ``csv`` | ``tex`` | ``html`` (whose job links
+    are ``job_href`` + the job id: the dashboard's job pages)."""
     if fmt == "json":
         return json.dumps(report, indent=2, sort_keys=False), "application/json"
     if fmt == "csv":
@@ -613,9 +614,8 @@ def render_report(report: dict[str, Any], fmt: str) -> tuple[str, str]:
         caption = f"Base-to-novel accuracy (%), sweep {report['sweep']['name']}"
         return to_latex(report["table"], caption=caption), "application/x-tex; charset=utf-8"
     if fmt == "html":
-        return _env.get_template("sweep_report.html").render(
-            report=report, standalone=True
-        ), "text/html; charset=utf-8"
+        page = _env.get_template("sweep_report.html").render(report=report, job_href=job_href)
+        return page, "text/html; charset=utf-8"
     raise NotFound(f"no report format {fmt!r} (json, csv, tex, html)", param="format")
 
 

@@ -105,3 +105,17 @@ def test_csv_and_latex_render_the_same_numbers():
     assert tex.count(r"\midrule") == 3  # header, eurosat | dtd, dtd | Average
     named = build_table([CellResult("a_b&c", 1, 0, A1, None)], datasets=["a_b&c"])
     assert r"a\_b\&c" in to_latex(named)
+
+
+def test_text_rendering_for_terminals():
+    from core.sweep_table import to_text
+
+    cells = _cells(0, (80, 82, 70, 72)) + _cells(1, (85, 83, 70, 70))
+    text = to_text(
+        build_table(cells, datasets=["eurosat", "dtd"], points=[{"w_zs": 1}, {"w_zs": 10}], cells_per_point=4)
+    )
+    lines = text.splitlines()
+    rec = next(ln for ln in lines if ln.startswith("eurosat") or "MergeTune" in ln)
+    assert "MergeTune (recovered)" in text and " 86.00 ± 2.00" in text and "80.12" in text
+    assert any(ln.startswith("Average") for ln in lines) and rec
+    assert "* point 1" in text and "selected by val_acc: point 1" in text
