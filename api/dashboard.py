@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError, error_body
+from api.hygiene import has_control
 from api.schemas import JobCreate
 from api.services import jobs as job_service
 from common import repositories as repo
@@ -531,6 +532,11 @@ async def create_job(
     if viewer is None:
         return _to_login(request)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    bad = next((k for k, v in form.items() if has_control(k) or has_control(v)), None)
+    if bad is not None:  # urlencoded forms are refused at the edge; multipart ones here
+        name = bad.encode("unicode_escape").decode("ascii")
+        message = f"{name}: control characters are not allowed"
+        return JSONResponse(error_body("invalid_characters", message, name), status_code=422)
     if not _check_csrf(viewer, form.get("csrf")):
         return Response("bad CSRF token", status_code=403)
     try:

@@ -216,6 +216,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if is_unavailable(exc):
             log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
             return database_unavailable()
+        if isinstance(exc, sa_exc.DataError) and "NUL" in str(exc.orig):
+            # A NUL byte that reached Postgres by a path the edge does not check: bad input, not a 500.
+            log.warning("NUL byte reached the database", exc_info=exc)
+            return error_json(422, "invalid_characters", "a text value holds a NUL character", None)
         log.error("database error", exc_info=exc)
         return error_json(500, "internal_error", "internal error", None)
 

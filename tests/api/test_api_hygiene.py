@@ -388,3 +388,46 @@ def test_connection_survives_hostile_requests_on_a_real_server(live, auth, setti
         assert conn.sock is not None and conn.sock.getsockname() == local, f"reconnected after {url}"
     conn.close()
     assert _stored(settings) == ([], [])
+
+
+def test_dashboard_multipart_form_with_nul_gets_422(client, auth):
+    """Urlencoded forms are refused at the edge; the dashboard's new-job form also refuses a multipart
+    body with a control character in a field, before CSRF or any database lookup."""
+    from api.dashboard import csrf_token
+
+    secret = auth["Authorization"].split(" ", 1)[1]
+    assert (
+        client.post("/login", data={"token": secret, "next": "/"}, follow_redirects=False).status_code == 303
+    )
+    fields = {
+        "checkpoint_id": (None, "ck\x00"),
+        "dataset_id": (None, "ds_1"),
+        "csrf": (None, csrf_token(secret)),
+    }
+    r = client.post("/jobs", files=fields, follow_redirects=False)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "checkpoint_id"
+    fields = {"idempotency_key": (None, "k\x01"), "csrf": (None, csrf_token(secret))}
+    r = client.post("/jobs", files=fields, follow_redirects=False)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "idempotency_key"
+
+
+def test_a_nul_that_reaches_postgres_is_422_not_500(make_client, auth):
+    """Defence in depth: should a NUL byte reach Postgres by a path the edge does not check, the answer
+    is 422 invalid_characters (and the request after it is served normally)."""
+    from sqlalchemy import select
+
+    from api.deps import SessionDep
+    from common.models import Project
+
+    client = make_client()
+
+    def probe(session: SessionDep) -> dict[str, int]:
+        return {"n": len(list(session.scalars(select(Project).where(Project.name == "a\x00b"))))}
+
+    probe.__annotations__ = {"session": SessionDep, "return": dict[str, int]}  # this module's are strings
+    client.app.add_api_route("/probe-nul", probe, methods=["GET"])
+    r = client.get("/probe-nul")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_characters"
+    assert client.get("/v1/jobs", headers=auth).status_code == 200
