@@ -9,10 +9,10 @@ Backbone: the bundled tiny CLIP (``tiny-clip``/``builtin``) when its weights fil
 depend on how it was trained). Variants, each run in a fresh subprocess so that
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is that variant's own peak (torch allocations included):
 
-- ``ours-bank``: ``core.recovery.recover`` with the default hyperparameters (feature bank of
-  ``Hyperparameters().bank_views`` augmented views, 100 epochs), including the full evaluation
+- ``ours-bank``: ``core.recovery.recover`` with the default hyperparameters but ``feature_mode=bank``
+  (``Hyperparameters().bank_views`` augmented views, 100 epochs), including the full evaluation
   (metrics, baselines, curves);
-- ``ours-exact``: the same with ``feature_mode=exact`` (fresh augmentation, one image pass per step);
+- ``ours-exact``: the same with ``feature_mode=exact`` (the default: fresh augmentation, one image pass per step);
 - ``reference``: a Dassl-style loop (images loaded and augmented per step, ``bench/reference.py``
   step: 1+K image passes, 3 text passes at 77 tokens) for ``--ref-epochs`` epochs, EXTRAPOLATED to
   the full epoch count, plus its test loop (prompts re-encoded per test batch) on both test splits.
@@ -82,8 +82,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     if variant.startswith("ours"):
         from core.recovery import recover
 
-        if variant == "ours-exact":
-            hp = hp.model_copy(update={"feature_mode": "exact"})
+        hp = hp.model_copy(update={"feature_mode": "exact" if variant == "ours-exact" else "bank"})
         res = recover(backbone, task, ctx_ft, hp)
         out["job_s"] = time.perf_counter() - t0
         out["timings"] = res.result.timings
