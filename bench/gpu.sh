@@ -2,6 +2,8 @@
 # GPU benchmark in one call (< 8 minutes on one H100/H200), from the repo root of a fresh copy:
 #     bench/gpu.sh                 # ViT-B-16 random weights, AMP, synthetic images
 #     bench/gpu.sh --cpu-smoke     # tiny model on the CPU: checks that every part runs
+#     BENCH_PARTS=mma bench/gpu.sh # only the MMA step comparison (bench/mma_step.py, ~1 minute)
+# Runs bench/gpu.py (prompt jobs), then bench/mma_step.py (MMA + MergeTune steps).
 # Uses the first Python that already imports torch (.venv, then python3); only when none does, it
 # creates .bench-venv and pip-installs torch + the few libraries the core needs.
 set -euo pipefail
@@ -29,4 +31,11 @@ echo "python: $PY ($("$PY" -c 'import torch; print("torch", torch.__version__, "
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-exec "$PY" bench/gpu.py "$@"
+PARTS="${BENCH_PARTS:-all}"
+if [ "$PARTS" != "mma" ]; then
+  "$PY" bench/gpu.py "$@"
+fi
+if [ "${1:-}" = "--cpu-smoke" ]; then
+  exec "$PY" bench/mma_step.py --models tiny-clip --n-cls 10 --repeats 1
+fi
+exec "$PY" bench/mma_step.py --models tiny-clip ViT-B-16 --n-cls 10 50 500 --repeats 10

@@ -180,6 +180,9 @@ class MMAHyperparameters(_Frozen):
     warmup_epochs: int = Field(default=0, ge=0, le=1000)
     warmup_lr: float = Field(default=1e-5, ge=0.0, le=10.0)
     adapter_scale: float = Field(default=0.001, gt=0.0, le=10.0)
+    #: False (the reference): the path mixes the unnormalised adapted text features with the normalised
+    #: zero-shot ones, so the effective mix is not t_k. True: both ends normalised (the nominal t_k).
+    normalise_endpoints: bool = False
     #: exact: a fresh augmentation per image per epoch (the reference); none: test-transform images, their
     #: frozen lower-block outputs computed once for the whole job.
     feature_mode: FeatureMode = FeatureMode.exact

@@ -179,3 +179,98 @@ def read_export_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(meta.get("mergetune", "{}"))
     except json.JSONDecodeError:
         return {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# MMA adapters (ALGORITHM.md section 6c)
+
+#: The download MMA's loader finds once unpacked: ``adapter_learner/model.pth.tar-<epoch>``.
+MMA_ARCHIVE = "adapters-mma.tar"
+
+
+def mma_member(epoch: int) -> str:
+    """Where MMA's ``load_model(directory, epoch)`` reads the adapters (Dassl's file name)."""
+    return f"adapter_learner/model.pth.tar-{int(epoch)}"
+
+
+def _mma_state_dict(adapters: dict[str, Any], buffers: tuple[Any, Any] | None) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    if buffers is not None:  # MMA's AdapterLearner registers them first; its loader drops them
+        state["token_embedding"] = _tensor(buffers[0], "token_embedding")
+        state["tokenized_prompts"] = _tensor(buffers[1], "tokenized_prompts")
+    for k, v in adapters.items():
+        state[k] = _tensor(v, k).float()
+    return state
+
+
+def write_mma_dassl(
+    out_dir: str | os.PathLike,
+    adapters: dict[str, Any],
+    *,
+    epoch: int,
+    buffers: tuple[Any, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """``<out_dir>/adapter_learner/model.pth.tar-<epoch>``: Dassl's ``{state_dict, epoch, optimizer,
+    scheduler, val_result}`` with MMA's keys (plain types only: ``torch.load(weights_only=True)`` and
+    MMA's ``load_model`` read it). Returns the path."""
+    path = Path(out_dir) / mma_member(epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dassl: dict[str, Any] = {
+        "state_dict": _mma_state_dict(adapters, buffers),
+        "epoch": int(epoch),
+        "optimizer": None,
+        "scheduler": None,
+        "val_result": None,
+    }
+    if metadata is not None:
+        dassl["mergetune"] = json.loads(json.dumps(metadata, default=str))
+    _atomic_torch_save(dassl, path)
+    return path
+
+
+def export_mma(
+    out_dir: str | os.PathLike,
+    adapters: dict[str, Any],
+    *,
+    metadata: dict[str, Any],
+    epoch: int,
+    buffers: tuple[Any, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``adapters.safetensors`` (MMA's keys; ``mergetune`` JSON header with the layout) and
+    ``adapters-mma.tar`` (``adapter_learner/model.pth.tar-<epoch>`` + Dassl's ``checkpoint`` pointer +
+    ``mergetune.json``: ``tar xf adapters-mma.tar -C <dir>``, then MMA's ``--model-dir <dir>
+    --load-epoch <epoch> --eval-only``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(metadata)
+    meta.setdefault("method", "mma")
+    tensors = {k: _tensor(v, k).float() for k, v in adapters.items()}
+    flat = {"method": "mma"}
+    layout = meta.get("layout")
+    if isinstance(layout, dict):
+        flat.update({f"mma_{k}": str(v) for k, v in layout.items()})
+    paths = {"adapters.safetensors": out / "adapters.safetensors", MMA_ARCHIVE: out / MMA_ARCHIVE}
+    _atomic_save_file(tensors, paths["adapters.safetensors"], _header_metadata(meta, flat))
+    plain_meta = json.loads(json.dumps(meta, default=str))
+    staging = out / ".mma-dassl"
+    dassl_file = write_mma_dassl(staging, adapters, epoch=epoch, buffers=buffers, metadata=plain_meta)
+    tmp = paths[MMA_ARCHIVE].with_name(MMA_ARCHIVE + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tar.gettarinfo(str(dassl_file), arcname=mma_member(epoch))
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        with open(dassl_file, "rb") as f:
+            tar.addfile(info, f)
+        for name, data in (
+            ("adapter_learner/checkpoint", f"model.pth.tar-{int(epoch)}\n".encode()),
+            ("mergetune.json", json.dumps(plain_meta, indent=2, sort_keys=True).encode()),
+        ):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), 0o644, 0
+            tar.addfile(ti, io.BytesIO(data))
+    os.replace(tmp, paths[MMA_ARCHIVE])
+    dassl_file.unlink()
+    for d in (dassl_file.parent, staging):
+        d.rmdir()
+    logger.info("exported MMA adapters (%d tensors) to %s", len(tensors), out)
+    return paths

@@ -128,6 +128,18 @@ def _layers(model: Any) -> tuple[int, int]:
     return len(model.transformer.resblocks), len(model.visual.transformer.resblocks)
 
 
+@torch.no_grad()
+def mma_buffers(
+    backbone: Backbone, classnames: Sequence[str], text_init: str = MMA_TEXT_INIT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MMA's class-dependent buffers (``token_embedding`` [C, 77, Wt], ``tokenized_prompts`` [C, 77]) of
+    "<text_init> <name>." as its AdapterLearner builds them (CPU fp32 / int64)."""
+    tokens = backbone.tokenizer([f"{text_init} {_clean(n)}." for n in classnames]).to(backbone.device)
+    model: Any = backbone.model
+    emb = model.token_embedding(tokens).float()
+    return emb.cpu(), tokens.cpu()
+
+
 def layout_for(backbone: Backbone, *, dim: int = 32, start: int | None = None) -> AdapterLayout:
     """The adapter layout a fresh MMA run uses on ``backbone``: MMA's 5..12 on 12-block towers, the
     documented proportional rule (:func:`core.mma_layout.default_span`) elsewhere."""
@@ -340,12 +352,14 @@ def mma_loss(
     anchor: torch.Tensor | None = None,
     w_lmc: float = 0.0,
     num_samples: int = 5,
+    normalise_endpoints: bool = False,
 ) -> LossParts:
     """CE(tau n(F) n(G_w)^T, y) + W_LMC * mean_k CE(tau n(F) n((1 - t_k) G_w + t_k G_zs)^T, y).
 
     ``image_feats`` F come from the adapted image tower (unnormalised, normalised here), ``text_feats``
     G_w are the adapted text features, unnormalised, and ``anchor`` G_zs the normalised template
-    features: the endpoints are mixed on their own scales, as the reference does (section 6c)."""
+    features: the endpoints are mixed on their own scales, as the reference does (section 6c).
+    ``normalise_endpoints`` mixes n(G_w) with G_zs instead (the nominal t_k; not the reference)."""
     f = F.normalize(image_feats.float(), dim=-1)
     g = text_feats.float()
     ce = classification_loss(f, labels, g, tau)
@@ -356,7 +370,8 @@ def mma_loss(
         if anchor is None:
             raise ValueError("the path term needs the zero-shot anchor G_zs")
         # path_loss mixes (1 - t) * its ft_feats + t * its text_feats
-        lmc = path_loss(f, labels, anchor.float(), g, tau, path_points(num_samples))
+        start = F.normalize(g, dim=-1) if normalise_endpoints else g
+        lmc = path_loss(f, labels, anchor.float(), start, tau, path_points(num_samples))
         total = total + w_lmc * lmc
     return LossParts(total=total, ce=ce, zs=zero, lmc=lmc)
 
@@ -483,7 +498,7 @@ def train_mma(
                 img = mma.image_features(h, adapters)
             parts = mma_loss(
                 img, labels, text, tau, anchor=anchor, w_lmc=w_lmc if hp.path_term else 0.0,
-                num_samples=hp.num_samples,
+                num_samples=hp.num_samples, normalise_endpoints=hp.normalise_endpoints,
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts.total).backward()
