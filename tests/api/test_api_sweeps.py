@@ -232,3 +232,47 @@ def test_hostile_archives_are_refused_with_nothing_stored(make_client, auth, set
         assert "posix.system" in err["message"] or "os.system" in err["message"], err
     _nothing_stored(client, auth, settings)
     assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+
+
+def test_dashboard_sweep_page_fills_in_as_cells_finish(
+    make_client, client, auth, settings, checkpoint, dataset
+):
+    from sqlalchemy import update
+
+    from common.db import session_scope
+    from common.models import Job
+
+    body = {
+        "cells": [{"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"], "seed": s} for s in (1, 2)]
+    }
+    sw = client.post("/v1/sweeps", headers=auth, json=body).json()
+    browser = make_client()
+    assert browser.get(f"/ui/sweeps/{sw['id']}/table").status_code == 401
+    assert browser.get(f"/sweeps/{sw['id']}", follow_redirects=False).status_code == 303  # to /login
+    r = browser.post(
+        "/login", data={"token": auth["Authorization"].split()[1], "next": "/"}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    page = browser.get(f"/sweeps/{sw['id']}")
+    assert page.status_code == 200
+    assert all(f'href="/jobs/{j["id"]}"' in page.text for j in sw["jobs"])
+    assert "no finished cell yet" in page.text
+    assert sw["id"] in browser.get("/sweeps").text
+
+    # One cell finishes (the worker's finishing write, done here on the row): its numbers appear.
+    first = sw["jobs"][0]["id"]
+    metrics = {"zero_shot": {"base": 60.0, "novel": 70.0, "hm": 0}, "fine_tuned": {"base": 90.0, "novel": 50.0, "hm": 0},
+               "recovered": {"base": 88.0, "novel": 66.0, "hm": 0}}  # fmt: skip
+    with session_scope(settings.DATABASE_URL) as s:
+        s.execute(update(Job).where(Job.id == first).values(status="succeeded", metrics=metrics))
+    frag = browser.get(f"/ui/sweeps/{sw['id']}/table")
+    assert frag.status_code == 200 and 'data-status="running"' in frag.text
+    assert "88.00" in frag.text and "75.43" in frag.text  # HM(88, 66) = 75.43
+    assert browser.get(f"/sweeps/{sw['id']}/report.csv").text.startswith("point,dataset,model")
+
+    other = make_client()
+    from api_support import new_token
+
+    other.post("/login", data={"token": new_token(settings.DATABASE_URL), "next": "/"})
+    assert other.get(f"/sweeps/{sw['id']}").status_code == 404
+    assert other.get(f"/ui/sweeps/{sw['id']}/table").status_code == 404
