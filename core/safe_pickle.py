@@ -1078,7 +1078,24 @@ class TorchZipFile:
         if self._infos[pkls[0]].file_size > self.limits.max_pickle_bytes:
             raise _too_large(f"archive member {pkls[0]!r} is too large")
         size = self._size = os.path.getsize(self.path)
-        self._check_directory(len(infos), size)
+        cd_offset, cd_size = self._check_directory(len(infos), size)
+        with open(self.path, "rb") as f:  # the entries must tile the directory exactly, as miniz reads it
+            f.seek(cd_offset)
+            cd = f.read(cd_size)
+        pos = 0
+        for info in infos:
+            if len(cd) < pos + 46 or cd[pos : pos + 4] != b"PK\x01\x02":
+                break
+            name_len, extra_len, comment_len = struct.unpack("<HHH", cd[pos + 28 : pos + 34])
+            pos += 46 + name_len + extra_len + comment_len
+            if info.external_attr & 0x10:  # a directory entry
+                raise _bad(f"archive member {info.filename!r} is a directory")
+        if pos != cd_size or len(cd) != cd_size:
+            raise CheckpointError(
+                "the archive's directory entries do not match its directory size",
+                code="truncated",
+                param="file",
+            )
         for info in infos:  # torch's zip reader checks every central-directory entry
             if info.compress_type != zipfile.ZIP_STORED:
                 raise _bad(
@@ -1095,6 +1112,13 @@ class TorchZipFile:
                     code="truncated",
                     param="file",
                 )
+        self.byteorder = "little"
+        bo = self._infos.get(self.prefix + "byteorder")
+        if bo is not None:
+            value = self._read_member(bo, 16)
+            if value not in (b"little", b"big"):  # exactly, as torch compares it
+                raise _bad(f"unknown byteorder {value!r}")
+            self.byteorder = value.decode()
 
     def _check_local_header(self, info: zipfile.ZipInfo) -> None:
         """A member's local header as torch's zip reader checks it before reading the member."""
@@ -1111,7 +1135,7 @@ class TorchZipFile:
                 f"archive member {info.filename!r} is truncated", code="truncated", param="file"
             )
 
-    def _check_directory(self, n_members: int, size: int) -> None:
+    def _check_directory(self, n_members: int, size: int) -> tuple[int, int]:
         """The end-of-central-directory record as torch's zip reader (miniz) checks it: one disk,
         entry counts equal to the entries present, the directory inside the file."""
         try:
@@ -1143,13 +1167,12 @@ class TorchZipFile:
                 code="truncated",
                 param="file",
             )
-        self.byteorder = "little"
-        bo = self._infos.get(self.prefix + "byteorder")
-        if bo is not None:
-            value = self._read_member(bo, 16)
-            if value not in (b"little", b"big"):  # exactly, as torch compares it
-                raise _bad(f"unknown byteorder {value!r}")
-            self.byteorder = value.decode()
+        records = 56 + 20 if end[0] == b"PK\x06\x06" else 0  # zip64 end record and locator
+        if end[9] - end[5] - end[6] - records != 0:  # data before the archive: zipfile reads it, miniz not
+            raise CheckpointError(
+                "the archive does not start at the file's start", code="truncated", param="file"
+            )
+        return int(end[6]), int(end[5])
 
     def close(self) -> None:
         self._zip.close()

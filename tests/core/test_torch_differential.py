@@ -22,7 +22,7 @@ import torch
 from dos_corpus import g, i, pkl, s, torch_zip, tup
 
 from core.errors import CheckpointError
-from core.safe_pickle import LazyTensor, load_torch_file
+from core.safe_pickle import DType, LazyTensor, StorageRef, _SafeCallable, load_torch_file
 
 torch.set_num_threads(1)
 SEED = 18
@@ -220,6 +220,18 @@ def _our_bits(x: LazyTensor) -> np.ndarray:
 
 
 def _same(ours: Any, theirs: Any, where: str = "") -> None:
+    if isinstance(theirs, torch.storage.TypedStorage):  # a bare storage as a value
+        assert isinstance(ours, StorageRef), where
+        assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), where
+        raw = _STORAGE_BYTES[id(ours)]
+        assert raw == bytes(theirs._untyped_storage.cpu()), where
+        return
+    if isinstance(theirs, torch.dtype):
+        assert isinstance(ours, DType) and ours.name == str(theirs).removeprefix("torch."), where
+        return
+    if callable(theirs) and not isinstance(theirs, torch.Tensor) and isinstance(ours, _SafeCallable):
+        assert ours._name == f"{theirs.__module__}.{theirs.__qualname__}", where  # a bare global
+        return
     if isinstance(theirs, torch.Tensor):
         assert isinstance(ours, LazyTensor), where
         assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), where
@@ -241,9 +253,14 @@ def _same(ours: Any, theirs: Any, where: str = "") -> None:
         assert ours == theirs, where
 
 
+_STORAGE_BYTES: dict[int, bytes] = {}  # bare storages' bytes, read before the archive closes
+
+
 def _materialise(obj: Any) -> None:
     if isinstance(obj, LazyTensor):
         obj.numpy()
+    elif isinstance(obj, StorageRef):
+        _STORAGE_BYTES[id(obj)] = obj.source.storage_bytes(obj)
     elif isinstance(obj, dict):
         for v in obj.values():
             _materialise(v)
