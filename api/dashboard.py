@@ -58,7 +58,7 @@ from common.models import (
 )
 from common.settings import Settings
 from common.storage import ArtifactNotFound, get_store
-from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method
+from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method, PromptOptions, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -390,6 +390,12 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
         except ValueError:
             raise FormError(f"{name} must be a number, not {text!r}.") from None
     metadata = {"name": form["name"].strip()} if (form.get("name") or "").strip() else {}
+    protocol_text = (form.get("protocol") or "").strip() or Protocol.base2novel.value
+    if protocol_text not in {p.value for p in Protocol}:
+        raise FormError(
+            f"protocol must be one of {', '.join(p.value for p in Protocol)}, not {protocol_text!r}."
+        )
+    protocol = Protocol(protocol_text)
     try:
         return JobCreate(
             checkpoint_id=checkpoint.id,
@@ -400,6 +406,11 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
             ),
             hyperparameters=hyperparameters,
             metadata=metadata,
+            # empty: the default protocol (base2novel) and the checkpoint's own class-token position
+            protocol=protocol,
+            prompt=None
+            if is_head or not (form.get("class_token_position") or "").strip()
+            else PromptOptions.model_validate({"class_token_position": form["class_token_position"].strip()}),
         )
     except ValidationError as exc:
         first = exc.errors()[0]

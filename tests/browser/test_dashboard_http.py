@@ -420,3 +420,33 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
     assert hp["feature_mode"] == "bank" and hp["bank_views"] == 100 and hp["warmup_lr"] == 1e-4
     assert "lam" not in hp  # a linear-head setting is not sent for a prompt checkpoint
     assert hp["epochs"] == 100 and hp["w_zs"] == 10.0  # untouched fields take the defaults
+
+
+def test_new_job_form_takes_the_protocol_and_the_class_token_position(
+    app_client: TestClient, settings: Any
+) -> None:
+    from common.db import session_scope
+    from common.models import Job
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    rows = _rows(url, project, jobs=[])
+    _login(app_client, secret)
+    form_page = app_client.get("/jobs/new").text
+    assert 'id="protocol"' in form_page and 'id="class_token_position"' in form_page
+    key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', form_page).group(1)
+    form = {
+        "csrf": _csrf(form_page), "idempotency_key": key,
+        "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
+        "backbone_model": "tiny-test", "backbone_pretrained": "random",
+        "protocol": "all", "class_token_position": "middle",
+    }  # fmt: skip
+    bad = app_client.post("/jobs", data={**form, "class_token_position": "diagonal"})
+    assert bad.status_code == 422 and "class_token_position" in bad.text
+    bad = app_client.post("/jobs", data={**form, "protocol": "most"})
+    assert bad.status_code == 422 and "protocol must be one of base2novel, all" in bad.text
+    r = app_client.post("/jobs", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    with session_scope(url) as s:
+        job = s.get(Job, r.headers["location"].removeprefix("/jobs/"))
+        assert job.protocol == "all" and job.prompt == {"class_token_position": "middle"}
