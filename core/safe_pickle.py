@@ -187,6 +187,18 @@ SAFETENSORS_DTYPES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class StorageType:
+    """A ``torch.<Name>Storage`` global (distinct from a dtype global, as in torch): the element type of
+    a storage reference. ``untyped`` for torch.storage.UntypedStorage (bytes)."""
+
+    dtype: DType
+    untyped: bool = False
+
+    def __setstate__(self, state: Any) -> None:  # BUILD from a hostile pickle: absorbed
+        return None
+
+
 def dtype_by_name(name: str) -> DType:
     return _DTYPES[name]
 
@@ -460,10 +472,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     }.items()
 }
 for _name, _dt in _STORAGE_TYPES.items():
-    _ALLOWED[("torch", _name)] = _DTYPES[_dt]
+    _ALLOWED[("torch", _name)] = StorageType(_DTYPES[_dt])
 for _name, _dt in _DTYPE_ALIASES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
-_ALLOWED[("torch.storage", "UntypedStorage")] = _DTYPES["uint8"]  # torch's untyped storage: raw bytes
+_ALLOWED[("torch.storage", "UntypedStorage")] = StorageType(_DTYPES["uint8"], untyped=True)  # raw bytes
 
 # What torch's own weights_only reader allows. A file that needs more than this (an unknown class,
 # a builtin torch does not allow, an opcode torch does not read) is one torch refuses; we record such
@@ -607,10 +619,16 @@ def prescan(data: bytes, limits: ParseLimits) -> set[str]:
     """Walk the opcodes without building anything: refuse opcodes outside the allowlist, memo
     indices, opcode counts and MARK nesting beyond the limits (the C unpickler would allocate a memo
     array as large as the index). Returns the opcodes used that torch's reader does not read."""
-    ops = memo_entries = depth = 0
+    return prescan_end(data, limits)[0]
+
+
+def prescan_end(data: bytes, limits: ParseLimits) -> tuple[set[str], int]:
+    """:func:`prescan` of the pickle at the start of ``data``; also returns where it ends (after STOP)."""
+    ops = memo_entries = depth = end = 0
     extra: set[str] = set()
     try:
-        for op, arg, _pos in pickletools.genops(data):
+        for op, arg, pos in pickletools.genops(data):
+            end = (pos or 0) + 1
             ops += 1
             if ops > limits.max_opcodes:
                 raise _too_large(f"the pickle has more than {limits.max_opcodes} opcodes")
@@ -642,7 +660,7 @@ def prescan(data: bytes, limits: ParseLimits) -> set[str]:
         raise CheckpointError(f"the file's pickle is malformed: {msg}", code=code, param="file") from None
     except (OverflowError, MemoryError, UnicodeDecodeError) as e:
         raise _bad(f"the file's pickle is malformed ({type(e).__name__})") from None
-    return extra
+    return extra, end
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -713,12 +731,7 @@ class SafeUnpickler(pickle._Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if self.source is None:
             raise _bad("the pickle refers to storages outside a torch archive")
-        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-            raise _bad("the pickle has an unknown persistent id")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, DType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise _bad("the pickle has a malformed storage reference")
-        return self.source.storage_ref(key, dtype, numel)
+        return self.source.persistent(pid)
 
     # -- budgets ------------------------------------------------------------------------------------
 
@@ -754,7 +767,9 @@ class SafeUnpickler(pickle._Unpickler):
                     "the pickle has too many dict keys of chosen hash (big ints, floats, tuples)"
                 )
             return
-        if isinstance(key, LazyTensor | Placeholder | StorageRef | DType | _SafeCallable | type):
+        if isinstance(
+            key, LazyTensor | Placeholder | StorageRef | DType | StorageType | _SafeCallable | type
+        ):
             return
         raise _bad(f"the pickle uses a {t.__name__} as a dict key or set item")
 
@@ -979,7 +994,7 @@ class SafeUnpickler(pickle._Unpickler):
         if (
             type(inst) is OrderedDict
             or hasattr(type(inst), "__setstate__")
-            and isinstance(inst, Placeholder | LazyTensor | StorageRef | DType | _SafeCallable)
+            and isinstance(inst, Placeholder | LazyTensor | StorageRef | DType | StorageType | _SafeCallable)
         ):
             return  # absorbed: no state of ours can be set from a file
         raise _bad(f"the pickle sets the state of a {type(inst).__name__}")
@@ -1229,6 +1244,15 @@ class TorchZipFile:
                 int(self._read_member(align, 64))
             except ValueError:
                 raise _bad("the archive's storage alignment record is not a number") from None
+
+    def persistent(self, pid: Any) -> StorageRef:
+        """A zip-format persistent id: ("storage", storage type, key, location, numel)."""
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise _bad("the pickle has an unknown persistent id")
+        _, stype, key, _location, numel = pid
+        if not isinstance(stype, StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise _bad("the pickle has a malformed storage reference")
+        return self.storage_ref(key, stype.dtype, numel)
 
     def storage_ref(self, key: str, dtype: DType, numel: int) -> StorageRef:
         """The storage ``key``; the first reference decides its dtype and size (as torch's cache)."""
