@@ -29,9 +29,9 @@ cannot cost quadratic time. Every failure is a :class:`CheckpointError` with a s
 Same meaning as torch's ``weights_only`` reader where that reader accepts a file: storages are cached
 by key only (the first reference's dtype and size win, an empty storage is not cached),
 ``_rebuild_tensor_v3`` always applies its dtype to the storage bytes, ``OrderedDict`` pairs may be
-lists. Refused although torch would read them (documented in docs/ALGORITHM.md): the legacy
-(pre-1.6) format, compressed members, duplicate member names, tuple keys holding anything but
-scalars.
+lists; the legacy (pre-1.6, non-zip) format is read as torch's ``_legacy_load`` reads it. Refused
+although torch would read them (documented in docs/ALGORITHM.md): compressed members, duplicate
+member names, CRC mismatches, nested-tuple keys, files over the limits.
 
 Tensors are returned as :class:`LazyTensor` (zip entry + view geometry); their bytes are read only when
 :meth:`LazyTensor.numpy` is called, so the 150 MB ``token_suffix`` of an ImageNet CoOp file is never
@@ -232,7 +232,7 @@ class StorageRef:
     the storage is ``numel * dtype.itemsize`` raw bytes that views of any dtype may reinterpret.
     """
 
-    source: TorchZipFile
+    source: TorchZipFile | LegacyTorchFile
     key: str
     dtype: DType
     numel: int
@@ -686,7 +686,9 @@ class SafeUnpickler(pickle._Unpickler):
     append: Any
     pop_mark: Any
 
-    def __init__(self, data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None) -> None:
+    def __init__(
+        self, data: bytes, source: TorchZipFile | LegacyTorchFile | None, limits: ParseLimits | None = None
+    ) -> None:
         super().__init__(io.BytesIO(data), encoding="latin1")
         self.source = source
         self.limits = limits or (source.limits if source is not None else ParseLimits())
@@ -1313,11 +1315,159 @@ class TorchZipFile:
         return raw
 
 
+class LegacyTorchFile:
+    """A legacy (pre-1.6, non-zip) ``torch.save`` file, read as torch's ``_legacy_load`` reads it.
+
+    The file is a sequence of pickles: the magic number, the protocol version (1001), a sys_info dict,
+    the object (storages as persistent ids ``("storage", storage type, root key, location, numel,
+    view_metadata)``), the list of storage keys; then, for each key in that order, an int64 element
+    count and the storage's bytes. The first reference to a root key decides its dtype and size; a
+    view ``(view key, offset, size)`` is a slice of its root, cached by view key.
+    """
+
+    def __init__(self, path: str, limits: ParseLimits) -> None:
+        self.path, self.limits = path, limits
+        self.byteorder = "little"
+        self._size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            self._head = f.read(2 * limits.max_pickle_bytes + (1 << 16))
+        self._pos = 0
+        # key -> (root key, byte offset in the root, the reference handed out)
+        self._objects: dict[str, tuple[str, int, StorageRef]] = {}
+        self._data: dict[str, int] = {}  # root key -> file offset of its bytes
+        self._bytes: dict[str, bytes] = {}
+        self._materialised = 0
+
+    def close(self) -> None:
+        self._bytes.clear()
+
+    def next_pickle(self, source: LegacyTorchFile | None) -> tuple[Any, list[str], list[str]]:
+        data = self._head[self._pos :]
+        _, end = prescan_end(data, self.limits)
+        if end > self.limits.max_pickle_bytes:
+            raise _too_large("a pickle of the legacy file is too large")
+        self._pos += end
+        return unpickle_ex(data[:end], source, self.limits)
+
+    def persistent(self, pid: Any) -> StorageRef:
+        if not isinstance(pid, tuple) or len(pid) != 6 or pid[0] != "storage":
+            raise _bad("the pickle has an unknown persistent id")
+        _, stype, root_key, location, numel, view = pid
+        if (
+            not isinstance(stype, StorageType)
+            or stype.untyped
+            or not isinstance(root_key, str)
+            or not isinstance(location, str | bytes)
+            or not _is_int(numel)
+            or numel < 0
+        ):
+            raise _bad("the pickle has a malformed storage reference")
+        dtype = stype.dtype
+        if numel * dtype.itemsize > self.limits.max_tensor_bytes:
+            raise _too_large(f"a tensor declares {numel * dtype.itemsize} bytes, more than the limit")
+        entry = self._objects.get(root_key)
+        if entry is None:
+            ref = StorageRef(self, root_key, dtype, numel)
+            self._objects[root_key] = (root_key, 0, ref)
+        elif entry[0] != root_key:
+            raise _bad("a storage key names both a storage and a view")
+        else:
+            ref = entry[2]
+            if ref.nbytes == 0:  # torch replaces an empty storage by a new empty one of this dtype
+                ref = StorageRef(self, root_key, dtype, 0)
+        if view is None:
+            return ref
+        if not isinstance(view, tuple) or len(view) != 3:
+            raise _bad("the pickle has a malformed storage view")
+        view_key, offset, view_size = view
+        if (
+            not isinstance(view_key, str)
+            or not _is_int(offset)
+            or not _is_int(view_size)
+            or min(offset, view_size) < 0
+        ):
+            raise _bad("the pickle has a malformed storage view")
+        if view_key not in self._objects:
+            start = offset * dtype.itemsize
+            if start + view_size * dtype.itemsize > ref.nbytes:
+                raise _bad("a storage view reaches past its storage")
+            self._objects[view_key] = (root_key, start, StorageRef(self, view_key, dtype, view_size))
+        return self._objects[view_key][2]
+
+    def locate(self, keys: Any) -> None:
+        """Place each listed storage's bytes after the pickles: int64 element count, then the bytes."""
+        if (
+            not isinstance(keys, list)
+            or not all(isinstance(k, str) for k in keys)
+            or len(set(keys)) != len(keys)
+        ):
+            raise _bad("the legacy file's storage key list is malformed")
+        offset = self._pos
+        for key in keys:
+            entry = self._objects.get(key)
+            if entry is None or entry[0] != key:
+                raise _bad(f"the legacy file lists storage {key[:100]!r} it does not use")
+            ref = entry[2]
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                head = f.read(8)
+            if len(head) != 8:
+                raise CheckpointError("the legacy file is truncated", code="truncated", param="file")
+            (count,) = struct.unpack("<q", head)
+            if count * ref.dtype.itemsize != ref.nbytes:
+                raise _bad(f"storage {key[:100]!r} has the wrong size in the legacy file")
+            self._data[key] = offset + 8
+            offset += 8 + ref.nbytes
+            if offset > self._size:
+                raise CheckpointError("the legacy file is truncated", code="truncated", param="file")
+        for root, (root_key, _, ref) in self._objects.items():  # torch would leave these uninitialised
+            if root == root_key and ref.nbytes and root not in self._data:
+                raise _bad(f"storage {root[:100]!r} has no bytes in the legacy file")
+
+    def charge(self, nbytes: int) -> None:
+        self._materialised += nbytes
+        if self._materialised > min(
+            self.limits.max_total_bytes, self.limits.max_amplification * self._size + (1 << 20)
+        ):
+            raise _too_large("the file's tensors need more memory than the limits allow")
+
+    def read_storage(self, ref: StorageRef) -> bytes:
+        root_key, start, _ = self._objects[ref.key]
+        with open(self.path, "rb") as f:
+            f.seek(self._data[root_key] + start)
+            raw = f.read(ref.nbytes)
+        if len(raw) != ref.nbytes:
+            raise CheckpointError("the legacy file is truncated", code="truncated", param="file")
+        return raw
+
+    def storage_bytes(self, ref: StorageRef) -> bytes:
+        raw = self._bytes.get(ref.key)
+        if raw is None:
+            raw = self._bytes[ref.key] = self.read_storage(ref)
+        return raw
+
+
+def load_legacy_file(path: str, limits: ParseLimits) -> LoadedPickle:
+    """Load a legacy-format file (see :class:`LegacyTorchFile`)."""
+    legacy = LegacyTorchFile(path, limits)
+    magic, _, _ = legacy.next_pickle(None)
+    if type(magic) is not int or magic != _LEGACY_MAGIC:
+        raise _bad("invalid magic number in a legacy torch file")
+    version, _, _ = legacy.next_pickle(None)
+    if type(version) is not int or version != 1001:
+        raise _bad(f"unsupported legacy torch protocol version {version!r}")
+    legacy.next_pickle(None)  # sys_info: read (and bounded) but, as by torch, not used
+    obj, unknown, extensions = legacy.next_pickle(legacy)
+    keys, _, _ = legacy.next_pickle(None)
+    legacy.locate(keys)
+    return LoadedPickle(obj, unknown, legacy, extensions)
+
+
 @dataclass
 class LoadedPickle:
     obj: Any
     unknown_globals: list[str]
-    archive: TorchZipFile | None
+    archive: TorchZipFile | LegacyTorchFile | None
     #: globals/opcodes torch's weights_only reader refuses (empty: torch reads the file as we do)
     torch_extensions: list[str] = field(default_factory=list)
 
@@ -1348,7 +1498,7 @@ def unpickle(
 
 
 def unpickle_ex(
-    data: bytes, source: TorchZipFile | None, limits: ParseLimits | None = None
+    data: bytes, source: TorchZipFile | LegacyTorchFile | None, limits: ParseLimits | None = None
 ) -> tuple[Any, list[str], list[str]]:
     """:func:`unpickle`, also returning what torch's weights_only reader would refuse."""
     limits = limits or (source.limits if source is not None else ParseLimits())
@@ -1389,12 +1539,7 @@ def load_torch_file(
         limits = ParseLimits(**{**limits.__dict__, "max_tensor_bytes": max_tensor_bytes})
     kind = sniff(path)
     if kind == "legacy_torch":
-        raise CheckpointError(
-            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save the checkpoint with "
-            "torch >= 1.6 (torch.save(torch.load(f), f2))",
-            code="not_a_checkpoint",
-            param="file",
-        )
+        return load_legacy_file(path, limits)
     if kind == "pickle":
         # a bare pickle: still scan it (an unsafe one is reported as such), but it holds no tensors
         with open(path, "rb") as f:

@@ -314,11 +314,14 @@ def test_bare_pickle_and_legacy_and_junk(tmp_path: Path, marker: Path) -> None:
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(f)
     assert ei.value.code == "not_a_checkpoint"
-    legacy = tmp_path / "legacy.pth"
-    torch.save({"ctx": torch.zeros(4, 8)}, legacy, _use_new_zipfile_serialization=False)
+    legacy = tmp_path / "legacy.pth"  # the pre-1.6 format is read (as torch reads it), tensors inert
+    torch.save({"ctx": torch.ones(4, 8)}, legacy, _use_new_zipfile_serialization=False)
+    np.testing.assert_array_equal(ingest_checkpoint(legacy).ctx, np.ones((4, 8), np.float32))
+    bad = legacy.read_bytes().replace(b"ctx", b"cty", 1)[:-8]  # truncated storage bytes
+    legacy.write_bytes(bad)
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(legacy)
-    assert ei.value.code == "not_a_checkpoint" and "legacy" in ei.value.message
+    assert ei.value.code == "truncated"
     for n, data in enumerate([b"\x89PNG\r\n\x1a\n" + b"\0" * 64, b"hello world\n", bytes(range(256)) * 4]):
         f = tmp_path / f"junk{n}.pth"
         f.write_bytes(data)
