@@ -1158,6 +1158,12 @@ class TorchZipFile:
         try:
             with open(self.path, "rb") as f:
                 end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
+                if end is not None and end[0] == b"PK\x06\x06":
+                    # CPython < 3.11.4 (e.g. Debian 12's 3.11.2) reports the zip64 record's offset, later
+                    # ones the end-of-directory record's: use the latter whatever the interpreter.
+                    f.seek(end[9])
+                    if f.read(4) == b"PK\x06\x06":
+                        end[9] += 56 + 20
                 locator = b""
                 if end is not None and end[9] >= 20:
                     f.seek(end[9] - 20)
