@@ -203,25 +203,43 @@ class Client:
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / name
+        created = _missing_dirs(dest.parent)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as r:
-            if r.status_code >= 400:
-                r.read()
-                _raise_for_error(r)
-            with tmp.open("wb") as f:
-                for chunk in r.iter_bytes(1024 * 1024):
-                    f.write(chunk)
-        tmp.replace(dest)
+        try:
+            with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for_error(r)
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes(1024 * 1024):
+                        f.write(chunk)
+            tmp.replace(dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            _remove_dirs(created)
+            raise
         return dest
 
     def download_artifacts(
         self, job_id: str, out_dir: str | Path, names: list[str] | None = None
     ) -> list[Path]:
+        """Download ``names`` (default: every artifact) into ``out_dir``. All or nothing: when one fails,
+        the files written so far and the folders this call created are removed before the error."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         wanted = names or [a["name"] for a in self.list_artifacts(job_id)]
-        return [self.download_artifact(job_id, n, out / n) for n in wanted]
+        created = _missing_dirs(out)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        try:
+            for n in wanted:
+                written.append(self.download_artifact(job_id, n, out / n))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            _remove_dirs(created)
+            raise
+        return written
 
     # -- sweeps ------------------------------------------------------------------------------
     def create_sweep(
@@ -281,14 +299,33 @@ class Client:
     def download_sweep_report(
         self, sweep_id: str, out_dir: str | Path, formats: tuple[str, ...] = ("json", "csv", "tex", "html")
     ) -> list[Path]:
+        reports = {fmt: self.sweep_report(sweep_id, fmt) for fmt in formats}  # all fetched, then written
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for fmt in formats:
+        for fmt, body in reports.items():
             dest = out / f"{sweep_id}-report.{fmt}"
-            dest.write_bytes(self.sweep_report(sweep_id, fmt))
+            dest.write_bytes(body)
             paths.append(dest)
         return paths
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_dirs(dirs: list[Path]) -> None:
+    for d in dirs:  # deepest first; only if empty (never someone else's files)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 def _raise_for_error(r: httpx.Response) -> None:

@@ -43,7 +43,35 @@ from common.tasks import JOBS_QUEUE
 log = logging.getLogger("mergetune")
 
 
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line on stderr (exit 1), never as a traceback."""
+
+
 # -- helpers --------------------------------------------------------------------------------------
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    """The JSON object given to ``option`` (None when not given); bad JSON names the option."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{option}: not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option}: expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def _input_file(path: Path, option: str) -> Path:
+    """A readable regular file, or a one-line error naming ``option``."""
+    if not path.exists():
+        raise UserError(f"{option}: {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{option}: {path} is a directory; give the file itself")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{option}: {path}: permission denied")
+    return path
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
@@ -61,7 +89,7 @@ def _pairs(items: list[str] | None, *, typed: bool) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"expected key=value, got {item!r}")
+            raise UserError(f"expected KEY=VALUE, got {item!r}")
         out[key.strip()] = _parse_value(value) if typed else value
     return out
 
@@ -157,16 +185,102 @@ def parse_duration(text: str) -> int:
     return int(number) * _DURATION_UNITS[unit]
 
 
-def _open_token_db(settings: Settings) -> None:
+def _servers_dir() -> Path:
+    """Where ``mergetune serve`` records its home while it runs (one small JSON file per process)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "mergetune" / "servers"
+
+
+def _record_server(settings: Settings, url: str) -> Path | None:
+    try:
+        folder = _servers_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "home": str(settings.HOME.resolve()),
+                    "database_url": settings.DATABASE_URL,
+                    "url": url,
+                }
+            )
+        )
+        return path
+    except OSError:  # a read-only home directory must not stop the server
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_servers() -> list[dict[str, Any]]:
+    """The homes of the ``mergetune serve`` processes of this user that are alive."""
+    found = []
+    for path in sorted(_servers_dir().glob("*.json")) if _servers_dir().is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+            alive = _pid_alive(int(rec["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if alive:
+            found.append(rec)
+        else:
+            path.unlink(missing_ok=True)  # a server that died without cleaning up
+    return found
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) and url != prefix + ":memory:" else None
+
+
+def _open_token_db(settings: Settings, *, init: bool = False) -> Settings:
+    """The settings whose database holds the tokens: the configured one when it exists; otherwise the
+    home of the one running ``mergetune serve`` (so that the token is one that server accepts); a new
+    embedded database only with ``--init``. Never creates a database silently."""
     from common.db import DatabaseNotMigrated, check_migrated, get_engine, upgrade_head
 
+    db_file = _sqlite_path(settings.DATABASE_URL)
+    if db_file is not None and not db_file.exists() and not init:
+        explicit = bool(os.environ.get("MERGETUNE_HOME") or os.environ.get("MERGETUNE_DATABASE_URL"))
+        homes = {r["database_url"]: r for r in running_servers()} if not explicit else {}
+        homes = {u: r for u, r in homes.items() if (f := _sqlite_path(u)) is None or f.exists()}
+        if len(homes) == 1:
+            rec = next(iter(homes.values()))
+            sys.stderr.write(
+                f"using the home of the running server at {rec['url']} (pid {rec['pid']}): {rec['home']}\n"
+            )
+            settings = settings.model_copy(
+                update={"HOME": Path(rec["home"]), "DATABASE_URL": rec["database_url"]}
+            )
+        elif len(homes) > 1:
+            listed = ", ".join(f"{r['home']} ({r['url']})" for r in homes.values())
+            raise UserError(
+                f"no database at {db_file} and several servers are running: {listed}; "
+                "set MERGETUNE_HOME to the home of the one the token is for"
+            )
+        else:
+            raise UserError(
+                f"no database at {db_file}: run this where the server runs or set MERGETUNE_HOME to its "
+                "home (`mergetune serve` logs it), or pass --init to create a new embedded database"
+            )
+        return settings
     settings.ensure_dirs()
     try:
         check_migrated(get_engine(settings.DATABASE_URL))
-    except DatabaseNotMigrated:
-        if not settings.is_sqlite:
-            raise
-        upgrade_head(settings.DATABASE_URL)  # the embedded database is ours to create
+    except DatabaseNotMigrated as exc:
+        if not (settings.is_sqlite and init):
+            raise UserError(str(exc)) from None
+        upgrade_head(settings.DATABASE_URL)  # --init: the embedded database is ours to create
+    return settings
 
 
 def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,7 +290,7 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from common.db import session_scope
     from common.models import utcnow
 
-    _open_token_db(settings)
+    settings = _open_token_db(settings, init=args.init)
     expires_at = utcnow() + timedelta(seconds=args.expires_in) if args.expires_in else None
     with session_scope(settings.DATABASE_URL) as s:
         project = repo.get_or_create_project(s, args.project)
@@ -197,7 +311,7 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     from common.db import session_scope
     from common.models import utcnow
 
-    _open_token_db(settings)
+    settings = _open_token_db(settings)
     now = utcnow()
     with session_scope(settings.DATABASE_URL) as s:
         rows = [
@@ -228,7 +342,7 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     from common import repositories as repo
     from common.db import session_scope
 
-    _open_token_db(settings)
+    settings = _open_token_db(settings)
     with session_scope(settings.DATABASE_URL) as s:
         try:
             token = repo.resolve_token(s, args.token_ref)
@@ -302,11 +416,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
     previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log.info("home %s, database %s", settings.HOME.resolve(), settings.DATABASE_URL.split("@")[-1])
+    record = _record_server(settings, f"http://{args.host}:{args.port}")  # found by `token create`
     try:
         server.run()  # returns after SIGINT/SIGTERM (graceful shutdown)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if record is not None:
+            record.unlink(missing_ok=True)
         if worker is not None:
             _stop_child(worker)
     if worker is not None and worker.returncode not in (0, -signal.SIGTERM, None) and not server.started:
@@ -344,11 +462,12 @@ def _stop_child(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 def _client(args: argparse.Namespace, settings: Settings) -> Client:
     token = args.token or settings.TOKEN
     if not token:
-        raise SystemExit("no token: pass --token or set MERGETUNE_TOKEN (see `mergetune token create`)")
+        raise UserError("no token: pass --token or set MERGETUNE_TOKEN (see `mergetune token create`)")
     return Client(args.url or settings.URL, token, timeout=args.timeout)
 
 
 def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    _input_file(args.file, "FILE")
     with _client(args, settings) as c:
         ckpt = c.upload_checkpoint(
             args.file,
@@ -362,7 +481,7 @@ def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dataset_create(args: argparse.Namespace, settings: Settings) -> int:
-    options = json.loads(args.options) if args.options else None
+    options = _json_object(args.options, "--options")
     with _client(args, settings) as c:
         _print_json(
             c.create_dataset(args.name, args.kind, args.path, coop_name=args.coop_name, options=options)
@@ -377,7 +496,7 @@ def cmd_dataset_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_job_create(args: argparse.Namespace, settings: Settings) -> int:
-    hp = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    hp = _json_object(args.hyperparameters, "--hyperparameters") or {}
     hp.update(_pairs(args.hp, typed=True))
     backbone = None
     if args.model or args.pretrained:
@@ -468,6 +587,19 @@ def _simple(method: str) -> Any:
     return run
 
 
+def cmd_job_events(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as c:
+        page = c.job_events(args.job, after=args.after, limit=args.limit)
+        if args.all:
+            events = list(page["data"])
+            while page.get("has_more"):
+                page = c.job_events(args.job, after=page["next_cursor"], limit=args.limit)
+                events.extend(page["data"])
+            page = {"object": "list", "data": events, "has_more": False, "next_cursor": None}
+    _print_json(page)
+    return 0
+
+
 def cmd_job_list(args: argparse.Namespace, settings: Settings) -> int:
     with _client(args, settings) as c:
         _print_json(c.list_jobs(status=args.status, dataset_id=args.dataset))
@@ -494,16 +626,20 @@ def _grid(items: list[str] | None) -> dict[str, list[Any]]:
 def _cell(text: str) -> dict[str, Any]:
     parts = text.split(":")
     if len(parts) not in (2, 3):
-        raise SystemExit(f"--cell takes CHECKPOINT_ID:DATASET_ID[:SEED], got {text!r}")
+        raise UserError(f"--cell takes CHECKPOINT_ID:DATASET_ID[:SEED], got {text!r}")
     cell: dict[str, Any] = {"checkpoint_id": parts[0], "dataset_id": parts[1]}
     if len(parts) == 3:
+        if not parts[2].isdigit():
+            raise UserError(f"--cell: the seed must be a whole number, got {parts[2]!r}")
         cell["seed"] = int(parts[2])
     return cell
 
 
 def cmd_sweep_create(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.tree) == bool(args.cell):
-        raise SystemExit("give --tree ARCHIVE or --cell CHECKPOINT:DATASET[:SEED] (repeatable), not both")
+        raise UserError("give --tree ARCHIVE or --cell CHECKPOINT:DATASET[:SEED] (repeatable), not both")
+    if args.tree:
+        _input_file(args.tree, "--tree")
     spec: dict[str, Any] = {}
     if args.name:
         spec["name"] = args.name
@@ -515,7 +651,7 @@ def cmd_sweep_create(args: argparse.Namespace, settings: Settings) -> int:
         spec["backbone"] = {
             k: v for k, v in {"model": args.model, "pretrained": args.pretrained}.items() if v
         }
-    hp = json.loads(args.hyperparameters) if args.hyperparameters else {}
+    hp = _json_object(args.hyperparameters, "--hyperparameters") or {}
     hp.update(_pairs(args.hp, typed=True))
     if hp:
         spec["hyperparameters"] = hp
@@ -590,24 +726,44 @@ def _sweep_simple(method: str) -> Any:
 
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergetune", description="MergeTune recovery service")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="mergetune",
+        description="MergeTune recovery service",
+        epilog="--debug (anywhere on the line) prints the full traceback of an error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def client_opts(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--url", help="API base URL (MERGETUNE_URL, default http://127.0.0.1:8000)")
         p.add_argument("--token", help="bearer token (MERGETUNE_TOKEN)")
-        p.add_argument("--timeout", type=float, default=300.0, help="HTTP timeout in seconds")
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=300.0,
+            metavar="SECONDS",
+            help="HTTP timeout in seconds (default 300)",
+        )
         return p
 
     p = sub.add_parser("serve", help="run the API (with --embedded: plus a worker, SQLite, filesystem queue)")
     p.add_argument("--embedded", action="store_true", help="migrate, then run the API and one worker")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker (one per GPU)")
-    p.add_argument("--concurrency", type=int, default=None)
-    p.add_argument("--loglevel", default=None)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="jobs at once (default MERGETUNE_WORKER_CONCURRENCY)",
+    )
+    p.add_argument(
+        "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR (default MERGETUNE_LOG_LEVEL)"
+    )
     p.add_argument("--hostname", "-n", default=None, help="Celery node name, e.g. gpu0@%%h")
     p.set_defaults(func=cmd_worker)
 
@@ -620,7 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     p = tok.add_parser("create", help="create a bearer token for a project (created if new)")
-    p.add_argument("--project", required=True)
+    p.add_argument("--project", required=True, help="project name (created if new)")
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="create a new embedded database under MERGETUNE_HOME if there is none (default: refuse)",
+    )
     p.add_argument(
         "--expires-in",
         type=parse_duration,
@@ -634,39 +795,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_token_list)
     p = tok.add_parser("revoke", help="revoke a token at once (by id tok_... or prefix mt_...)")
-    p.add_argument("token_ref", metavar="PREFIX_OR_ID")
+    p.add_argument("token_ref", metavar="PREFIX_OR_ID", help="token id (tok_...) or prefix (mt_...)")
     p.set_defaults(func=cmd_token_revoke)
 
     p = client_opts(sub.add_parser("upload", help="upload a checkpoint"))
-    p.add_argument("file", type=Path)
-    p.add_argument("--method", choices=["coop", "kgcoop", "linear_head"])
-    p.add_argument("--name")
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help="Dassl .pth.tar, .pth/.pt state dict or .safetensors"
+    )
+    p.add_argument(
+        "--method", choices=["coop", "kgcoop", "linear_head"], help="default: detected from the file"
+    )
+    p.add_argument("--name", help="display name (default: the file name)")
     p.add_argument(
         "--class-token-position", choices=["end", "middle", "front"], help="CoOp's CLASS_TOKEN_POSITION"
     )
-    p.add_argument("--idempotency-key")
+    p.add_argument(
+        "--idempotency-key", metavar="KEY", help="a retried request with the same key creates nothing new"
+    )
     p.set_defaults(func=cmd_upload)
 
     ds = sub.add_parser("dataset", help="datasets").add_subparsers(dest="dataset_command", required=True)
     p = client_opts(ds.add_parser("create", help="register a dataset"))
-    p.add_argument("--name", required=True)
-    p.add_argument("--kind", required=True, choices=["builtin", "coop", "imagefolder"])
-    p.add_argument("--path", help="relative to the server's data root")
-    p.add_argument("--coop-name")
-    p.add_argument("--options", help="JSON object of kind-specific options")
+    p.add_argument("--name", required=True, help="dataset name")
+    p.add_argument("--kind", required=True, choices=["builtin", "coop", "imagefolder"], help="layout on disk")
+    p.add_argument("--path", help="folder relative to the server's data root (coop, imagefolder)")
+    p.add_argument("--coop-name", help="CoOp's dataset name, e.g. eurosat (kind coop)")
+    p.add_argument(
+        "--options", metavar="JSON", help="JSON object of kind-specific options, e.g. '{\"num_classes\": 6}'"
+    )
     p.set_defaults(func=cmd_dataset_create)
-    p = client_opts(ds.add_parser("list"))
+    p = client_opts(ds.add_parser("list", help="list the project's datasets as JSON"))
     p.set_defaults(func=cmd_dataset_list)
 
     job = sub.add_parser("job", help="jobs").add_subparsers(dest="job_command", required=True)
     p = client_opts(job.add_parser("create", help="create a recovery job"))
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--checkpoint", required=True, metavar="ID", help="checkpoint id (ckpt_...)")
+    p.add_argument("--dataset", required=True, metavar="ID", help="dataset id (ds_...)")
     p.add_argument("--model", help="backbone model, e.g. ViT-B-16 or tiny-clip")
     p.add_argument("--pretrained", help="backbone weights tag, e.g. openai or builtin")
-    p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
-    p.add_argument("--hyperparameters", help="JSON object of hyperparameters")
-    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter, e.g. epochs=10 (repeatable)"
+    )
+    p.add_argument("--hyperparameters", metavar="JSON", help="JSON object of hyperparameters")
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="a free-form label (repeatable)")
     p.add_argument(
         "--eval-dataset",
         action="append",
@@ -681,29 +852,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--class-token-position", choices=["end", "middle", "front"], help="overrides the upload's"
     )
-    p.add_argument("--idempotency-key")
+    p.add_argument(
+        "--idempotency-key", metavar="KEY", help="default: a fresh key (a retry never makes two jobs)"
+    )
     p.set_defaults(func=cmd_job_create)
     p = client_opts(job.add_parser("wait", help="wait for a job with a progress bar on stderr"))
-    p.add_argument("job")
-    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("job", metavar="JOB", help="job id (job_...)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="poll interval (default 1)")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_job_wait)
-    for name, method in (("get", "get_job"), ("cancel", "cancel_job"), ("events", "job_events")):
-        p = client_opts(job.add_parser(name))
-        p.add_argument("job")
+    for name, method, text in (
+        ("get", "get_job", "print a job (status, progress, metrics, verdict, error) as JSON"),
+        ("cancel", "cancel_job", "cancel a queued or running job"),
+    ):
+        p = client_opts(job.add_parser(name, help=text, description=text))
+        p.add_argument("job", metavar="JOB", help="job id (job_...)")
         p.set_defaults(func=_simple(method))
-    p = client_opts(job.add_parser("list"))
-    p.add_argument("--status")
-    p.add_argument("--dataset")
+    text = "print a job's events as JSON, oldest first (one page, or every page with --all)"
+    p = client_opts(job.add_parser("events", help=text, description=text))
+    p.add_argument("job", metavar="JOB", help="job id (job_...)")
+    p.add_argument(
+        "--after",
+        type=int,
+        default=None,
+        metavar="EVENT_ID",
+        help="only events after this event id (the next_cursor of the previous page)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="events per page (1-1000, default 100)"
+    )
+    p.add_argument("--all", action="store_true", help="follow next_cursor until the last event")
+    p.set_defaults(func=cmd_job_events)
+    text = "list the project's jobs as JSON, newest first"
+    p = client_opts(job.add_parser("list", help=text, description=text))
+    p.add_argument(
+        "--status",
+        choices=["queued", "running", "succeeded", "failed", "cancelled"],
+        help="only jobs in this state",
+    )
+    p.add_argument("--dataset", metavar="ID", help="only jobs on this dataset (ds_...)")
     p.set_defaults(func=cmd_job_list)
 
-    p = client_opts(sub.add_parser("download", help="download a job's artifacts"))
-    p.add_argument("job")
+    p = client_opts(sub.add_parser("download", help="download a job's artifacts (all or nothing)"))
+    p.add_argument("job", metavar="JOB", help="job id (job_...)")
     p.add_argument("--name", action="append", help="artifact name (repeatable; default: all)")
-    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="folder (default: here)")
     p.set_defaults(func=cmd_download)
-    return parser
+
     sw = sub.add_parser("sweep", help="sweeps: many jobs from a CoOp output tree or a grid").add_subparsers(
         dest="sweep_command", required=True
     )
@@ -713,39 +909,117 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset-map", action="append", metavar="TREE_NAME=DATASET_ID", help="default: datasets by name"
     )
-    p.add_argument("--name")
+    p.add_argument("--name", help="display name")
     p.add_argument("--model", help="backbone model, e.g. ViT-B-16 or tiny-clip")
     p.add_argument("--pretrained", help="backbone weights tag, e.g. openai or builtin")
     p.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a shared hyperparameter (repeatable)")
-    p.add_argument("--hyperparameters", help="JSON object of shared hyperparameters")
+    p.add_argument("--hyperparameters", metavar="JSON", help="JSON object of shared hyperparameters")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (repeatable)")
-    p.add_argument("--protocol", choices=["base2novel", "all"])
-    p.add_argument("--class-token-position", choices=["end", "middle", "front"])
-    p.add_argument("--metadata", action="append", metavar="KEY=VALUE")
-    p.add_argument("--idempotency-key")
+    p.add_argument(
+        "--protocol", choices=["base2novel", "all"], help="classes the checkpoints were trained on"
+    )
+    p.add_argument(
+        "--class-token-position", choices=["end", "middle", "front"], help="CoOp's CLASS_TOKEN_POSITION"
+    )
+    p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="a free-form label (repeatable)")
+    p.add_argument("--idempotency-key", metavar="KEY", help="default: a fresh key")
     p.set_defaults(func=cmd_sweep_create)
     p = client_opts(sw.add_parser("wait", help="wait for a sweep (progress on stderr), then print its table"))
-    p.add_argument("sweep")
-    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="poll interval (default 2)")
     p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep_wait)
     p = client_opts(sw.add_parser("download", help="download the report (json, csv, tex, html)"))
-    p.add_argument("sweep")
-    p.add_argument("--format", action="append", choices=["json", "csv", "tex", "html"])
-    p.add_argument("--out", type=Path, default=Path("."))
+    p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
+    p.add_argument(
+        "--format", action="append", choices=["json", "csv", "tex", "html"], help="repeatable (default: all)"
+    )
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="folder (default: here)")
     p.set_defaults(func=cmd_sweep_download)
-    for name, method in (("get", "get_sweep"), ("cancel", "cancel_sweep")):
-        p = client_opts(sw.add_parser(name))
-        p.add_argument("sweep")
+    for name, method, text in (
+        ("get", "get_sweep", "print a sweep as JSON"),
+        ("cancel", "cancel_sweep", "cancel every unfinished job of a sweep"),
+    ):
+        p = client_opts(sw.add_parser(name, help=text))
+        p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
         p.set_defaults(func=_sweep_simple(method))
-    p = client_opts(sw.add_parser("list"))
+    p = client_opts(sw.add_parser("list", help="list the project's sweeps as JSON"))
     p.set_defaults(func=_sweep_simple("list_sweeps"))
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mergetune-service")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace | None = None) -> str:
+    """One line for a person: what went wrong and, where it helps, what to do."""
+    import httpx
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, ApiError):
+        where = f" (field: {exc.param})" if exc.param else ""
+        return f"{exc.message or exc.code}{where} [HTTP {exc.status} {exc.code}]"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        url = str(exc.request.url.copy_with(path="/", query=None)) if _has_request(exc) else "the server"
+        return (
+            f"cannot connect to {url.rstrip('/')}: {_reason(exc)}; is `mergetune serve` running there? "
+            "(set --url or MERGETUNE_URL)"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the server did not answer in time ({type(exc).__name__}); raise --timeout SECONDS"
+    if isinstance(exc, httpx.HTTPError):
+        return f"HTTP error talking to the server: {_reason(exc)}"
+    if isinstance(exc, TimeoutError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    from common.db import DatabaseNotMigrated
+
+    if isinstance(exc, DatabaseNotMigrated):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+
+
+def _has_request(exc: Exception) -> bool:
+    try:
+        exc.request  # type: ignore[attr-defined]  # noqa: B018
+    except RuntimeError:
+        return False
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lower = text.lower()
+    if "refused" in lower:
+        return "connection refused"
+    if "name or service not known" in lower or "nodename nor servname" in lower:
+        return "unknown host name"
+    return text.splitlines()[0]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MERGETUNE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except Exception as exc:  # e.g. a malformed MERGETUNE_* variable
+        if debug:
+            raise
+        sys.stderr.write(f"error: configuration: {str(exc).splitlines()[0]}\n")
+        return 1
     logging.basicConfig(
         level=getattr(logging, settings.LOG_LEVEL.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -754,11 +1028,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return int(args.func(args, settings) or 0)
-    except ApiError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"error: {describe_error(exc, args)}\n")
+        return 1
 
 
 if __name__ == "__main__":
