@@ -1121,7 +1121,7 @@ class TorchZipFile:
             if (
                 info.compress_size != info.file_size
                 or info.header_offset + 30 + info.compress_size > size
-                or info.flag_bits & 1  # encrypted
+                or info.flag_bits & 0x2061  # encrypted, patched, strong encryption, masked directory
                 or info.volume not in (0, 1)
             ):
                 raise CheckpointError(
@@ -1343,9 +1343,19 @@ class LegacyTorchFile:
         self._data: dict[str, int] = {}  # root key -> file offset of its bytes
         self._bytes: dict[str, bytes] = {}
         self._materialised = 0
+        self._file: Any = None
 
     def close(self) -> None:
         self._bytes.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _read_at(self, offset: int, n: int) -> bytes:
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        self._file.seek(offset)
+        return self._file.read(n)
 
     def next_pickle(self, source: LegacyTorchFile | None) -> tuple[Any, list[str], list[str]]:
         data = self._head[self._pos :]
@@ -1414,9 +1424,7 @@ class LegacyTorchFile:
             if entry is None or entry[0] != key:
                 raise _bad(f"the legacy file lists storage {key[:100]!r} it does not use")
             ref = entry[2]
-            with open(self.path, "rb") as f:
-                f.seek(offset)
-                head = f.read(8)
+            head = self._read_at(offset, 8)
             if len(head) != 8:
                 raise CheckpointError("the legacy file is truncated", code="truncated", param="file")
             (count,) = struct.unpack("<q", head)
@@ -1439,9 +1447,7 @@ class LegacyTorchFile:
 
     def read_storage(self, ref: StorageRef) -> bytes:
         root_key, start, _ = self._objects[ref.key]
-        with open(self.path, "rb") as f:
-            f.seek(self._data[root_key] + start)
-            raw = f.read(ref.nbytes)
+        raw = self._read_at(self._data[root_key] + start, ref.nbytes)
         if len(raw) != ref.nbytes:
             raise CheckpointError("the legacy file is truncated", code="truncated", param="file")
         return raw

@@ -22,7 +22,7 @@ import torch
 from dos_corpus import g, i, pkl, s, torch_zip, tup
 
 from core.errors import CheckpointError
-from core.safe_pickle import DType, LazyTensor, StorageRef, _SafeCallable, load_torch_file
+from core.safe_pickle import DType, LazyTensor, StorageRef, StorageType, _SafeCallable, load_torch_file
 
 torch.set_num_threads(1)
 SEED = 18
@@ -225,6 +225,11 @@ def _same(ours: Any, theirs: Any, where: str = "") -> None:
         assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), where
         raw = _STORAGE_BYTES[id(ours)]
         assert raw == bytes(theirs._untyped_storage.cpu()), where
+        return
+    if isinstance(theirs, torch.serialization.StorageType):  # a storage-type global as a value
+        assert isinstance(ours, StorageType) and ours.dtype.name == str(theirs.dtype).removeprefix(
+            "torch."
+        ), where
         return
     if isinstance(theirs, torch.dtype):
         assert isinstance(ours, DType) and ours.name == str(theirs).removeprefix("torch."), where
