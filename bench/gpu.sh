@@ -3,7 +3,8 @@
 #     bench/gpu.sh                 # ViT-B-16 random weights, AMP, synthetic images
 #     bench/gpu.sh --cpu-smoke     # tiny model on the CPU: checks that every part runs
 #     BENCH_PARTS=mma bench/gpu.sh # only the MMA step comparison (bench/mma_step.py, ~1 minute)
-# Runs bench/gpu.py (prompt jobs), then bench/mma_step.py (MMA + MergeTune steps).
+#     BENCH_PARTS=sweep bench/gpu.sh # only the small sweep through the service (bench/sweep.py)
+# Runs bench/gpu.py (prompt jobs), bench/sweep.py (a small sweep), then bench/mma_step.py (MMA steps).
 # Uses the first Python that already imports torch (.venv, then python3); only when none does, it
 # creates .bench-venv and pip-installs torch + the few libraries the core needs.
 set -euo pipefail
@@ -35,6 +36,21 @@ PARTS="${BENCH_PARTS:-all}"
 if [ "$PARTS" != "mma" ]; then
   "$PY" bench/gpu.py "$@"
 fi
+# A small sweep through the whole service (uvicorn + Celery workers; SQLite + a filesystem queue unless
+# Postgres and redis-server are there): 3 builtin datasets x 2 seeds, 1 vs 2 workers (~2-3 minutes).
+if [ "$PARTS" = "all" ] || [ "$PARTS" = "sweep" ]; then
+  if "$PY" -c "import fastapi, sqlalchemy, celery, uvicorn, httpx" >/dev/null 2>&1; then
+    if [ "${1:-}" = "--cpu-smoke" ]; then
+      "$PY" bench/sweep.py --workers 1 2 --datasets 2 --seeds 1 --epochs 1 --device cpu || echo "sweep part failed" >&2
+    else
+      "$PY" bench/sweep.py --workers 1 2 --model tiny-clip --pretrained builtin --epochs 10 --device cuda \
+        || echo "sweep part failed" >&2
+    fi
+  else
+    echo "sweep part skipped: the service's packages (fastapi, sqlalchemy, celery, uvicorn) are not installed" >&2
+  fi
+fi
+[ "$PARTS" = "sweep" ] && exit 0
 if [ "${1:-}" = "--cpu-smoke" ]; then
   exec "$PY" bench/mma_step.py --models tiny-clip --n-cls 10 --repeats 1
 fi
