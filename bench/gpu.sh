@@ -33,7 +33,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 PARTS="${BENCH_PARTS:-all}"
-if [ "$PARTS" != "mma" ]; then
+if [ "$PARTS" = "all" ]; then
   "$PY" bench/gpu.py "$@"
 fi
 # A small sweep through the whole service (uvicorn + Celery workers; SQLite + a filesystem queue unless
