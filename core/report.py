@@ -71,7 +71,12 @@ EXTRA_MODELS = (
     ("wise_ft", "WiSE-FT"),
 )
 SPLITS = (("base", "Base"), ("novel", "Novel"), ("hm", "HM"))
-SPACES = (("classifier", "classifier (text-feature) space"), ("prompt", "prompt-parameter space"))
+SPACES = (
+    ("classifier", "classifier (text-feature) space"),
+    ("prompt", "prompt-parameter space"),
+    ("feature", "feature space (image and text features; MMA)"),
+    ("adapter", "adapter-parameter space (MMA)"),
+)
 SEGMENTS = (
     ("zs_ft", "zero-shot → fine-tuned"),
     ("zs_rec", "zero-shot → recovered"),

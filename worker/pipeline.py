@@ -35,7 +35,7 @@ from common.db import is_unavailable
 from common.models import JobStatus, utcnow
 from common.settings import Settings
 from common.storage import ArtifactStore, LocalStore, get_store
-from worker import jobdb
+from worker import jobdb, mma_job
 from worker.backbones import get_backbone, resolve_device, weights_sources
 
 logger = logging.getLogger(__name__)
@@ -462,7 +462,10 @@ def _stage_load_inputs(run: JobRun) -> None:
     run.method = Method(run.ck["method"] or "coop")
     run.head = run.job["job_type"] == "linear_head" or run.method == Method.linear_head
     hp_cls = HeadHyperparameters if run.head else Hyperparameters
-    run.hp = hp_cls(**(run.job["hyperparameters"] or {}))
+    if mma_job.is_mma(run.method):
+        run.hp = mma_job.hyperparameters(run.job["hyperparameters"])
+    else:
+        run.hp = hp_cls(**(run.job["hyperparameters"] or {}))
     run.spec = BackboneSpec(**run.job["backbone"])
     run.protocol = str(run.job.get("protocol") or "base2novel")
     run.position = str((run.job.get("prompt") or {}).get("class_token_position") or "end")
@@ -543,7 +546,9 @@ def _stage_features(run: JobRun) -> None:
         run.timings["load_eval_datasets"] = time.monotonic() - t
 
     tensors = run.tensors
-    if run.head:
+    if mma_job.is_mma(run.method):  # the adapters under MMA's keys
+        run.ctx_ft = mma_job.starting_tensors(tensors, run.ck)
+    elif run.head:
         run.ctx_ft = {k: v for k, v in tensors.items() if k in ("weight", "bias")}
         run.prompt_spec = None
     else:
@@ -595,6 +600,10 @@ def _stage_train(run: JobRun) -> None:
 
     torch.manual_seed(hp.seed)
     t = time.monotonic()
+    if mma_job.is_mma(run.method):
+        run.output = mma_job.train(run, resume_state)
+        run.timings["recover"] = time.monotonic() - t
+        return
     run.output = recover(
         run.backbone,
         run.task,
@@ -652,7 +661,9 @@ def _stage_export(run: JobRun) -> None:
         )
     out_dir = run.out_dir = run.work / "out"
     out_dir.mkdir()
-    if run.head:
+    if mma_job.is_mma(run.method):
+        run.files.update(mma_job.export(run, out_dir, export_meta))
+    elif run.head:
         from core.export import export_head
 
         rec = run.output.ctx
