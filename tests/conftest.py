@@ -72,9 +72,19 @@ def _start_private_redis() -> str:
     raise RuntimeError(f"private redis-server did not start on port {port}")
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def _ensure_private_redis() -> None:
     if not os.environ.get("MERGETUNE_TEST_REDIS_URL"):
         os.environ["MERGETUNE_TEST_REDIS_URL"] = _start_private_redis()
+
+
+# Now, at import: pytest imports the test packages' conftests (which read the URL when imported, e.g.
+# tests/worker/worker_support.py) right after this one and before pytest_configure; reading it later
+# would leave them on the machine's shared Redis, where another session's worker takes their messages.
+_ensure_private_redis()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _ensure_private_redis()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
