@@ -217,22 +217,13 @@ class Job(Base):
     #: Start of the current attempt, and the run time of the earlier ones (reports count all attempts).
     attempt_started_at: Mapped[datetime | None] = mapped_column(default=None)
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="select")
     dataset: Mapped[Dataset] = relationship(lazy="select")
 
 
-class JobEvent(Base):
-    __tablename__ = "job_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
-    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    level: Mapped[str] = mapped_column(String(16), default="info")  # debug|info|warning|error
-    type: Mapped[str] = mapped_column(String(64))  # e.g. status, progress, epoch, artifact, error
-    message: Mapped[str] = mapped_column(Text, default="")
 class Sweep(Base):
     """A set of jobs created together: cells (checkpoint, dataset, seed) x grid points, shared settings.
 
@@ -254,6 +245,15 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    level: Mapped[str] = mapped_column(String(16), default="info")  # debug|info|warning|error
+    type: Mapped[str] = mapped_column(String(64))  # e.g. status, progress, epoch, artifact, error
+    message: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
