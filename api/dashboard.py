@@ -58,7 +58,15 @@ from common.models import (
 )
 from common.settings import Settings
 from common.storage import ArtifactNotFound, get_store
-from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method, PromptOptions, Protocol
+from core.config import (
+    BackboneSpec,
+    HeadHyperparameters,
+    Hyperparameters,
+    Method,
+    MMAHyperparameters,
+    PromptOptions,
+    Protocol,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +381,10 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
     if checkpoint is None:
         raise FormError("Pick a checkpoint of this project.")
     is_head = checkpoint.method == Method.linear_head.value
-    known = (HeadHyperparameters if is_head else Hyperparameters).model_fields
+    is_mma = checkpoint.method == Method.mma.value
+    known = (
+        HeadHyperparameters if is_head else MMAHyperparameters if is_mma else Hyperparameters
+    ).model_fields
     hyperparameters: dict[str, Any] = {}
     for field in HP_FIELDS:
         name = field["name"]
@@ -409,7 +420,7 @@ def job_create_from_form(session: Session, viewer: Viewer, form: dict[str, str])
             # empty: the default protocol (base2novel) and the checkpoint's own class-token position
             protocol=protocol,
             prompt=None
-            if is_head or not (form.get("class_token_position") or "").strip()
+            if is_head or is_mma or not (form.get("class_token_position") or "").strip()
             else PromptOptions.model_validate({"class_token_position": form["class_token_position"].strip()}),
         )
     except ValidationError as exc:
