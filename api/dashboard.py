@@ -259,9 +259,27 @@ def queue_health(session: Session, project_id: str) -> dict[str, Any]:
     }
 
 
-def _event_json(event: JobEvent) -> dict[str, Any]:
+def status_history(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The job's status changes as the server recorded them (its "status" events), oldest first, with
+    repeats folded: [{"status", "at", "message"}]."""
+    query = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "status")
+        .order_by(JobEvent.id)
+        .limit(1000)
+    )
+    out: list[dict[str, Any]] = []
+    for e in session.scalars(query):
+        st = (e.data or {}).get("status") if isinstance(e.data, dict) else None
+        if isinstance(st, str) and (not out or out[-1]["status"] != st):
+            out.append({"status": st, "at": _fmt_time(e.created_at), "message": e.message})
+    return out
+
+
+def _event_json(event: JobEvent, seq: int | None = None) -> dict[str, Any]:
     return {
         "id": event.id,
+        "seq": seq,
         "created_at": _fmt_time(event.created_at),
         "level": event.level,
         "type": event.type,
@@ -292,7 +310,12 @@ def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> 
         "finished_at": _fmt_time(job.finished_at),
         "duration": _fmt_duration(job.started_at, job.finished_at),
         "worker_host": job.worker_host,
-        "events": [_event_json(e) for e in _events(session, job.id, after)],
+        "events": [
+            _event_json(e, first + i)
+            for first in [job_service.event_seq_before(session, job.id, after or None) + 1]
+            for i, e in enumerate(_events(session, job.id, after))
+        ],
+        "status_history": status_history(session, job.id),
     }
 
 
@@ -656,6 +679,8 @@ def job_detail(
         artifact_names={a.name for a in artifacts},
         events=events,
         events_total=events_total,
+        first_event_seq=events_total - len(events) + 1,
+        status_history=status_history(session, job.id),
         last_event_id=events[-1].id if events else 0,
         dataset=session.get(Dataset, job.dataset_id),
         checkpoint=session.get(Checkpoint, job.checkpoint_id),

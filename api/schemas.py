@@ -204,6 +204,9 @@ class JobList(ListResponse[JobRead]):
 
 class EventRead(_Read):
     id: int
+    seq: int | None = Field(
+        default=None, description="1, 2, 3 ... within the job (ids are global; page with after=id)"
+    )
     created_at: datetime
     level: str
     type: str

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from api.errors import NotFound, Unprocessable, error_responses
 from api.schemas import ArtifactList, ArtifactRead, EventList, EventRead, JobCreate, JobList, JobRead
-from api.services.jobs import cancel_job, create_job, job_read
+from api.services.jobs import cancel_job, create_job, event_seq_before, job_read
 from common import repositories as repo
 from common.models import Job, JobStatus
 from common.storage import LocalStore
@@ -96,8 +96,11 @@ def get_events(
             raise Unprocessable("after must be an event id", param="after")
         after_id = int(after)
     p = repo.list_events(session, job.id, limit=limit, after=after_id)
+    first = event_seq_before(session, job.id, after_id) + 1
     return EventList(
-        data=[EventRead.model_validate(e) for e in p.items],
+        data=[
+            EventRead.model_validate(e).model_copy(update={"seq": first + i}) for i, e in enumerate(p.items)
+        ],
         has_more=p.has_more,
         next_cursor=str(p.items[-1].id) if p.has_more and p.items else None,
     )

@@ -348,17 +348,98 @@ def cancel_job(session: Session, project_id: str, job_id: str) -> Job:
     return job
 
 
+def event_seq_before(session: Session, job_id: str, event_id: int | None) -> int:
+    """How many of the job's events come at or before ``event_id``: the per-job number (``seq``) of
+    the event after it is this + 1. Event ids are global, so a job's own ids skip numbers."""
+    from sqlalchemy import func, select
+
+    from common.models import JobEvent
+
+    if event_id is None:
+        return 0
+    query = select(func.count()).where(JobEvent.job_id == job_id, JobEvent.id <= event_id)
+    return int(session.scalar(query) or 0)
+
+
+MEASURED_JOBS = 20  # recent succeeded jobs whose durations the estimates use
+_MEASURED_TTL = 30.0  # seconds a measurement is reused (the job list reads it once per job)
+_measured_cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def measured_pace(session: Session) -> tuple[float, float] | None:
+    """(seconds per training epoch, seconds of evaluation after training): medians over the last
+    MEASURED_JOBS succeeded jobs, measured from their start, their "evaluating" status event and their
+    finish. None before any job has succeeded."""
+    import time
+
+    from sqlalchemy import select
+
+    from common.models import JobEvent
+
+    bind = session.get_bind()
+    key = str(getattr(bind, "url", id(bind)))
+    hit = _measured_cache.get(key)
+    if hit is not None and time.monotonic() - hit[0] < _MEASURED_TTL:
+        return hit[1]
+    rows = session.execute(
+        select(Job.id, Job.started_at, Job.finished_at, Job.hyperparameters)
+        .where(
+            Job.status == JobStatus.succeeded.value, Job.started_at.is_not(None), Job.finished_at.is_not(None)
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(MEASURED_JOBS)
+    ).all()
+    evaluating: dict[str, datetime] = {}
+    if rows:
+        for job_id, at in session.execute(
+            select(JobEvent.job_id, JobEvent.created_at).where(
+                JobEvent.job_id.in_([r[0] for r in rows]),
+                JobEvent.type == "status",
+                JobEvent.message.startswith("Training done"),
+            )
+        ):
+            evaluating[job_id] = at
+    per_epoch: list[float] = []
+    evals: list[float] = []
+    for job_id, started, finished, hp in rows:
+        total = (finished - started).total_seconds()
+        mark = evaluating.get(job_id)
+        ev = (finished - mark).total_seconds() if mark is not None and started <= mark <= finished else None
+        epochs = int((hp or {}).get("epochs") or 1)
+        per_epoch.append(max(0.0, total - (ev or 0.0)) / max(1, epochs))
+        if ev is not None:
+            evals.append(ev)
+    pace = (_median(per_epoch), _median(evals) if evals else 0.0) if per_epoch else None
+    _measured_cache[key] = (time.monotonic(), pace)
+    return pace
+
+
 def _estimate(session: Session, settings: Settings, job: Job, position: int | None) -> datetime | None:
+    """Estimated finish. Queued: (jobs ahead / live workers + 1) x this job's measured duration (its
+    epochs x the measured seconds per epoch + the measured evaluation time; ESTIMATE_SECONDS_PER_EPOCH
+    before any job has finished). Running: the pace of this job's own training so far, plus the
+    measured evaluation time. Evaluating: its start plus the measured evaluation time."""
     status = JobStatus(job.status)
     if status in TERMINAL_STATUSES:
         return None
     epochs = int(job.hyperparameters.get("epochs") or 1)
-    per_job = timedelta(seconds=epochs * settings.ESTIMATE_SECONDS_PER_EPOCH)
+    pace = measured_pace(session)
+    sec_epoch, sec_eval = pace if pace is not None else (settings.ESTIMATE_SECONDS_PER_EPOCH, 0.0)
+    evaluation = timedelta(seconds=sec_eval)
+    per_job = timedelta(seconds=epochs * sec_epoch) + evaluation
     now = utcnow()
     if status in (JobStatus.queued, JobStatus.validating):
         workers = max(1, len(repo.live_workers(session, now - timedelta(minutes=2))))
         ahead = (position or 1) - 1 + repo.count_active_jobs(session)
         return now + per_job * (ahead / workers + 1)
+    if status == JobStatus.evaluating:
+        return max(now, (job.progress_at or now) + evaluation)
     started = job.started_at or now
     p: dict[str, Any] = job.progress or {}
     try:
@@ -366,7 +447,7 @@ def _estimate(session: Session, settings: Settings, job: Job, position: int | No
     except (KeyError, TypeError, ValueError):
         done = 0.0
     if 0.02 < done <= 1.0:
-        return started + (now - started) / done
+        return started + (now - started) / done + evaluation
     return started + per_job
 
 

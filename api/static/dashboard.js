@@ -38,16 +38,18 @@
     var status = root.dataset.status;
     var badge = document.getElementById("job-status");
     var historyEl = document.getElementById("status-history");
-    var key = "mergetune-status-history:" + id;
-    var history = [];
-    try { history = JSON.parse(sessionStorage.getItem(key) || "[]"); } catch (e) { history = []; }
-    if (history[history.length - 1] !== status) { history.push(status); }
 
-    function showHistory() {
-      try { sessionStorage.setItem(key, JSON.stringify(history)); } catch (e) { /* private mode */ }
-      historyEl.textContent = "status seen: " + history.join(" → ");
+    function showHistory(items) {  // the server's record of the job's status changes
+      if (!items || !items.length) { return; }
+      historyEl.textContent = "";
+      items.forEach(function (h, i) {
+        if (i) { historyEl.appendChild(document.createTextNode(" → ")); }
+        var span = document.createElement("span");
+        span.title = h.at + " UTC: " + h.message;
+        span.textContent = h.status;
+        historyEl.appendChild(span);
+      });
     }
-    showHistory();
 
     var scroller = document.getElementById("events-scroll");
     scroller.scrollTop = scroller.scrollHeight;
@@ -58,7 +60,8 @@
       events.forEach(function (e) {
         var tr = document.createElement("tr");
         tr.className = "level-" + e.level;
-        [e.id, e.created_at, e.level, e.type, e.message].forEach(function (v) {
+        tr.dataset.eventId = e.id;
+        [e.seq, e.created_at, e.level, e.type, e.message].forEach(function (v) {
           var td = document.createElement("td");
           td.textContent = v;
           tr.appendChild(td);
@@ -71,6 +74,7 @@
 
     function update(data) {
       appendEvents(data.events || []);
+      showHistory(data.status_history);
       var text = progressText(data.progress);
       if (text) {
         document.getElementById("progress-text").textContent = text;
@@ -87,8 +91,6 @@
         status = data.status;
         root.dataset.status = status;
         setBadge(badge, status);
-        history.push(status);
-        showHistory();
         if (status === "cancelling") {
           var form = document.getElementById("cancel-form");
           if (form) { form.remove(); }
