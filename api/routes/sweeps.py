@@ -5,7 +5,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
-from api.errors import error_responses, from_pydantic
+from api.errors import UnsupportedMediaType, error_responses, from_pydantic
 from api.schemas import SweepCreate, SweepList, SweepRead
 from api.services.idempotency import key_locks
 from api.services.sweeps import cancel_sweep, create_sweep, get_sweep, render_report, sweep_read, sweep_report
@@ -65,13 +65,19 @@ async def post_sweep(
 ) -> SweepRead:
     archive: ReceivedUpload | None = None
     try:
-        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+        ctype = request.headers.get("content-type", "").lower()
+        if ctype.startswith("multipart/"):
             archive = await receive_multipart(
                 request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES
             )
             body = _spec(archive.fields.get("spec") or "{}")
+        elif ctype.split(";")[0].strip() == "application/json":
+            body = _spec(await request.body())  # JSON bodies are size-capped before any route runs
         else:
-            body = _spec(await request.body())
+            raise UnsupportedMediaType(
+                "send the sweep as application/json, or multipart/form-data with a `file` (a CoOp tree)",
+                param="file",
+            )
         async with key_locks(request.app.state).hold(principal.project_id, idempotency_key):
             sweep, created = await run_in_threadpool(
                 create_sweep,

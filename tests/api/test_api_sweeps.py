@@ -276,3 +276,8 @@ def test_dashboard_sweep_page_fills_in_as_cells_finish(
     other.post("/login", data={"token": new_token(settings.DATABASE_URL), "next": "/"})
     assert other.get(f"/sweeps/{sw['id']}").status_code == 404
     assert other.get(f"/ui/sweeps/{sw['id']}/table").status_code == 404
+
+
+def test_other_media_types_are_refused(client, auth):
+    r = client.post("/v1/sweeps", headers={**auth, "Content-Type": "text/plain"}, content=b"{}")
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
