@@ -803,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         "file", type=Path, metavar="FILE", help="Dassl .pth.tar, .pth/.pt state dict or .safetensors"
     )
     p.add_argument(
-        "--method", choices=["coop", "kgcoop", "linear_head"], help="default: detected from the file"
+        "--method", choices=["coop", "kgcoop", "linear_head", "mma"], help="default: detected from the file"
     )
     p.add_argument("--name", help="display name (default: the file name)")
     p.add_argument(

@@ -30,7 +30,7 @@ _UPLOAD_SCHEMA = {
                         },
                         "method": {
                             "type": "string",
-                            "enum": ["coop", "kgcoop", "linear_head"],
+                            "enum": ["coop", "kgcoop", "linear_head", "mma"],
                             "description": "Detected when absent",
                         },
                         "name": {"type": "string"},
