@@ -16,7 +16,7 @@ import worker_support as ws
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 30  # batch size 1: about 0.5 s an epoch on the tiny model, so the outage lands mid-training
+EPOCHS = 20  # batch size 1: 0.2-0.5 s an epoch on the tiny model, so the outage lands mid-training
 OUTAGES = (5.0, 7.0, 9.0)
 
 
