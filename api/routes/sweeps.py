@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -14,11 +16,28 @@ from common import repositories as repo
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=error_responses(401, 422))
 
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """The JSON schema with its local ``#/$defs/...`` references replaced by their definitions (the
+    request body is not a route parameter, so its models are not among the document's components)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+_SPEC_SCHEMA = SweepCreate.model_json_schema()
+_SPEC_SCHEMA = _inline(_SPEC_SCHEMA, _SPEC_SCHEMA.get("$defs", {}))
+
 _CREATE_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/SweepCreate"}},
+            "application/json": {"schema": _SPEC_SCHEMA},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
