@@ -362,6 +362,17 @@ def _check_requires_grad(requires_grad: Any, dtype: DType) -> None:
         raise _bad(f"a {dtype.name} tensor cannot require gradients")
 
 
+def _check_hooks_and_metadata(backward_hooks: Any, metadata: Any) -> None:
+    """torch sets ``tensor._backward_hooks`` (None or a dict) and applies truthy ``metadata`` (conj/neg
+    bits we do not model: refused)."""
+    if backward_hooks is not None and not isinstance(backward_hooks, dict):
+        raise _bad("a tensor's backward hooks are not a dict")
+    if metadata is not None and not isinstance(metadata, dict | bool | int | str | list | tuple):
+        raise _bad("a tensor's metadata is not readable")
+    if metadata:
+        raise _bad("a tensor carries metadata (conjugate/negative bits); not supported")
+
+
 def _rebuild_with_dtype(
     storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: Any, requires_grad: Any = False
 ) -> LazyTensor:
@@ -380,6 +391,7 @@ def _rebuild_tensor_v2(
     storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
     metadata: Any = None,
 ) -> LazyTensor:  # fmt: skip
+    _check_hooks_and_metadata(backward_hooks, metadata)
     return _rebuild_with_dtype(storage, storage_offset, size, stride, None, requires_grad)
 
 
@@ -390,6 +402,7 @@ def _rebuild_tensor_v3(
     """torch applies ``dtype`` to the storage's bytes, whatever the storage's own type."""
     if not isinstance(dtype, DType):
         raise _bad("a tensor (rebuild v3) has no valid dtype")
+    _check_hooks_and_metadata(backward_hooks, metadata)
     return _rebuild_with_dtype(storage, storage_offset, size, stride, dtype, requires_grad)
 
 
@@ -397,6 +410,7 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> An
     if not isinstance(data, LazyTensor):
         raise _bad("a parameter wraps something that is not a tensor")
     _check_requires_grad(requires_grad, data.dtype)
+    _check_hooks_and_metadata(backward_hooks, None)
     return data
 
 
