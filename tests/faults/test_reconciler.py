@@ -218,3 +218,37 @@ def test_a_job_handed_back_during_an_outage_is_released_for_any_worker(rsettings
     jobdb.heartbeat(url, "w2@test", release={job_id: 1})  # a stale release never drops a live claim
     with session_scope(url) as s:
         assert s.get(WorkerHeartbeat, "w2@test").current_job_id == job_id
+
+
+def test_embedded_mode_sqlite_and_filesystem_queue(tmp_path):
+    """The embedded mode's reconciler (SQLite, kombu's filesystem queue): a queued job whose message file
+    is gone is sent again, once; a stalled one is requeued."""
+    from common.db import upgrade_head
+    from common.storage import LocalStore
+
+    home = tmp_path / "home"
+    settings = ws.make_settings(
+        home,
+        f"sqlite:///{home / 'mergetune.db'}",
+        "filesystem://",
+        RECONCILE_QUEUE_GRACE=2.0,
+        RECONCILE_STALL_TIMEOUT=5.0,
+    )
+    url = settings.DATABASE_URL
+    upgrade_head(url)
+    project = ws.make_project(url)
+    ck = ws.make_checkpoint(url, LocalStore(settings.ARTIFACT_URL), project, ws.tiny_ctx())
+    ds = ws.make_dataset(url, settings, project)
+    lost = ws.make_job(url, project, ck, ds)
+    _set(url, lost, queued_at=utcnow() - timedelta(seconds=10))
+    stalled = ws.make_job(url, project, ck, ds)
+    assert jobdb.claim_job(url, stalled, "embedded@test").action == "run"
+    jobdb.heartbeat(url, "embedded@test")
+    _set(url, stalled, progress_at=utcnow() - timedelta(seconds=6))
+
+    rep = reconcile_once(settings)
+    assert rep.lost == [lost] and rep.stalled == [stalled]
+    assert broker_job_ids(settings) == {lost, stalled} and len(list(settings.queue_dir.glob("*.msg"))) == 2
+    _set(url, lost, enqueued_at=utcnow() - timedelta(seconds=10))
+    again = reconcile_once(settings)
+    assert again.lost == [] and again.stalled == [] and len(list(settings.queue_dir.glob("*.msg"))) == 2
