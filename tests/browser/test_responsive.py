@@ -1,0 +1,91 @@
+"""Every page fits the screen: in a real headless Chromium at 1440x900 (desktop) and 390x844 (a phone),
+``document.documentElement.scrollWidth <= innerWidth`` (no sideways scrolling) and every header link
+is on screen inside the header. A full-page screenshot of each page at each size is kept under
+test-artifacts/screens/<page>-<desktop|mobile>.png."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from browser_support import Stack
+from conftest import ARTIFACTS
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENS = ARTIFACTS / "screens"
+VIEWPORTS = {"desktop": (1440, 900), "mobile": (390, 844)}
+
+
+def _failed_job(stack: Stack) -> str:
+    """A failed job whose error names a field (a row, as the worker writes it)."""
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import Job, new_id, utcnow
+
+    with session_scope(stack.database_url) as s:
+        job = Job(
+            id=new_id("job"), project_id=stack.project_id, checkpoint_id=stack.checkpoint_id,
+            dataset_id=stack.dataset_id, job_type="prompt", backbone={"model": "tiny-test", "pretrained": "random"},
+            hyperparameters={"epochs": 2}, status="failed", started_at=utcnow(), finished_at=utcnow(),
+            error={"code": "dataset_unreadable", "param": "dataset_id",
+                   "message": "the split file lists an image that is not there: " + "x/" * 40 + "img.jpg"},
+            metadata_={"name": "a-run-with-a-rather-long-name-" + "z" * 40},
+        )  # fmt: skip
+        s.add(job)
+        s.flush()
+        repo.add_event(s, job.id, "status", "job queued", data={"status": "queued"})
+        repo.add_event(s, job.id, "status", "Job failed", level="error", data={"status": "failed"})
+        return job.id
+
+
+def test_no_page_scrolls_sideways_and_the_header_fits(
+    logged_in, stack: Stack, finished_job: dict[str, Any]
+) -> None:
+    page = logged_in
+    failed = _failed_job(stack)
+    pages = {
+        "jobs": "/",
+        "new-job": "/jobs/new",
+        "job-succeeded": f"/jobs/{finished_job['id']}",
+        "job-failed": f"/jobs/{failed}",
+        "checkpoints": "/checkpoints",
+        "datasets": "/datasets",
+        "sweeps": "/sweeps",
+    }
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    problems = []
+    for kind, (width, height) in VIEWPORTS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        for name, path in pages.items():
+            page.goto(f"{stack.url}{path}")
+            page.wait_for_load_state("load")
+            page.screenshot(path=str(SCREENS / f"{name}-{kind}.png"), full_page=True)
+            scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+            if scroll > inner:
+                problems.append(f"{name} at {width}px: the page is {scroll}px wide")
+            header = page.locator("header.top").bounding_box()
+            for link in page.locator("header.top nav a, header.top .logout button").all():
+                box = link.bounding_box()
+                label = link.inner_text().strip()
+                if not link.is_visible() or box is None:
+                    problems.append(f"{name} at {width}px: header link {label!r} is not visible")
+                    continue
+                inside = box["x"] >= 0 and box["x"] + box["width"] <= inner and header is not None
+                inside = (
+                    inside
+                    and box["y"] >= header["y"]
+                    and box["y"] + box["height"] <= header["y"] + header["height"]
+                )
+                if not inside:
+                    problems.append(
+                        f"{name} at {width}px: header link {label!r} is outside the header: {box}"
+                    )
+    assert problems == [], "\n".join(problems)
+    # the login page (logged out) too
+    page.context.clear_cookies()
+    for kind, (width, height) in VIEWPORTS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.goto(f"{stack.url}/login")
+        page.screenshot(path=str(SCREENS / f"login-{kind}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
