@@ -274,6 +274,10 @@ def _materialise(obj: Any) -> None:
             _materialise(v)
 
 
+class Extension(list):
+    """What our reader read beyond torch's weights_only reader (the file uses these)."""
+
+
 def _ours(path: Path) -> tuple[bool, Any]:
     try:
         loaded = load_torch_file(str(path))
@@ -287,7 +291,7 @@ def _ours(path: Path) -> tuple[bool, Any]:
         if loaded.archive is not None:
             loaded.archive.close()
     if loaded.torch_extensions:  # e.g. inert placeholders: torch's weights_only refuses such files
-        return True, ("extension", loaded.torch_extensions)
+        return True, Extension(loaded.torch_extensions)
     return True, loaded.obj
 
 
@@ -311,7 +315,7 @@ def test_we_refuse_or_read_exactly_what_torch_reads(corpus: dict[str, Path]) -> 
     for name, path in sorted(corpus.items()):
         ok, ours = _ours(path)
         tok, theirs = _torch(path)
-        if ok and isinstance(ours, tuple) and ours[0] == "extension":
+        if ok and isinstance(ours, Extension):
             # documented extensions: unknown classes (Dassl's scheduler) read as inert placeholders,
             # a few builtins and opcodes torch's weights_only reader does not allow
             assert not tok, name
