@@ -206,6 +206,10 @@ HOSTILE = {
     ),
     "bomb": (lambda good: zip_bytes({**good, "output/zeros.bin": bytes(3 << 20)}), "archive_too_large"),
     "not_an_archive": (lambda good: b"just some bytes" * 100, "not_an_archive"),
+    "two_trainers_one_seed": (
+        lambda good: zip_bytes({**good, **coop_tree([("tiny_a", 1, b"x")], trainer="KgCoOp")}),
+        "ambiguous_tree",
+    ),
     "empty_tree": (lambda good: zip_bytes({"output/readme.txt": b"hi"}), "empty_tree"),
     "pickle_with_code": (
         lambda good: zip_bytes({**good, **coop_tree([("tiny_b", 1, _evil_checkpoint())])}),
