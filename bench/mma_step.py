@@ -1,7 +1,8 @@
 """MMA + MergeTune: one training step, the reference's structure against ours, side by side in one run.
 
     .venv/bin/python bench/mma_step.py                          # CPU: tiny-clip and ViT-B-16 random weights
-    .venv/bin/python bench/mma_step.py --models ViT-B-16 --n-cls 10 50 100 --device cuda   # (bench/gpu.sh)
+    .venv/bin/python bench/mma_step.py --models ViT-B-16 --n-cls 10 --batch 4 --warmup 0   # CPU, ViT-B-16 only
+    bench/gpu.sh (BENCH_PARTS=mma): tiny-clip and ViT-B-16, C = 10, 50, 500, batch 16, on the GPU
 
 - reference-style step (trainers/mma_LMC.py): the adapted text features twice (every block, from the
   token embeddings) and 1 + K = 6 whole image-encoder passes of the batch, gradient through the adapters;
@@ -67,9 +68,9 @@ def bench_model(model: str, n_cls: int, args: argparse.Namespace, dev: torch.dev
 
     diff = abs(ref() - ours(None))
     reps = args.repeats if not (model != "tiny-clip" and dev.type == "cpu") else max(1, args.cpu_big_repeats)
-    t_ref = median_time(ref, dev, reps)
-    t_exact = median_time(lambda: ours(None), dev, reps)
-    t_cached = median_time(lambda: ours(cached), dev, reps)
+    t_ref = median_time(ref, dev, reps, warmup=args.warmup)
+    t_exact = median_time(lambda: ours(None), dev, reps, warmup=args.warmup)
+    t_cached = median_time(lambda: ours(cached), dev, reps, warmup=args.warmup)
     return {
         "model": model,
         "blocks": f"{layout.start}..{layout.end}",
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--cpu-big-repeats", type=int, default=1, help="repeats for non-tiny models on the CPU")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps before timing (the loss check is one more)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         dev = torch.device(args.device)
-    print(f"MMA + MergeTune step, batch {args.batch}, W_LMC 10, K 5; {machine(dev)}")
+    print(
+        f"MMA + MergeTune step, batch {args.batch}, W_LMC 10, K 5; {machine(dev)}; {args.threads} thread(s)"
+    )
     print(
         "| model | adapted blocks | C | reference step | ours exact | ratio | ours cached | ratio | loss diff |"
     )

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--normalise-endpoints", action="store_true", help="not the reference: see ALGORITHM.md 6c"
     )
+    p.add_argument("--curve-step", type=float, default=0.1, help="alpha step of the report's curves")
     p.add_argument("--out", type=Path, default=ROOT / "demo-output" / "mma")
     p.add_argument("--data", type=Path, default=ROOT / ".mergetune-demo" / "data")
     args = p.parse_args(argv)
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"==> {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: read back as method {ing.method.value}"
     )
-    hp = MMAHyperparameters(feature_mode=args.feature_mode, normalise_endpoints=args.normalise_endpoints)
+    hp = MMAHyperparameters(
+        feature_mode=args.feature_mode,
+        normalise_endpoints=args.normalise_endpoints,
+        curve_step=args.curve_step,
+    )
     print("==> MergeTune for MMA (W_LMC 10, K 5, 5 epochs, batch 16, lr 0.0015, cosine)")
     out = recover_mma(backbone, task, ing.adapters, AdapterLayout.from_json(ing.mma_layout), hp)
     m, b = out.result.metrics, out.result.baselines
