@@ -225,6 +225,12 @@ def run_one(args: argparse.Namespace, workers: int, tree: Path) -> dict[str, Any
             t2 = time.perf_counter()
             report = json.loads(c.sweep_report(sweep["id"], "json"))
             jobs = [c.get_job(j["id"]) for j in done["jobs"]]
+    except BaseException:
+        for log in sorted((home / "logs").glob("*.log")):  # what the service said, before it is removed
+            sys.stderr.write(
+                f"--- {log.name} (last 3000 bytes)\n{log.read_bytes()[-3000:].decode(errors='replace')}\n"
+            )
+        raise
     finally:
         shutil.rmtree(home, ignore_errors=True)
     from datetime import datetime
