@@ -215,3 +215,52 @@ def test_recover_reports_three_curves_in_both_spaces(tiny):
     assert res.config["layout"] == lay.to_json()
     assert set(out.adapters) == set(lay.shapes())
     assert not torch.equal(out.adapters["text_adapter.2.up.weight"], ft["text_adapter.2.up.weight"])
+
+
+class _GradScale(torch.autograd.Function):
+    """MMA's gradient-scale layer: identity forward, gradient times ``scale`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale):  # noqa: ANN001, ANN205
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205
+        return g * ctx.scale, None
+
+
+def test_mma_gradient_scale_layers_divide_adapter_gradients_by_scale(tiny):
+    """With MMA's branch gsl(up(shared(down(ln_1(gsl(x, s))))) * s, 1/s) the adapter gradients are the
+    plain ones divided by s (what train_mma applies after backward); the forward pass is unchanged."""
+    lay = layout_for(tiny)
+    scale = 0.001
+    mma = MMAModel(tiny, ["a"], lay, scale=scale)
+    ad = _adapters(tiny, lay, seed=4)
+    pix = torch.randn(2, 3, tiny.image_size, tiny.image_size, generator=torch.Generator().manual_seed(3))
+    v = tiny.model.visual
+    h = mma.image_prefix(pix)
+
+    def with_gsl() -> torch.Tensor:
+        x = h
+        for i in range(lay.start, lay.end + 1):
+            block, a, s = v.transformer.resblocks[i - 1], ad.visual_adapter[i], ad.shared_adapter[i]
+            y = _GradScale.apply(x, scale)
+            y = a.up(s(a.down(block.ln_1(y)))) * scale
+            y = _GradScale.apply(y, 1.0 / scale)
+            x = block(x) + y
+        pooled, _ = v._pool(x)
+        return pooled @ v.proj
+
+    target = torch.randn(2, tiny.embed_dim, generator=torch.Generator().manual_seed(6))
+    plain = mma.image_features(h, ad)
+    ((plain - target) ** 2).sum().backward()
+    g_plain = {n: p.grad.clone() for n, p in ad.named_parameters() if p.grad is not None}
+    ad.zero_grad()
+    ref = with_gsl()
+    assert torch.allclose(ref, plain, atol=1e-6)
+    ((ref - target) ** 2).sum().backward()
+    assert g_plain
+    for n, p in ad.named_parameters():
+        if n in g_plain:
+            assert torch.allclose(p.grad, g_plain[n] / scale, rtol=1e-4, atol=1e-6), n
