@@ -703,7 +703,7 @@ class SafeUnpickler(pickle._Unpickler):
     def __init__(
         self, data: bytes, source: TorchZipFile | LegacyTorchFile | None, limits: ParseLimits | None = None
     ) -> None:
-        super().__init__(io.BytesIO(data), encoding="latin1")
+        super().__init__(io.BytesIO(data), encoding="utf-8")  # as torch.load decodes py2 strings
         self.source = source
         self.limits = limits or (source.limits if source is not None else ParseLimits())
         self.unknown_globals: list[str] = []
@@ -1007,12 +1007,10 @@ class SafeUnpickler(pickle._Unpickler):
     def _load_build(self) -> None:
         self.stack.pop()  # state
         inst = self.stack[-1]
-        if (
-            type(inst) is OrderedDict
-            or hasattr(type(inst), "__setstate__")
-            and isinstance(inst, Placeholder | LazyTensor | StorageRef | DType | StorageType | _SafeCallable)
-        ):
-            return  # absorbed: no state of ours can be set from a file
+        if type(inst) is OrderedDict or isinstance(inst, Placeholder):
+            return  # absorbed: attributes of an OrderedDict (as torch), inert objects (ours)
+        # torch refuses BUILD on everything else but tensors, where it re-points the tensor (legacy
+        # ``set_``): refused here rather than read with another meaning
         raise _bad(f"the pickle sets the state of a {type(inst).__name__}")
 
     for _op, _fn in {

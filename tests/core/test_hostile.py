@@ -255,14 +255,20 @@ def test_storage_key_with_slashes_and_missing_storage(tmp_path: Path) -> None:
 
 
 def test_build_on_allowlisted_objects_cannot_tamper(tmp_path: Path) -> None:
-    # BUILD with slot state on the rebuild function and on a storage-type marker: absorbed; the
-    # tensors of the same file (and of later files) still read correctly.
-    tamper = g("torch._utils", "_rebuild_tensor_v2") + b"N" + dct(__defaults__=i(1)) + b"\x86b0"
-    tamper += g("torch", "FloatStorage") + b"N" + dct(itemsize=i(1)) + b"\x86b0"
-    body = pkl(tamper + b"}(" + s("ctx") + ctx_entry() + b"u")
-    for n in range(2):
-        ck = ingest_checkpoint(torch_zip(tmp_path / f"tamper{n}.pth", body, {"0": CTX.tobytes()}))
-        np.testing.assert_array_equal(ck.ctx, CTX)
+    # BUILD with slot state on the rebuild function and on a storage-type marker: refused (as torch
+    # refuses it), nothing changed; later files still read correctly.
+    tampers = [
+        g("torch._utils", "_rebuild_tensor_v2") + b"N" + dct(__defaults__=i(1)) + b"\x86b0",
+        g("torch", "FloatStorage") + b"N" + dct(itemsize=i(1)) + b"\x86b0",
+    ]
+    for n, tamper in enumerate(tampers):
+        body = pkl(tamper + b"}(" + s("ctx") + ctx_entry() + b"u")
+        with pytest.raises(CheckpointError) as ei:
+            ingest_checkpoint(torch_zip(tmp_path / f"tamper{n}.pth", body, {"0": CTX.tobytes()}))
+        assert ei.value.code == "not_a_checkpoint"
+    body = pkl(b"}(" + s("ctx") + ctx_entry() + b"u")
+    ck = ingest_checkpoint(torch_zip(tmp_path / "after.pth", body, {"0": CTX.tobytes()}))
+    np.testing.assert_array_equal(ck.ctx, CTX)
     from core.safe_pickle import dtype_by_name
 
     assert dtype_by_name("float32").itemsize == 4
