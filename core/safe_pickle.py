@@ -1183,7 +1183,14 @@ class TorchZipFile:
                 if locator[:4] == b"PK\x06\x07":  # zip64: torch follows the locator's offset
                     _, _, z64_offset, disks = struct.unpack("<4sLQL", locator)
                     f.seek(min(z64_offset, size))
-                    if z64_offset != end[9] - 20 - 56 or f.read(4) != b"PK\x06\x06" or disks != 1:
+                    record = f.read(12)
+                    if (
+                        z64_offset != end[9] - 20 - 56
+                        or record[:4] != b"PK\x06\x06"
+                        or len(record) != 12
+                        or struct.unpack("<Q", record[4:])[0] < 44  # miniz: the record's own size
+                        or disks != 1
+                    ):
                         raise CheckpointError(
                             "the archive's zip64 locator is inconsistent", code="truncated", param="file"
                         )
