@@ -1198,8 +1198,8 @@ class TorchZipFile:
             raise CheckpointError(f"not a readable torch archive: {e}", code="truncated", param="file") from e
         if (
             end is None
-            or end[1] > 1
-            or end[2] > 1
+            or end[1] != 0  # one disk (torch writes 0; miniz then requires entries on it)
+            or end[2] != 0
             or not end[3] == end[4] == n_members
             or end[5] < 46 * n_members
             or end[6] + end[5] > size
