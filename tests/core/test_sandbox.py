@@ -75,3 +75,21 @@ def test_server_and_fresh_interpreter_give_the_same_answers(tmp_path: Path, use_
             use_server=use_server,
         )
     assert ei.value.code == "too_large"
+
+
+def test_a_killed_parse_server_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from core import sandbox
+
+    f = torch_zip(tmp_path / "ok.pth", state())
+    assert ingest_sandboxed(f).ctx is not None  # the server is up
+    proc = sandbox._SERVER._proc
+    assert proc is not None and proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(3):  # the next parses start a new server (or fall back to a fresh interpreter)
+        ck = ingest_sandboxed(f)
+        np.testing.assert_array_equal(ck.ctx, np.frombuffer(CTX, dtype=np.float32).reshape(4, 8))
+    assert sandbox._SERVER._proc is not None and sandbox._SERVER._proc.pid != proc.pid
