@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError, error_body
 from api.hygiene import has_control
-from api.schemas import JobCreate
+from api.schemas import JobCreate, JobUpdate
 from api.services import jobs as job_service
 from api.services import sweeps as sweep_service
 from common import repositories as repo
@@ -121,7 +121,19 @@ def _fmt_bytes(value: int | None) -> str:
     return str(value)  # pragma: no cover
 
 
+def _fmt_ago(value: datetime | None) -> str:
+    """ "3 min ago" style (the UTC time goes in a title next to it)."""
+    if value is None:
+        return "—"
+    seconds = max(0, int((datetime.now(UTC) - value.astimezone(UTC)).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
 templates.env.filters["time"] = _fmt_time
+templates.env.filters["ago"] = _fmt_ago
 templates.env.filters["num"] = _fmt_num
 templates.env.filters["bytes"] = _fmt_bytes
 templates.env.globals["duration"] = _fmt_duration
@@ -276,6 +288,30 @@ def status_history(session: Session, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
+EPOCH_KEYS = ("loss", "ce", "zs", "lmc", "val_acc")
+
+
+def epoch_series(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """Per-epoch means from the job's "epoch" events (loss parts, validation accuracy), by epoch; a
+    resumed job's repeated epoch keeps its last record. What the live chart draws."""
+    query = (
+        select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch").order_by(JobEvent.id)
+    )
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for data in session.scalars(query.limit(5000)):
+        if not isinstance(data, dict) or not isinstance(data.get("epoch"), int):
+            continue
+        raw = data.get("record")
+        record: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        row: dict[str, Any] = {"epoch": data["epoch"]}
+        for key in EPOCH_KEYS:
+            value = record.get(key, data.get(key) if key == "loss" else None)
+            if isinstance(value, int | float) and math.isfinite(value):
+                row[key] = float(value)
+        by_epoch[data["epoch"]] = row
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
 def _event_json(event: JobEvent, seq: int | None = None) -> dict[str, Any]:
     return {
         "id": event.id,
@@ -316,6 +352,7 @@ def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> 
             for i, e in enumerate(_events(session, job.id, after))
         ],
         "status_history": status_history(session, job.id),
+        "epochs": epoch_series(session, job.id),
     }
 
 
@@ -517,9 +554,17 @@ def job_list(
     dataset_id: str | None = None,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = PAGE_SIZE,
+    q: Annotated[str, Query(max_length=200)] = "",
+    sort: str = "",
+    order: str = "desc",
+    page: Annotated[int, Query(ge=1, le=10_000)] = 1,
 ) -> Response:
     if viewer is None:
         return _to_login(request)
+    if q.strip() or sort in SORT_KEYS:
+        return _job_list_sorted(
+            request, session, viewer, status, dataset_id, limit, q.strip(), sort, order, page
+        )
     query = select(Job).where(Job.project_id == viewer.project_id)
     if status in STATUSES:
         query = query.where(Job.status == status)
@@ -552,14 +597,157 @@ def job_list(
         next_url=next_url,
         first_url=first_url,
         health=queue_health(session, viewer.project_id),
+        q="",
+        sort="",
+        order="desc",
+        sort_url=lambda key: _sort_url(base, key, "", "desc"),
     )
 
 
+SORT_KEYS = ("created", "base", "novel", "hm", "hm_gain", "duration", "name")
+SEARCH_LIMIT = 5000  # jobs of a project a search or a sort looks at (newest first)
+
+
+def job_row_values(job: Job) -> dict[str, Any]:
+    """The sortable values of a job: recovered base/novel/HM, the HM gain over the fine-tuned model,
+    the run time in seconds, its name and creation time (None where a job has none)."""
+    metrics = job.metrics if isinstance(job.metrics, dict) else {}
+    rec: dict[str, Any] = metrics["recovered"] if isinstance(metrics.get("recovered"), dict) else {}
+    ft: dict[str, Any] = metrics["fine_tuned"] if isinstance(metrics.get("fine_tuned"), dict) else {}
+
+    def num(d: dict[str, Any], k: str) -> float | None:
+        v = d.get(k)
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+    hm, ft_hm = num(rec, "hm"), num(ft, "hm")
+    duration = (
+        (job.finished_at - job.started_at).total_seconds() if job.started_at and job.finished_at else None
+    )
+    return {
+        "created": job.created_at.timestamp() if job.created_at else None,
+        "base": num(rec, "base"),
+        "novel": num(rec, "novel"),
+        "hm": hm,
+        "hm_gain": hm - ft_hm if hm is not None and ft_hm is not None else None,
+        "duration": duration,
+        "name": str((job.metadata_ or {}).get("name") or "").lower() or None,
+    }
+
+
+def _sort_url(base: dict[str, str], key: str, current: str, order: str) -> str:
+    flip = "asc" if key == current and order == "desc" else "desc"
+    return "/?" + urlencode({**base, "sort": key, "order": flip})
+
+
+def _job_list_sorted(
+    request: Request,
+    session: Session,
+    viewer: Viewer,
+    status: str | None,
+    dataset_id: str | None,
+    limit: int,
+    q: str,
+    sort: str,
+    order: str,
+    page: int,
+) -> Response:
+    """Search (job id or name, tag, checkpoint name or id, dataset name or id; case-insensitive) and
+    sort by any column, over the project's newest SEARCH_LIMIT jobs; pages by number."""
+    query = select(Job).where(Job.project_id == viewer.project_id)
+    if status in STATUSES:
+        query = query.where(Job.status == status)
+    else:
+        status = None
+    if dataset_id:
+        query = query.where(Job.dataset_id == dataset_id)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(SEARCH_LIMIT)))
+    datasets = _datasets(session, viewer)
+    names = {d.id: d.name for d in datasets}
+    ckpt_names = {c.id: c.name for c in _checkpoints(session, viewer)}
+    if q:
+        needle = q.lower()
+
+        def hay(job: Job) -> str:
+            meta = job.metadata_ or {}
+            parts = [
+                job.id,
+                str(meta.get("name") or ""),
+                " ".join(str(t) for t in job.tags or []),
+                job.notes or "",
+            ]
+            parts += [job.checkpoint_id, ckpt_names.get(job.checkpoint_id, ""), job.dataset_id]
+            parts += [names.get(job.dataset_id, ""), str((job.backbone or {}).get("model") or "")]
+            return "\n".join(parts).lower()
+
+        rows = [j for j in rows if needle in hay(j)]
+    order = "asc" if order == "asc" else "desc"
+    if sort in SORT_KEYS:
+        values = {j.id: job_row_values(j)[sort] for j in rows}
+        present = [j for j in rows if values[j.id] is not None]
+        present.sort(key=lambda j: (values[j.id], j.id), reverse=order == "desc")
+        rows = present + [j for j in rows if values[j.id] is None]  # jobs without the value last
+    total = len(rows)
+    jobs = rows[(page - 1) * limit : page * limit]
+    base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id), ("q", q)) if v}
+    if sort in SORT_KEYS:
+        base |= {"sort": sort, "order": order}
+    if limit != PAGE_SIZE:
+        base["limit"] = str(limit)
+    next_url = "/?" + urlencode({**base, "page": str(page + 1)}) if page * limit < total else None
+    first_url = "/?" + urlencode(base) if page > 1 else None
+    sort_base = {k: v for k, v in base.items() if k not in ("sort", "order")}
+    return _render(
+        request,
+        "jobs.html",
+        viewer,
+        jobs=jobs,
+        dataset_names=names,
+        checkpoint_names=ckpt_names,
+        datasets=datasets,
+        status=status,
+        dataset_id=dataset_id,
+        next_url=next_url,
+        first_url=first_url,
+        health=queue_health(session, viewer.project_id),
+        q=q,
+        sort=sort if sort in SORT_KEYS else "",
+        order=order,
+        total=total,
+        sort_url=lambda key: _sort_url(sort_base, key, sort, order),
+    )
+
+
+def clone_form(job: Job) -> dict[str, str]:
+    """The new-job form filled in from ``job``: same checkpoint, dataset, backbone, protocol, class-token
+    position and resolved hyperparameters, a fresh idempotency key, the name marked as a clone."""
+    form = default_form()
+    form |= {
+        "checkpoint_id": job.checkpoint_id,
+        "dataset_id": job.dataset_id,
+        "backbone_model": str((job.backbone or {}).get("model") or form["backbone_model"]),
+        "backbone_pretrained": str((job.backbone or {}).get("pretrained") or form["backbone_pretrained"]),
+    }
+    if job.protocol and job.protocol != Protocol.base2novel.value:
+        form["protocol"] = job.protocol
+    position = (job.prompt or {}).get("class_token_position") if isinstance(job.prompt, dict) else None
+    if position:
+        form["class_token_position"] = str(position)
+    for key, value in (job.hyperparameters or {}).items():
+        if value is not None:
+            form[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    name = str((job.metadata_ or {}).get("name") or job.id)
+    form["name"] = f"{name} (clone)"[:200]
+    return form
+
+
 @router.get("/jobs/new")
-def new_job_page(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
+def new_job_page(request: Request, session: SessionDep, viewer: ViewerDep, clone: str = "") -> Response:
     if viewer is None:
         return _to_login(request)
     checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
+    source = _job(session, viewer, clone) if clone else None
+    if clone and source is None:
+        return _not_found(request, viewer, f"job {clone}")
     return _render(
         request,
         "new_job.html",
@@ -567,7 +755,8 @@ def new_job_page(request: Request, session: SessionDep, viewer: ViewerDep) -> Re
         checkpoints=checkpoints,
         datasets=_datasets(session, viewer),
         error=None,
-        form=default_form(),
+        form=clone_form(source) if source is not None else default_form(),
+        cloned_from=source.id if source is not None else None,
     )
 
 
@@ -600,6 +789,7 @@ async def create_job(
             checkpoints=checkpoints,
             datasets=_datasets(session, viewer),
             error=getattr(exc, "message", None) or str(exc),
+            error_param=getattr(exc, "param", None),
             form={**default_form(), **form},
         )
     return RedirectResponse(f"/jobs/{quote(job.id)}", status_code=303)
@@ -661,7 +851,12 @@ def training_charts(rows: list[dict[str, Any]], width: int = 240, height: int = 
 
 @router.get("/jobs/{job_id}")
 def job_detail(
-    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, job_id: str
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    settings: SettingsDep,
+    job_id: str,
+    annotate_error: Annotated[str, Query(max_length=500)] = "",
 ) -> Response:
     if viewer is None:
         return _to_login(request)
@@ -681,12 +876,147 @@ def job_detail(
         events_total=events_total,
         first_event_seq=events_total - len(events) + 1,
         status_history=status_history(session, job.id),
+        epochs=epoch_series(session, job.id),
+        annotate_error=annotate_error,
         last_event_id=events[-1].id if events else 0,
         dataset=session.get(Dataset, job.dataset_id),
         checkpoint=session.get(Checkpoint, job.checkpoint_id),
         queue=_queue_facts(session, settings, job),
         training=training_charts(_training_log(settings, artifacts)) if job.status == "succeeded" else [],
     )
+
+
+COMPARE_MAX = 8
+COMPARE_METRICS = (("zero_shot", "zero-shot"), ("fine_tuned", "fine-tuned"), ("recovered", "recovered"))
+
+
+def _report_json(settings: Settings, job_id: str, artifacts: list[Artifact]) -> dict[str, Any]:
+    art = next((a for a in artifacts if a.name == "report.json"), None)
+    if art is None or (art.bytes or 0) > REPORT_MAX_BYTES:
+        return {}
+    try:
+        report = json.loads(get_store(settings).get_bytes(art.key))
+    except (ArtifactNotFound, OSError, ValueError):
+        logger.warning("report.json of job %s is unreadable", job_id, exc_info=True)
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def interpolation_hm(
+    report: dict[str, Any], space: str = "classifier", segment: str = "zs_rec"
+) -> list[list[float]]:
+    """[[alpha, HM of base and novel accuracy]] along one interpolation segment of report.json."""
+    curves: dict[str, Any] = report["curves"] if isinstance(report.get("curves"), dict) else {}
+    by_space: dict[str, Any] = curves[space] if isinstance(curves.get(space), dict) else {}
+    seg = by_space.get(segment)
+    if not isinstance(seg, dict):
+        return []
+    out = []
+    for a, b, n in zip(
+        seg.get("alphas") or [], seg.get("base_acc") or [], seg.get("novel_acc") or [], strict=False
+    ):
+        if all(isinstance(v, int | float) and math.isfinite(v) for v in (a, b, n)):
+            out.append([float(a), 2 * b * n / (b + n) if b + n > 0 else 0.0])
+    return out
+
+
+def compare_context(session: Session, settings: Settings, jobs: list[Job]) -> dict[str, Any]:
+    """Side by side: metrics (zero-shot, fine-tuned, recovered x base, novel, HM) with the verdict, the
+    settings with differing keys marked, and each job's curves for the overlaid charts."""
+    settings_rows: dict[str, list[Any]] = {}
+
+    def put(key: str, index: int, value: Any) -> None:
+        settings_rows.setdefault(key, [None] * len(jobs))[index] = value
+
+    series = []
+    for i, job in enumerate(jobs):
+        put("checkpoint_id", i, job.checkpoint_id)
+        put("dataset_id", i, job.dataset_id)
+        put("backbone", i, f"{(job.backbone or {}).get('model')} / {(job.backbone or {}).get('pretrained')}")
+        put("protocol", i, job.protocol or Protocol.base2novel.value)
+        for key, value in sorted((job.hyperparameters or {}).items()):
+            put(f"hyperparameters.{key}", i, value)
+        report = (
+            _report_json(settings, job.id, _artifacts(session, job.id)) if job.status == "succeeded" else {}
+        )
+        series.append(
+            {
+                "id": job.id,
+                "label": str((job.metadata_ or {}).get("name") or job.id),
+                "epochs": epoch_series(session, job.id),
+                "interpolation": interpolation_hm(report),
+            }
+        )
+    rows = [
+        {"key": k, "values": v, "differs": len({json.dumps(x, sort_keys=True, default=str) for x in v}) > 1}
+        for k, v in settings_rows.items()
+    ]
+    best: dict[str, float] = {}
+    for job in jobs:
+        for key, _ in COMPARE_METRICS:
+            for split in ("base", "novel", "hm"):
+                v = ((job.metrics or {}).get(key) or {}).get(split)
+                if isinstance(v, int | float):
+                    best[f"{key}.{split}"] = max(best.get(f"{key}.{split}", float("-inf")), float(v))
+    return {"settings_rows": rows, "series": series, "best": best, "metric_groups": COMPARE_METRICS}
+
+
+@router.get("/compare")
+def compare_page(
+    request: Request,
+    session: SessionDep,
+    viewer: ViewerDep,
+    settings: SettingsDep,
+    ids: Annotated[list[str] | None, Query(max_length=COMPARE_MAX + 1)] = None,
+) -> Response:
+    """``/compare?ids=job_a&ids=job_b``: 2-8 jobs of the project side by side (a shareable URL)."""
+    if viewer is None:
+        return _to_login(request)
+    wanted = list(dict.fromkeys(i.strip() for i in ids or [] if i.strip()))
+    jobs = [j for j in (_job(session, viewer, i) for i in wanted[:COMPARE_MAX]) if j is not None]
+    missing = [i for i in wanted[:COMPARE_MAX] if i not in {j.id for j in jobs}]
+    problem = None
+    if len(wanted) > COMPARE_MAX:
+        problem = f"ids: compare at most {COMPARE_MAX} jobs at once ({len(wanted)} selected)."
+    elif missing:
+        problem = f"ids: no job {', '.join(missing)} in this project."
+    elif len(jobs) < 2:
+        problem = "ids: select at least 2 jobs in the list to compare them."
+    context = compare_context(session, settings, jobs) if not problem else {}
+    return _render(
+        request,
+        "compare.html",
+        viewer,
+        status_code=200 if not problem else 422,
+        jobs=jobs,
+        problem=problem,
+        **context,
+    )
+
+
+@router.post("/jobs/{job_id}/annotate")
+async def annotate_job(request: Request, session: SessionDep, viewer: ViewerDep, job_id: str) -> Response:
+    """The job page's name / tags / notes form: the same validation as ``PATCH /v1/jobs/{id}``."""
+    if viewer is None:
+        return _to_login(request)
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    if not _check_csrf(viewer, form.get("csrf")):
+        return Response("bad CSRF token", status_code=403)
+    job = _job(session, viewer, job_id)
+    if job is None:
+        return _not_found(request, viewer, f"job {job_id}")
+    tags = [t for t in (form.get("tags") or "").split(",") if t.strip()]
+    try:
+        body = JobUpdate(name=form.get("name") or None, tags=tags, notes=form.get("notes") or None)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return RedirectResponse(
+            f"/jobs/{quote(job.id)}?" + urlencode({"annotate_error": f"{where}: {message}"}), status_code=303
+        )
+    job_service.update_job(session, job, body)
+    return RedirectResponse(f"/jobs/{quote(job.id)}#annotations", status_code=303)
 
 
 @router.post("/jobs/{job_id}/cancel")

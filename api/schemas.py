@@ -196,6 +196,39 @@ class JobRead(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     estimated_finish: datetime | None = None
+    tags: list[str] = Field(default_factory=list)
+    notes: str | None = None
+
+
+MAX_TAGS = 20
+
+
+class JobUpdate(BaseModel):
+    """``PATCH /v1/jobs/{id}``: what people write about a job. Omitted fields stay as they are; ``null``
+    clears the name or the notes, ``[]`` the tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200, description="shown next to the id (metadata.name)")
+    tags: list[str] | None = Field(
+        default=None, max_length=MAX_TAGS, description="up to 20 labels, 1-40 characters each, kept in order"
+    )
+    notes: str | None = Field(
+        default=None, max_length=10_000, description="free text (markdown not rendered)"
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out: list[str] = []
+        for tag in (t.strip() for t in value):
+            if not 1 <= len(tag) <= 40:
+                raise ValueError("each tag must be 1-40 characters (after trimming spaces)")
+            if tag not in out:
+                out.append(tag)
+        return out
 
 
 class JobList(ListResponse[JobRead]):

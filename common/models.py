@@ -219,6 +219,9 @@ class Job(Base):
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
+    #: Labels and notes people give a job (PATCH /v1/jobs/{id}, the dashboard); not used by the run.
+    tags: Mapped[list[Any] | None] = mapped_column(default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="select")
     dataset: Mapped[Dataset] = relationship(lazy="select")

@@ -7,8 +7,17 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from api.errors import NotFound, Unprocessable, error_responses
-from api.schemas import ArtifactList, ArtifactRead, EventList, EventRead, JobCreate, JobList, JobRead
-from api.services.jobs import cancel_job, create_job, event_seq_before, job_read
+from api.schemas import (
+    ArtifactList,
+    ArtifactRead,
+    EventList,
+    EventRead,
+    JobCreate,
+    JobList,
+    JobRead,
+    JobUpdate,
+)
+from api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
 from common import repositories as repo
 from common.models import Job, JobStatus
 from common.storage import LocalStore
@@ -69,6 +78,15 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead, responses=error_responses(401, 404))
 def get_job(job_id: str, principal: PrincipalDep, settings: SettingsDep, session: SessionDep) -> JobRead:
     return job_read(session, settings, _get_job(session, principal.project_id, job_id))
+
+
+@router.patch("/{job_id}", response_model=JobRead, responses=error_responses(401, 404, 422))
+def patch_job(
+    job_id: str, body: JobUpdate, principal: PrincipalDep, settings: SettingsDep, session: SessionDep
+) -> JobRead:
+    """Rename a job, set its tags or its notes (any job, in any status)."""
+    job = update_job(session, _get_job(session, principal.project_id, job_id), body)
+    return job_read(session, settings, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(401, 404, 409))

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
-from api.schemas import JobCreate, JobError, JobRead, Progress
+from api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
 from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from common import repositories as repo
 from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
@@ -476,4 +476,24 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         started_at=job.started_at,
         finished_at=job.finished_at,
         estimated_finish=_estimate(session, settings, job, position),
+        tags=[str(t) for t in job.tags or []],
+        notes=job.notes,
     )
+
+
+def update_job(session: Session, job: Job, body: JobUpdate) -> Job:
+    """Apply a PATCH (only the fields the body names, ``model_fields_set``) and commit."""
+    given = body.model_fields_set
+    if "name" in given:
+        meta = dict(job.metadata_ or {})
+        if body.name and body.name.strip():
+            meta["name"] = body.name.strip()
+        else:
+            meta.pop("name", None)
+        job.metadata_ = meta
+    if "tags" in given:
+        job.tags = list(body.tags or []) or None
+    if "notes" in given:
+        job.notes = body.notes if body.notes and body.notes.strip() else None
+    session.commit()
+    return job

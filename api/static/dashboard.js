@@ -51,6 +51,17 @@
       });
     }
 
+    var chartBox = document.getElementById("live-charts");
+    var epochsShown = -1;
+    function drawEpochs(epochs) {
+      if (!chartBox || !window.MTCharts || !epochs || epochs.length === epochsShown) { return; }
+      epochsShown = epochs.length;
+      if (window.MTCharts.epochCharts(chartBox, epochs)) {
+        document.getElementById("live-charts-empty").hidden = true;
+      }
+    }
+    try { drawEpochs(JSON.parse(document.getElementById("epoch-data").textContent)); } catch (e) { /* no data */ }
+
     var scroller = document.getElementById("events-scroll");
     scroller.scrollTop = scroller.scrollHeight;
 
@@ -75,6 +86,7 @@
     function update(data) {
       appendEvents(data.events || []);
       showHistory(data.status_history);
+      drawEpochs(data.epochs);
       var text = progressText(data.progress);
       if (text) {
         document.getElementById("progress-text").textContent = text;
@@ -180,10 +192,56 @@
     window.setTimeout(poll, 2000);
   }
 
+  // ----------------------------------------------------------------------------- copy buttons
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) { return navigator.clipboard.writeText(text); }
+    var area = document.createElement("textarea");  // plain-HTTP deployments: the old way
+    area.value = text;
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } finally { area.remove(); }
+    return Promise.resolve();
+  }
+
+  document.addEventListener("click", function (ev) {
+    var btn = ev.target.closest && ev.target.closest("button.copy");
+    if (!btn) { return; }
+    ev.preventDefault();
+    copyText(btn.dataset.copy).then(function () {
+      btn.classList.add("copied");
+      btn.title = "copied";
+      window.setTimeout(function () { btn.classList.remove("copied"); }, 1500);
+    });
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     var job = document.getElementById("job");
     if (job) { jobPage(job); }
     var health = document.getElementById("health");
     if (health) { listPage(health); }
+    var compare = document.getElementById("compare-data");
+    if (compare && window.MTCharts) {
+      var runs = JSON.parse(compare.textContent);
+      var box = document.getElementById("compare-charts");
+      var charts = [
+        ["total loss per epoch", "loss", function (r) { return r.epochs.map(function (e) { return [e.epoch, e.loss]; }); }],
+        ["validation accuracy (%) per epoch", "epoch", function (r) { return r.epochs.map(function (e) { return [e.epoch, e.val_acc]; }); }],
+        ["HM (%) from zero-shot (0) to recovered (1)", "alpha", function (r) { return r.interpolation; }]
+      ];
+      charts.forEach(function (c) {
+        var fig = window.MTCharts.lineChart(c[0], runs.map(function (r) { return { label: r.label, points: c[2](r) }; }),
+                                            { xLabel: c[1] === "alpha" ? "alpha" : "epoch" });
+        if (fig) { box.appendChild(fig); }
+      });
+    }
+    var picker = document.getElementById("compare-form");
+    if (picker) {
+      picker.addEventListener("submit", function (ev) {
+        var n = picker.querySelectorAll("input.compare-pick:checked").length;
+        if (n < 2 || n > 8) { ev.preventDefault(); window.alert("Select 2 to 8 jobs to compare (" + n + " selected)."); }
+      });
+    }
   });
 })();

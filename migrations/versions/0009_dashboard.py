@@ -1,4 +1,4 @@
-"""Schema changes for dashboard tags, notes and status history (issue 14); no-op until that work needs columns
+"""Jobs carry tags and notes, editable from the dashboard and PATCH /v1/jobs/{id} (issue 14)
 
 Revision ID: 0009_dashboard
 Revises: 0008_mma
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0009_dashboard"
 down_revision: str | None = "0008_mma"
 branch_labels: str | Sequence[str] | None = None
@@ -16,8 +19,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    # tags: a JSON list of short strings (NULL = none); notes: free text. The status history needs no
+    # table: it is the job's "status" events.
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("tags", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("notes", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("notes")
+        batch_op.drop_column("tags")

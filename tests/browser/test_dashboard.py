@@ -66,7 +66,9 @@ def test_job_list_shows_the_finished_job_with_filters_and_health_panel(
     row = page.locator(f'tr[data-job-id="{finished_job["id"]}"]')
     expect(row.locator(".badge")).to_have_text("succeeded")
     expect(row).to_contain_text("builtin-tiny")  # dataset column
-    expect(row.locator("td").nth(5)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"))  # created
+    created = row.locator('td[data-col="created"]')  # relative time, the UTC time in its title
+    expect(created).to_have_text(re.compile(r"^\d+ (s|min|h|d) ago$"))
+    expect(created).to_have_attribute("title", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$"))
     expect(row).to_contain_text(f"{finished_job['metrics']['recovered']['hm']:.2f}")
 
     page.select_option("#filter-status", "failed")

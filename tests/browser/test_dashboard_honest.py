@@ -100,16 +100,20 @@ def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> N
     assert [(e["seq"], e["message"]) for e in live["events"]] == [(3, "b3"), (4, "b4"), (5, "b5")]
 
 
-def test_estimates_use_measured_epoch_evaluation_and_job_times(app_client: TestClient, settings: Any) -> None:
+def test_estimates_use_measured_epoch_evaluation_and_job_times(
+    app_client: TestClient, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from api.services import jobs as job_service
     from common.db import session_scope
     from common.models import Job
 
     job_service._measured_cache.clear()
+    # the queue (and the database) is shared: measure on the latest finished job only, this one
+    monkeypatch.setattr(job_service, "MEASURED_JOBS", 1)
     url = settings.DATABASE_URL
     project, secret = _project(url)
     now = datetime.now(UTC)
-    t0 = now - timedelta(hours=1)
+    t0 = now - timedelta(seconds=101)
     # a finished 10-epoch job: 100 s in all, of which the last 20 s were evaluation -> 8 s/epoch, 20 s eval
     rows = _rows(url, project, jobs=[
         {"status": "succeeded", "started_at": t0,
@@ -142,3 +146,31 @@ def test_estimates_use_measured_epoch_evaluation_and_job_times(app_client: TestC
         expected = (ahead / workers + 1) * 60
         assert abs((eta - datetime.now(UTC)).total_seconds() - expected) < 3, (eta, expected)
         s.rollback()
+
+
+def test_per_epoch_curves_come_from_the_epoch_events(app_client: TestClient, settings: Any) -> None:
+    import json
+
+    from common import repositories as repo
+    from common.db import session_scope
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    (job_id,) = _rows(url, project, jobs=[{"status": "running"}])["job_ids"]
+    with session_scope(url) as s:
+        for epoch, (loss, acc) in enumerate([(2.5, 40.0), (2.0, 45.5), (1.75, None)], start=1):
+            record = {"loss": loss, "ce": loss - 0.5, "zs": 0.25, "lmc": 0.25, "val_acc": acc}
+            repo.add_event(s, job_id, "epoch", f"Epoch {epoch}/3 done", data={"epoch": epoch, "epochs": 3,
+                           "loss": loss, "record": record})  # fmt: skip
+        # a resumed job logs epoch 3 again: the last record wins
+        repo.add_event(s, job_id, "epoch", "Epoch 3/3 done", data={"epoch": 3, "epochs": 3, "loss": 1.5,
+                       "record": {"loss": 1.5, "ce": 1.0, "zs": 0.25, "lmc": 0.25, "val_acc": 50.0}})  # fmt: skip
+    _login(app_client, secret)
+    live = app_client.get(f"/ui/jobs/{job_id}/live").json()
+    assert [(e["epoch"], e["loss"], e["ce"], e.get("val_acc")) for e in live["epochs"]] == [
+        (1, 2.5, 2.0, 40.0), (2, 2.0, 1.5, 45.5), (3, 1.5, 1.0, 50.0),
+    ]  # fmt: skip
+    page = app_client.get(f"/jobs/{job_id}").text
+    data = re.search(r'<script type="application/json" id="epoch-data">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(data) == live["epochs"]
+    assert 'src="/static/charts.js"' in page and app_client.get("/static/charts.js").status_code == 200

@@ -52,6 +52,9 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
         "checkpoints": "/checkpoints",
         "datasets": "/datasets",
         "sweeps": "/sweeps",
+        "jobs-sorted": "/?sort=hm&order=desc&q=browser",
+        "compare": f"/compare?ids={finished_job['id']}&ids={failed}",
+        "clone": f"/jobs/new?clone={finished_job['id']}",
     }
     SCREENS.mkdir(parents=True, exist_ok=True)
     problems = []
@@ -82,6 +85,12 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
                         f"{name} at {width}px: header link {label!r} is outside the header: {box}"
                     )
     assert problems == [], "\n".join(problems)
+
+    # the per-epoch chart of the finished job: one point per epoch on the total-loss line
+    page.goto(f"{stack.url}/jobs/{finished_job['id']}")
+    line = page.locator('#live-charts polyline[data-series="total loss"]')
+    points = (line.get_attribute("points") or "").split()
+    assert len(points) == finished_job["hyperparameters"]["epochs"], points
     # the login page (logged out) too
     page.context.clear_cookies()
     for kind, (width, height) in VIEWPORTS.items():

@@ -1,0 +1,186 @@
+"""What an ML engineer does in the job list and on job pages (HTTP, no browser; real Postgres):
+tags, notes and names through PATCH /v1/jobs/{id} and the page's form, search and sort over several
+metric columns, compare 2-8 jobs at a shareable URL, clone-and-edit a job."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from test_dashboard_http import BROKER_URL, _csrf, _login, _project, _redis, _rows  # noqa: F401
+
+
+@pytest.fixture
+def settings(tmp_path: Any, make_settings: Any, _redis: None) -> Any:  # noqa: F811
+    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
+
+
+@pytest.fixture
+def app_client(settings: Any) -> Any:
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _metrics(ft_hm: float, base: float, novel: float) -> dict[str, Any]:
+    hm = round(2 * base * novel / (base + novel), 2)
+    return {
+        "zero_shot": {"base": 50.0, "novel": 60.0, "hm": 54.55},
+        "fine_tuned": {"base": 70.0, "novel": 40.0, "hm": ft_hm},
+        "recovered": {"base": base, "novel": novel, "hm": hm},
+    }
+
+
+def test_patch_sets_name_tags_and_notes_and_names_the_bad_field(
+    app_client: TestClient, settings: Any
+) -> None:
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    _, other = _project(url)
+    (job_id,) = _rows(url, project, jobs=[{"status": "succeeded"}])["job_ids"]
+    h = {"Authorization": f"Bearer {secret}"}
+
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h,
+                         json={"name": "w10 seed1", "tags": [" eurosat ", "w10", "eurosat"], "notes": "baseline\nrun"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert (job["metadata"]["name"], job["tags"], job["notes"]) == (
+        "w10 seed1",
+        ["eurosat", "w10"],
+        "baseline\nrun",
+    )
+    # omitted fields stay; [] and null clear
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h, json={"tags": []})
+    assert (r.json()["tags"], r.json()["notes"], r.json()["metadata"]["name"]) == (
+        [],
+        "baseline\nrun",
+        "w10 seed1",
+    )
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h, json={"notes": None, "name": None})
+    assert r.json()["notes"] is None and "name" not in r.json()["metadata"]
+
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h, json={"tags": ["x" * 41]})
+    assert r.status_code == 422 and r.json()["error"]["param"].startswith("tags"), r.text
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h, json={"notes": "n" * 10_001})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "notes", r.text
+    r = app_client.patch(f"/v1/jobs/{job_id}", headers=h, json={"status": "succeeded"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "status", r.text
+    r = app_client.patch(
+        f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {other}"}, json={"tags": ["a"]}
+    )
+    assert r.status_code == 404
+
+    # the page's form: same rules, the error names the field
+    _login(app_client, secret)
+    page = app_client.get(f"/jobs/{job_id}").text
+    r = app_client.post(f"/jobs/{job_id}/annotate", follow_redirects=False,
+                        data={"csrf": _csrf(page), "name": "renamed", "tags": "a, b ,a", "notes": "kept"})  # fmt: skip
+    assert r.status_code == 303
+    got = app_client.get(f"/v1/jobs/{job_id}", headers=h).json()
+    assert (got["metadata"]["name"], got["tags"], got["notes"]) == ("renamed", ["a", "b"], "kept")
+    r = app_client.post(f"/jobs/{job_id}/annotate", data={"csrf": _csrf(page), "tags": "y" * 41})
+    assert "tags: each tag must be 1-40 characters" in r.text
+    assert (
+        app_client.post(f"/jobs/{job_id}/annotate", data={"csrf": "0" * 64, "tags": "z"}).status_code == 403
+    )
+
+
+def test_list_searches_and_sorts_by_metric_columns(app_client: TestClient, settings: Any) -> None:
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = _rows(url, project, jobs=[
+        {"status": "succeeded", "metrics": _metrics(50.0, 70.0, 60.0), "tags": ["eurosat"],
+         "started_at": t0, "finished_at": t0 + timedelta(seconds=300), "metadata_": {"name": "alpha"}},
+        {"status": "succeeded", "metrics": _metrics(50.0, 80.0, 70.0), "tags": ["dtd"],
+         "started_at": t0, "finished_at": t0 + timedelta(seconds=100), "metadata_": {"name": "beta"}},
+        {"status": "succeeded", "metrics": _metrics(60.0, 60.0, 50.0), "notes": "the EuroSAT rerun",
+         "started_at": t0, "finished_at": t0 + timedelta(seconds=200), "metadata_": {"name": "gamma"}},
+        {"status": "queued", "metadata_": {"name": "delta"}},
+    ])  # fmt: skip
+    a, b, c, d = rows["job_ids"]
+    _login(app_client, secret)
+
+    def order(query: str) -> list[str]:
+        return re.findall(r'<tr data-job-id="([^"]+)"', app_client.get("/?" + query).text)
+
+    assert order("sort=hm&order=desc") == [b, a, c, d]  # 74.67, 64.62, 54.55; no metrics last
+    assert order("sort=hm&order=asc") == [c, a, b, d]
+    assert order("sort=duration&order=asc") == [b, c, a, d]
+    assert order("sort=hm_gain&order=desc") == [b, a, c, d]  # +24.67, +14.62, -5.45
+    assert order("sort=novel&order=desc") == [b, a, c, d]
+    assert order("q=eurosat") == [c, a]  # a note and a tag (newest first)
+    assert order("q=BETA") == [b]  # the name, any case
+    assert order(f"q={rows['dataset_id']}&sort=hm") == [b, a, c, d]  # the dataset id
+    page = app_client.get("/?sort=hm&order=desc").text
+    assert "HM ▼" in page and 'data-col="hm_gain"><span class="pos">+24.67' in page
+    assert f'data-copy="{a}"' in page  # copy buttons
+    assert app_client.get("/?q=nothing-like-this").text.count("<tr data-job-id") == 0
+
+
+def test_compare_two_jobs_side_by_side_at_a_shareable_url(app_client: TestClient, settings: Any) -> None:
+    from common import repositories as repo
+    from common.db import session_scope
+    from common.models import Artifact, Job
+    from common.storage import get_store
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    a, b = _rows(url, project, jobs=[
+        {"status": "succeeded", "metrics": _metrics(50.0, 70.0, 60.0), "verdict": {"text": "Recovered HM 64.6"}},
+        {"status": "succeeded", "metrics": _metrics(50.0, 80.0, 70.0)},
+    ])["job_ids"]  # fmt: skip
+    report = {"curves": {"classifier": {"zs_rec": {"alphas": [0.0, 0.5, 1.0], "base_acc": [50.0, 60.0, 70.0],
+                                                   "novel_acc": [50.0, 60.0, 30.0]}}}}  # fmt: skip
+    data = json.dumps(report).encode()
+    get_store(settings).put_bytes(f"jobs/{a}/report.json", data)
+    with session_scope(url) as s:
+        s.get(Job, b).hyperparameters = {"epochs": 5}
+        s.add(Artifact(job_id=a, name="report.json", bytes=len(data), sha256="00" * 32,
+                       media_type="application/json", key=f"jobs/{a}/report.json"))  # fmt: skip
+        for epoch in (1, 2):
+            repo.add_event(s, b, "epoch", "e", data={"epoch": epoch, "record": {"loss": 3.0 - epoch}})
+    _login(app_client, secret)
+
+    page = app_client.get(f"/compare?ids={a}&ids={b}").text
+    assert 'data-metric="recovered.hm"><strong>74.67</strong>' in page  # the best HM in bold
+    assert 'data-metric="recovered.hm">64.62' in page
+    assert "Recovered HM 64.6" in page
+    assert re.search(r'<tr class="differs" data-key="hyperparameters.epochs"><th>hyperparameters.epochs</th>'
+                     r"<td>2</td><td>5</td>", page)  # fmt: skip
+    assert '<tr class="" data-key="checkpoint_id">' in page  # same checkpoint: not marked
+    series = json.loads(re.search(r'id="compare-data">(.*?)</script>', page, re.S).group(1))
+    assert series[0]["interpolation"] == [[0.0, 50.0], [0.5, 60.0], [1.0, 42.0]]  # 2*70*30/100
+    assert [e["loss"] for e in series[1]["epochs"]] == [2.0, 1.0]
+
+    r = app_client.get(f"/compare?ids={a}")
+    assert r.status_code == 422 and "at least 2" in r.text
+    r = app_client.get(f"/compare?ids={a}&ids=job_nope")
+    assert r.status_code == 422 and "no job job_nope" in r.text
+
+
+def test_clone_and_edit_fills_the_form_from_the_job(app_client: TestClient, settings: Any) -> None:
+    from common.db import session_scope
+    from common.models import Job
+
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    (job_id,) = _rows(url, project, jobs=[{"status": "failed", "metadata_": {"name": "first try"}}])[
+        "job_ids"
+    ]
+    with session_scope(url) as s:
+        s.get(Job, job_id).hyperparameters = {"epochs": 7, "w_zs": 3.5, "seed": 2}
+    _login(app_client, secret)
+    page = app_client.get(f"/jobs/{job_id}").text
+    assert f'href="/jobs/new?clone={job_id}"' in page
+    form = app_client.get(f"/jobs/new?clone={job_id}").text
+    assert f'href="/jobs/{job_id}">{job_id}</a>' in form
+    for field, value in (("epochs", "7"), ("w_zs", "3.5"), ("seed", "2"), ("name", "first try (clone)"),
+                         ("backbone_model", "tiny-test")):  # fmt: skip
+        assert re.search(rf'name="{field}"[^>]*value="{re.escape(value)}"', form), field
+    assert app_client.get("/jobs/new?clone=job_nope").status_code == 404
