@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from api.deps import SessionDep, SettingsDep
 from api.errors import ApiError, error_body
 from api.hygiene import has_control
-from api.schemas import JobCreate, JobUpdate
+from api.schemas import DatasetCreate, JobCreate, JobUpdate
 from api.services import jobs as job_service
 from api.services import sweeps as sweep_service
 from common import repositories as repo
@@ -1071,17 +1071,166 @@ def job_artifact(
 
 
 @router.get("/checkpoints")
-def checkpoint_list(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
+def checkpoint_list(request: Request, session: SessionDep, viewer: ViewerDep, uploaded: str = "") -> Response:
     if viewer is None:
         return _to_login(request)
-    return _render(request, "checkpoints.html", viewer, checkpoints=_checkpoints(session, viewer))
+    return _render(
+        request,
+        "checkpoints.html",
+        viewer,
+        checkpoints=_checkpoints(session, viewer),
+        uploaded=uploaded,
+        idempotency_key=secrets.token_hex(16),
+    )
+
+
+def _error_page(
+    request: Request, viewer: Viewer, name: str, status_code: int, message: str, param: str | None, **ctx: Any
+) -> Response:
+    return _render(
+        request,
+        name,
+        viewer,
+        status_code=status_code,
+        error=message,
+        error_param=param,
+        idempotency_key=secrets.token_hex(16),
+        **ctx,
+    )
+
+
+@router.post("/checkpoints")
+async def upload_checkpoint_form(
+    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
+    """The checkpoints page's upload form: the same streaming, checks and messages as
+    ``POST /v1/checkpoints``; a refused file shows the API's error naming the field."""
+    from starlette.concurrency import run_in_threadpool
+
+    from api.services.checkpoints import create_checkpoint
+    from api.uploads import receive_multipart
+
+    if viewer is None:
+        return _to_login(request)
+
+    def page(status_code: int, message: str, param: str | None) -> Response:
+        return _error_page(
+            request,
+            viewer,
+            "checkpoints.html",
+            status_code,
+            message,
+            param,
+            checkpoints=_checkpoints(session, viewer),
+        )
+
+    try:
+        upload = await receive_multipart(
+            request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES
+        )
+    except ApiError as exc:
+        return page(exc.status_code, exc.message, exc.param)
+    try:
+        if not _check_csrf(viewer, upload.fields.get("csrf")):
+            return Response("bad CSRF token", status_code=403)
+        if upload.path is None or upload.size == 0:
+            return page(422, "choose a checkpoint file (it is empty or missing)", "file")
+        request.app.state.metrics.upload_bytes.inc(upload.size)
+        ckpt, _ = await run_in_threadpool(
+            create_checkpoint,
+            session,
+            settings,
+            get_store(settings),
+            viewer.project_id,
+            upload,
+            idempotency_key=upload.fields.get("idempotency_key") or None,
+        )
+    except ApiError as exc:
+        return page(exc.status_code, exc.message, exc.param)
+    finally:
+        upload.cleanup()
+    if ckpt.status != CheckpointStatus.ready.value:
+        err = ckpt.error or {}
+        return page(
+            422, f"{ckpt.filename} was refused: {err.get('message', 'not a checkpoint')}", err.get("param")
+        )
+    return RedirectResponse(f"/checkpoints?uploaded={quote(ckpt.id)}", status_code=303)
 
 
 @router.get("/datasets")
-def dataset_list(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
+def dataset_list(request: Request, session: SessionDep, viewer: ViewerDep, registered: str = "") -> Response:
     if viewer is None:
         return _to_login(request)
-    return _render(request, "datasets.html", viewer, datasets=_datasets(session, viewer))
+    return _render(
+        request,
+        "datasets.html",
+        viewer,
+        datasets=_datasets(session, viewer),
+        registered=registered,
+        form={},
+        idempotency_key=secrets.token_hex(16),
+    )
+
+
+@router.post("/datasets")
+async def register_dataset_form(
+    request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep
+) -> Response:
+    """The datasets page's form: ``POST /v1/datasets``'s body, validation and messages."""
+    from api.services.datasets import create_dataset
+
+    if viewer is None:
+        return _to_login(request)
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    if not _check_csrf(viewer, form.get("csrf")):
+        return Response("bad CSRF token", status_code=403)
+
+    def page(status_code: int, message: str, param: str | None) -> Response:
+        return _error_page(
+            request,
+            viewer,
+            "datasets.html",
+            status_code,
+            message,
+            param,
+            datasets=_datasets(session, viewer),
+            form=form,
+        )
+
+    options_text = (form.get("options") or "").strip()
+    options: Any = None
+    if options_text:
+        try:
+            options = json.loads(options_text)
+        except ValueError as exc:
+            return page(422, f"not valid JSON: {exc}", "options")
+    fields = {k: (form.get(k) or "").strip() or None for k in ("name", "kind", "path", "coop_name")}
+    try:
+        body = DatasetCreate.model_validate(
+            {**{k: v for k, v in fields.items() if v is not None}, "options": options}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or None
+        return page(422, str(first.get("msg", "invalid")).removeprefix("Value error, "), where)
+    try:
+        ds, _ = await run_in_threadpool_sync(
+            create_dataset,
+            session,
+            settings,
+            viewer.project_id,
+            body,
+            idempotency_key=form.get("idempotency_key") or None,
+        )
+    except ApiError as exc:
+        return page(exc.status_code, exc.message, exc.param)
+    return RedirectResponse(f"/datasets?registered={quote(ds.id)}", status_code=303)
+
+
+async def run_in_threadpool_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(func, *args, **kwargs)
 
 
 # -------------------------------------------------------------------------------------- JSON polling

@@ -184,3 +184,71 @@ def test_clone_and_edit_fills_the_form_from_the_job(app_client: TestClient, sett
                          ("backbone_model", "tiny-test")):  # fmt: skip
         assert re.search(rf'name="{field}"[^>]*value="{re.escape(value)}"', form), field
     assert app_client.get("/jobs/new?clone=job_nope").status_code == 404
+
+
+def _dassl_bytes() -> bytes:
+    import io
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    state = {"state_dict": {"ctx": torch.randn(4, 512, generator=g), "token_prefix": torch.zeros(3, 1, 512),
+             "token_suffix": torch.zeros(3, 72, 512)}, "epoch": 50, "optimizer": None, "scheduler": None}  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def test_upload_a_checkpoint_and_register_a_dataset_from_the_ui(
+    app_client: TestClient, settings: Any
+) -> None:
+    url = settings.DATABASE_URL
+    project, secret = _project(url)
+    h = {"Authorization": f"Bearer {secret}"}
+    _login(app_client, secret)
+    csrf = _csrf(app_client.get("/checkpoints").text)
+
+    r = app_client.post("/checkpoints", data={"csrf": csrf, "name": "from the page", "method": "coop"},
+                        files={"file": ("model.pth.tar-50", _dassl_bytes())}, follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303, r.text
+    ckpt_id = r.headers["location"].split("uploaded=")[1]
+    got = app_client.get(f"/v1/checkpoints/{ckpt_id}", headers=h).json()
+    assert (got["status"], got["method"], got["name"], got["n_ctx"]) == ("ready", "coop", "from the page", 4)
+    assert (
+        f'id="upload-ok">Uploaded and checked: <code>{ckpt_id}</code>'
+        in app_client.get(r.headers["location"]).text
+    )
+
+    # a file that is no checkpoint: the API's message, naming the field
+    r = app_client.post(
+        "/checkpoints", data={"csrf": csrf}, files={"file": ("notes.pth", b"just some text\n" * 10)}
+    )
+    assert r.status_code == 422
+    assert re.search(
+        r'id="upload-error"><code id="upload-error-param">file</code>: notes.pth was refused: ', r.text
+    )
+    r = app_client.post(
+        "/checkpoints", data={"csrf": csrf, "method": "nonsense"}, files={"file": ("m.pt", b"x")}
+    )
+    assert r.status_code == 422 and '<code id="upload-error-param">method</code>' in r.text, r.text
+    r = app_client.post("/checkpoints", data={"csrf": "0" * 64}, files={"file": ("m.pt", _dassl_bytes())})
+    assert r.status_code == 403
+    ready = [c for c in app_client.get("/v1/checkpoints", headers=h).json()["data"] if c["status"] == "ready"]
+    assert [c["id"] for c in ready] == [ckpt_id]
+
+    csrf = _csrf(app_client.get("/datasets").text)
+    r = app_client.post("/datasets", follow_redirects=False, data={"csrf": csrf, "name": "tiny", "kind": "builtin",
+                        "options": '{"num_classes": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 4}'})  # fmt: skip
+    assert r.status_code == 303, r.text
+    ds_id = r.headers["location"].split("registered=")[1]
+    assert app_client.get(f"/v1/datasets/{ds_id}", headers=h).json()["num_classes"] == 6
+
+    r = app_client.post("/datasets", data={"csrf": csrf, "name": "x", "kind": "builtin", "options": "{bad"})
+    assert r.status_code == 422 and '<code id="register-error-param">options</code>: not valid JSON' in r.text
+    assert 'value="{bad"' in r.text  # what was typed stays in the form
+    r = app_client.post("/datasets", data={"csrf": csrf, "name": "x", "kind": "tarball"})
+    assert r.status_code == 422 and '<code id="register-error-param">kind</code>' in r.text
+    r = app_client.post("/datasets", data={"csrf": csrf, "name": "x", "kind": "coop", "coop_name": "eurosat",
+                                           "path": "no/such/folder"})  # fmt: skip
+    assert r.status_code in (400, 404, 422) and 'id="register-error-param">' in r.text, r.text
+    assert len(app_client.get("/v1/datasets", headers=h).json()["data"]) == 1
