@@ -7,6 +7,11 @@
   status, built from the database at scrape time (bounded to the latest ``DURATION_WINDOW`` jobs).
 - ``mergetune_job_warnings_total{code}``: verdict warnings of finished jobs by code (below_fine_tuned,
   below_zero_shot, base_drop, baseline_better; core.result.WARNING_CODES), from the database.
+- ``mergetune_workers_live``: workers whose heartbeat is at most ``WORKER_LIVE_SECONDS`` old;
+  ``mergetune_worker_heartbeat_age_seconds{hostname}`` and ``mergetune_worker_busy{hostname}`` per worker
+  seen in the last ``WORKER_SEEN_SECONDS`` (from the heartbeat table).
+- ``mergetune_recovered_hm``: histogram of the recovered HM (%) of succeeded jobs (latest
+  ``DURATION_WINDOW``), from the database.
 - ``mergetune_upload_bytes_total``: bytes of checkpoint uploads received by this process.
 - ``mergetune_http_request_duration_seconds{method,route,status}``: request latency.
 """
@@ -14,8 +19,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0)
 DURATION_WINDOW = 10000
+HM_BUCKETS = tuple(float(b) for b in range(10, 101, 10))
+WORKER_LIVE_SECONDS = 120
+WORKER_SEEN_SECONDS = 86400
 
 
 class _DatabaseCollector(Collector):
@@ -62,6 +72,17 @@ class _DatabaseCollector(Collector):
                     .limit(DURATION_WINDOW)
                 ).all()
                 verdicts = session.scalars(select(Job.verdict).where(Job.status == "succeeded")).all()
+                succeeded_metrics = session.scalars(
+                    select(Job.metrics)
+                    .where(Job.status == "succeeded")
+                    .order_by(Job.id.desc())
+                    .limit(DURATION_WINDOW)
+                ).all()
+                now = datetime.now(UTC)
+                workers = [
+                    (w.hostname, max(0.0, (now - w.last_seen).total_seconds()), w.current_job_id is not None)
+                    for w in repo.live_workers(session, now - timedelta(seconds=WORKER_SEEN_SECONDS))
+                ]
             finally:
                 session.close()
         except Exception:  # a scrape must not fail because the DB blinked
@@ -89,7 +110,32 @@ class _DatabaseCollector(Collector):
                     by_code[code] = by_code.get(code, 0) + 1
         for code, n in sorted(by_code.items()):
             warnings.add_metric([code], n)
-        return [jobs, depth, duration, warnings]
+        live = GaugeMetricFamily(
+            "mergetune_workers_live", f"Workers with a heartbeat in the last {WORKER_LIVE_SECONDS} s"
+        )
+        live.add_metric([], sum(1 for _, age, _ in workers if age <= WORKER_LIVE_SECONDS))
+        age = GaugeMetricFamily(
+            "mergetune_worker_heartbeat_age_seconds",
+            "Seconds since each worker's last heartbeat",
+            labels=["hostname"],
+        )
+        busy = GaugeMetricFamily(
+            "mergetune_worker_busy", "1 while the worker runs a job", labels=["hostname"]
+        )
+        for hostname, seconds, is_busy in sorted(workers):
+            age.add_metric([hostname], seconds)
+            busy.add_metric([hostname], 1.0 if is_busy else 0.0)
+        hms = []
+        for m in succeeded_metrics:
+            rec = (m or {}).get("recovered") if isinstance(m, dict) else None
+            v = rec.get("hm") if isinstance(rec, dict) else None
+            if isinstance(v, int | float) and math.isfinite(v):
+                hms.append(float(v))
+        hm = HistogramMetricFamily("mergetune_recovered_hm", "Recovered HM (%) of succeeded jobs")
+        hm_buckets = [(str(b), sum(1 for v in hms if v <= b)) for b in HM_BUCKETS]
+        hm_buckets.append(("+Inf", len(hms)))
+        hm.add_metric([], hm_buckets, sum(hms))
+        return [jobs, depth, duration, warnings, live, age, busy, hm]
 
 
 class Metrics:
