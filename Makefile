@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format venv services browser-deps bench clean
+.PHONY: demo test lint format venv services browser-deps bench clean compose-test
 
 $(STAMP): pyproject.toml requirements/ml.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The compose stack for real (scripts/compose-test.sh): images built, stack started, one job end to end
+# with the worker container SIGKILLed mid-job, everything torn down. podman-compose comes from a tool venv
+# (not .venv); docker/containers.conf carries this host's podman settings (runc, ulimits).
+COMPOSE_TOOLS := docker/.tools/venv
+$(COMPOSE_TOOLS)/.installed:
+	$(PYTHON) -m venv $(COMPOSE_TOOLS)
+	$(COMPOSE_TOOLS)/bin/pip install -q 'podman-compose>=1.6,<2'
+	@touch $@
+
+compose-test: $(STAMP) $(COMPOSE_TOOLS)/.installed
+	CONTAINERS_CONF=$${CONTAINERS_CONF:-$(CURDIR)/docker/containers.conf} \
+	PODMAN_COMPOSE=$(CURDIR)/$(COMPOSE_TOOLS)/bin/podman-compose \
+	scripts/compose-test.sh
 
 bench: $(STAMP)
 	$(PY) bench/step.py

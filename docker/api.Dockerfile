@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # The API image: FastAPI + the numpy-only checkpoint validator. No torch, no CUDA (a few hundred MB,
 # not several GB). Build from the repository root:  docker build -f docker/api.Dockerfile -t mergetune-api .
-FROM python:3.11-slim-bookworm
+# PYTHON_IMAGE: another Python 3.11 base (scripts/compose-test.sh passes a local Debian stand-in when no
+# registry is reachable).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -1,12 +1,18 @@
 # syntax=docker/dockerfile:1
-# The GPU worker image: torch (CUDA 13.0 wheels, which bundle the CUDA runtime, cuBLAS and cuDNN as pip
-# packages; the host supplies only the NVIDIA driver through the NVIDIA Container Toolkit), open_clip and
-# the worker. Build from the repository root:  docker build -f docker/worker.Dockerfile -t mergetune-worker .
-# Override TORCH_INDEX for another CUDA (e.g. https://download.pytorch.org/whl/cu128) or the CPU.
+# The worker image: torch, open_clip and the worker. Build from the repository root:
+#   docker build -f docker/worker.Dockerfile -t mergetune-worker .
+# The torch source is a build argument:
+# - GPU (default): TORCH_INDEX=https://download.pytorch.org/whl/cu130, CUDA 13.0 wheels that bundle the
+#   CUDA runtime, cuBLAS and cuDNN as pip packages (the host supplies only the NVIDIA driver through the
+#   NVIDIA Container Toolkit); another CUDA: e.g. https://download.pytorch.org/whl/cu128.
+# - CPU: TORCH_INDEX=https://download.pytorch.org/whl/cpu (no CUDA libraries), run with MERGETUNE_DEVICE=cpu.
+# - No index reachable: TORCH_WHEELS=1 installs the pinned wheels (and their dependencies) from
+#   docker/wheels/ without any index; docker/local-wheels.sh fills it from this machine's pip sources.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
+ARG TORCH_WHEELS=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -19,9 +25,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# torch first, pinned (requirements/ml.txt), from the CUDA wheel index: nothing later may replace it.
+# torch first, pinned (requirements/ml.txt), from TORCH_INDEX or docker/wheels/: nothing later may replace
+# it. The wheel folder is bind-mounted for this step only (no copy of several GB in a layer).
 COPY requirements/ml.txt requirements/ml.txt
-RUN pip install --index-url "${TORCH_INDEX}" -r requirements/ml.txt
+RUN --mount=type=bind,source=docker/wheels,target=/wheels \
+    if [ -n "${TORCH_WHEELS}" ]; then \
+        pip install --no-index --find-links /wheels -r requirements/ml.txt; \
+    else \
+        pip install --index-url "${TORCH_INDEX}" -r requirements/ml.txt; \
+    fi \
+    && python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
 COPY pyproject.toml ./
 RUN mkdir -p core common api worker cli migrations \
