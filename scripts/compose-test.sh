@@ -140,7 +140,7 @@ say "engine: $engine (${compose_bin[*]}); project $PROJECT; api on 127.0.0.1:$ME
 "${compose[@]}" down -v -t 5 >>"$clog" 2>&1 || true # leftovers of an interrupted run
 
 # the fine-tuned checkpoint a user brings, made with the core on this machine while the images build
-MERGETUNE_URL=- MERGETUNE_TOKEN=- CT_ENGINE=$engine CT_WORKER=- CT_OUT=$work/job OMP_NUM_THREADS=1 \
+MERGETUNE_URL=- MERGETUNE_TOKEN=- CT_ENGINE=$engine CT_WORKER=- CT_OUT=$work/job OMP_NUM_THREADS=1 PYTHONPATH=$ROOT \
     "$PY" scripts/compose_job.py --checkpoint-only >"$work/checkpoint.log" 2>&1 &
 ckpt_pid=$!
 
@@ -258,7 +258,7 @@ wait "$ckpt_pid" || {
 say "one job through the API, the worker container SIGKILLed and restarted mid-job"
 t=$(date +%s)
 MERGETUNE_URL="http://127.0.0.1:$MERGETUNE_API_PORT" MERGETUNE_TOKEN=$token CT_ENGINE=$engine \
-    CT_WORKER=$worker CT_OUT=$work/job OMP_NUM_THREADS=1 "$PY" scripts/compose_job.py ||
+    CT_WORKER=$worker CT_OUT=$work/job OMP_NUM_THREADS=1 PYTHONPATH=$ROOT "$PY" scripts/compose_job.py ||
     die "the job did not go through"
 stamp "job(upload..download, worker killed)" "$t"
 for svc in api worker-gpu0 reconciler; do
