@@ -253,36 +253,83 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+CURVE_ROW_INCHES = 3.4  # height of one space's row in curves.png
+CURVE_HEAD_INCHES = 0.9  # the figure title
+
+
+def _hm_series(base: list[float], novel: list[float]) -> list[float]:
+    """Harmonic mean of base and novel accuracy point by point (NaN where either is missing)."""
+    out = []
+    for b, n in zip(base, novel, strict=False):
+        if math.isnan(b) or math.isnan(n):
+            out.append(float("nan"))
+        else:
+            out.append(2 * b * n / (b + n) if b + n > 0 else 0.0)
+    return out
+
+
 def _plot_curves(curves: Mapping[str, Any]) -> bytes | None:
-    """Accuracy (base/novel) and loss vs alpha: one accuracy row and one loss row per space."""
+    """Accuracy along the interpolation paths: one titled row per space (its own figure within the
+    PNG), one panel per segment with base, novel and their HM; one y range shared by every panel."""
     spaces = [(key, label) for key, label in SPACES if _dict(curves.get(key))]
     if not spaces:
         return None
-    fig, axes = _figure(2 * len(spaces), len(SEGMENTS), 13.0, 3.0 * 2 * len(spaces), hspace=0.45)
-    for s, (space, space_label) in enumerate(spaces):
-        for c, (segment, segment_label) in enumerate(SEGMENTS):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = 13.0
+    height = CURVE_HEAD_INCHES + CURVE_ROW_INCHES * len(spaces)
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    rows = fig.subfigures(
+        len(spaces) + 1,
+        1,
+        squeeze=False,
+        height_ratios=[CURVE_HEAD_INCHES] + [CURVE_ROW_INCHES] * len(spaces),
+    )[:, 0]
+    rows[0].text(
+        0.5, 0.45, "Accuracy along the interpolation paths (alpha 0 → 1)", ha="center", va="center",
+        fontsize=15, fontweight="bold",
+    )  # fmt: skip
+    subfigs = rows[1:]
+    all_axes = []
+    lows, highs = [], []
+    for sub, (space, space_label) in zip(subfigs, spaces, strict=True):
+        sub.suptitle(space_label, fontsize=12, x=0.01, ha="left")
+        axes = sub.subplots(1, len(SEGMENTS), squeeze=False)[0]
+        sub.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.78, wspace=0.12)
+        for ax, (segment, segment_label) in zip(axes, SEGMENTS, strict=True):
             seg = _dict(_dict(curves.get(space)).get(segment))
-            acc_ax, loss_ax = axes[2 * s][c], axes[2 * s + 1][c]
             alphas = _series(seg.get("alphas"))
-            acc_ax.set_title(f"{space_label}\n{segment_label}", fontsize=9)
-            for ax, keys, ylabel in (
-                (acc_ax, (("base_acc", "base"), ("novel_acc", "novel")), "accuracy (%)"),
-                (loss_ax, (("base_loss", "base"), ("novel_loss", "novel")), "loss"),
-            ):
-                drawn = False
-                for key, name in keys:
-                    ys = _series(seg.get(key))
-                    if alphas and len(ys) == len(alphas) and _has_points(ys):
-                        ax.plot(alphas, ys, marker="o", markersize=3, label=name)
-                        drawn = True
-                if drawn:
-                    ax.legend(fontsize=8)
-                else:
-                    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-                ax.set_ylabel(ylabel, fontsize=8)
-                ax.set_xlabel("alpha", fontsize=8)
-                ax.tick_params(labelsize=7)
-                ax.grid(alpha=0.3)
+            base, novel = _series(seg.get("base_acc")), _series(seg.get("novel_acc"))
+            lines = [
+                ("base", base, "-", 1.6),
+                ("novel", novel, "-", 1.6),
+                ("HM", _hm_series(base, novel), "--", 2.4),
+            ]
+            drawn = False
+            for name, ys, style, lw in lines:
+                if alphas and len(ys) == len(alphas) and _has_points(ys):
+                    ax.plot(alphas, ys, style, marker="o", markersize=3.5, linewidth=lw, label=name)
+                    finite = [v for v in ys if not math.isnan(v)]
+                    lows.append(min(finite))
+                    highs.append(max(finite))
+                    drawn = True
+            if drawn:
+                ax.legend(fontsize=9, loc="best")
+            else:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, fontsize=11)
+            ax.set_title(segment_label, fontsize=11)
+            ax.set_xlabel("alpha", fontsize=10)
+            ax.tick_params(labelsize=10)
+            ax.grid(alpha=0.3)
+            all_axes.append(ax)
+        axes[0].set_ylabel("top-1 accuracy (%)", fontsize=10)
+    if lows:  # one y range for every panel: heights compare across segments and spaces
+        lo, hi = min(lows), max(highs)
+        pad = max(1.0, (hi - lo) * 0.06)
+        for ax in all_axes:
+            ax.set_ylim(lo - pad, hi + pad)
     return _png(fig)
 
 
@@ -662,8 +709,9 @@ def build_html(
         _summary(metrics),
         _head_section(head, wise_png),
         "<h2>Interpolation curves</h2>",
-        '<p class="muted">Base and novel accuracy and loss along the three segments, in classifier '
-        "(text-feature) space and in prompt-parameter space.</p>",
+        '<p class="muted">Base and novel accuracy and their HM (dashed) along the three segments, one '
+        "row per space (classifier / text-feature space, prompt-parameter space), on one shared y axis; "
+        "the losses along the paths are in report.json (curves) and the barrier table below.</p>",
         _image(_data_uri(curves_png) if curves_png else None, "Interpolation curves", "curves-img"),
         "<h2>Barrier heights</h2>",
         _barriers(curves),

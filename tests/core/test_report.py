@@ -136,11 +136,12 @@ def test_render_report_writes_html_with_every_number_and_a_valid_png(tmp_path: P
     for name in ("prompts.safetensors", "prompts.pth.tar", "report.json", "manifest.json", "curves.png"):
         assert f'href="{name}"' in page
 
-    # curves.png on disk: a PNG, the same image as the first inline one, 2 spaces x 2 rows x 3 columns.
+    # curves.png on disk: a PNG, the same image as the first inline one: a title, then one row of 3
+    # segments per space (2 spaces) -> 13 x (0.9 + 2 x 3.4) inches at 100 dpi.
     png = png_path.read_bytes()
     width, height = _png_size(png)
     assert base64.b64decode(uris[0]) == png
-    assert width == 1300 and height == 1200  # 13 x 12 inches at 100 dpi
+    assert width == 1300 and height == 770
 
 
 def test_render_report_survives_missing_optional_parts(tmp_path: Path) -> None:
@@ -298,3 +299,17 @@ def test_prompt_job_extra_evaluations_show_zero_shot_fine_tuned_and_recovered(tm
     assert "Ensemble" not in extra and "WiSE-FT" not in extra  # columns no row has numbers for
     assert "eurosat-all" in extra and "45.50" in extra and "38.25" in extra and "47.75" in extra
     assert 'id="wiseft-img"' not in page and "Linear head" not in page
+
+
+def test_curves_png_has_hm_curves_and_one_row_per_space() -> None:
+    from core.report import _hm_series, _plot_curves
+
+    # HM point by point, by hand: 2 * 60 * 40 / 100 = 48; 2 * 50 * 50 / 100 = 50; a gap stays a gap
+    hm = _hm_series([60.0, 50.0, float("nan")], [40.0, 50.0, 30.0])
+    assert hm[:2] == [48.0, 50.0] and hm[2] != hm[2]
+    seg = {"alphas": [0.0, 1.0], "base_acc": [60.0, 70.0], "novel_acc": [40.0, 30.0]}
+    one = _plot_curves({"classifier": {"zs_ft": seg}})
+    two = _plot_curves({"classifier": {"zs_ft": seg}, "prompt": {"zs_rec": seg}})
+    assert one is not None and two is not None
+    assert _png_size(one) == (1300, 430) and _png_size(two) == (1300, 770)
+    assert _plot_curves({}) is None
