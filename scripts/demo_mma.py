@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--normalise-endpoints", action="store_true", help="not the reference: see ALGORITHM.md 6c"
     )
+    p.add_argument("--w-lmc", type=float, default=10.0, help="W_LMC of the recovery (reference: 10)")
+    p.add_argument(
+        "--lr", type=float, default=0.0015, help="learning rate of the recovery (reference: 0.0015)"
+    )
     p.add_argument("--curve-step", type=float, default=0.1, help="alpha step of the report's curves")
     p.add_argument("--out", type=Path, default=ROOT / "demo-output" / "mma")
     p.add_argument("--data", type=Path, default=ROOT / ".mergetune-demo" / "data")
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         normalise_endpoints=args.normalise_endpoints,
         curve_step=args.curve_step,
     )
-    print("==> MergeTune for MMA (W_LMC 10, K 5, 5 epochs, batch 16, lr 0.0015, cosine)")
+    print(f"==> MergeTune for MMA (W_LMC {hp.w_lmc:g}, K 5, 5 epochs, batch 16, lr {hp.lr:g}, cosine)")
     out = recover_mma(backbone, task, ing.adapters, AdapterLayout.from_json(ing.mma_layout), hp)
     m, b = out.result.metrics, out.result.baselines
     rows: list[tuple[str, Any]] = [
