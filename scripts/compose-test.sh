@@ -18,6 +18,7 @@
 #
 #   scripts/compose-test.sh --check-engine   exit 0 when an engine is usable, 3 (with the reason) if not
 #   CT_SKIP_WITHOUT_ENGINE=1                 no engine: print SKIPPED and exit 0 (.ci/run)
+#   CT_REQUIRE_WARM=1                        no cached worker image: print SKIPPED and exit 0 (.ci/run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -61,6 +62,12 @@ else
         exit 3
     fi
     compose_bin=("$pc")
+fi
+if [[ -n ${CT_REQUIRE_WARM:-} ]] && ! "$engine" image inspect mergetune-worker:latest >/dev/null 2>&1; then
+    # A cold build (no cached layers: Debian base, torch layer) took ~19 min on the 2-core CI machine.
+    echo "compose-test: SKIPPED: no cached worker image under $engine; a cold build does not fit the"
+    echo "compose-test: 10-minute CI budget here. Run \`make compose-test\` once to fill the cache."
+    exit 0
 fi
 if [[ ${1:-} == --check-engine ]]; then
     echo "compose-test: engine $engine (${compose_bin[*]})"
@@ -179,7 +186,7 @@ else
     fi
     # the machine's locally added CAs (e.g. a TLS-inspecting egress proxy's), for pip in the images
     rm -f docker/standins/ca-certificates/*.crt
-    cp /usr/local/share/ca-certificates/*.crt docker/standins/ca-certificates/ 2>/dev/null || true
+    cp -p /usr/local/share/ca-certificates/*.crt docker/standins/ca-certificates/ 2>/dev/null || true
     for s in python:3.11 postgres:15 redis:7; do
         name=${s%%:*}
         t=$(date +%s)
@@ -206,12 +213,32 @@ else
 fi
 
 # --- build -----------------------------------------------------------------------------------------
-for svc in api worker-gpu0; do
-    say "building $svc"
-    t=$(date +%s)
-    "${compose[@]}" build "$svc" >>"$clog" 2>&1 || die "building $svc failed"
-    stamp "build-$svc" "$t"
-done
+# The context holds what the Dockerfiles copy, with fixed timestamps and owners: a fresh checkout then
+# hits the layer cache (buildah's cache keys include file times; BuildKit's do not). The images are the
+# ones docker-compose.yml names, built from docker/*.Dockerfile with the build arguments it declares.
+ctx=$work/context
+mkdir -p "$ctx/docker/wheels"
+tar -C "$ROOT" -c --mtime=2020-01-01 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ \
+    --exclude='*.pyc' pyproject.toml alembic.ini requirements common core api cli worker migrations \
+    docker/prestart.sh docker/api.Dockerfile docker/worker.Dockerfile docker/api.Dockerfile.dockerignore \
+    docker/worker.Dockerfile.dockerignore | tar -x -C "$ctx"
+cp -al docker/wheels/. "$ctx/docker/wheels/" 2>/dev/null || cp -a docker/wheels/. "$ctx/docker/wheels/"
+worker_args=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
+if [[ -n ${TORCH_WHEELS:-} ]]; then
+    worker_args+=(--build-arg TORCH_WHEELS=1)
+else
+    worker_args+=(--build-arg "TORCH_INDEX=$TORCH_INDEX")
+fi
+say "building the api image (docker/api.Dockerfile)"
+t=$(date +%s)
+"$engine" build -t mergetune-api:latest --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+    -f "$ctx/docker/api.Dockerfile" "$ctx" >>"$clog" 2>&1 || die "building the api image failed"
+stamp "build-api" "$t"
+say "building the worker image (docker/worker.Dockerfile, CPU run)"
+t=$(date +%s)
+"$engine" build -t mergetune-worker:latest "${worker_args[@]}" \
+    -f "$ctx/docker/worker.Dockerfile" "$ctx" >>"$clog" 2>&1 || die "building the worker image failed"
+stamp "build-worker" "$t"
 for img in mergetune-api:latest mergetune-worker:latest; do
     "$engine" image inspect -f "$img {{.Size}}" "$img" | awk '{printf "    image %s: %.0f MB\n", $1, $2 / 1e6}'
 done
