@@ -50,7 +50,8 @@ def test_mma_upload_and_job(client, auth, dataset, tmp_path):
 
 def test_mma_upload_with_forced_method_refuses_a_coop_file(client, auth, ctx_and_bytes):
     r = upload(client, auth, ctx_and_bytes[1], method="mma")
-    assert r.status_code in (201, 422), r.text
+    assert r.status_code == 201, r.text
     body = r.json()
-    status = body.get("status")
-    assert status == "rejected" or body.get("error", {}).get("param") == "file"
+    assert body["status"] == "rejected"
+    assert body["error"]["code"] == "bad_rank" and body["error"]["param"] == "file"
+    assert "no MMA adapter keys" in body["error"]["message"]
