@@ -98,3 +98,22 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
         page.goto(f"{stack.url}/login")
         page.screenshot(path=str(SCREENS / f"login-{kind}.png"), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_compare_two_jobs_picked_in_the_list(logged_in, stack: Stack, finished_job: dict[str, Any]) -> None:
+    page = logged_in
+    other = _failed_job(stack)
+    page.goto(f"{stack.url}/")
+    page.check(f'input.compare-pick[value="{finished_job["id"]}"]')
+    page.once("dialog", lambda d: d.accept())  # one job only: the page says so and stays
+    page.click("#compare-button")
+    assert "/compare" not in page.url
+    page.check(f'input.compare-pick[value="{other}"]')
+    page.click("#compare-button")
+    page.wait_for_url("**/compare?*")
+    assert finished_job["id"] in page.url and other in page.url  # a shareable address
+    assert page.locator("#compare-metrics tbody tr").count() == 2
+    assert page.locator("#compare-charts svg").count() >= 1
+    shared = page.url
+    page.goto(shared)  # the same comparison from the address alone
+    assert page.locator("#compare-metrics tbody tr").count() == 2
