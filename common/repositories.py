@@ -374,6 +374,8 @@ def heartbeat(
 
 def live_workers(session: Session, since: datetime) -> Sequence[WorkerHeartbeat]:
     return session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= since)).all()
+
+
 # -- sweeps -------------------------------------------------------------------------------------
 def get_sweep(session: Session, project_id: str, sweep_id: str) -> Sweep | None:
     sweep = session.get(Sweep, sweep_id)
