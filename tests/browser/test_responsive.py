@@ -44,6 +44,13 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
 ) -> None:
     page = logged_in
     failed = _failed_job(stack)
+    with stack.client() as c:  # a sweep of one cell, cancelled at once: its page is what is checked
+        r = c.post("/v1/sweeps", json={"name": "phone-check", "cells": [{"checkpoint_id": stack.checkpoint_id,
+                   "dataset_id": stack.dataset_id}], "backbone": {"model": "tiny-test", "pretrained": "random"},
+                   "hyperparameters": {"epochs": 1, "batch_size": 4, "shots": 4}})  # fmt: skip
+        assert r.status_code in (200, 201, 202), r.text
+        sweep_id = r.json()["id"]
+        c.post(f"/v1/sweeps/{sweep_id}/cancel")
     pages = {
         "jobs": "/",
         "new-job": "/jobs/new",
@@ -52,6 +59,7 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
         "checkpoints": "/checkpoints",
         "datasets": "/datasets",
         "sweeps": "/sweeps",
+        "sweep": f"/sweeps/{sweep_id}",
         "jobs-sorted": "/?sort=hm&order=desc&q=browser",
         "compare": f"/compare?ids={finished_job['id']}&ids={failed}",
         "clone": f"/jobs/new?clone={finished_job['id']}",
