@@ -600,6 +600,12 @@ def sweep_report(session: Session, store: ArtifactStore, sweep: Sweep) -> dict[s
         cells_per_point=len(sweep.cells),
         rule=sweep.spec["selection"],
     )
+    # The choice cannot change once no job is left to finish (failed or cancelled cells included).
+    table["selection"]["final"] = table["selection"]["final"] or read.status in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    )
     return {"sweep": read.model_dump(mode="json"), "table": table, "jobs": rows}
 
 

@@ -96,6 +96,9 @@ def test_tree_upload_makes_one_job_per_run_and_reports(client, auth, settings, c
         r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["progress"]["cancelled"] == 4
     )
     assert client.post(f"/v1/sweeps/{sw['id']}/cancel", headers=auth).status_code == 409
+    assert rep["table"]["selection"]["final"] is False  # before: cells still to run
+    after = client.get(f"/v1/sweeps/{sw['id']}/report", headers=auth).json()
+    assert after["table"]["selection"]["final"] is True  # nothing left to finish
 
 
 def test_listed_cells_with_a_grid_and_idempotency(client, auth, checkpoint, dataset):
