@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         feature_mode=args.feature_mode,
         normalise_endpoints=args.normalise_endpoints,
         curve_step=args.curve_step,
+        w_lmc=args.w_lmc,
+        lr=args.lr,
     )
     print(f"==> MergeTune for MMA (W_LMC {hp.w_lmc:g}, K 5, 5 epochs, batch 16, lr {hp.lr:g}, cosine)")
     out = recover_mma(backbone, task, ing.adapters, AdapterLayout.from_json(ing.mma_layout), hp)
