@@ -64,7 +64,7 @@ else
     compose_bin=("$pc")
 fi
 if [[ -n ${CT_REQUIRE_WARM:-} ]] && ! "$engine" image inspect mergetune-worker:latest >/dev/null 2>&1; then
-    # A cold build (no cached layers: Debian base, torch layer) took ~19 min on the 2-core CI machine.
+    # A cold build (no cached layers: Debian base, torch layer) took ~20 min on the 2-core CI machine.
     echo "compose-test: SKIPPED: no cached worker image under $engine; a cold build does not fit the"
     echo "compose-test: 10-minute CI budget here. Run \`make compose-test\` once to fill the cache."
     exit 0
