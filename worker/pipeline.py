@@ -227,11 +227,28 @@ def _load_resume_state(store: ArtifactStore, job_id: str) -> dict[str, Any] | No
 
 
 def _load_tensors(store: ArtifactStore, key: str) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    """The checkpoint's stored tensors, read by the same bounded, sandboxed parser as uploads (a child
+    process with the PARSE_* limits) before the worker trusts them."""
+    import torch
 
+    from common.settings import get_settings
+    from core.safe_pickle import ParseLimits
+    from core.sandbox import SandboxLimits, ingest_sandboxed
+
+    settings = get_settings()
+    limits = SandboxLimits(
+        memory_bytes=settings.PARSE_MEMORY_BYTES,
+        cpu_seconds=settings.PARSE_CPU_SECONDS,
+        wall_seconds=settings.PARSE_WALL_SECONDS,
+        parse=ParseLimits(
+            max_tensor_bytes=settings.PARSE_MAX_TENSOR_BYTES, max_total_bytes=settings.PARSE_MAX_TOTAL_BYTES
+        ),
+    )
     path = store.local_path(key)
     try:
-        return load_file(str(path))
+        ck = ingest_sandboxed(path, filename="tensors.safetensors", limits=limits)
+        arrays = {"ctx": ck.ctx, "weight": ck.head_weight, "bias": ck.head_bias, **(ck.adapters or {})}
+        return {name: torch.from_numpy(arr) for name, arr in arrays.items() if arr is not None}
     finally:
         if not isinstance(store, LocalStore):  # a temporary download; LocalStore gives the stored file
             path.unlink(missing_ok=True)

@@ -109,14 +109,22 @@ def test_unknown_backbone_is_refused_at_creation(client, auth, checkpoint, datas
     r = client.post(
         "/v1/jobs",
         headers=auth,
-        json={"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"], "backbone": {"model": "ViT-Z-99"}},
+        json={
+            "checkpoint_id": checkpoint["id"],
+            "dataset_id": dataset["id"],
+            "backbone": {"model": "ViT-Z-99"},
+        },
     )
     err = _err(r)
     assert err["param"] == "backbone.model" and err["code"] == "unknown_backbone"
     r = client.post(
         "/v1/jobs",
         headers=auth,
-        json={"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"], "backbone": {"model": "ViT-B-61"}},
+        json={
+            "checkpoint_id": checkpoint["id"],
+            "dataset_id": dataset["id"],
+            "backbone": {"model": "ViT-B-61"},
+        },
     )
     assert "ViT-B-16" in _err(r)["message"]  # a suggestion
 
@@ -179,7 +187,9 @@ def test_weights_no_live_worker_reports_are_refused(client, auth, checkpoint, da
     heartbeat("gpu0@test", ["ViT-B-16.pt", "openai/ViT-L-14.pt"], ["ViT-B-16/openai"])
     heartbeat("gpu1@test", ["other/ViT-B-16-laion.safetensors"], [])
     assert _weights_job(client, auth, checkpoint, dataset, "ViT-B-16.pt").status_code == 202
-    assert _weights_job(client, auth, checkpoint, dataset, "other/ViT-B-16-laion.safetensors").status_code == 202
+    assert (
+        _weights_job(client, auth, checkpoint, dataset, "other/ViT-B-16-laion.safetensors").status_code == 202
+    )
     assert _weights_job(client, auth, checkpoint, dataset, "openai").status_code == 202
     err = _err(_weights_job(client, auth, checkpoint, dataset, "missing.pt"))
     assert err["param"] == "backbone.pretrained" and err["code"] == "weights_unavailable"

@@ -66,7 +66,7 @@ class PrivatePostgres:
     def start(self) -> None:
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            "-c fsync=off -c full_page_writes=off -c max_connections=200 "
             "-c shared_buffers=32MB"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start")

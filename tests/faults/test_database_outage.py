@@ -104,7 +104,10 @@ def test_database_stopped_mid_job_jobs_finish_and_the_api_answers_503(
             assert job["status"] == "succeeded", (job.get("error"), worker.log()[-4000:])
             evs = ws.events(url, job_id)
             epochs = [e["data"]["epoch"] for e in evs if e["type"] == "epoch"]
-            assert epochs == list(range(1, EPOCHS + 1)), epochs  # none lost, none twice
+            assert epochs == list(range(1, EPOCHS + 1)), (
+                epochs,
+                worker.log()[log_mark:][-6000:],
+            )  # none lost, none twice
             arts = ws.artifacts(url, job_id)
             assert len(arts) == len({a["name"] for a in arts}) and {"prompts.safetensors", "report.json"} <= {
                 a["name"] for a in arts
