@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
+from api.errors import Conflict, NotFound, Unprocessable, from_pydantic
 from api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
 from api.services.idempotency import commit_or_replay, replayed_id, request_hash
 from common import repositories as repo
@@ -130,19 +130,20 @@ def create_job(
     try:
         enqueue_job(settings, job.id)
     except Exception as exc:
-        log.error("job %s: enqueue failed", job.id, exc_info=True)
-        job.status = JobStatus.failed.value
-        job.finished_at = utcnow()
-        job.error = {
-            "code": "enqueue_failed",
-            "message": f"the job queue is unavailable: {exc}",
-            "user_error": False,
-        }
-        repo.add_event(session, job.id, "status", "enqueue failed", level="error", data={"status": "failed"})
+        # Postgres is the record of truth: the job is committed as ``queued``; the reconciler sends its
+        # message once the broker answers (a queued job with no message, older than
+        # RECONCILE_QUEUE_GRACE). The client gets its 202 and polls as usual.
+        log.warning("job %s: broker unreachable, left queued for the reconciler", job.id, exc_info=True)
+        repo.add_event(
+            session,
+            job.id,
+            "broker",
+            f"The job queue did not answer ({type(exc).__name__}); the job stays queued and is sent "
+            "as soon as the queue answers",
+            level="warning",
+        )
         session.commit()
-        raise ServiceUnavailable(
-            "the job queue is unavailable; try again later", code="broker_unavailable"
-        ) from exc
+        return job, True
     log.info("job %s queued (checkpoint %s, dataset %s)", job.id, job.checkpoint_id, job.dataset_id)
     return job, True
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, Conflict, NotFound, ServiceUnavailable, Unprocessable, from_pydantic
+from api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
 from api.schemas import (
     MAX_GRID_POINTS,
     MAX_GRID_VALUES,
@@ -50,7 +50,6 @@ from common.models import (
     JobStatus,
     Sweep,
     new_id,
-    utcnow,
 )
 from common.queue import enqueue_job
 from common.settings import Settings
@@ -404,26 +403,25 @@ def _discard_checkpoints(session: Session, store: ArtifactStore, ids: list[str])
 
 
 def _enqueue_all(session: Session, settings: Settings, jobs: list[Job]) -> None:
-    """Send every job; when the broker fails, the jobs not sent are failed (like a single job) and 503."""
+    """Send every job. When the broker fails, the jobs not sent stay ``queued`` in Postgres with a
+    warning event, and the reconciler sends them once the broker answers (as for a single job)."""
     for n, job in enumerate(jobs):
         try:
             enqueue_job(settings, job.id)
         except Exception as exc:
-            log.error("sweep job %s: enqueue failed", job.id, exc_info=True)
-            now = utcnow()
+            log.warning("sweep job %s: broker unreachable, %d jobs left queued for the reconciler",
+                        job.id, len(jobs) - n, exc_info=True)  # fmt: skip
             for left in jobs[n:]:
-                left.status = JobStatus.failed.value
-                left.finished_at = now
-                left.error = {"code": "enqueue_failed", "message": f"the job queue is unavailable: {exc}",
-                              "user_error": False}  # fmt: skip
                 repo.add_event(
-                    session, left.id, "status", "enqueue failed", level="error", data={"status": "failed"}
+                    session,
+                    left.id,
+                    "broker",
+                    f"The job queue did not answer ({type(exc).__name__}); the job stays queued and is "
+                    "sent as soon as the queue answers",
+                    level="warning",
                 )
             session.commit()
-            raise ServiceUnavailable(
-                f"the job queue is unavailable ({n} of {len(jobs)} jobs were queued); try again later",
-                code="broker_unavailable",
-            ) from exc
+            return
 
 
 # ------------------------------------------------------------------------------------ reads, cancel

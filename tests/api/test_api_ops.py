@@ -84,3 +84,28 @@ def test_unmigrated_database_is_refused(settings, tmp_path):
     ):
         with TestClient(create_app(s)):
             pass
+
+
+def test_a_job_created_while_the_broker_is_down_stays_queued_and_the_reconciler_sends_it(
+    make_client, settings, auth, job_body, redis_client
+):
+    from worker.reconcile import broker_job_ids, reconcile_once
+
+    down = make_client(BROKER_URL="redis://127.0.0.1:1/0")
+    r = down.post("/v1/jobs", headers=auth, json=job_body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["error"] is None
+    events = down.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["data"]
+    warning = [e for e in events if e["type"] == "broker"]
+    assert len(warning) == 1 and warning[0]["level"] == "warning"
+    assert "stays queued" in warning[0]["message"]
+    assert job["id"] not in (broker_job_ids(settings) or set())
+
+    # the broker answers again: one reconciler pass sends it, once
+    live = settings.model_copy(update={"RECONCILE_QUEUE_GRACE": 0.0})
+    report = reconcile_once(live)
+    assert job["id"] in report.lost
+    assert job["id"] in (broker_job_ids(settings) or set())
+    assert job["id"] not in reconcile_once(settings).lost  # its message is there now
+    assert down.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == "queued"
