@@ -565,6 +565,36 @@ def job_list(
         return _job_list_sorted(
             request, session, viewer, status, dataset_id, limit, q.strip(), sort, order, page
         )
+    query, status = _job_query(viewer, status, dataset_id)
+    if after:
+        query = query.where(Job.id < after)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    jobs, more = rows[:limit], len(rows) > limit
+    lists = _job_list_names(session, viewer)
+    base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
+    if limit != PAGE_SIZE:
+        base["limit"] = str(limit)
+    next_url = "/?" + urlencode({**base, "after": jobs[-1].id}) if more and jobs else None
+    first_url = "/?" + urlencode(base) if after else None
+    page_urls = (next_url, first_url)
+    return _render_jobs(
+        request,
+        session,
+        viewer,
+        lists,
+        jobs,
+        status,
+        dataset_id,
+        page_urls,
+        q="",
+        sort="",
+        order="desc",
+        sort_url=lambda key: _sort_url(base, key, "", "desc"),
+    )
+
+
+def _job_query(viewer: Viewer, status: str | None, dataset_id: str | None) -> tuple[Any, str | None]:
+    """The project's jobs filtered by status (None unless a known one) and dataset; and that status."""
     query = select(Job).where(Job.project_id == viewer.project_id)
     if status in STATUSES:
         query = query.where(Job.status == status)
@@ -572,18 +602,30 @@ def job_list(
         status = None
     if dataset_id:
         query = query.where(Job.dataset_id == dataset_id)
-    if after:
-        query = query.where(Job.id < after)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    jobs, more = rows[:limit], len(rows) > limit
+    return query, status
+
+
+def _job_list_names(session: Session, viewer: Viewer) -> tuple[list[Dataset], dict[str, str], dict[str, str]]:
+    """The project's datasets, dataset names by id and checkpoint names by id, for the jobs list."""
     datasets = _datasets(session, viewer)
-    names = {d.id: d.name for d in datasets}
     ckpt_names = {c.id: c.name for c in _checkpoints(session, viewer)}
-    base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
-    if limit != PAGE_SIZE:
-        base["limit"] = str(limit)
-    next_url = "/?" + urlencode({**base, "after": jobs[-1].id}) if more and jobs else None
-    first_url = "/?" + urlencode(base) if after else None
+    return datasets, {d.id: d.name for d in datasets}, ckpt_names
+
+
+def _render_jobs(
+    request: Request,
+    session: Session,
+    viewer: Viewer,
+    lists: tuple[list[Dataset], dict[str, str], dict[str, str]],
+    jobs: list[Job],
+    status: str | None,
+    dataset_id: str | None,
+    page_urls: tuple[str | None, str | None],
+    **context: Any,
+) -> Response:
+    """The jobs page: ``lists`` from _job_list_names, the (next, first) page links, the queue health,
+    and the page's own search/sort context."""
+    datasets, names, ckpt_names = lists
     return _render(
         request,
         "jobs.html",
@@ -594,13 +636,10 @@ def job_list(
         datasets=datasets,
         status=status,
         dataset_id=dataset_id,
-        next_url=next_url,
-        first_url=first_url,
+        next_url=page_urls[0],
+        first_url=page_urls[1],
         health=queue_health(session, viewer.project_id),
-        q="",
-        sort="",
-        order="desc",
-        sort_url=lambda key: _sort_url(base, key, "", "desc"),
+        **context,
     )
 
 
@@ -653,17 +692,10 @@ def _job_list_sorted(
 ) -> Response:
     """Search (job id or name, tag, checkpoint name or id, dataset name or id; case-insensitive) and
     sort by any column, over the project's newest SEARCH_LIMIT jobs; pages by number."""
-    query = select(Job).where(Job.project_id == viewer.project_id)
-    if status in STATUSES:
-        query = query.where(Job.status == status)
-    else:
-        status = None
-    if dataset_id:
-        query = query.where(Job.dataset_id == dataset_id)
+    query, status = _job_query(viewer, status, dataset_id)
     rows = list(session.scalars(query.order_by(Job.id.desc()).limit(SEARCH_LIMIT)))
-    datasets = _datasets(session, viewer)
-    names = {d.id: d.name for d in datasets}
-    ckpt_names = {c.id: c.name for c in _checkpoints(session, viewer)}
+    lists = _job_list_names(session, viewer)
+    _, names, ckpt_names = lists
     if q:
         needle = q.lower()
 
@@ -696,19 +728,16 @@ def _job_list_sorted(
     next_url = "/?" + urlencode({**base, "page": str(page + 1)}) if page * limit < total else None
     first_url = "/?" + urlencode(base) if page > 1 else None
     sort_base = {k: v for k, v in base.items() if k not in ("sort", "order")}
-    return _render(
+    page_urls = (next_url, first_url)
+    return _render_jobs(
         request,
-        "jobs.html",
+        session,
         viewer,
-        jobs=jobs,
-        dataset_names=names,
-        checkpoint_names=ckpt_names,
-        datasets=datasets,
-        status=status,
-        dataset_id=dataset_id,
-        next_url=next_url,
-        first_url=first_url,
-        health=queue_health(session, viewer.project_id),
+        lists,
+        jobs,
+        status,
+        dataset_id,
+        page_urls,
         q=q,
         sort=sort if sort in SORT_KEYS else "",
         order=order,
