@@ -54,18 +54,30 @@ def get(n: int) -> bytes:
     return b"j" + struct.pack("<I", n)  # LONG_BINGET
 
 
-def tensor(key: str, numel: int, shape: tuple, stride: tuple, storage: str = "FloatStorage") -> bytes:
+def tensor(
+    key: str,
+    numel: int,
+    shape: tuple,
+    stride: tuple,
+    storage: str = "FloatStorage",
+    offset: int = 0,
+    dtype: str | None = None,
+) -> bytes:
+    """A ``_rebuild_tensor_v2`` call on storage ``key``; with ``dtype`` (a torch dtype name), a
+    ``_rebuild_tensor_v3`` call that reads the storage bytes as that dtype."""
     pid = tup(s("storage"), g("torch", storage), s(key), s("cpu"), i(numel)) + b"Q"
     args = (
         pid
-        + i(0)
+        + i(offset)
         + tup(*map(i, shape))
         + tup(*map(i, stride))
         + b"\x89"
         + g("collections", "OrderedDict")
         + b")R"
     )
-    return g("torch._utils", "_rebuild_tensor_v2") + b"(" + args + b"tR"
+    if dtype is None:
+        return g("torch._utils", "_rebuild_tensor_v2") + b"(" + args + b"tR"
+    return g("torch._utils", "_rebuild_tensor_v3") + b"(" + args + g("torch", dtype) + b"tR"
 
 
 def pkl(body: bytes) -> bytes:

@@ -3,7 +3,6 @@ rejected with a clear code, and the marker file its payload would create never a
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
 import types
@@ -13,35 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dos_corpus import g, i, pkl, s, tensor, torch_zip, tup
 
 from core.errors import CheckpointError
 from core.ingest import ingest_checkpoint
 from core.safe_pickle import load_torch_file
 
 # ---------------------------------------------------------------------------------------------------
-# a tiny pickle assembler (protocol 2 opcodes), so the corpus needs no dangerous object to exist
-
-
-def s(x: str) -> bytes:
-    b = x.encode()
-    return b"X" + struct.pack("<I", len(b)) + b
-
-
-def i(n: int) -> bytes:
-    if 0 <= n < 256:
-        return b"K" + bytes([n])
-    if -(2**31) <= n < 2**31:
-        return b"J" + struct.pack("<i", n)
-    enc = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
-    return b"\x8a" + bytes([len(enc)]) + enc
-
-
-def g(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def tup(*items: bytes) -> bytes:
-    return b"(" + b"".join(items) + b"t"
+# opcodes on top of the DoS corpus's pickle assembler and zip writer (tests/dos_corpus.py), so the
+# corpus needs no dangerous object to exist
 
 
 def call(module: str, name: str, *args: bytes) -> bytes:
@@ -50,38 +29,6 @@ def call(module: str, name: str, *args: bytes) -> bytes:
 
 def dct(**items: bytes) -> bytes:
     return b"}(" + b"".join(s(k) + v for k, v in items.items()) + b"u"
-
-
-def tensor(key: str, numel: int, shape: tuple, stride: tuple, storage: str = "FloatStorage") -> bytes:
-    pid = tup(s("storage"), g("torch", storage), s(key), s("cpu"), i(numel)) + b"Q"
-    args = (
-        pid
-        + i(0)
-        + tup(*map(i, shape))
-        + tup(*map(i, stride))
-        + b"\x89"
-        + g("collections", "OrderedDict")
-        + b")R"
-    )
-    return g("torch._utils", "_rebuild_tensor_v2") + b"(" + args + b"tR"
-
-
-def pkl(body: bytes) -> bytes:
-    return b"\x80\x02" + body + b"."
-
-
-def torch_zip(
-    path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None, extra: dict | None = None
-) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", data_pkl)
-        z.writestr("archive/byteorder", "little")
-        z.writestr("archive/version", "3\n")
-        for k, v in (storages or {}).items():
-            z.writestr(f"archive/data/{k}", v)
-        for k, v in (extra or {}).items():
-            z.writestr(k, v)
-    return path
 
 
 CTX = np.arange(8 * 4, dtype=np.float32).reshape(4, 8) / 7.0
@@ -138,7 +85,7 @@ PAYLOAD_NAMES = list(payloads(Path("/x")))
 
 @pytest.mark.parametrize("name", PAYLOAD_NAMES)
 def test_reduce_payload_at_top_level_is_unsafe(tmp_path: Path, marker: Path, name: str) -> None:
-    f = torch_zip(tmp_path / "evil.pth", pkl(payloads(marker)[name]))
+    f = torch_zip(tmp_path / "evil.pth", pkl(payloads(marker)[name]), {})
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(f)
     assert ei.value.code == "unsafe_pickle"
@@ -204,7 +151,7 @@ def test_path_traversal_member_is_rejected(tmp_path: Path, marker: Path) -> None
         tmp_path / "trav.pth",
         dassl(s("ctx") + ctx_entry()),
         {"0": CTX.tobytes()},
-        extra={"../../PWNED": b"x", "archive/../../../etc/x": b"y"},
+        extra=[("../../PWNED", b"x"), ("archive/../../../etc/x", b"y")],
     )
     with pytest.raises(CheckpointError) as ei:
         ingest_checkpoint(f)
@@ -215,7 +162,7 @@ def test_path_traversal_member_is_rejected(tmp_path: Path, marker: Path) -> None
 
 def test_valid_zip_with_bad_pickle(tmp_path: Path) -> None:
     for n, data in enumerate([b"\x80\x02}q\x00(X\x03", b"not a pickle at all", b"\x80\x02(((((", b""]):
-        f = torch_zip(tmp_path / f"bad{n}.pth", data)
+        f = torch_zip(tmp_path / f"bad{n}.pth", data, {})
         with pytest.raises(CheckpointError) as ei:
             ingest_checkpoint(f)
         assert ei.value.code in ("not_a_checkpoint", "truncated"), data
@@ -306,7 +253,7 @@ def test_placeholder_absorbs_everything(tmp_path: Path) -> None:
         + b"u"
     )
     with pytest.raises(CheckpointError) as ei:
-        ingest_checkpoint(torch_zip(tmp_path / "p2.pth", body))
+        ingest_checkpoint(torch_zip(tmp_path / "p2.pth", body, {}))
     assert ei.value.code == "not_a_checkpoint"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from dos_corpus import g, i, pkl, s, torch_zip, tup
+from dos_corpus import g, i, pkl, s, tensor, torch_zip, tup
 
 from core.errors import CheckpointError
 from core.safe_pickle import DType, LazyTensor, StorageRef, StorageType, _SafeCallable, load_torch_file
@@ -88,35 +88,12 @@ def _valid_files(folder: Path) -> dict[str, Path]:
 # hand-built files where the meaning could differ (torch's semantics, each written from opcodes)
 
 
-def _pid(storage: str, key: str, numel: int) -> bytes:
-    return tup(s("storage"), g("torch", storage), s(key), s("cpu"), i(numel)) + b"Q"
-
-
 def _v2(storage: str, key: str, numel: int, shape: tuple, stride: tuple, offset: int = 0) -> bytes:
-    args = (
-        _pid(storage, key, numel)
-        + i(offset)
-        + tup(*map(i, shape))
-        + tup(*map(i, stride))
-        + b"\x89"
-        + g("collections", "OrderedDict")
-        + b")R"
-    )
-    return g("torch._utils", "_rebuild_tensor_v2") + b"(" + args + b"tR"
+    return tensor(key, numel, shape, stride, storage, offset=offset)
 
 
 def _v3(storage: str, key: str, numel: int, shape: tuple, stride: tuple, dtype: str) -> bytes:
-    args = (
-        _pid(storage, key, numel)
-        + i(0)
-        + tup(*map(i, shape))
-        + tup(*map(i, stride))
-        + b"\x89"
-        + g("collections", "OrderedDict")
-        + b")R"
-        + g("torch", dtype)
-    )
-    return g("torch._utils", "_rebuild_tensor_v3") + b"(" + args + b"tR"
+    return tensor(key, numel, shape, stride, storage, dtype=dtype)
 
 
 def _crafted(folder: Path) -> dict[str, Path]:
