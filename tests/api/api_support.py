@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -31,3 +36,33 @@ def upload(
     client: TestClient, headers: dict[str, str], data: bytes, filename: str = "model.pth.tar", **form: str
 ):
     return client.post("/v1/checkpoints", headers=headers, files={"file": (filename, data)}, data=form)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_server(settings: Any) -> Iterator[int]:
+    """The app served by a real uvicorn on a free port, in a thread; yields the port."""
+    import uvicorn
+
+    from api.main import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

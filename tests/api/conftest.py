@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import BROKER_URL, TINY_DATASET, new_token, upload
+from api_support import BROKER_URL, TINY_DATASET, live_server, new_token, upload
 from fastapi.testclient import TestClient
 
 
@@ -51,6 +51,31 @@ def make_client(settings: Any) -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client()
+
+
+@pytest.fixture
+def live_port(settings: Any) -> Iterator[int]:
+    """The port of the app served by a real uvicorn, in a thread."""
+    with live_server(settings) as port:
+        yield port
+
+
+@pytest.fixture
+def live_url(live_port: int) -> str:
+    return f"http://127.0.0.1:{live_port}"
+
+
+@pytest.fixture
+def env_settings(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[Any]:
+    """Point get_settings() (what the CLI reads) at the test database."""
+    from common.settings import get_settings
+
+    monkeypatch.setenv("MERGETUNE_HOME", str(settings.HOME))
+    monkeypatch.setenv("MERGETUNE_DATABASE_URL", settings.DATABASE_URL)
+    monkeypatch.setenv("MERGETUNE_BROKER_URL", settings.BROKER_URL)
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -10,19 +10,6 @@ from cli.client import ApiError, Client
 from cli.main import main
 
 
-@pytest.fixture
-def env_settings(monkeypatch, settings):
-    """Point get_settings() (what the CLI reads) at the test database."""
-    from common.settings import get_settings
-
-    monkeypatch.setenv("MERGETUNE_HOME", str(settings.HOME))
-    monkeypatch.setenv("MERGETUNE_DATABASE_URL", settings.DATABASE_URL)
-    monkeypatch.setenv("MERGETUNE_BROKER_URL", settings.BROKER_URL)
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
-
-
 def test_token_create_prints_the_token_alone_on_its_last_line(env_settings, client, capsys):
     assert main(["token", "create", "--project", "cli-project"]) == 0
     out = capsys.readouterr().out
@@ -30,34 +17,6 @@ def test_token_create_prints_the_token_alone_on_its_last_line(env_settings, clie
     assert token.startswith("mt_") and " " not in token
     r = client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
-
-
-@pytest.fixture
-def live_url(settings):
-    """The app served by a real uvicorn on a free port, in a thread."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    from api.main import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):

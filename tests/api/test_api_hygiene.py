@@ -8,15 +8,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from api_support import TINY_DATASET
 
 from api.hygiene import _templates
@@ -306,32 +302,8 @@ def test_symlink_loops_under_the_data_root_get_422(client, auth, settings):
 # ------------------------------------------------------------------------- a real server, one socket
 
 
-@pytest.fixture
-def live(settings):
-    """The app served by a real uvicorn on a free port, in a thread."""
-    import uvicorn
-
-    from api.main import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def test_connection_survives_hostile_requests_on_a_real_server(live, auth, settings, ctx_and_bytes):
-    conn = http.client.HTTPConnection("127.0.0.1", live, timeout=30)
+def test_connection_survives_hostile_requests_on_a_real_server(live_port, auth, settings, ctx_and_bytes):
+    conn = http.client.HTTPConnection("127.0.0.1", live_port, timeout=30)
     headers = {"Authorization": auth["Authorization"]}
 
     def send(method: str, url: str, body: bytes | None = None, ctype: str | None = None) -> tuple[int, Any]:

@@ -15,19 +15,6 @@ from common.db import session_scope
 from common.models import ApiToken, utcnow
 
 
-@pytest.fixture
-def env_settings(monkeypatch, settings):
-    """Point get_settings() (what the CLI reads) at the test database."""
-    from common.settings import get_settings
-
-    monkeypatch.setenv("MERGETUNE_HOME", str(settings.HOME))
-    monkeypatch.setenv("MERGETUNE_DATABASE_URL", settings.DATABASE_URL)
-    monkeypatch.setenv("MERGETUNE_BROKER_URL", settings.BROKER_URL)
-    get_settings.cache_clear()
-    yield settings
-    get_settings.cache_clear()
-
-
 def _create(capsys, project: str, *extra: str) -> str:
     assert main(["token", "create", "--project", project, *extra]) == 0
     return capsys.readouterr().out.strip().splitlines()[-1]

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api_support import new_token
+from api_support import free_port, new_token
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,35 +45,8 @@ def one_line_error(out: Any) -> str:
     return lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def live_url(settings: Any) -> Any:
-    import uvicorn
-
-    from api.main import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 def test_local_mistakes_are_one_line_and_debug_shows_the_traceback(tmp_path):
-    env = _env(tmp_path, MERGETUNE_TOKEN="mt_x", MERGETUNE_URL=f"http://127.0.0.1:{_free_port()}")
+    env = _env(tmp_path, MERGETUNE_TOKEN="mt_x", MERGETUNE_URL=f"http://127.0.0.1:{free_port()}")
 
     line = one_line_error(mt(env, "upload", str(tmp_path / "missing.pth.tar")))
     assert "missing.pth.tar" in line and "no such file" in line
@@ -165,7 +136,7 @@ def test_token_create_finds_the_running_server_or_needs_init(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = _env(tmp_path)
-    port = _free_port()
+    port = free_port()
     server_env = {**env, "MERGETUNE_HOME": str(server_home), "MERGETUNE_LOG_LEVEL": "WARNING"}
 
     # no server: a clear refusal, and no database appears
