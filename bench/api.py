@@ -32,7 +32,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,17 +45,11 @@ if __package__ in (None, ""):  # run as a script: python bench/api.py
 
 import httpx  # noqa: E402
 
-from bench.benchlib import ROOT, machine  # noqa: E402
+from bench.benchlib import ROOT, free_port, machine  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MERGETUNE = str(BIN / "mergetune")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, int]:

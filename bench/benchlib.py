@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import platform
 import random
+import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,16 +164,47 @@ def machine(device: torch.device) -> str:
     except OSError:
         load = ""
     cpu = platform.processor() or platform.machine()
-    model = ""
+    model = cpu_model()
+    return f"CPU only, {os.cpu_count()} cores, {model or cpu}; torch {torch.__version__};{load}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU only, {os.cpu_count()} cores, {model or cpu}; torch {torch.__version__};{load}"
+    return ""
 
 
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms"
+
+
+# ---------------------------------------------------------------------------------------------------
+# launching the service's processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def uvicorn_command(port: int, log_level: str = "warning") -> list[str]:
+    """``uvicorn --factory api.main:create_app`` on 127.0.0.1:``port`` (run it from the repository)."""
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level,
+    ]  # fmt: skip
+
+
+def worker_command(nodename: str) -> list[str]:
+    """``celery -A worker.celery_app worker --pool solo -c 1`` on the jobs queue, named ``nodename``."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "-c", "1",
+        "-Q", "mergetune", "-n", nodename, "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    ]  # fmt: skip

@@ -34,13 +34,12 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: python bench/fuzz_api.py
+    sys.path.insert(0, str(REPO))
+
+from bench.benchlib import cpu_model, free_port, uvicorn_command  # noqa: E402
+
 ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
-
-
-def _spare_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
@@ -135,7 +134,7 @@ def main() -> int:
     try:
         with psycopg.connect(f"{args.pg} dbname=postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')
-        redis_port = _spare_port()
+        redis_port = free_port()
         redis_proc = subprocess.Popen(
             [
                 "redis-server",
@@ -165,23 +164,11 @@ def main() -> int:
         )
         (work / "home" / "data").mkdir(parents=True)
         token = _seed(database_url)
-        port = _spare_port()
+        port = free_port()
         api_log = work / "api.log"
         with open(api_log, "wb") as log:
             api_proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "api.main:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "info",
-                ],  # fmt: skip
+                uvicorn_command(port, log_level="info"),
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -260,15 +247,7 @@ def main() -> int:
 
 
 def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core {model}"
+    return f"{os.cpu_count()}-core {cpu_model() or 'unknown CPU'}"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,9 @@ if __package__ in (None, ""):  # run as a script: python bench/sweep.py
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))  # the CoOp tree writer the tests use
 
-from bench.benchlib import machine  # noqa: E402
+from bench.benchlib import free_port, machine, uvicorn_command, worker_command  # noqa: E402
 
 DATASET_OPTIONS = {"num_classes": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 4}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
@@ -85,7 +78,7 @@ def _stack(args: argparse.Namespace, workers: int, home: Path) -> Iterator[tuple
         with psycopg.connect(f"host={args.pg_host} user=postgres dbname=postgres", autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{dbname}"')
         env["MERGETUNE_DATABASE_URL"] = f"postgresql+psycopg://postgres@{args.pg_host}:5432/{dbname}"
-        port = _free_port()
+        port = free_port()
         redis = subprocess.Popen(
             ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
             stdout=open(logs / "redis.log", "wb"),  # noqa: SIM115 - closed with the process
@@ -101,20 +94,10 @@ def _stack(args: argparse.Namespace, workers: int, home: Path) -> Iterator[tuple
             [py, "-m", "cli.main", "token", "create", "--project", "bench"],
             cwd=REPO, env=env, check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        api_port = _free_port()
+        api_port = free_port()
         procs.append(
             subprocess.Popen(
-                [
-                    py,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "api.main:create_app",
-                    "--port",
-                    str(api_port),
-                    "--log-level",
-                    "warning",
-                ],  # fmt: skip
+                uvicorn_command(api_port),
                 cwd=REPO,
                 env=env,
                 stdout=open(logs / "api.log", "wb"),
@@ -127,26 +110,7 @@ def _stack(args: argparse.Namespace, workers: int, home: Path) -> Iterator[tuple
             worker_logs.append(log)
             procs.append(
                 subprocess.Popen(
-                    [
-                        py,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "worker.celery_app",
-                        "worker",
-                        "--pool",
-                        "solo",
-                        "-c",
-                        "1",
-                        "-Q",
-                        "mergetune",
-                        "-n",
-                        f"w{k}@bench",
-                        "--without-gossip",
-                        "--without-mingle",
-                        "--loglevel",
-                        "INFO",
-                    ],  # fmt: skip
+                    worker_command(f"w{k}@bench"),
                     cwd=REPO,
                     env=env,
                     stdout=open(log, "wb"),
