@@ -5,17 +5,21 @@ Chromium from the distribution (/usr/bin/chromium) driven by Playwright.
 The stack helpers (fresh database, settings, row factories, the worker subprocess) are the service
 suite's, from tests/worker/worker_support.py. Screenshots of failed browser tests go to
 test-artifacts/<test>.png, with the worker and API logs next to them.
+
+The HTTP dashboard tests (no browser, no worker) use ``settings`` and ``app_client``: the app on the
+session Postgres database with a Redis database index of their own as the broker.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import REPO, ApiProcess, Stack, ws
+from browser_support import BROKER_URL, REPO, ApiProcess, Stack, ws
+from fastapi.testclient import TestClient
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -144,3 +148,31 @@ def logged_in(page, stack: Stack):
     page.click("#login-submit")
     page.wait_for_selector("#jobs")
     return page
+
+
+# ---------------------------------------------------------------------------------------------------
+# the HTTP dashboard tests
+
+
+@pytest.fixture(scope="module")
+def _redis() -> Iterator[None]:
+    import redis
+
+    client = redis.Redis.from_url(BROKER_URL)
+    client.flushdb()
+    yield
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, make_settings: Callable[..., Any], _redis: None) -> Any:
+    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
+
+
+@pytest.fixture
+def app_client(settings: Any) -> Iterator[TestClient]:
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client

@@ -9,21 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from browser_support import login, make_rows, new_project
 from fastapi.testclient import TestClient
-from test_dashboard_http import BROKER_URL, _login, _project, _redis, _rows  # noqa: F401
-
-
-@pytest.fixture
-def settings(tmp_path: Any, make_settings: Any, _redis: None) -> Any:  # noqa: F811
-    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
-
-
-@pytest.fixture
-def app_client(settings: Any) -> Any:
-    from api.main import create_app
-
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def _status_events(url: str, job_id: str, statuses: list[tuple[str, str]], start: datetime) -> None:
@@ -38,14 +25,14 @@ def _status_events(url: str, job_id: str, statuses: list[tuple[str, str]], start
 
 def test_failed_and_cancelled_pages_say_what_happened(app_client: TestClient, settings: Any) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     t0 = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
     error = {
         "code": "invalid_hyperparameter",
         "message": "must be at least 1",
         "param": "hyperparameters.shots",
     }
-    rows = _rows(url, project, jobs=[
+    rows = make_rows(url, project, jobs=[
         {"status": "failed", "error": error, "started_at": t0, "finished_at": t0 + timedelta(seconds=30)},
         {"status": "cancelled", "finished_at": t0 + timedelta(seconds=5)},
     ])  # fmt: skip
@@ -55,7 +42,7 @@ def test_failed_and_cancelled_pages_say_what_happened(app_client: TestClient, se
     _status_events(
         url, cancelled, [("queued", "job queued"), ("cancelled", "job cancelled before it started")], t0
     )
-    _login(app_client, secret)
+    login(app_client, secret)
 
     page = app_client.get(f"/jobs/{failed}").text
     assert "Metrics appear" not in page
@@ -77,8 +64,8 @@ def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> N
     from common.db import session_scope
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    a, b = _rows(url, project, jobs=[{"status": "running"}, {"status": "running"}])["job_ids"]
+    project, secret = new_project(url)
+    a, b = make_rows(url, project, jobs=[{"status": "running"}, {"status": "running"}])["job_ids"]
     with session_scope(url) as s:
         for i in range(5):  # interleaved: job a's global ids are 1, 3, 5, ... apart
             repo.add_event(s, a, "epoch", f"a{i + 1}")
@@ -92,7 +79,7 @@ def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> N
     ids = [e["id"] for e in page1["data"] + page2["data"]]
     assert ids[1] - ids[0] == 2  # the global ids skip: that is why the page shows seq
 
-    _login(app_client, secret)
+    login(app_client, secret)
     page = app_client.get(f"/jobs/{b}").text
     numbers = re.findall(r'<tr class="level-info" data-event-id="\d+"><td>(\d+)</td>', page)
     assert numbers == ["1", "2", "3", "4", "5"]
@@ -111,11 +98,11 @@ def test_estimates_use_measured_epoch_evaluation_and_job_times(
     # the queue (and the database) is shared: measure on the latest finished job only, this one
     monkeypatch.setattr(job_service, "MEASURED_JOBS", 1)
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     now = datetime.now(UTC)
     t0 = now - timedelta(seconds=101)
     # a finished 10-epoch job: 100 s in all, of which the last 20 s were evaluation -> 8 s/epoch, 20 s eval
-    rows = _rows(url, project, jobs=[
+    rows = make_rows(url, project, jobs=[
         {"status": "succeeded", "started_at": t0,
          "finished_at": t0 + timedelta(seconds=100)},
         {"status": "running", "started_at": now - timedelta(seconds=40),
@@ -155,8 +142,8 @@ def test_per_epoch_curves_come_from_the_epoch_events(app_client: TestClient, set
     from common.db import session_scope
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    (job_id,) = _rows(url, project, jobs=[{"status": "running"}])["job_ids"]
+    project, secret = new_project(url)
+    (job_id,) = make_rows(url, project, jobs=[{"status": "running"}])["job_ids"]
     with session_scope(url) as s:
         for epoch, (loss, acc) in enumerate([(2.5, 40.0), (2.0, 45.5), (1.75, None)], start=1):
             record = {"loss": loss, "ce": loss - 0.5, "zs": 0.25, "lmc": 0.25, "val_acc": acc}
@@ -165,7 +152,7 @@ def test_per_epoch_curves_come_from_the_epoch_events(app_client: TestClient, set
         # a resumed job logs epoch 3 again: the last record wins
         repo.add_event(s, job_id, "epoch", "Epoch 3/3 done", data={"epoch": 3, "epochs": 3, "loss": 1.5,
                        "record": {"loss": 1.5, "ce": 1.0, "zs": 0.25, "lmc": 0.25, "val_acc": 50.0}})  # fmt: skip
-    _login(app_client, secret)
+    login(app_client, secret)
     live = app_client.get(f"/ui/jobs/{job_id}/live").json()
     assert [(e["epoch"], e["loss"], e["ce"], e.get("val_acc")) for e in live["epochs"]] == [
         (1, 2.5, 2.0, 40.0), (2, 2.0, 1.5, 45.5), (3, 1.5, 1.0, 50.0),

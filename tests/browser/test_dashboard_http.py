@@ -4,100 +4,14 @@ pagination, the new-job form, cancel, artifacts and the polling endpoints."""
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import csrf_token, login, make_rows, new_project
 from fastapi.testclient import TestClient
-
-BROKER_URL = f"{os.environ.get('MERGETUNE_TEST_REDIS_URL', 'redis://127.0.0.1:6379')}/11"  # api tests use 10, browser stack 12, worker 13, e2e 14
-
-
-@pytest.fixture(scope="module")
-def _redis() -> Iterator[None]:
-    import redis
-
-    client = redis.Redis.from_url(BROKER_URL)
-    client.flushdb()
-    yield
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def settings(tmp_path: Path, make_settings: Callable[..., Any], _redis: None) -> Any:
-    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
-
-
-@pytest.fixture
-def app_client(settings: Any) -> Iterator[TestClient]:
-    from api.main import create_app
-
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
-def _project(url: str) -> tuple[str, str]:
-    """(project_id, token secret) of a fresh project."""
-    from common import repositories as repo
-    from common.db import session_scope
-
-    with session_scope(url) as s:
-        project = repo.get_or_create_project(s, f"dash-{uuid.uuid4().hex[:10]}")
-        _, secret = repo.create_token(s, project)
-        return project.id, secret
-
-
-def _rows(url: str, project_id: str, *, jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A ready checkpoint, a dataset and jobs (dicts of Job column overrides) in ``project_id``."""
-    from common.db import session_scope
-    from common.models import Checkpoint, Dataset, Job, new_id
-
-    with session_scope(url) as s:
-        ck = Checkpoint(
-            project_id=project_id, name="coop-ckpt", filename="m.pth.tar", bytes=100, sha256="ab" * 32,
-            format="dassl", method="coop", status="ready", n_ctx=4, ctx_dim=64, csc=False,
-        )  # fmt: skip
-        ds = Dataset(
-            project_id=project_id, name=f"set-{uuid.uuid4().hex[:6]}", kind="builtin", path="",
-            num_classes=6, classnames=list("abcdef"), base_classes=list("abc"), novel_classes=list("def"),
-            split_sizes={"train": 24, "val": 12, "test": 24}, template="a photo of a {}.",
-            sha256_of_split="cd" * 32,
-        )  # fmt: skip
-        s.add_all([ck, ds])
-        s.flush()
-        ids = []
-        for i, overrides in enumerate(jobs):
-            job = Job(
-                id=new_id("job")[:-2] + f"{i:02x}",  # distinct and ordered even within one millisecond
-                project_id=project_id,
-                checkpoint_id=ck.id,
-                dataset_id=ds.id,
-                job_type="prompt",
-                backbone={"model": "tiny-test", "pretrained": "random"},
-                hyperparameters={"epochs": 2},
-                **overrides,
-            )
-            s.add(job)
-            s.flush()
-            ids.append(job.id)
-        return {"checkpoint_id": ck.id, "dataset_id": ds.id, "job_ids": ids}
-
-
-def _login(client: TestClient, secret: str) -> None:
-    r = client.post("/login", data={"token": secret, "next": "/"}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
-    assert match, "no CSRF field on the page"
-    return match.group(1)
 
 
 def test_every_page_needs_a_login_and_json_answers_401(app_client: TestClient) -> None:
@@ -123,7 +37,7 @@ def test_every_page_needs_a_login_and_json_answers_401(app_client: TestClient) -
 def test_login_sets_an_httponly_strict_cookie_and_refuses_bad_tokens(
     app_client: TestClient, settings: Any
 ) -> None:
-    _, secret = _project(settings.DATABASE_URL)
+    _, secret = new_project(settings.DATABASE_URL)
     bad = app_client.post("/login", data={"token": "mt_nope", "next": "/"}, follow_redirects=False)
     assert bad.status_code == 401 and "Unknown or revoked token." in bad.text
     r = app_client.post("/login", data={"token": secret, "next": "/datasets"}, follow_redirects=False)
@@ -138,15 +52,15 @@ def test_login_sets_an_httponly_strict_cookie_and_refuses_bad_tokens(
     # Logging out needs the CSRF token, then clears the cookie.
     page = app_client.get("/")
     assert app_client.post("/logout", data={"csrf": "0" * 64}).status_code == 403
-    r = app_client.post("/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False)
+    r = app_client.post("/logout", data={"csrf": csrf_token(page.text)}, follow_redirects=False)
     assert r.status_code == 303 and 'mergetune_token=""' in r.headers["set-cookie"]
 
 
 def test_job_list_filters_paginates_and_hides_other_projects(app_client: TestClient, settings: Any) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     now = datetime.now(UTC)
-    rows = _rows(
+    rows = make_rows(
         url,
         project,
         jobs=[
@@ -156,9 +70,9 @@ def test_job_list_filters_paginates_and_hides_other_projects(app_client: TestCli
             {"status": "queued", "queued_at": now},
         ],
     )  # fmt: skip
-    other_project, _ = _project(url)
-    other = _rows(url, other_project, jobs=[{"status": "queued"}])
-    _login(app_client, secret)
+    other_project, _ = new_project(url)
+    other = make_rows(url, other_project, jobs=[{"status": "queued"}])
+    login(app_client, secret)
 
     page = app_client.get("/").text
     for job_id in rows["job_ids"]:
@@ -198,12 +112,12 @@ def test_health_panel_lists_recent_workers_only(app_client: TestClient, settings
     from common.models import WorkerHeartbeat
 
     url = settings.DATABASE_URL
-    _, secret = _project(url)
+    _, secret = new_project(url)
     fresh, stale = f"fresh-{uuid.uuid4().hex[:6]}", f"stale-{uuid.uuid4().hex[:6]}"
     with session_scope(url) as s:
         repo.heartbeat(s, fresh, current_job_id=None)
         s.add(WorkerHeartbeat(hostname=stale, last_seen=datetime.now(UTC) - timedelta(minutes=10)))
-    _login(app_client, secret)
+    login(app_client, secret)
     workers = [w["hostname"] for w in app_client.get("/ui/overview").json()["health"]["workers"]]
     assert fresh in workers and stale not in workers
     page = app_client.get("/").text
@@ -217,13 +131,13 @@ def test_job_page_live_json_and_artifacts(app_client: TestClient, settings: Any)
     from common.storage import get_store
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     metrics = {
         "zero_shot": {"base": 61.25, "novel": 72.5, "hm": 66.4},
         "fine_tuned": {"base": 80.75, "novel": 55.5, "hm": 65.79},
         "recovered": {"base": 79.5, "novel": 70.25, "hm": 74.52},
     }
-    rows = _rows(url, project, jobs=[{"status": "succeeded", "metrics": metrics}])
+    rows = make_rows(url, project, jobs=[{"status": "succeeded", "metrics": metrics}])
     job_id = rows["job_ids"][0]
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
     get_store(settings).put_bytes(f"jobs/{job_id}/curves.png", png)
@@ -231,7 +145,7 @@ def test_job_page_live_json_and_artifacts(app_client: TestClient, settings: Any)
         s.add(Artifact(job_id=job_id, name="curves.png", bytes=len(png), sha256="00" * 32,
                        media_type="image/png", key=f"jobs/{job_id}/curves.png"))  # fmt: skip
         repo.add_event(s, job_id, "status", "job <script>alert(1)</script> queued")
-    _login(app_client, secret)
+    login(app_client, secret)
 
     page = app_client.get(f"/jobs/{job_id}").text
     assert 'id="metrics-table"' in page
@@ -276,14 +190,14 @@ def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
     from common.models import Job
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    rows = _rows(url, project, jobs=[])
-    _login(app_client, secret)
+    project, secret = new_project(url)
+    rows = make_rows(url, project, jobs=[])
+    login(app_client, secret)
     form_page = app_client.get("/jobs/new").text
     assert rows["checkpoint_id"] in form_page and rows["dataset_id"] in form_page
     key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', form_page).group(1)
     form = {
-        "csrf": _csrf(form_page), "idempotency_key": key,
+        "csrf": csrf_token(form_page), "idempotency_key": key,
         "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
         "backbone_model": "tiny-test", "backbone_pretrained": "random",
         "epochs": "3", "shots": "4", "batch_size": "", "lr": "0.01", "name": "from the form",
@@ -316,11 +230,11 @@ def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
     assert isinstance(live["queue_position"], int) and live["queue_position"] >= 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", live["estimated_finish"])
     assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": "0" * 64}).status_code == 403
-    r = app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}, follow_redirects=False)
+    r = app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf_token(page)}, follow_redirects=False)
     assert r.status_code == 303
     assert app_client.get(f"/ui/jobs/{job_id}/live").json()["status"] == "cancelled"
     # Cancelling again is harmless.
-    assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": _csrf(page)}).status_code == 200
+    assert app_client.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf_token(page)}).status_code == 200
 
 
 def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
@@ -334,7 +248,7 @@ def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
     from core.result import Metrics, compute_verdict
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     # recovered HM 22.9 below fine-tuned 28.1 and zero-shot 29.9 (the case a user once saw as green)
     metrics = Metrics.model_validate(
         {
@@ -344,7 +258,7 @@ def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
         }
     )
     verdict = compute_verdict(metrics, None).model_dump(mode="json")
-    rows = _rows(
+    rows = make_rows(
         url, project, jobs=[{"status": "succeeded", "metrics": metrics.model_dump(), "verdict": verdict}]
     )
     job_id = rows["job_ids"][0]
@@ -358,7 +272,7 @@ def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
     with session_scope(url) as s:
         s.add(Artifact(job_id=job_id, name="report.json", bytes=len(body), sha256="00" * 32,
                        media_type="application/json", key=f"jobs/{job_id}/report.json"))  # fmt: skip
-    _login(app_client, secret)
+    login(app_client, secret)
 
     page = app_client.get(f"/jobs/{job_id}").text
     assert 'id="verdict" class="verdict warn"' in page
@@ -388,9 +302,9 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
     from core.config import HeadHyperparameters, Hyperparameters
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    rows = _rows(url, project, jobs=[])
-    _login(app_client, secret)
+    project, secret = new_project(url)
+    rows = make_rows(url, project, jobs=[])
+    login(app_client, secret)
     page = app_client.get("/jobs/new").text
     for name in {*Hyperparameters.model_fields, *HeadHyperparameters.model_fields}:
         assert f'id="{name}"' in page, name
@@ -404,7 +318,7 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
 
     key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', page).group(1)
     form = {
-        "csrf": _csrf(page), "idempotency_key": key,
+        "csrf": csrf_token(page), "idempotency_key": key,
         "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
         "backbone_model": "tiny-test", "backbone_pretrained": "random",
         "loss_type": "l2", "path_term": "false", "feature_mode": "bank", "bank_views": "100",
@@ -429,14 +343,14 @@ def test_new_job_form_takes_the_protocol_and_the_class_token_position(
     from common.models import Job
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    rows = _rows(url, project, jobs=[])
-    _login(app_client, secret)
+    project, secret = new_project(url)
+    rows = make_rows(url, project, jobs=[])
+    login(app_client, secret)
     form_page = app_client.get("/jobs/new").text
     assert 'id="protocol"' in form_page and 'id="class_token_position"' in form_page
     key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', form_page).group(1)
     form = {
-        "csrf": _csrf(form_page), "idempotency_key": key,
+        "csrf": csrf_token(form_page), "idempotency_key": key,
         "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
         "backbone_model": "tiny-test", "backbone_pretrained": "random",
         "protocol": "all", "class_token_position": "middle",

@@ -9,22 +9,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
+from browser_support import csrf_token, login, make_rows, new_project
 from fastapi.testclient import TestClient
-from test_dashboard_http import BROKER_URL, _csrf, _login, _project, _redis, _rows  # noqa: F401
-
-
-@pytest.fixture
-def settings(tmp_path: Any, make_settings: Any, _redis: None) -> Any:  # noqa: F811
-    return make_settings(tmp_path / "home", BROKER_URL=BROKER_URL)
-
-
-@pytest.fixture
-def app_client(settings: Any) -> Any:
-    from api.main import create_app
-
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 def _metrics(ft_hm: float, base: float, novel: float) -> dict[str, Any]:
@@ -40,9 +26,9 @@ def test_patch_sets_name_tags_and_notes_and_names_the_bad_field(
     app_client: TestClient, settings: Any
 ) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    _, other = _project(url)
-    (job_id,) = _rows(url, project, jobs=[{"status": "succeeded"}])["job_ids"]
+    project, secret = new_project(url)
+    _, other = new_project(url)
+    (job_id,) = make_rows(url, project, jobs=[{"status": "succeeded"}])["job_ids"]
     h = {"Authorization": f"Bearer {secret}"}
 
     r = app_client.patch(f"/v1/jobs/{job_id}", headers=h,
@@ -76,14 +62,14 @@ def test_patch_sets_name_tags_and_notes_and_names_the_bad_field(
     assert r.status_code == 404
 
     # the page's form: same rules, the error names the field
-    _login(app_client, secret)
+    login(app_client, secret)
     page = app_client.get(f"/jobs/{job_id}").text
     r = app_client.post(f"/jobs/{job_id}/annotate", follow_redirects=False,
-                        data={"csrf": _csrf(page), "name": "renamed", "tags": "a, b ,a", "notes": "kept"})  # fmt: skip
+                        data={"csrf": csrf_token(page), "name": "renamed", "tags": "a, b ,a", "notes": "kept"})  # fmt: skip
     assert r.status_code == 303
     got = app_client.get(f"/v1/jobs/{job_id}", headers=h).json()
     assert (got["metadata"]["name"], got["tags"], got["notes"]) == ("renamed", ["a", "b"], "kept")
-    r = app_client.post(f"/jobs/{job_id}/annotate", data={"csrf": _csrf(page), "tags": "y" * 41})
+    r = app_client.post(f"/jobs/{job_id}/annotate", data={"csrf": csrf_token(page), "tags": "y" * 41})
     assert "tags: each tag must be 1-40 characters" in r.text
     assert (
         app_client.post(f"/jobs/{job_id}/annotate", data={"csrf": "0" * 64, "tags": "z"}).status_code == 403
@@ -92,9 +78,9 @@ def test_patch_sets_name_tags_and_notes_and_names_the_bad_field(
 
 def test_list_searches_and_sorts_by_metric_columns(app_client: TestClient, settings: Any) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-    rows = _rows(url, project, jobs=[
+    rows = make_rows(url, project, jobs=[
         {"status": "succeeded", "metrics": _metrics(50.0, 70.0, 60.0), "tags": ["eurosat"],
          "started_at": t0, "finished_at": t0 + timedelta(seconds=300), "metadata_": {"name": "alpha"}},
         {"status": "succeeded", "metrics": _metrics(50.0, 80.0, 70.0), "tags": ["dtd"],
@@ -104,7 +90,7 @@ def test_list_searches_and_sorts_by_metric_columns(app_client: TestClient, setti
         {"status": "queued", "metadata_": {"name": "delta"}},
     ])  # fmt: skip
     a, b, c, d = rows["job_ids"]
-    _login(app_client, secret)
+    login(app_client, secret)
 
     def order(query: str) -> list[str]:
         return re.findall(r'<tr data-job-id="([^"]+)"', app_client.get("/?" + query).text)
@@ -130,8 +116,8 @@ def test_compare_two_jobs_side_by_side_at_a_shareable_url(app_client: TestClient
     from common.storage import get_store
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    a, b = _rows(url, project, jobs=[
+    project, secret = new_project(url)
+    a, b = make_rows(url, project, jobs=[
         {"status": "succeeded", "metrics": _metrics(50.0, 70.0, 60.0), "verdict": {"text": "Recovered HM 64.6"}},
         {"status": "succeeded", "metrics": _metrics(50.0, 80.0, 70.0)},
     ])["job_ids"]  # fmt: skip
@@ -145,7 +131,7 @@ def test_compare_two_jobs_side_by_side_at_a_shareable_url(app_client: TestClient
                        media_type="application/json", key=f"jobs/{a}/report.json"))  # fmt: skip
         for epoch in (1, 2):
             repo.add_event(s, b, "epoch", "e", data={"epoch": epoch, "record": {"loss": 3.0 - epoch}})
-    _login(app_client, secret)
+    login(app_client, secret)
 
     page = app_client.get(f"/compare?ids={a}&ids={b}").text
     assert 'data-metric="recovered.hm"><strong>74.67</strong>' in page  # the best HM in bold
@@ -169,13 +155,13 @@ def test_clone_and_edit_fills_the_form_from_the_job(app_client: TestClient, sett
     from common.models import Job
 
     url = settings.DATABASE_URL
-    project, secret = _project(url)
-    (job_id,) = _rows(url, project, jobs=[{"status": "failed", "metadata_": {"name": "first try"}}])[
+    project, secret = new_project(url)
+    (job_id,) = make_rows(url, project, jobs=[{"status": "failed", "metadata_": {"name": "first try"}}])[
         "job_ids"
     ]
     with session_scope(url) as s:
         s.get(Job, job_id).hyperparameters = {"epochs": 7, "w_zs": 3.5, "seed": 2}
-    _login(app_client, secret)
+    login(app_client, secret)
     page = app_client.get(f"/jobs/{job_id}").text
     assert f'href="/jobs/new?clone={job_id}"' in page
     form = app_client.get(f"/jobs/new?clone={job_id}").text
@@ -203,10 +189,10 @@ def test_upload_a_checkpoint_and_register_a_dataset_from_the_ui(
     app_client: TestClient, settings: Any
 ) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     h = {"Authorization": f"Bearer {secret}"}
-    _login(app_client, secret)
-    csrf = _csrf(app_client.get("/checkpoints").text)
+    login(app_client, secret)
+    csrf = csrf_token(app_client.get("/checkpoints").text)
 
     r = app_client.post("/checkpoints", data={"csrf": csrf, "name": "from the page", "method": "coop"},
                         files={"file": ("model.pth.tar-50", _dassl_bytes())}, follow_redirects=False)  # fmt: skip
@@ -236,7 +222,7 @@ def test_upload_a_checkpoint_and_register_a_dataset_from_the_ui(
     ready = [c for c in app_client.get("/v1/checkpoints", headers=h).json()["data"] if c["status"] == "ready"]
     assert [c["id"] for c in ready] == [ckpt_id]
 
-    csrf = _csrf(app_client.get("/datasets").text)
+    csrf = csrf_token(app_client.get("/datasets").text)
     r = app_client.post("/datasets", follow_redirects=False, data={"csrf": csrf, "name": "tiny", "kind": "builtin",
                         "options": '{"num_classes": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 4}'})  # fmt: skip
     assert r.status_code == 303, r.text

@@ -4,42 +4,36 @@ page names the method."""
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
+from browser_support import csrf_token, dataset_row, login, new_project
 from fastapi.testclient import TestClient
-from test_dashboard_http import _csrf, _login, _project, _redis, app_client, settings  # noqa: F401
 
 from common.db import session_scope
-from common.models import Checkpoint, Dataset, Job
+from common.models import Checkpoint, Job
 from core.config import MMAHyperparameters
 from core.mma_layout import AdapterLayout
 
 
-def test_new_job_form_with_an_mma_checkpoint(app_client: TestClient, settings: Any) -> None:  # noqa: F811
+def test_new_job_form_with_an_mma_checkpoint(app_client: TestClient, settings: Any) -> None:
     url = settings.DATABASE_URL
-    project, secret = _project(url)
+    project, secret = new_project(url)
     with session_scope(url) as s:
         ck = Checkpoint(
             project_id=project, name="mma-ckpt", filename="model.pth.tar-5", bytes=100, sha256="ab" * 32,
             format="dassl", method="mma", status="ready", ctx_dim=64, csc=False, n_cls=3,
             info={"mma_layout": AdapterLayout(64, 64, 1, 1).to_json()},
         )  # fmt: skip
-        ds = Dataset(
-            project_id=project, name=f"set-{uuid.uuid4().hex[:6]}", kind="builtin", path="",
-            num_classes=6, classnames=list("abcdef"), base_classes=list("abc"), novel_classes=list("def"),
-            split_sizes={"train": 24, "val": 12, "test": 24}, template="a photo of a {}.",
-            sha256_of_split="cd" * 32,
-        )  # fmt: skip
+        ds = dataset_row(project)
         s.add_all([ck, ds])
         s.flush()
         ck_id, ds_id = ck.id, ds.id
-    _login(app_client, secret)
+    login(app_client, secret)
     page = app_client.get("/jobs/new").text
     assert "mma" in page  # the checkpoint picker names the method
     key = re.search(r'name="idempotency_key" value="([0-9a-f]+)"', page).group(1)
     form = {
-        "csrf": _csrf(page), "idempotency_key": key, "checkpoint_id": ck_id, "dataset_id": ds_id,
+        "csrf": csrf_token(page), "idempotency_key": key, "checkpoint_id": ck_id, "dataset_id": ds_id,
         "backbone_model": "tiny-test", "backbone_pretrained": "random",
         "epochs": "3", "lr": "0.01", "loss_type": "l2", "w_zs": "5", "class_token_position": "middle",
     }  # fmt: skip
