@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -44,6 +44,20 @@ class ReceivedUpload:
     def cleanup(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def multipart_schema(file_description: str, **fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of a multipart/form-data body: a required binary ``file`` and ``fields``."""
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": file_description},
+                **fields,
+            },
+        }
+    }
 
 
 def safe_filename(name: str | None, default: str = "upload.bin") -> str:

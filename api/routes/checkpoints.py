@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from api.errors import NotFound, error_responses
 from api.schemas import CheckpointList, CheckpointRead, DeletedRead
 from api.services.checkpoints import create_checkpoint
-from api.services.idempotency import key_locks
-from api.uploads import receive_multipart
+from api.services.idempotency import create_once
+from api.uploads import multipart_schema, receive_multipart
 from common import repositories as repo
 from common.models import utcnow
 
@@ -18,31 +17,21 @@ _UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "Dassl .pth.tar / .pth / .pt, or .safetensors",
-                        },
-                        "method": {
-                            "type": "string",
-                            "enum": ["coop", "kgcoop", "linear_head", "mma"],
-                            "description": "Detected when absent",
-                        },
-                        "name": {"type": "string"},
-                        "class_token_position": {
-                            "type": "string",
-                            "enum": ["end", "middle", "front"],
-                            "description": "CoOp's TRAINER.COOP.CLASS_TOKEN_POSITION (not stored in its "
-                            "files); jobs use end when neither this nor the job's prompt gives it",
-                        },
-                    },
-                }
-            }
+            "multipart/form-data": multipart_schema(
+                "Dassl .pth.tar / .pth / .pt, or .safetensors",
+                method={
+                    "type": "string",
+                    "enum": ["coop", "kgcoop", "linear_head", "mma"],
+                    "description": "Detected when absent",
+                },
+                name={"type": "string"},
+                class_token_position={
+                    "type": "string",
+                    "enum": ["end", "middle", "front"],
+                    "description": "CoOp's TRAINER.COOP.CLASS_TOKEN_POSITION (not stored in its "
+                    "files); jobs use end when neither this nor the job's prompt gives it",
+                },
+            )
         },
     }
 }
@@ -69,16 +58,10 @@ async def upload_checkpoint(
     try:
         request.app.state.metrics.upload_bytes.inc(upload.size)
         # Concurrent uploads with one Idempotency-Key go one at a time: the later ones replay the first.
-        async with key_locks(request.app.state).hold(principal.project_id, idempotency_key):
-            ckpt, created = await run_in_threadpool(
-                create_checkpoint,
-                session,
-                settings,
-                store,
-                principal.project_id,
-                upload,
-                idempotency_key=idempotency_key,
-            )
+        ckpt, created = await create_once(
+            request.app.state, principal.project_id, idempotency_key,
+            create_checkpoint, session, settings, store, principal.project_id, upload,
+        )  # fmt: skip
     finally:
         upload.cleanup()
     if not created:

@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from api.errors import UnsupportedMediaType, error_responses, from_pydantic
 from api.schemas import SweepCreate, SweepList, SweepRead
-from api.services.idempotency import key_locks
+from api.services.idempotency import create_once
 from api.services.sweeps import cancel_sweep, create_sweep, get_sweep, render_report, sweep_read, sweep_report
-from api.uploads import ReceivedUpload, receive_multipart
+from api.uploads import ReceivedUpload, multipart_schema, receive_multipart
 from common import repositories as repo
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=error_responses(401, 422))
@@ -38,21 +38,11 @@ _CREATE_SCHEMA = {
         "required": True,
         "content": {
             "application/json": {"schema": _SPEC_SCHEMA},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "zip or tar(.gz) of a CoOp output tree: <dataset>/shots_<K>/"
-                            "<Trainer>/<cfg>/seed<N>/prompt_learner/model.pth.tar-<E>",
-                        },
-                        "spec": {"type": "string", "description": "SweepCreate as JSON, without cells"},
-                    },
-                }
-            },
+            "multipart/form-data": multipart_schema(
+                "zip or tar(.gz) of a CoOp output tree: <dataset>/shots_<K>/"
+                "<Trainer>/<cfg>/seed<N>/prompt_learner/model.pth.tar-<E>",
+                spec={"type": "string", "description": "SweepCreate as JSON, without cells"},
+            ),
         },
     }
 }
@@ -97,17 +87,10 @@ async def post_sweep(
                 "send the sweep as application/json, or multipart/form-data with a `file` (a CoOp tree)",
                 param="file",
             )
-        async with key_locks(request.app.state).hold(principal.project_id, idempotency_key):
-            sweep, created = await run_in_threadpool(
-                create_sweep,
-                session,
-                settings,
-                store,
-                principal.project_id,
-                body,
-                archive=archive,
-                idempotency_key=idempotency_key,
-            )
+        sweep, created = await create_once(
+            request.app.state, principal.project_id, idempotency_key,
+            create_sweep, session, settings, store, principal.project_id, body, archive=archive,
+        )  # fmt: skip
     finally:
         if archive is not None:
             archive.cleanup()

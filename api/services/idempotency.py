@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import Conflict
 from common import repositories as repo
@@ -99,3 +100,12 @@ def key_locks(state: Any) -> KeyLocks:
     if locks is None:
         locks = state.idempotency_key_locks = KeyLocks()
     return locks
+
+
+async def create_once(
+    state: Any, project_id: str, key: str | None, create: Callable[..., tuple[T, bool]], *args: Any, **kw: Any
+) -> tuple[T, bool]:
+    """``create(*args, idempotency_key=key, **kw)`` in the thread pool, holding the key's lock: concurrent
+    requests with one Idempotency-Key go one at a time, the later ones replay the first's object."""
+    async with key_locks(state).hold(project_id, key):
+        return await run_in_threadpool(create, *args, idempotency_key=key, **kw)
