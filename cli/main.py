@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -533,8 +533,6 @@ class _ProgressBar:
             pass
         if job["status"] == "succeeded":
             frac = 1.0
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
         detail = ""
         if p.get("epoch") is not None:
             detail = f" epoch {p.get('epoch')}/{p.get('epochs')}"
@@ -542,7 +540,13 @@ class _ProgressBar:
                 detail += f" loss {float(p['loss']):.4f}"
         if job.get("queue_position"):
             detail += f" (queue position {job['queue_position']})"
-        line = f"\r{job['id']} [{bar}] {frac * 100:5.1f}% {job['status']}{detail}"
+        self.draw(job["id"], frac, f"{job['status']}{detail}")
+
+    def draw(self, ident: str, frac: float, status: str) -> None:
+        """Redraw the line ``<id> [###---] <percent> <status>`` when it changed."""
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"\r{ident} [{bar}] {frac * 100:5.1f}% {status}"
         if line != self.last:
             self.stream.write(line.ljust(len(self.last)))
             self.stream.flush()
@@ -554,18 +558,21 @@ class _ProgressBar:
             self.stream.flush()
 
 
+def _wait_with_progress(
+    args: argparse.Namespace, bar: _ProgressBar, wait: Callable[..., dict[str, Any]], ident: str
+) -> dict[str, Any]:
+    """``wait(ident)`` with the --interval/--wait-timeout options, drawing ``bar`` unless --quiet."""
+    try:
+        return wait(
+            ident, interval=args.interval, timeout=args.wait_timeout, on_update=None if args.quiet else bar
+        )
+    finally:
+        bar.close()
+
+
 def cmd_job_wait(args: argparse.Namespace, settings: Settings) -> int:
-    bar = _ProgressBar()
     with _client(args, settings) as c:
-        try:
-            job = c.wait_job(
-                args.job,
-                interval=args.interval,
-                timeout=args.wait_timeout,
-                on_update=None if args.quiet else bar,
-            )
-        finally:
-            bar.close()
+        job = _wait_with_progress(args, _ProgressBar(), c.wait_job, args.job)
     _print_json(job)
     # the last line a person sees (stderr, so stdout stays one JSON document): the verdict or the error
     verdict, error = job.get("verdict") or {}, job.get("error") or {}
@@ -578,10 +585,12 @@ def cmd_job_wait(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if job["status"] == "succeeded" else 1
 
 
-def _simple(method: str) -> Any:
+def _simple(method: str, arg: str = "job") -> Any:
+    """A command that prints ``Client.<method>(args.<arg>)`` as JSON (no argument where it has none)."""
+
     def run(args: argparse.Namespace, settings: Settings) -> int:
         with _client(args, settings) as c:
-            _print_json(getattr(c, method)(args.job))
+            _print_json(getattr(c, method)(*([getattr(args, arg)] if hasattr(args, arg) else [])))
         return 0
 
     return run
@@ -672,32 +681,17 @@ def cmd_sweep_create(args: argparse.Namespace, settings: Settings) -> int:
 class _SweepProgress(_ProgressBar):
     def __call__(self, sweep: dict[str, Any]) -> None:  # type: ignore[override]
         p = sweep["progress"]
-        filled = int(p["fraction"] * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
         detail = f"{p['succeeded']}/{p['jobs']} succeeded, {p['running']} running, {p['queued']} queued"
         if p["failed"] or p["cancelled"]:
             detail += f", {p['failed']} failed, {p['cancelled']} cancelled"
-        line = f"\r{sweep['id']} [{bar}] {p['fraction'] * 100:5.1f}% {sweep['status']} ({detail})"
-        if line != self.last:
-            self.stream.write(line.ljust(len(self.last)))
-            self.stream.flush()
-            self.last = line
+        self.draw(sweep["id"], p["fraction"], f"{sweep['status']} ({detail})")
 
 
 def cmd_sweep_wait(args: argparse.Namespace, settings: Settings) -> int:
     from core.sweep_table import to_text
 
-    bar = _SweepProgress()
     with _client(args, settings) as c:
-        try:
-            sweep = c.wait_sweep(
-                args.sweep,
-                interval=args.interval,
-                timeout=args.wait_timeout,
-                on_update=None if args.quiet else bar,
-            )
-        finally:
-            bar.close()
+        sweep = _wait_with_progress(args, _SweepProgress(), c.wait_sweep, args.sweep)
         report = json.loads(c.sweep_report(sweep["id"], "json"))
     _print_json(sweep)
     sys.stderr.write(to_text(report["table"]))  # the table a person reads; stdout stays one JSON document
@@ -713,15 +707,6 @@ def cmd_sweep_download(args: argparse.Namespace, settings: Settings) -> int:
     for p in paths:
         sys.stdout.write(f"{p}\n")
     return 0
-
-
-def _sweep_simple(method: str) -> Any:
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        with _client(args, settings) as c:
-            _print_json(getattr(c, method)(*([args.sweep] if hasattr(args, "sweep") else [])))
-        return 0
-
-    return run
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -943,9 +928,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = client_opts(sw.add_parser(name, help=text))
         p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
-        p.set_defaults(func=_sweep_simple(method))
+        p.set_defaults(func=_simple(method, "sweep"))
     p = client_opts(sw.add_parser("list", help="list the project's sweeps as JSON"))
-    p.set_defaults(func=_sweep_simple("list_sweeps"))
+    p.set_defaults(func=_simple("list_sweeps", "sweep"))
     return parser
 
 
