@@ -13,9 +13,9 @@ import numpy as np
 from safetensors.numpy import save_file
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound, ServiceUnavailable, Unprocessable
+from api.errors import ServiceUnavailable, Unprocessable
 from api.parse_pool import parse_pool
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from api.uploads import ReceivedUpload, safe_filename
 from common import repositories as repo
 from common.models import Checkpoint, CheckpointStatus, new_id
@@ -147,11 +147,7 @@ def _discard(store: ArtifactStore, prefix: str) -> None:
 
 def _replay(session: Session, project_id: str, ckpt_id: str) -> Checkpoint:
     ckpt = session.get(Checkpoint, ckpt_id)
-    if ckpt is None or ckpt.project_id != project_id:
-        raise NotFound(
-            "the checkpoint created with this Idempotency-Key no longer exists", param="Idempotency-Key"
-        )
-    return ckpt
+    return still_there(ckpt if ckpt is not None and ckpt.project_id == project_id else None, "checkpoint")
 
 
 def _reject(ckpt: Checkpoint, code: str, message: str, param: str | None) -> None:

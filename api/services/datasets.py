@@ -9,9 +9,9 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, BadRequest, NotFound, Unprocessable, core_status
+from api.errors import ApiError, BadRequest, Unprocessable, core_status
 from api.schemas import DatasetCreate
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from common import repositories as repo
 from common.models import Dataset, new_id
 from common.settings import Settings
@@ -116,9 +116,4 @@ def create_dataset(
 
 
 def _replay(session: Session, project_id: str, ds_id: str) -> Dataset:
-    row = repo.get_dataset(session, project_id, ds_id)
-    if row is None:
-        raise NotFound(
-            "the dataset created with this Idempotency-Key no longer exists", param="Idempotency-Key"
-        )
-    return row
+    return still_there(repo.get_dataset(session, project_id, ds_id), "dataset")

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import Conflict
+from api.errors import Conflict, NotFound
 from common import repositories as repo
 
 T = TypeVar("T")
@@ -62,6 +62,15 @@ def commit_or_replay(
             raise
         return replay
     return None
+
+
+def still_there(row: T | None, what: str) -> T:
+    """The ``what`` an earlier request with this Idempotency-Key created; 404 when it was deleted since."""
+    if row is None:
+        raise NotFound(
+            f"the {what} created with this Idempotency-Key no longer exists", param="Idempotency-Key"
+        )
+    return row
 
 
 class KeyLocks:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, NotFound, Unprocessable, from_pydantic
 from api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from common import repositories as repo
 from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
 from common.queue import enqueue_job
@@ -104,12 +104,7 @@ def create_job(
     req_hash = request_hash(ENDPOINT, payload)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
-        job = repo.get_job(session, project_id, existing)
-        if job is None:
-            raise NotFound(
-                "the job created with this Idempotency-Key no longer exists", param="Idempotency-Key"
-            )
-        return job, False
+        return still_there(repo.get_job(session, project_id, existing), "job"), False
 
     job = build_job(session, settings, project_id, body)
     session.add(job)

@@ -37,7 +37,7 @@ from api.schemas import (
     SweepRead,
 )
 from api.services.checkpoints import create_checkpoint
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash
+from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from api.services.jobs import build_job
 from api.services.sweep_archive import ArchiveLimits, TreeArchive, TreeCheckpoint, open_tree
 from api.uploads import ReceivedUpload
@@ -184,12 +184,7 @@ def create_sweep(
 
 
 def _replay(session: Session, project_id: str, sweep_id: str) -> Sweep:
-    sweep = repo.get_sweep(session, project_id, sweep_id)
-    if sweep is None:
-        raise NotFound(
-            "the sweep created with this Idempotency-Key no longer exists", param="Idempotency-Key"
-        )
-    return sweep
+    return still_there(repo.get_sweep(session, project_id, sweep_id), "sweep")
 
 
 def _cells_from_body(session: Session, project_id: str, body: SweepCreate) -> list[dict[str, Any]]:
