@@ -13,26 +13,14 @@
 from __future__ import annotations
 
 import hashlib
-import random
 
 from core.config import Protocol
-from core.datasets.base import B2NTask, Dataset, Record, base_to_novel, fewshot
-from core.errors import DatasetError
+from core.datasets.base import B2NTask, Dataset, Record, base_to_novel, fewshot_train_val
 
 
 def all_classes_task(ds: Dataset, shots: int, seed: int) -> B2NTask:
     """Every class as the training and evaluation class list (see the module docstring)."""
-    if shots < 1:
-        raise DatasetError("shots must be >= 1", code="bad_split", param="shots")
-    train_all = ds.splits.get("train", [])
-    rng = random.Random(seed)
-    train = fewshot(train_all, shots, rng)
-    val_src = ds.splits.get("val", [])
-    if not val_src:
-        taken = {r.key for r in train}
-        val_src = [r for r in train_all if r.key not in taken]
-    val = fewshot(val_src, min(shots, 4), rng)
-    labels = sorted({r.label for r in train_all}) if train_all else list(range(ds.num_classes))
+    train, val, labels = fewshot_train_val(ds, shots, seed)
     mapping = {lab: i for i, lab in enumerate(labels)}
 
     def relabel(records: list[Record]) -> list[Record]:

@@ -214,16 +214,11 @@ def fewshot(records: list[Record], shots: int, rng: random.Random) -> list[Recor
     return out
 
 
-def base_to_novel(ds: Dataset, shots: int, seed: int) -> B2NTask:
-    """The CoOp base-to-novel task: few-shot train / val of the base half, test of both halves.
-
-    Sampling (one ``random.Random(seed)``): ``shots`` per class from train (all classes, before the
-    base filter), then ``min(shots, 4)`` per class from val. A dataset without a val split (ImageNet)
-    draws val from the train items that the few-shot sample did not take, so test is never used.
-    Classes: sorted label ids present in train (all classes for a test-only dataset, whose task then
-    has empty train/val: callers that train must check ``task.train``); base = first ceil(n / 2),
-    novel = the rest.
-    """
+def fewshot_train_val(ds: Dataset, shots: int, seed: int) -> tuple[list[Record], list[Record], list[int]]:
+    """(train, val, labels) of a task: ``shots`` per class from train, then ``min(shots, 4)`` per class
+    from val (from the train items the first sample did not take when there is no val split), with one
+    ``random.Random(seed)``; labels: the sorted label ids present in train (every class id for a
+    test-only dataset, whose train and val are then empty)."""
     if shots < 1:
         raise DatasetError("shots must be >= 1", code="bad_split", param="shots")
     train_all = ds.splits.get("train", [])
@@ -234,9 +229,22 @@ def base_to_novel(ds: Dataset, shots: int, seed: int) -> B2NTask:
         taken = {r.key for r in train}
         val_src = [r for r in train_all if r.key not in taken]
     val = fewshot(val_src, min(shots, 4), rng)
-
     # a test-only dataset (ImageNet-V2/-Sketch/-A/-R) still gets its class split (empty train/val)
     labels = sorted({r.label for r in train_all}) if train_all else list(range(ds.num_classes))
+    return train, val, labels
+
+
+def base_to_novel(ds: Dataset, shots: int, seed: int) -> B2NTask:
+    """The CoOp base-to-novel task: few-shot train / val of the base half, test of both halves.
+
+    Sampling (one ``random.Random(seed)``): ``shots`` per class from train (all classes, before the
+    base filter), then ``min(shots, 4)`` per class from val. A dataset without a val split (ImageNet)
+    draws val from the train items that the few-shot sample did not take, so test is never used.
+    Classes: sorted label ids present in train (all classes for a test-only dataset, whose task then
+    has empty train/val: callers that train must check ``task.train``); base = first ceil(n / 2),
+    novel = the rest.
+    """
+    train, val, labels = fewshot_train_val(ds, shots, seed)
     m = math.ceil(len(labels) / 2)
     base, novel = labels[:m], labels[m:]
     base_map = {lab: i for i, lab in enumerate(base)}
