@@ -773,19 +773,32 @@ def clone_form(job: Job) -> dict[str, str]:
 def new_job_page(request: Request, session: SessionDep, viewer: ViewerDep, clone: str = "") -> Response:
     if viewer is None:
         return _to_login(request)
-    checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
     source = _job(session, viewer, clone) if clone else None
     if clone and source is None:
         return _not_found(request, viewer, f"job {clone}")
+    return _new_job_page(
+        request,
+        session,
+        viewer,
+        error=None,
+        form=clone_form(source) if source is not None else default_form(),
+        cloned_from=source.id if source is not None else None,
+    )
+
+
+def _new_job_page(
+    request: Request, session: Session, viewer: Viewer, status_code: int = 200, **context: Any
+) -> Response:
+    """The new-job form over the project's ready checkpoints and its datasets."""
+    checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
     return _render(
         request,
         "new_job.html",
         viewer,
+        status_code=status_code,
         checkpoints=checkpoints,
         datasets=_datasets(session, viewer),
-        error=None,
-        form=clone_form(source) if source is not None else default_form(),
-        cloned_from=source.id if source is not None else None,
+        **context,
     )
 
 
@@ -809,14 +822,11 @@ async def create_job(
             session, settings, viewer.project_id, body, idempotency_key=form.get("idempotency_key") or None
         )
     except (FormError, ApiError) as exc:
-        checkpoints = [c for c in _checkpoints(session, viewer) if c.status == CheckpointStatus.ready.value]
-        return _render(
+        return _new_job_page(
             request,
-            "new_job.html",
+            session,
             viewer,
             status_code=422,
-            checkpoints=checkpoints,
-            datasets=_datasets(session, viewer),
             error=getattr(exc, "message", None) or str(exc),
             error_param=getattr(exc, "param", None),
             form={**default_form(), **form},
