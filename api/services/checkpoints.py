@@ -17,7 +17,6 @@ from api.errors import ServiceUnavailable, Unprocessable
 from api.parse_pool import parse_pool
 from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from api.uploads import ReceivedUpload, safe_filename
-from common import repositories as repo
 from common.models import Checkpoint, CheckpointStatus, new_id
 from common.settings import Settings
 from common.storage import ArtifactStore
@@ -118,14 +117,13 @@ def create_checkpoint(
             _accept(ckpt, ingested, store, settings)
         store.put_file(original_key, upload.path)
         session.add(ckpt)
-        if idempotency_key:
-            repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=ckpt.id)
         replay = commit_or_replay(
             session,
             project_id,
             idempotency_key,
             req_hash,
             lambda ckpt_id: _replay(session, project_id, ckpt_id),
+            resource_id=ckpt.id,
         )
     except BaseException:
         session.rollback()

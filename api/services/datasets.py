@@ -104,10 +104,13 @@ def create_dataset(
         sha256_of_split=ds.split_sha256(),
     )
     session.add(row)
-    if idempotency_key:
-        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=row.id)
     replay = commit_or_replay(
-        session, project_id, idempotency_key, req_hash, lambda ds_id: _replay(session, project_id, ds_id)
+        session,
+        project_id,
+        idempotency_key,
+        req_hash,
+        lambda ds_id: _replay(session, project_id, ds_id),
+        resource_id=row.id,
     )
     if replay is not None:
         return replay, False

@@ -45,11 +45,21 @@ def replayed_id(session: Session, project_id: str, key: str | None, req_hash: st
 
 
 def commit_or_replay(
-    session: Session, project_id: str, key: str | None, req_hash: str, load: Callable[[str], T | None]
+    session: Session,
+    project_id: str,
+    key: str | None,
+    req_hash: str,
+    load: Callable[[str], T | None],
+    *,
+    job_id: str | None = None,
+    resource_id: str | None = None,
 ) -> T | None:
-    """Commit the new row: None on success. When a concurrent request with the same Idempotency-Key won
-    the race (IntegrityError), roll back and return ``load(id)`` of what that request created; the
+    """Record the Idempotency-Key (when given) against the new row (``job_id`` or ``resource_id``) and
+    commit: None on success. When a concurrent request with the same Idempotency-Key won the race
+    (IntegrityError), roll back and return ``load(id)`` of what that request created; the
     IntegrityError propagates when the key names nothing or ``load`` finds nothing."""
+    if key:
+        repo.add_idempotency_key(session, project_id, key, req_hash, job_id=job_id, resource_id=resource_id)
     try:
         session.commit()
     except IntegrityError:

@@ -110,14 +110,13 @@ def create_job(
     session.add(job)
     session.flush()
     repo.add_event(session, job.id, "status", "job queued", data={"status": "queued"})
-    if idempotency_key:
-        repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, job_id=job.id)
     replay = commit_or_replay(
         session,
         project_id,
         idempotency_key,
         req_hash,
         lambda job_id: repo.get_job(session, project_id, job_id),
+        job_id=job.id,
     )
     if replay is not None:
         return replay, False

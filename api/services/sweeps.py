@@ -162,14 +162,13 @@ def create_sweep(
             repo.add_event(
                 session, job.id, "status", f"job queued (sweep {sweep_id})", data={"status": "queued"}
             )
-        if idempotency_key:
-            repo.add_idempotency_key(session, project_id, idempotency_key, req_hash, resource_id=sweep_id)
         replay = commit_or_replay(
             session,
             project_id,
             idempotency_key,
             req_hash,
             lambda sid: repo.get_sweep(session, project_id, sid),
+            resource_id=sweep_id,
         )
     except BaseException:
         session.rollback()
