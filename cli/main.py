@@ -732,6 +732,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def wait_opts(p: argparse.ArgumentParser, interval: float) -> None:
+        p.add_argument(
+            "--interval",
+            type=float,
+            default=interval,
+            metavar="SECONDS",
+            help=f"poll interval (default {interval:g})",
+        )
+        p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("serve", help="run the API (with --embedded: plus a worker, SQLite, filesystem queue)")
     p.add_argument("--embedded", action="store_true", help="migrate, then run the API and one worker")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -843,9 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_job_create)
     p = client_opts(job.add_parser("wait", help="wait for a job with a progress bar on stderr"))
     p.add_argument("job", metavar="JOB", help="job id (job_...)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="poll interval (default 1)")
-    p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    wait_opts(p, interval=1.0)
     p.set_defaults(func=cmd_job_wait)
     for name, method, text in (
         ("get", "get_job", "print a job (status, progress, metrics, verdict, error) as JSON"),
@@ -911,9 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep_create)
     p = client_opts(sw.add_parser("wait", help="wait for a sweep (progress on stderr), then print its table"))
     p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
-    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="poll interval (default 2)")
-    p.add_argument("--wait-timeout", type=float, default=None, help="give up after this many seconds")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    wait_opts(p, interval=2.0)
     p.set_defaults(func=cmd_sweep_wait)
     p = client_opts(sw.add_parser("download", help="download the report (json, csv, tex, html)"))
     p.add_argument("sweep", metavar="SWEEP", help="sweep id (swp_...)")
