@@ -274,9 +274,19 @@ for svc in postgres redis api reconciler worker-gpu0; do
 done
 
 # --- one job end to end ----------------------------------------------------------------------------
+# Bringing up the rest of the file attaches new containers to the network; podman's DNS can take a few
+# seconds to answer for the existing services again, so the api must look ready once more first.
+wait_for 120 "api /readyz after the full start" curl -fsS "http://127.0.0.1:$MERGETUNE_API_PORT/readyz"
 say "creating a token inside the api container"
-token=$("$engine" exec "$(svc_id api)" mergetune token create --project compose-test | tail -n 1)
-[[ $token == *[A-Za-z0-9]* ]] || die "no token from mergetune token create"
+token=""
+for _ in $(seq 1 20); do
+    if out=$("$engine" exec "$(svc_id api)" mergetune token create --project compose-test 2>>"$clog"); then
+        token=$(tail -n 1 <<<"$out")
+        break
+    fi
+    sleep 3 # a name-resolution hiccup of the container network: try again
+done
+[[ $token == *[A-Za-z0-9]* ]] || die "no token from mergetune token create (see $clog)"
 
 wait "$ckpt_pid" || {
     cat "$work/checkpoint.log" >&2
