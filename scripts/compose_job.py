@@ -32,8 +32,9 @@ WORKER = os.environ["CT_WORKER"]
 OUT = Path(os.environ["CT_OUT"])
 EPOCHS = int(os.environ.get("CT_EPOCHS", "6"))
 TIMEOUT = float(os.environ.get("CT_TIMEOUT", "480"))
-# small enough for a loaded 2-core CPU; the worker is killed once the first epoch state is saved
-JOB_HP = {"seed": 1, "epochs": EPOCHS, "shots": 4, "num_samples": 2, "feature_mode": "none"}
+# Small enough for a loaded 2-core CPU, long enough on a quiet one: batch size 1 makes an epoch 192 steps
+# (about 1-2 s on the tiny model), so the poller sees epoch 1 saved and kills the worker mid-job.
+JOB_HP = {"seed": 1, "epochs": EPOCHS, "shots": 4, "num_samples": 2, "feature_mode": "none", "batch_size": 1}
 BACKBONE = {"model": "tiny-clip", "pretrained": "builtin"}
 COOP_EPOCHS = 5
 STARTED = time.monotonic()
