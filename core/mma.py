@@ -47,7 +47,7 @@ from core.result import (
     RecoveryResult,
     SplitMetrics,
 )
-from core.schedule import lr_at
+from core.schedule import EpochSchedule, build_optimizer
 from core.train import EpochEndFn, EpochMeter, ProgressFn, StopFn, _rng_state, _set_rng_state, use_amp
 
 logger = logging.getLogger(__name__)
@@ -461,13 +461,8 @@ def train_mma(
     params = [p for p in adapters.parameters()]
     for p in params:
         p.requires_grad_(True)
-
-    def lr_of(epoch: int) -> float:
-        return lr_at(
-            epoch, lr=hp.lr, epochs=hp.epochs, warmup_epochs=hp.warmup_epochs, warmup_lr=hp.warmup_lr
-        )
-
-    optimizer = torch.optim.SGD(params, lr=lr_of(0), momentum=hp.momentum, weight_decay=hp.weight_decay)
+    optimizer = build_optimizer(params, hp)
+    schedule = EpochSchedule(optimizer, hp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history: list[dict[str, Any]] = []
     start = 0
@@ -485,9 +480,7 @@ def train_mma(
     tau = mma.backbone.logit_scale
     anchor = anchor.float().to(device) if anchor is not None else None
     for epoch in range(start, hp.epochs):
-        lr = lr_of(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = schedule.set_epoch(epoch)
         meter = EpochMeter(epoch, lr, epochs=hp.epochs, steps=steps, on_progress=on_progress)
         adapters.train()
         for step, (h, labels) in enumerate(batches.epoch(epoch)):

@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 
-from core.config import Hyperparameters
+
+class SgdSettings(Protocol):
+    """The optimiser and schedule fields every trainer's hyperparameters carry (prompt, head and MMA)."""
+
+    lr: float
+    epochs: int
+    warmup_epochs: int
+    warmup_lr: float
+    momentum: float
+    weight_decay: float
 
 
 def lr_at(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5) -> float:
@@ -25,11 +35,11 @@ def lr_at(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1, warmup_
     return lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs)) / 2.0
 
 
-def lr_for(hp: Hyperparameters, epoch: int) -> float:
+def lr_for(hp: SgdSettings, epoch: int) -> float:
     return lr_at(epoch, lr=hp.lr, epochs=hp.epochs, warmup_epochs=hp.warmup_epochs, warmup_lr=hp.warmup_lr)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters) -> torch.optim.SGD:
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp: SgdSettings) -> torch.optim.SGD:
     """Dassl's SGD for prompt learning (no dampening, no Nesterov)."""
     return torch.optim.SGD(list(params), lr=lr_for(hp, 0), momentum=hp.momentum, weight_decay=hp.weight_decay)
 
@@ -37,7 +47,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: Hyperparameters) -
 class EpochSchedule:
     """Sets the optimizer's lr at the start of each epoch; ``state_dict`` is plain ints."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, hp: Hyperparameters) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, hp: SgdSettings) -> None:
         self.optimizer = optimizer
         self.hp = hp
         self.epoch = 0
