@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     TOKEN: str | None = None
     #: Startup check that the database is at the Alembic head (tests of the refusal turn nothing off).
     REQUIRE_MIGRATED: bool = True
-    #: Reliability (issue: no job is ever stuck or lost). A worker retries database writes for up to
+    #: Reliability (no job is ever stuck or lost). A worker retries database writes for up to
     #: DB_RETRY_SECONDS before it hands its job back to the broker.
     DB_RETRY_SECONDS: float = Field(default=120.0, ge=0)
     #: The reconciler (``mergetune reconcile``) runs every RECONCILE_INTERVAL seconds; a ``queued`` job

@@ -1,4 +1,5 @@
-"""Schema changes for issue 12 (progress stamps, token expiry/revocation, reconciler); no-op until that work needs columns
+"""Tokens can expire and be revoked; jobs carry a progress stamp, their last enqueue time and the run
+time of earlier attempts (the reconciler and resumed jobs need them)
 
 Revision ID: 0004_reliability
 Revises: 0003_prompt_protocol

@@ -1,7 +1,7 @@
-"""Jobs carry tags and notes, editable from the dashboard and PATCH /v1/jobs/{id} (issue 14)
+"""Jobs carry tags and notes, editable from the dashboard and PATCH /v1/jobs/{id}
 
-Revision ID: 0009_dashboard
-Revises: 0008_mma
+Revision ID: 0007_dashboard
+Revises: 0006_sweeps
 Create Date: 2026-11-29 18:40:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_dashboard"
-down_revision: str | None = "0008_mma"
+revision: str = "0007_dashboard"
+down_revision: str | None = "0006_sweeps"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

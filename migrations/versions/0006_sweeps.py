@@ -1,7 +1,7 @@
-"""Sweeps (issue 16): a sweeps table; jobs get a nullable sweep_id
+"""Sweeps: a sweeps table; jobs get a nullable sweep_id
 
-Revision ID: 0007_sweeps
-Revises: 0006_ingest_limits
+Revision ID: 0006_sweeps
+Revises: 0005_verdict
 Create Date: 2026-11-29 18:40:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_sweeps"
-down_revision: str | None = "0006_ingest_limits"
+revision: str = "0006_sweeps"
+down_revision: str | None = "0005_verdict"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
