@@ -180,6 +180,10 @@ class MMAHyperparameters(_Frozen):
     warmup_epochs: int = Field(default=0, ge=0, le=1000)
     warmup_lr: float = Field(default=1e-5, ge=0.0, le=10.0)
     adapter_scale: float = Field(default=0.001, gt=0.0, le=10.0)
+    #: MMA's gradient-scale layers (adapter gradients divided by ``adapter_scale``, so SGD at lr 0.0015
+    #: takes steps 1000x larger). MMA's own trainer has them; the reference's MMA_LMC runs on a CLIP
+    #: without them, so MergeTune for MMA defaults to False. Stage 1 (``train_mma_stage1``) uses True.
+    gradient_scale: bool = False
     #: False (the reference): the path mixes the unnormalised adapted text features with the normalised
     #: zero-shot ones, so the effective mix is not t_k. True: both ends normalised (the nominal t_k).
     normalise_endpoints: bool = False

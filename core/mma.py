@@ -495,7 +495,8 @@ def train_mma(
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(parts.total).backward()
-            _scale_grads(params, 1.0 / mma.scale)
+            if hp.gradient_scale:
+                _scale_grads(params, 1.0 / mma.scale)
             scaler.step(optimizer)
             scaler.update()
             meter.step(step, parts)
@@ -560,9 +561,11 @@ def train_mma_stage1(
     layout: AdapterLayout | None = None,
     on_progress: ProgressFn | None = None,
 ) -> tuple[dict[str, torch.Tensor], AdapterLayout, list[dict[str, Any]]]:
-    """MMA fine-tuning (CE only) from MMA's initialisation on the base classes; returns (adapter tensors
+    """MMA fine-tuning (CE only) from MMA's initialisation on the base classes, as MMA's own trainer runs
+    it (with its gradient-scale layers, whatever ``hp.gradient_scale`` says); returns (adapter tensors
     with MMA's keys, layout, history)."""
     _check_task(task)
+    hp = hp.model_copy(update={"gradient_scale": True})
     layout = layout or layout_for(backbone)
     mma = MMAModel(backbone, task.base_classnames, layout, scale=hp.adapter_scale)
     w = backbone_widths(backbone)
@@ -766,7 +769,11 @@ def recover_mma(
         "layout": layout.to_json(),
         "adapter_scale": hp.adapter_scale,
         "hyperparameters": hp.model_dump(mode="json"),
-        "objective": "CE + W_LMC * mean_k CE(n((1-t_k) G_w + t_k G_zs)); G_w unnormalised, G_zs normalised",
+        "objective": "CE + W_LMC * mean_k CE(n((1-t_k) G_w + t_k G_zs)); G_zs normalised, G_w "
+        + ("normalised (not the reference)" if hp.normalise_endpoints else "unnormalised (the reference)"),
+        "update": "MMA's gradient-scale layers (adapter gradients / adapter_scale)"
+        if hp.gradient_scale
+        else "ordinary gradients (the reference's MMA_LMC)",
         **(config or {}),
     }
     result = RecoveryResult(
