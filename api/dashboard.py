@@ -378,6 +378,9 @@ FORM_LABELS = {
     "bank_views": "Bank views V (bank mode)",
     "curve_step": "Curve alpha step",
     "lam": "Head lambda (linear heads)",
+    "adapter_scale": "Adapter scale (MMA)",
+    "gradient_scale": "MMA gradient-scale layers",
+    "normalise_endpoints": "Normalised path endpoints (MMA)",
 }
 
 
@@ -389,14 +392,25 @@ def _bounds(info: Any) -> tuple[Any, Any]:
     return lo, hi
 
 
+def _default(info: Any) -> Any:
+    return info.default.value if hasattr(info.default, "value") else info.default
+
+
 def hyperparameter_fields() -> list[dict[str, Any]]:
-    """Every hyperparameter ``POST /v1/jobs`` accepts (prompt jobs, then the linear-head-only ones),
-    with its real default (and the linear-head default where it differs), range or choices."""
-    prompt, head = Hyperparameters.model_fields, HeadHyperparameters.model_fields
+    """Every hyperparameter ``POST /v1/jobs`` accepts (prompt jobs, then the linear-head-only ones, then
+    the MMA-only ones), with its real default (and the linear-head or MMA default where it differs),
+    range or choices. ``applies``: both (prompt and head jobs), prompt, head or mma (MMA jobs only)."""
+    prompt, head, mma = (
+        Hyperparameters.model_fields,
+        HeadHyperparameters.model_fields,
+        MMAHyperparameters.model_fields,
+    )
+    names = [*prompt, *(n for n in head if n not in prompt)]
+    names += [n for n in mma if n not in names]
     out: list[dict[str, Any]] = []
-    for name in [*prompt, *(n for n in head if n not in prompt)]:
-        info = prompt.get(name) or head[name]
-        default = info.default.value if hasattr(info.default, "value") else info.default
+    for name in names:
+        info = prompt.get(name) or head.get(name) or mma[name]
+        default = _default(info)
         ann = info.annotation
         field: dict[str, Any] = {"name": name, "label": FORM_LABELS.get(name, name), "default": default}
         if isinstance(ann, type) and issubclass(ann, StrEnum):
@@ -407,12 +421,15 @@ def hyperparameter_fields() -> list[dict[str, Any]]:
         else:
             field["kind"] = "int" if ann is int else "float"
             field["min"], field["max"] = _bounds(info)
-        field["applies"] = "both" if name in head else "prompt"
-        if name not in prompt:
-            field["applies"] = "head"
+        if name in prompt:
+            field["applies"] = "both" if name in head else "prompt"
+        else:
+            field["applies"] = "head" if name in head else "mma"
         if field["applies"] == "both" and head[name].default != info.default:
-            hd = head[name].default
-            field["head_default"] = hd.value if hasattr(hd, "value") else hd
+            field["head_default"] = _default(head[name])
+        if name in mma and name in prompt and mma[name].default != info.default:
+            md = _default(mma[name])
+            field["mma_default"] = ("true" if md else "false") if ann is bool else md
         out.append(field)
     return out
 
