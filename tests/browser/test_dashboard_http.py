@@ -309,8 +309,9 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
     for name in {*Hyperparameters.model_fields, *HeadHyperparameters.model_fields}:
         assert f'id="{name}"' in page, name
     assert 'placeholder="default"' not in page
-    assert 'placeholder="100 (heads: 20)"' in page  # epochs: prompt default, linear-head default
-    assert 'placeholder="0.002 (heads: 0.01)"' in page  # lr
+    # epochs: prompt default, linear-head default, MMA default
+    assert 'placeholder="100 (heads: 20) (MMA: 5)"' in page
+    assert 'placeholder="0.002 (heads: 0.01) (MMA: 0.0015)"' in page  # lr
     assert '<option value="">exact (default)</option>' in page  # feature_mode
     assert '<option value="">cosine (default)</option>' in page  # loss_type
     assert '<option value="">true (default)</option>' in page  # path_term
@@ -322,7 +323,7 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
         "checkpoint_id": rows["checkpoint_id"], "dataset_id": rows["dataset_id"],
         "backbone_model": "tiny-test", "backbone_pretrained": "random",
         "loss_type": "l2", "path_term": "false", "feature_mode": "bank", "bank_views": "100",
-        "warmup_lr": "1e-4", "lam": "0.5",
+        "warmup_lr": "1e-4", "lam": "0.5", "gradient_scale": "true",
     }  # fmt: skip
     bad = app_client.post("/jobs", data={**form, "feature_mode": "sometimes"})
     assert bad.status_code == 422 and "feature_mode must be one of bank, exact, none" in bad.text
@@ -333,6 +334,7 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
     assert hp["loss_type"] == "l2" and hp["path_term"] is False
     assert hp["feature_mode"] == "bank" and hp["bank_views"] == 100 and hp["warmup_lr"] == 1e-4
     assert "lam" not in hp  # a linear-head setting is not sent for a prompt checkpoint
+    assert "gradient_scale" not in hp  # nor an MMA one
     assert hp["epochs"] == 100 and hp["w_zs"] == 10.0  # untouched fields take the defaults
 
 
