@@ -6,7 +6,8 @@
 - ``mergetune_job_duration_seconds``: histogram of started_at -> finished_at of finished jobs, by final
   status, built from the database at scrape time (bounded to the latest ``DURATION_WINDOW`` jobs).
 - ``mergetune_job_warnings_total{code}``: verdict warnings of finished jobs by code (below_fine_tuned,
-  below_zero_shot, base_drop, baseline_better; core.result.WARNING_CODES), from the database.
+  below_zero_shot, base_drop, baseline_better, adapters_unmoved; core.result.WARNING_CODES), from the
+  database.
 - ``mergetune_workers_live``: workers whose heartbeat is at most ``WORKER_LIVE_SECONDS`` old;
   ``mergetune_worker_heartbeat_age_seconds{hostname}`` and ``mergetune_worker_busy{hostname}`` per worker
   seen in the last ``WORKER_SEEN_SECONDS`` (from the heartbeat table).

@@ -39,6 +39,7 @@ from core.mma_layout import MMA_TEXT_INIT, AdapterLayout, default_span
 from core.objectives import LossParts, classification_loss, path_loss
 from core.prompts import _clean, encode_template
 from core.result import (
+    UNMOVED_FRACTION,
     Baselines,
     Curve,
     EpochLog,
@@ -46,6 +47,7 @@ from core.result import (
     Metrics,
     RecoveryResult,
     SplitMetrics,
+    with_warning,
 )
 from core.schedule import EpochSchedule, build_optimizer
 from core.train import EpochEndFn, EpochMeter, ProgressFn, StopFn, _rng_state, _set_rng_state, use_amp
@@ -776,6 +778,8 @@ def recover_mma(
         else "ordinary gradients (the reference's MMA_LMC)",
         **(config or {}),
     }
+    change = adapter_change(ft, rec)
+    cfg["adapter_change"] = change
     result = RecoveryResult(
         metrics=ev.metrics,
         baselines=ev.baselines,
@@ -784,7 +788,27 @@ def recover_mma(
         timings=timings,
         config=cfg,
     )
+    if change < UNMOVED_FRACTION and result.verdict is not None:
+        hint = (
+            "gradient_scale is false (the reference's update, steps 1000x smaller than MMA's own at the "
+            "same lr); gradient_scale true takes MMA's"
+            if not hp.gradient_scale
+            else "raise lr or epochs"
+        )
+        result.verdict = with_warning(
+            result.verdict,
+            "adapters_unmoved",
+            f"the recovered adapters are {change:.2%} away from the uploaded ones (relative L2): "
+            f"the job barely changed the model; {hint}",
+        )
     return MMARecovery(adapters=rec, result=result)
+
+
+def adapter_change(ft: Mapping[str, torch.Tensor], rec: Mapping[str, torch.Tensor]) -> float:
+    """||rec - ft|| / ||ft|| over all adapter tensors (L2 of the concatenation); 0 for all-zero ``ft``."""
+    num = sum(float((rec[k].float() - ft[k].float()).pow(2).sum()) for k in ft)
+    den = sum(float(ft[k].float().pow(2).sum()) for k in ft)
+    return (num / den) ** 0.5 if den > 0 else 0.0
 
 
 def reference_step_loss(

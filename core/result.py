@@ -64,7 +64,12 @@ class Baselines(_Model):
 BASE_DROP_MARGIN = 2.0
 
 #: Warning codes of a verdict (also the label values of /metrics' mergetune_job_warnings_total).
-WARNING_CODES = ("below_fine_tuned", "below_zero_shot", "base_drop", "baseline_better")
+WARNING_CODES = ("below_fine_tuned", "below_zero_shot", "base_drop", "baseline_better", "adapters_unmoved")
+
+#: MMA jobs: recovered adapters closer than this (relative L2 distance) to the uploaded ones get the
+#: ``adapters_unmoved`` warning. The reference's update moves MMA-trained adapters about 0.1-0.3% on the
+#: built-in data; MMA's own update 27-44%.
+UNMOVED_FRACTION = 0.01
 
 
 class VerdictWarning(_Model):
@@ -84,6 +89,13 @@ class Verdict(_Model):
     hm_vs_zero_shot: float
     base_vs_fine_tuned: float
     novel_vs_fine_tuned: float
+
+
+def with_warning(verdict: Verdict, code: str, message: str) -> Verdict:
+    """``verdict`` with one more warning (its text ends with every warning's message, as computed ones do)."""
+    text = verdict.text + ("; " if verdict.warnings else ". Warning: ") + message
+    warnings = [*verdict.warnings, VerdictWarning(code=code, message=message)]
+    return verdict.model_copy(update={"text": text, "ok": False, "warnings": warnings})
 
 
 def _pts(x: float) -> str:

@@ -317,3 +317,39 @@ def test_stage1_trains_with_mmas_gradient_scale(tiny, monkeypatch):
         tiny, FakeTask(), MMAHyperparameters(epochs=1, batch_size=6, feature_mode="none")
     )
     assert seen == [True]
+
+
+def test_adapter_change_by_hand():
+    from core.mma import adapter_change
+
+    ft = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0, 4.0])}  # ||ft|| = 5
+    rec = {"a": torch.tensor([3.03, 0.0]), "b": torch.tensor([0.0, 4.04])}  # ||rec - ft|| = 0.05
+    assert adapter_change(ft, rec) == pytest.approx(0.01)
+    assert adapter_change({"a": torch.zeros(2)}, {"a": torch.ones(2)}) == 0.0
+
+
+def test_the_references_update_barely_moves_mma_adapters_and_the_verdict_says_so(tiny):
+    """Adapters trained by MMA's own update, then MergeTune with the job defaults (the reference's
+    update): they move well under 1% and the verdict warns ``adapters_unmoved``; with MMA's update
+    (``gradient_scale`` true) they move and there is no such warning."""
+    from core.mma import train_mma_stage1
+
+    task = FakeTask()
+    ft, lay, _ = train_mma_stage1(
+        tiny, task, MMAHyperparameters(epochs=3, batch_size=6, feature_mode="none", lr=0.005)
+    )
+    ref = recover_mma(
+        tiny, task, ft, lay, MMAHyperparameters(epochs=2, batch_size=6, feature_mode="none", curve_step=0.5)
+    )
+    change = ref.result.config["adapter_change"]
+    assert 0 < change < 0.01
+    codes = [w.code for w in ref.result.verdict.warnings]
+    assert "adapters_unmoved" in codes and not ref.result.verdict.ok
+    assert "gradient_scale is false" in ref.result.verdict.text
+    assert ref.result.config["update"] == "ordinary gradients (the reference's MMA_LMC)"
+    mma_step = recover_mma(
+        tiny, task, ft, lay,
+        MMAHyperparameters(epochs=2, batch_size=6, feature_mode="none", curve_step=0.5, gradient_scale=True),
+    )  # fmt: skip
+    assert mma_step.result.config["adapter_change"] > 0.05
+    assert "adapters_unmoved" not in [w.code for w in mma_step.result.verdict.warnings]

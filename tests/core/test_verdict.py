@@ -87,3 +87,17 @@ def test_result_fills_its_verdict_and_round_trips():
     dumped = r.model_dump(mode="json")
     assert dumped["verdict"]["text"].startswith("Recovered HM 31.8")
     assert RecoveryResult.model_validate(dumped) == r
+
+
+def test_an_added_warning_extends_the_text_as_computed_ones_do():
+    from core.result import with_warning
+
+    clean = compute_verdict(DEMO, _baselines(28.08, (37.1, 24.6)))
+    v = with_warning(clean, "adapters_unmoved", "the job barely changed the model")
+    assert v.text == clean.text + ". Warning: the job barely changed the model"
+    assert not v.ok and [w.code for w in v.warnings] == ["adapters_unmoved"]
+    m = _metrics((35.7, 25.7), (37.9, 22.3), (30.0, 18.5))
+    warned = compute_verdict(m, None)
+    v2 = with_warning(warned, "adapters_unmoved", "x")
+    assert v2.text == warned.text + "; x" and v2.warnings[-1].code == "adapters_unmoved"
+    assert len(v2.warnings) == len(warned.warnings) + 1
