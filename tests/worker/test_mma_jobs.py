@@ -1,5 +1,6 @@
 """MMA jobs through the worker pipeline (real Postgres, tiny random CLIP, built-in data): they run end to
-end, export MMA's layouts, and a run that dies after an epoch resumes to the same adapters."""
+end, export MMA's layouts, and a run that dies after an epoch (in process, or a Celery worker process
+SIGKILLed mid-job) resumes to the same adapters."""
 
 from __future__ import annotations
 
@@ -113,3 +114,59 @@ def test_mma_job_runs_end_to_end_and_resumes_after_a_crash(wsettings, store, mon
     a, b = _adapters_of(store, url, job_id), _adapters_of(store, url, reference)
     assert set(a) == set(LAYOUT.shapes())
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted run
+
+
+@pytest.mark.slow
+def test_a_sigkilled_celery_worker_mma_job_resumes_on_a_new_worker_to_the_same_adapters(
+    tmp_path, wsettings, store
+):
+    """A real fault: the worker process running an MMA job is SIGKILLed mid-training; a new worker takes
+    the unacknowledged message, resumes from the last epoch state and ends with the adapters of the same
+    job run without interruption by the same kind of worker (bit for bit), every epoch reported once."""
+    from common.queue import enqueue_job
+
+    url = wsettings.DATABASE_URL
+    project = ws.make_project(url)
+    ds = ws.make_dataset(url, wsettings, project)
+    ck = _mma_checkpoint(url, store, project)
+    hp = {"epochs": 25, "batch_size": 2}
+    env = ws.settings_env(wsettings)
+
+    def done(job_id: str) -> bool:
+        return ws.job_row(url, job_id)["status"] in ("succeeded", "failed")
+
+    w1 = ws.WorkerProcess(env, tmp_path / "w1.log", nodename="gpu0@test").start()
+    try:
+        reference = _mma_job(url, project, ck, ds, **hp)
+        enqueue_job(wsettings, reference)
+        ws.wait_for(lambda: done(reference), 180, 0.2, "the uninterrupted job")
+        assert ws.job_row(url, reference)["status"] == "succeeded", w1.log()[-3000:]
+        job_id = _mma_job(url, project, ck, ds, **hp)
+        enqueue_job(wsettings, job_id)
+        ws.wait_for(
+            lambda: (ws.job_row(url, job_id)["progress"] or {}).get("epoch", 0) >= 3, 120, 0.02, "epoch 3"
+        )
+    except BaseException:
+        w1.stop()
+        raise
+    w1.kill()
+    killed_at = ws.job_row(url, job_id)["progress"]["epoch"]
+    assert ws.job_row(url, job_id)["status"] == "running" and killed_at < hp["epochs"]
+
+    w2 = ws.WorkerProcess(env, tmp_path / "w2.log", nodename="gpu0@test").start()  # the node restarts
+    try:
+        ws.wait_for(lambda: done(job_id), 180, 0.2, "the resumed job")
+        job = ws.job_row(url, job_id)
+        assert job["status"] == "succeeded", (job["error"], w2.log()[-3000:])
+        assert job["attempts"] == 2
+        evs = ws.events(url, job_id)
+        resumed = [e["data"]["epoch"] for e in evs if e["type"] == "resume"]
+        assert len(resumed) == 1 and 1 <= resumed[0] <= killed_at
+        assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(range(1, hp["epochs"] + 1))
+        arts = ws.artifacts(url, job_id)
+        assert len(arts) == len({a["name"] for a in arts})  # one set of artifacts
+        a, b = _adapters_of(store, url, job_id), _adapters_of(store, url, reference)
+        assert set(a) == set(LAYOUT.shapes())
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        w2.stop()
