@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections import OrderedDict
@@ -49,8 +48,7 @@ from core.result import (
     SplitMetrics,
     with_warning,
 )
-from core.schedule import EpochSchedule, build_optimizer
-from core.train import EpochEndFn, EpochMeter, ProgressFn, StopFn, _rng_state, _set_rng_state, use_amp
+from core.train import EpochEndFn, EpochMeter, ProgressFn, SgdRun, StopFn
 
 logger = logging.getLogger(__name__)
 
@@ -459,48 +457,36 @@ def train_mma(
     Epoch state: ``{"epoch", "adapters": {key: Tensor}, "optimizer", "scheduler": {"epoch"}, "scaler",
     "rng", "history"}`` (tensors and plain types: ``torch.load(weights_only=True)`` reads it)."""
     device = mma.backbone.device
-    amp = use_amp(hp.precision, device)
     params = [p for p in adapters.parameters()]
     for p in params:
         p.requires_grad_(True)
-    optimizer = build_optimizer(params, hp)
-    schedule = EpochSchedule(optimizer, hp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    run = SgdRun(params, hp, device)
     history: list[dict[str, Any]] = []
     start = 0
     if resume_state is not None:
         adapters.load_tensors(resume_state["adapters"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        _set_rng_state(resume_state["rng"])
-        history = [dict(h) for h in resume_state.get("history", [])]
-        start = int(resume_state["epoch"])
+        start, history = run.resume(resume_state)
     steps = batches.steps_per_epoch
     if steps == 0:
         raise ConfigError("the training set is empty", param="dataset")
     tau = mma.backbone.logit_scale
     anchor = anchor.float().to(device) if anchor is not None else None
+    scale_grads = (lambda: _scale_grads(params, 1.0 / mma.scale)) if hp.gradient_scale else None
     for epoch in range(start, hp.epochs):
-        lr = schedule.set_epoch(epoch)
+        lr = run.schedule.set_epoch(epoch)
         meter = EpochMeter(epoch, lr, epochs=hp.epochs, steps=steps, on_progress=on_progress)
         adapters.train()
         for step, (h, labels) in enumerate(batches.epoch(epoch)):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at epoch {epoch} step {step}")
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=run.amp):
                 text = mma.text_features(adapters)
                 img = mma.image_features(h, adapters)
             parts = mma_loss(
                 img, labels, text, tau, anchor=anchor, w_lmc=w_lmc if hp.path_term else 0.0,
                 num_samples=hp.num_samples, normalise_endpoints=hp.normalise_endpoints,
             )  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            if hp.gradient_scale:
-                _scale_grads(params, 1.0 / mma.scale)
-            scaler.step(optimizer)
-            scaler.update()
+            run.step(parts.total, before_update=scale_grads)
             meter.step(step, parts)
         adapters.eval()
         log = meter.log()
@@ -509,17 +495,7 @@ def train_mma(
         history.append(log)
         logger.info("MMA epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:
-            on_epoch_end(
-                {
-                    "epoch": epoch + 1,
-                    "adapters": adapters.tensors(),
-                    "optimizer": copy.deepcopy(optimizer.state_dict()),
-                    "scheduler": {"epoch": epoch + 1},
-                    "scaler": scaler.state_dict() if amp else {},
-                    "rng": _rng_state(device),
-                    "history": [dict(x) for x in history],
-                }
-            )
+            on_epoch_end(run.state(epoch + 1, history, adapters=adapters.tensors()))
     for p in params:
         p.requires_grad_(False)
     return history

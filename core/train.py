@@ -27,7 +27,7 @@ from core.config import Hyperparameters, Precision
 from core.errors import Cancelled, ConfigError, NonFiniteLoss
 from core.objectives import LossWeights, total_loss
 from core.prompts import PromptLearner
-from core.schedule import EpochSchedule, build_optimizer
+from core.schedule import EpochSchedule, SgdSettings, build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,55 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RunSettings(SgdSettings, Protocol):
+    """What :class:`SgdRun` reads: the SGD and schedule fields plus the precision."""
+
+    precision: Precision
+
+
+class SgdRun:
+    """The optimiser side of one training run, shared by the prompt and MMA trainers: Dassl's SGD over
+    ``params``, the per-epoch schedule, the AMP scaler (CUDA only), one update step, and the resume /
+    epoch-state parts of the state documented above (the trainer adds its own parameters' entry)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], hp: RunSettings, device: torch.device) -> None:
+        self.device = device
+        self.amp = use_amp(hp.precision, device)
+        self.optimizer = build_optimizer(params, hp)
+        self.schedule = EpochSchedule(self.optimizer, hp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def resume(self, state: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+        """Restore optimiser, schedule, scaler and RNG from ``state``; returns (next epoch, history)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        return int(state["epoch"]), [dict(h) for h in state.get("history", [])]
+
+    def step(self, loss: torch.Tensor, *, before_update: Callable[[], None] | None = None) -> None:
+        """Backward (scaled under AMP), ``before_update()`` on the gradients, then one SGD update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if before_update is not None:
+            before_update()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def state(self, epoch: int, history: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        """The epoch state after ``epoch`` epochs (``params``: the trainer's own entry, e.g. ``ctx``)."""
+        return {
+            "epoch": epoch,
+            **params,
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": {"epoch": epoch},
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "rng": _rng_state(self.device),
+            "history": [dict(h) for h in history],
+        }
+
+
 def train_prompts(
     learner: PromptLearner,
     batches: BatchSource,
@@ -150,10 +199,7 @@ def train_prompts(
     every step; when it returns True, :class:`core.errors.Cancelled` is raised.
     """
     device = learner.ctx.device
-    amp = use_amp(hp.precision, device)
-    optimizer = build_optimizer([learner.ctx], hp)
-    schedule = EpochSchedule(optimizer, hp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    run = SgdRun([learner.ctx], hp, device)
     history: list[dict[str, Any]] = []
     start = 0
     if resume_state is not None:
@@ -165,13 +211,7 @@ def train_prompts(
             )
         with torch.no_grad():
             learner.ctx.copy_(ctx.to(device))
-        optimizer.load_state_dict(resume_state["optimizer"])
-        schedule.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        _set_rng_state(resume_state["rng"])
-        history = [dict(h) for h in resume_state.get("history", [])]
-        start = int(resume_state["epoch"])
+        start, history = run.resume(resume_state)
     anchor = anchor.float() if anchor is not None else None
     ft_feats = ft_feats.float() if ft_feats is not None else None
     steps = batches.steps_per_epoch
@@ -179,20 +219,17 @@ def train_prompts(
         raise ConfigError("the training set is empty", param="dataset")
 
     for epoch in range(start, hp.epochs):
-        lr = schedule.set_epoch(epoch)
+        lr = run.schedule.set_epoch(epoch)
         meter = EpochMeter(epoch, lr, epochs=hp.epochs, steps=steps, on_progress=on_progress)
         for step, (feats, labels) in enumerate(batches.epoch(epoch)):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped at epoch {epoch} step {step}")
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=run.amp):
                 text_feats = learner.text_features()  # the one text pass with gradient
             parts = total_loss(
                 weights, feats.float(), labels, text_feats.float(), tau, anchor=anchor, ft_feats=ft_feats
             )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            run.step(parts.total)
             meter.step(step, parts)
         log = meter.log()
         if val is not None:
@@ -200,16 +237,5 @@ def train_prompts(
         history.append(log)
         logger.info("epoch %d/%d loss %.4f lr %.3g", epoch + 1, hp.epochs, log["loss"], lr)
         if on_epoch_end is not None:
-            schedule.epoch = epoch + 1
-            on_epoch_end(
-                {
-                    "epoch": epoch + 1,
-                    "ctx": learner.ctx.detach().cpu().clone(),
-                    "optimizer": copy.deepcopy(optimizer.state_dict()),
-                    "scheduler": {"epoch": epoch + 1},
-                    "scaler": scaler.state_dict() if amp else {},
-                    "rng": _rng_state(device),
-                    "history": [dict(h) for h in history],
-                }
-            )
+            on_epoch_end(run.state(epoch + 1, history, ctx=learner.ctx.detach().cpu().clone()))
     return history
