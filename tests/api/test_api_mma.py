@@ -44,6 +44,9 @@ def test_mma_upload_and_job(client, auth, dataset, tmp_path):
         )
     r = client.post("/v1/jobs", headers=auth, json={**body, "hyperparameters": {"feature_mode": "bank"}})
     assert r.status_code == 422 and r.json()["error"]["param"] == "hyperparameters.feature_mode"
+    assert hp["gradient_scale"] is False  # the reference's update
+    r = client.post("/v1/jobs", headers=auth, json={**body, "hyperparameters": {"gradient_scale": "maybe"}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "hyperparameters.gradient_scale"
     r = client.post("/v1/jobs", headers=auth, json={**body, "prompt": {"class_token_position": "middle"}})
     assert r.status_code == 422 and r.json()["error"]["param"] == "prompt.class_token_position"
 
