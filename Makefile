@@ -34,8 +34,7 @@ test: $(STAMP) services browser-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	VENV=$(VENV) scripts/lint-tree.sh
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -37,14 +37,14 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep, SettingsDep
-from api.errors import ApiError, error_body
-from api.hygiene import has_control
-from api.schemas import DatasetCreate, JobCreate, JobUpdate
-from api.services import jobs as job_service
-from api.services import sweeps as sweep_service
-from common import repositories as repo
-from common.models import (
+from mergetune.api.deps import SessionDep, SettingsDep
+from mergetune.api.errors import ApiError, error_body
+from mergetune.api.hygiene import has_control
+from mergetune.api.schemas import DatasetCreate, JobCreate, JobUpdate
+from mergetune.api.services import jobs as job_service
+from mergetune.api.services import sweeps as sweep_service
+from mergetune.common import repositories as repo
+from mergetune.common.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     ApiToken,
@@ -56,9 +56,9 @@ from common.models import (
     JobEvent,
     JobStatus,
 )
-from common.settings import Settings
-from common.storage import ArtifactNotFound, get_store
-from core.config import (
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactNotFound, get_store
+from mergetune.core.config import (
     BackboneSpec,
     HeadHyperparameters,
     Hyperparameters,
@@ -1163,8 +1163,8 @@ async def upload_checkpoint_form(
     ``POST /v1/checkpoints``; a refused file shows the API's error naming the field."""
     from starlette.concurrency import run_in_threadpool
 
-    from api.services.checkpoints import create_checkpoint
-    from api.uploads import receive_multipart
+    from mergetune.api.services.checkpoints import create_checkpoint
+    from mergetune.api.uploads import receive_multipart
 
     if viewer is None:
         return _to_login(request)
@@ -1233,7 +1233,7 @@ async def register_dataset_form(
     request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep
 ) -> Response:
     """The datasets page's form: ``POST /v1/datasets``'s body, validation and messages."""
-    from api.services.datasets import create_dataset
+    from mergetune.api.services.datasets import create_dataset
 
     if viewer is None:
         return _to_login(request)

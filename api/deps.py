@@ -13,12 +13,12 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import Unauthorized
-from common import repositories as repo
-from common.db import get_sessionmaker
-from common.models import utcnow
-from common.settings import Settings
-from common.storage import ArtifactStore, get_store
+from mergetune.api.errors import Unauthorized
+from mergetune.common import repositories as repo
+from mergetune.common.db import get_sessionmaker
+from mergetune.common.models import utcnow
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactStore, get_store
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -29,7 +29,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 #: Requests holding a database session at once (the others wait, without a thread, in the event loop).
-#: Below both the engine's pool (10 + 30 overflow, common.db.make_engine) and the 40 request threads,
+#: Below both the engine's pool (10 + 30 overflow, mergetune.common.db.make_engine) and the 40 request threads,
 #: leaving room for /readyz and /metrics: a request that holds a connection can then always get a
 #: thread, and a thread that needs a connection always gets one, so a burst of requests can neither
 #: exhaust the pool nor deadlock it against the thread pool (both ended in 500s after 30 s).

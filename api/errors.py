@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.db import DatabaseUnavailable, is_unavailable
-from core.errors import CoreError
+from mergetune.common.db import DatabaseUnavailable, is_unavailable
+from mergetune.core.errors import CoreError
 
 log = logging.getLogger(__name__)
 

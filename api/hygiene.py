@@ -12,7 +12,7 @@ control characters, so a pure ASGI middleware answers them before routing:
   ``eval_dataset_ids[0]``);
 - JSON bodies over :data:`MAX_JSON_BYTES`: **413** before they are parsed.
 
-Multipart names, filenames and form fields are checked by :mod:`api.uploads` while the body streams.
+Multipart names, filenames and form fields are checked by :mod:`mergetune.api.uploads` while the body streams.
 These are ordinary responses (no exception reaches the server), so the connection stays usable.
 """
 
@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
+from mergetune.api.errors import error_body
 
 #: Control characters refused in paths, query strings and header values (C0, DEL, C1).
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

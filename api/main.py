@@ -1,9 +1,9 @@
 """The FastAPI application factory.
 
-Run with ``uvicorn --factory api.main:create_app`` (what ``mergetune serve`` does) or
-``uvicorn api.main:app`` (built lazily from the environment on first access).
+Run with ``uvicorn --factory mergetune.api.main:create_app`` (what ``mergetune serve`` does) or
+``uvicorn mergetune.api.main:app`` (built lazily from the environment on first access).
 
-At start-up the app refuses to serve an unmigrated database (:class:`common.db.DatabaseNotMigrated`
+At start-up the app refuses to serve an unmigrated database (:class:`mergetune.common.db.DatabaseNotMigrated`
 with a message naming the current and the needed revision).
 """
 
@@ -17,13 +17,13 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import dashboard
-from api.errors import install_error_handlers
-from api.hygiene import InputHygieneMiddleware
-from api.metrics import LatencyMiddleware, Metrics
-from api.routes import checkpoints, datasets, jobs, ops, sweeps
-from common.db import DatabaseNotMigrated, check_migrated, get_engine
-from common.settings import Settings, get_settings
+from mergetune.api import dashboard
+from mergetune.api.errors import install_error_handlers
+from mergetune.api.hygiene import InputHygieneMiddleware
+from mergetune.api.metrics import LatencyMiddleware, Metrics
+from mergetune.api.routes import checkpoints, datasets, jobs, ops, sweeps
+from mergetune.common.db import DatabaseNotMigrated, check_migrated, get_engine
+from mergetune.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def __getattr__(name: str) -> Any:
-    """``api.main:app`` for plain ``uvicorn api.main:app`` / gunicorn: built from the environment."""
+    """``mergetune.api.main:app`` for plain ``uvicorn mergetune.api.main:app`` / gunicorn: built from the environment."""
     if name == "app":
         application = create_app()
         globals()["app"] = application

@@ -6,7 +6,7 @@
 - ``mergetune_job_duration_seconds``: histogram of started_at -> finished_at of finished jobs, by final
   status, built from the database at scrape time (bounded to the latest ``DURATION_WINDOW`` jobs).
 - ``mergetune_job_warnings_total{code}``: verdict warnings of finished jobs by code (below_fine_tuned,
-  below_zero_shot, base_drop, baseline_better, adapters_unmoved; core.result.WARNING_CODES), from the
+  below_zero_shot, base_drop, baseline_better, adapters_unmoved; mergetune.core.evaluation.result.WARNING_CODES), from the
   database.
 - ``mergetune_workers_live``: workers whose heartbeat is at most ``WORKER_LIVE_SECONDS`` old;
   ``mergetune_worker_heartbeat_age_seconds{hostname}`` and ``mergetune_worker_busy{hostname}`` per worker
@@ -32,10 +32,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common import repositories as repo
-from common.db import get_sessionmaker
-from common.models import TERMINAL_STATUSES, Job
-from core.result import WARNING_CODES
+from mergetune.common import repositories as repo
+from mergetune.common.db import get_sessionmaker
+from mergetune.common.models import TERMINAL_STATUSES, Job
+from mergetune.core.evaluation.result import WARNING_CODES
 
 log = logging.getLogger(__name__)
 

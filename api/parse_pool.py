@@ -1,6 +1,6 @@
 """A bounded pool of sandboxed checkpoint parses for the API process.
 
-Each upload is parsed in its own limited child process (:mod:`core.sandbox`, numpy only: the API
+Each upload is parsed in its own limited child process (:mod:`mergetune.core.checkpoints.sandbox`, numpy only: the API
 never imports torch). At most ``PARSE_WORKERS`` parses run at once and ``PARSE_QUEUE`` more wait for
 a slot; past that an upload is answered ``503`` with ``Retry-After`` instead of piling up threads.
 The request thread only waits on the child, so the event loop (``/healthz``, other requests) stays
@@ -14,12 +14,12 @@ import os
 import threading
 from pathlib import Path
 
-from api.errors import ServiceUnavailable
-from common.settings import Settings
-from core.config import Method
-from core.ingest import IngestedCheckpoint
-from core.safe_pickle import ParseLimits
-from core.sandbox import SandboxLimits, SandboxRun, ingest_sandboxed
+from mergetune.api.errors import ServiceUnavailable
+from mergetune.common.settings import Settings
+from mergetune.core.checkpoints.ingest import IngestedCheckpoint
+from mergetune.core.checkpoints.safe_pickle import ParseLimits
+from mergetune.core.checkpoints.sandbox import SandboxLimits, SandboxRun, ingest_sandboxed
+from mergetune.core.config import Method
 
 log = logging.getLogger(__name__)
 

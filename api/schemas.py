@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
+from mergetune.core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
 
 MAX_METADATA_KEYS = 32
 MAX_METADATA_BYTES = 16 * 1024
@@ -126,7 +126,7 @@ class JobCreate(BaseModel):
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="core.config.Hyperparameters (prompt checkpoints) or HeadHyperparameters (linear_head); "
+        description="mergetune.core.config.Hyperparameters (prompt checkpoints) or HeadHyperparameters (linear_head); "
         "unset fields take the reference defaults and are echoed back resolved",
     )
     metadata: dict[str, str] = Field(
@@ -186,7 +186,7 @@ class JobRead(BaseModel):
     eval_dataset_ids: list[str] = Field(default_factory=list)
     progress: Progress | None = None
     metrics: dict[str, Any] | None = None
-    #: core.result.Verdict of a succeeded job: {text, ok, warnings: [{code, message}], hm, deltas}
+    #: mergetune.core.evaluation.result.Verdict of a succeeded job: {text, ok, warnings: [{code, message}], hm, deltas}
     verdict: dict[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False

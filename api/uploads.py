@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
-from api.hygiene import describe, has_control
+from mergetune.api.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from mergetune.api.hygiene import describe, has_control
 
 #: Slack for multipart framing and small form fields when judging Content-Length up front.
 FRAMING_SLACK = 64 * 1024

@@ -159,7 +159,7 @@ class Service:
 
 
 def create_job(svc: Service, client: httpx.Client, workdir: Path) -> tuple[str, float]:
-    from core.builtin import model as builtin_model
+    from mergetune.core.builtin import model as builtin_model
 
     if Path(builtin_model.WEIGHTS_PATH).is_file():
         backbone, dim = {"model": "tiny-clip", "pretrained": "builtin"}, 128
@@ -276,17 +276,17 @@ def measure_upload(svc: Service, client: httpx.Client, big: Path) -> dict:
 def handler_time(svc: Service, job_id: str, n: int) -> dict[str, float]:
     """Median seconds of the GET handler's own work (auth dependency, job lookup, ``job_read`` with its
     queries, JSON rendering) called in this process on the service's database: no HTTP, no threadpool."""
-    from api.deps import get_principal
-    from api.routes.jobs import _get_job
-    from api.services.jobs import job_read
-    from common.db import get_sessionmaker
-    from common.settings import Settings
+    from mergetune.api.deps import get_principal
+    from mergetune.api.routes.jobs import _get_job
+    from mergetune.api.services.jobs import job_read
+    from mergetune.common.db import get_sessionmaker
+    from mergetune.common.settings import Settings
 
     url = svc.env.get("MERGETUNE_DATABASE_URL") or f"sqlite:///{(svc.home / 'mergetune.db').resolve()}"
     settings = Settings(HOME=svc.home, DATABASE_URL=url)
     from sqlalchemy import event, text
 
-    from common.db import get_engine
+    from mergetune.common.db import get_engine
 
     sm = get_sessionmaker(url)
     engine = get_engine(url)

@@ -6,8 +6,8 @@
 
 Setup (the default V is chosen by this measurement): the bundled tiny CLIP
 (``tiny-clip``/``builtin``), the built-in dataset with its default options (96 classes) ->
-``base_to_novel(shots=16, seed=1)``; a CoOp start trained by ``core.recovery.train_coop``
-(``feature_mode=none``, ``--coop-epochs`` epochs, seed 1); then ``core.recovery.recover`` (MergeTune,
+``base_to_novel(shots=16, seed=1)``; a CoOp start trained by ``mergetune.core.method.recovery.train_coop``
+(``feature_mode=none``, ``--coop-epochs`` epochs, seed 1); then ``mergetune.core.method.recovery.recover`` (MergeTune,
 default hyperparameters otherwise) once per bank size V and once in exact mode (fresh augmentation every
 step, what the reference does). Prints per run: bank build time (``train_features``; in exact mode the
 augmentation and image passes are inside training), training time, the whole ``recover`` wall time
@@ -47,10 +47,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, DatasetKind, FeatureMode, Hyperparameters
-    from core.datasets import base_to_novel, open_dataset
-    from core.recovery import recover, train_coop
+    from mergetune.core.config import BackboneSpec, DatasetKind, FeatureMode, Hyperparameters
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.method.recovery import recover, train_coop
+    from mergetune.core.model.backbone import load_backbone
 
     print(
         f"machine: {machine(torch.device('cpu'))}; torch threads {args.threads}; MergeTune seed {args.seed}"

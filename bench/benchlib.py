@@ -79,7 +79,7 @@ class Rec:
 
 @dataclass
 class SyntheticTask:
-    """A base-to-novel task with random images (satisfies core.features.TaskLike)."""
+    """A base-to-novel task with random images (satisfies mergetune.core.model.features.TaskLike)."""
 
     base_classnames: list[str]
     novel_classnames: list[str]
@@ -195,16 +195,16 @@ def free_port() -> int:
 
 
 def uvicorn_command(port: int, log_level: str = "warning") -> list[str]:
-    """``uvicorn --factory api.main:create_app`` on 127.0.0.1:``port`` (run it from the repository)."""
+    """``uvicorn --factory mergetune.api.main:create_app`` on 127.0.0.1:``port`` (run it from the repository)."""
     return [
-        sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+        sys.executable, "-m", "uvicorn", "--factory", "mergetune.api.main:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level,
     ]  # fmt: skip
 
 
 def worker_command(nodename: str) -> list[str]:
-    """``celery -A worker.celery_app worker --pool solo -c 1`` on the jobs queue, named ``nodename``."""
+    """``celery -A mergetune.worker.celery_app worker --pool solo -c 1`` on the jobs queue, named ``nodename``."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo", "-c", "1",
+        sys.executable, "-m", "celery", "-A", "mergetune.worker.celery_app", "worker", "--pool", "solo", "-c", "1",
         "-Q", "mergetune", "-n", nodename, "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip

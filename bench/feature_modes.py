@@ -14,7 +14,7 @@ What a job of E epochs (default 100, the reference's) pays per epoch, per mode:
 - ``none``: one test-transform pass per image (no augmentation: an approximation).
 
 Measured, not assumed: each mode's setup (``TrainFeatures``) and ``--epochs-measured`` epochs of
-``core.train.train_prompts`` (median epoch after the first; exact mode's first epoch reads and prepares
+``mergetune.core.method.train.train_prompts`` (median epoch after the first; exact mode's first epoch reads and prepares
 every image once, the excess is counted as its setup), in ``--rounds`` interleaved rounds (medians). The bank of E views is built with ``--bank-views-measured``
 views and scaled to E linearly (the build is one augmentation + one image pass per view and image; the
 output says EXTRAPOLATED). Models: ``tiny-clip`` (bundled weights) on the built-in data (48 base classes
@@ -57,13 +57,19 @@ def _all_modes(epochs: int) -> list[tuple[str, str, int]]:
 
 
 def measure(model: str, args: argparse.Namespace) -> None:
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, DatasetKind, FeatureMode, Hyperparameters, PromptLearnerSpec
-    from core.datasets import base_to_novel, open_dataset
-    from core.features import TrainFeatures
-    from core.objectives import LossWeights
-    from core.prompts import PromptLearner, encode_template, init_ctx
-    from core.train import train_prompts
+    from mergetune.core.config import (
+        BackboneSpec,
+        DatasetKind,
+        FeatureMode,
+        Hyperparameters,
+        PromptLearnerSpec,
+    )
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.method.objectives import LossWeights
+    from mergetune.core.method.train import train_prompts
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.features import TrainFeatures
+    from mergetune.core.model.prompts import PromptLearner, encode_template, init_ctx
 
     dev = torch.device("cpu")
     if model == "tiny-clip":
@@ -140,10 +146,10 @@ def measure(model: str, args: argparse.Namespace) -> None:
 
 
 def accuracy(args: argparse.Namespace) -> None:
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, DatasetKind, FeatureMode, Hyperparameters
-    from core.datasets import base_to_novel, open_dataset
-    from core.recovery import recover, train_coop
+    from mergetune.core.config import BackboneSpec, DatasetKind, FeatureMode, Hyperparameters
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.method.recovery import recover, train_coop
+    from mergetune.core.model.backbone import load_backbone
 
     backbone = load_backbone(BackboneSpec(model="tiny-clip", pretrained="builtin"), "cpu")
     ds = open_dataset(DatasetKind.builtin, None, "", options={"domain": "downstream"})

@@ -69,8 +69,8 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 def _seed(database_url: str) -> str:
     """Migrate and make the fuzz project's token."""
     sys.path.insert(0, str(REPO))
-    from common import repositories as repo
-    from common.db import session_scope, upgrade_head
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope, upgrade_head
 
     upgrade_head(database_url)
     with session_scope(database_url) as s:

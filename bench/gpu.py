@@ -7,7 +7,7 @@ Parts (each prints absolute times and ratios; everything goes through the same c
 
 1. per-step: ``bench/step.py``'s comparison (reference-style step vs ours exact vs ours cached bank),
    C = 5, 50, 500, batch 32, with the max loss difference;
-2. EuroSAT-size job (5 base classes x 16 shots, 100 epochs): ``core.recovery.recover`` end to end
+2. EuroSAT-size job (5 base classes x 16 shots, 100 epochs): ``mergetune.core.method.recovery.recover`` end to end
    in each feature mode side by side (exact, the default; bank of ``epochs`` views; bank of 2 views),
    training and evaluation with curves (``--test-per-class`` test images per class), vs the
    reference-style Dassl loop (``--ref-epochs`` epochs measured, EXTRAPOLATED to 100, + its test loop);
@@ -38,8 +38,8 @@ def _hm(s: float) -> str:
 
 def part_steps(args, dev) -> None:
     from bench.step import bench_case, plan
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.model.backbone import load_backbone
 
     print(f"\n== 1. per-step, {args.model} random weights, batch {args.batch}, AMP {dev.type == 'cuda'}")
     backbone = load_backbone(BackboneSpec(model=args.model, pretrained="random"), dev)
@@ -66,10 +66,10 @@ def part_steps(args, dev) -> None:
 
 def part_eurosat(args, dev) -> None:
     from bench.job import _reference_job
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
-    from core.prompts import init_ctx
-    from core.recovery import recover
+    from mergetune.core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.method.recovery import recover
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.prompts import init_ctx
 
     backbone = load_backbone(BackboneSpec(model=args.model, pretrained="random"), dev)
     task = synthetic_task(args.eurosat_base, 16, backbone.image_size, test_per_class=args.test_per_class)
@@ -133,7 +133,7 @@ class _FakeBank:
     """Bank-shaped batches (random normalised features) for timing the training loop alone."""
 
     def __init__(self, n: int, n_cls: int, dim: int, batch: int, dev) -> None:
-        from core.features import batch_plan
+        from mergetune.core.model.features import batch_plan
 
         g = torch.Generator().manual_seed(0)
         self.feats = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1).to(dev)
@@ -150,13 +150,13 @@ class _FakeBank:
 
 def part_imagenet(args, dev) -> None:
     from bench.reference import ReferenceModel, dassl_epoch
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
-    from core.features import batch_plan, encode_bank
-    from core.objectives import LossWeights
-    from core.prompts import PromptLearner, encode_template, init_ctx
-    from core.schedule import build_optimizer
-    from core.train import train_prompts
+    from mergetune.core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.method.objectives import LossWeights
+    from mergetune.core.method.schedule import build_optimizer
+    from mergetune.core.method.train import train_prompts
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.features import batch_plan, encode_bank
+    from mergetune.core.model.prompts import PromptLearner, encode_template, init_ctx
 
     backbone = load_backbone(BackboneSpec(model=args.model, pretrained="random"), dev)
     n_base = args.imagenet_base

@@ -9,7 +9,7 @@ Backbone: the bundled tiny CLIP (``tiny-clip``/``builtin``) when its weights fil
 depend on how it was trained). Variants, each run in a fresh subprocess so that
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is that variant's own peak (torch allocations included):
 
-- ``ours-bank``: ``core.recovery.recover`` with the default hyperparameters but ``feature_mode=bank``
+- ``ours-bank``: ``mergetune.core.method.recovery.recover`` with the default hyperparameters but ``feature_mode=bank``
   (``Hyperparameters().bank_views`` augmented views, 100 epochs), including the full evaluation
   (metrics, baselines, curves);
 - ``ours-exact``: the same with ``feature_mode=exact`` (the default: fresh augmentation, one image pass per step);
@@ -41,8 +41,8 @@ def _maxrss_mb() -> float:
 
 
 def _backbone_spec(model: str = "auto"):
-    from core.builtin import model as builtin_model
-    from core.config import BackboneSpec
+    from mergetune.core.builtin import model as builtin_model
+    from mergetune.core.config import BackboneSpec
 
     if model != "auto":
         return BackboneSpec(model=model, pretrained="random"), f"{model}/random (--model)"
@@ -57,10 +57,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """Runs inside the child process; returns the measurements as a dict."""
     t_all = time.perf_counter()
     torch.set_num_threads(args.threads)
-    from core.backbone import load_backbone
-    from core.config import DatasetKind, Hyperparameters, PromptLearnerSpec
-    from core.datasets import base_to_novel, open_dataset
-    from core.prompts import init_ctx
+    from mergetune.core.config import DatasetKind, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.prompts import init_ctx
 
     spec_bb, bb_note = _backbone_spec(args.model)
     backbone = load_backbone(spec_bb, "cpu")
@@ -80,7 +80,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     }
     t0 = time.perf_counter()
     if variant.startswith("ours"):
-        from core.recovery import recover
+        from mergetune.core.method.recovery import recover
 
         hp = hp.model_copy(update={"feature_mode": "exact" if variant == "ours-exact" else "bank"})
         res = recover(backbone, task, ctx_ft, hp)
@@ -102,9 +102,9 @@ def _reference_job(backbone, task, ctx_ft, hp, spec, ref_epochs: int, *, test_ba
     """Reference-style job: Dassl train loop for ``ref_epochs`` epochs (extrapolated to ``hp.epochs``),
     then Dassl's test loop on both test splits."""
     from bench.reference import ReferenceModel, dassl_epoch, reference_test
-    from core.prompts import PromptLearner, encode_template
-    from core.schedule import EpochSchedule, build_optimizer
-    from core.train import use_amp
+    from mergetune.core.method.schedule import EpochSchedule, build_optimizer
+    from mergetune.core.method.train import use_amp
+    from mergetune.core.model.prompts import PromptLearner, encode_template
 
     amp = use_amp(hp.precision, backbone.device)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ Each mode starts a fresh service in its own state directory (see bench/api.py):
   reports the weights under its model root: one file, ``ViT-B-16.pt``);
 - ``postgres``: ``mergetune serve`` on a fresh Postgres database and a private redis-server on a spare port
   (never the shared one); no worker runs, so a heartbeat row with the same weights report is written
-  through ``worker.jobdb.heartbeat`` (what a worker writes).
+  through ``mergetune.worker.jobdb.heartbeat`` (what a worker writes).
 
 Cases (each answered synchronously; the refusals name the field): an accepted job (tiny model, random
 weights; it is cancelled right away), unknown backbone, weights outside the model root (existing file and
@@ -87,7 +87,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[tuple[str, int, str, f
         h = {"Authorization": f"Bearer {svc.token}"}
         c = httpx.Client(base_url=svc.url, headers=h, timeout=30)
         if mode == "postgres":
-            from worker import jobdb
+            from mergetune.worker import jobdb
 
             jobdb.heartbeat(
                 svc.env["MERGETUNE_DATABASE_URL"],

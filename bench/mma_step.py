@@ -8,7 +8,7 @@
   token embeddings) and 1 + K = 6 whole image-encoder passes of the batch, gradient through the adapters;
 - ours, exact mode: the frozen blocks below ``start`` run once for the batch's views (no gradient), the
   class prompts' lower-block outputs come from the job's cache, one pass over blocks ``start..`` per
-  tower with gradient (``core.mma``);
+  tower with gradient (``mergetune.core.method.mma``);
 - ours, cached: the lower-block outputs of the images also come from memory (feature_mode ``none``).
 
 Same adapters, same images, same classes: the losses must agree to 1e-5 (printed). Times are medians
@@ -31,9 +31,16 @@ from bench.benchlib import classnames, machine, median_time  # noqa: E402
 
 
 def bench_model(model: str, n_cls: int, args: argparse.Namespace, dev: torch.device) -> dict:
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec
-    from core.mma import MMAAdapters, MMAModel, backbone_widths, layout_for, mma_loss, reference_step_loss
+    from mergetune.core.config import BackboneSpec
+    from mergetune.core.method.mma import (
+        MMAAdapters,
+        MMAModel,
+        backbone_widths,
+        layout_for,
+        mma_loss,
+        reference_step_loss,
+    )
+    from mergetune.core.model.backbone import load_backbone
 
     pretrained = "builtin" if model == "tiny-clip" else "random"
     bb = load_backbone(BackboneSpec(model=model, pretrained=pretrained), dev)

@@ -15,7 +15,7 @@ trainer) computes one step, *including its waste*, on the same loaded open_clip 
 - Test (Dassl ``test()``): ``model(image)`` per test batch, i.e. the prompts are re-encoded for every
   batch.
 
-Numerically it computes the same objective as ``core.objectives.total_loss`` (ALGORITHM.md section 2)
+Numerically it computes the same objective as ``mergetune.core.method.objectives.total_loss`` (ALGORITHM.md section 2)
 up to float rounding, which ``bench/step.py`` checks.
 """
 
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from core.config import Hyperparameters, path_points
-from core.prompts import PromptLearner
+from mergetune.core.config import Hyperparameters, path_points
+from mergetune.core.model.prompts import PromptLearner
 
 
 class ReferenceModel:
@@ -131,7 +131,7 @@ def dassl_epoch(
     ``hp.batch_size``, drop_last as Dassl), then the reference step. Returns (steps run, seconds)."""
     import time
 
-    from core.features import _mix, augment, batch_plan
+    from mergetune.core.model.features import _mix, augment, batch_plan
 
     steps, _ = batch_plan(len(records), hp.batch_size)
     if max_steps is not None:

@@ -8,7 +8,7 @@ One batch (random pixels, ``--batch`` images) and one parameter state are shared
 
 - reference: ``bench/reference.py`` (image encoder 1+K times, constant fine-tuned prompt features
   recomputed, learned prompt features encoded twice, all 77 tokens);
-- ours exact: ``core.train.train_prompts`` fed by a batch source that runs the image encoder once per
+- ours exact: ``mergetune.core.method.train.train_prompts`` fed by a batch source that runs the image encoder once per
   step (what ``FeatureMode.exact`` does, minus the augmentation that both variants would pay alike);
   EOT-trimmed text path, G_ft and G_zs computed once;
 - ours bank: the same loop fed from cached features (``FeatureMode.bank`` / ``none``): no image pass.
@@ -38,12 +38,12 @@ import torch  # noqa: E402
 
 from bench.benchlib import classnames, fmt_ms, machine, median_time, pick_threads, sync  # noqa: E402
 from bench.reference import ReferenceModel, reference_step
-from core.backbone import load_backbone
-from core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
-from core.objectives import LossWeights
-from core.prompts import PromptLearner, encode_template, init_ctx
-from core.schedule import build_optimizer
-from core.train import train_prompts, use_amp
+from mergetune.core.config import BackboneSpec, Hyperparameters, PromptLearnerSpec
+from mergetune.core.method.objectives import LossWeights
+from mergetune.core.method.schedule import build_optimizer
+from mergetune.core.method.train import train_prompts, use_amp
+from mergetune.core.model.backbone import load_backbone
+from mergetune.core.model.prompts import PromptLearner, encode_template, init_ctx
 
 
 class _Source:

@@ -89,9 +89,11 @@ def _stack(args: argparse.Namespace, workers: int, home: Path) -> Iterator[tuple
     db_url = env.get("MERGETUNE_DATABASE_URL") or f"sqlite:///{home / 'mergetune.db'}"
     py = sys.executable
     try:
-        subprocess.run([py, "-m", "cli.main", "migrate"], cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [py, "-m", "mergetune.cli.main", "migrate"], cwd=REPO, env=env, check=True, capture_output=True
+        )
         token = subprocess.run(
-            [py, "-m", "cli.main", "token", "create", "--project", "bench"],
+            [py, "-m", "mergetune.cli.main", "token", "create", "--project", "bench"],
             cwd=REPO, env=env, check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
         api_port = free_port()
@@ -149,10 +151,10 @@ def _tree(args: argparse.Namespace, out: Path) -> Path:
     import torch
     from tree_writer import coop_tree, zip_bytes
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, PromptLearnerSpec
-    from core.export import export_prompts
-    from core.prompts import init_ctx
+    from mergetune.core.checkpoints.export import export_prompts
+    from mergetune.core.config import BackboneSpec, PromptLearnerSpec
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.prompts import init_ctx
 
     bb = load_backbone(BackboneSpec(model=args.model, pretrained=args.pretrained))
     ctx0 = init_ctx(bb, PromptLearnerSpec(n_ctx=4, ctx_init="a photo of a"))
@@ -170,7 +172,7 @@ def _tree(args: argparse.Namespace, out: Path) -> Path:
 
 
 def run_one(args: argparse.Namespace, workers: int, tree: Path) -> dict[str, Any]:
-    from cli.client import Client
+    from mergetune.client import Client
 
     home = Path(tempfile.mkdtemp(prefix=f"mt-bench-sweep-{workers}w-"))
     try:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeats > 1:  # on a shared machine the fastest runs are the least disturbed ones
             line += f" (median runs); {min(base['all_run_s']) / min(r['all_run_s']):.2f}x (fastest runs)"
         print(line)
-    from core.sweep_table import to_text
+    from mergetune.core.evaluation.sweep_table import to_text
 
     print(f"\nthe sweep's table ({rows[-1]['workers']} workers):")
     print(to_text(rows[-1]["report"]["table"]))

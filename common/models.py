@@ -135,7 +135,7 @@ class Checkpoint(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     format: Mapped[str | None] = mapped_column(String(32), default=None)  # dassl|state_dict|safetensors
-    method: Mapped[str | None] = mapped_column(String(32), default=None)  # core.config.Method value
+    method: Mapped[str | None] = mapped_column(String(32), default=None)  # mergetune.core.config.Method value
     status: Mapped[str] = mapped_column(String(16))  # CheckpointStatus
     error: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {code, message, param}
     n_ctx: Mapped[int | None] = mapped_column(default=None)
@@ -159,7 +159,7 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
-    kind: Mapped[str] = mapped_column(String(32))  # core.config.DatasetKind value
+    kind: Mapped[str] = mapped_column(String(32))  # mergetune.core.config.DatasetKind value
     path: Mapped[str | None] = mapped_column(String(1024), default=None)  # relative to DATA_ROOT
     coop_name: Mapped[str | None] = mapped_column(String(64), default=None)
     options: Mapped[dict[str, Any] | None] = mapped_column(default=None)
@@ -185,12 +185,12 @@ class Job(Base):
     checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     job_type: Mapped[str] = mapped_column(String(16))  # JobType
-    backbone: Mapped[dict[str, Any]] = mapped_column()  # core.config.BackboneSpec dump
+    backbone: Mapped[dict[str, Any]] = mapped_column()  # mergetune.core.config.BackboneSpec dump
     hyperparameters: Mapped[dict[str, Any]] = mapped_column()  # resolved (defaults filled in)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     #: Extra datasets (ids, same project) the result is evaluated on (cross-dataset / shift); None = none.
     eval_dataset_ids: Mapped[list[Any] | None] = mapped_column(default=None)
-    #: core.config.Protocol value: which classes the checkpoint was trained on (base2novel | all).
+    #: mergetune.core.config.Protocol value: which classes the checkpoint was trained on (base2novel | all).
     protocol: Mapped[str] = mapped_column(String(16), default="base2novel", server_default="base2novel")
     #: Resolved prompt assembly ({"class_token_position": ...}) for prompt jobs; None for linear heads.
     prompt: Mapped[dict[str, Any] | None] = mapped_column(default=None)
@@ -199,7 +199,9 @@ class Job(Base):
         default=None
     )  # {epoch, epochs, step, steps, loss}
     metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {zero_shot, fine_tuned, recovered}
-    verdict: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # core.result.Verdict dump
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(
+        default=None
+    )  # mergetune.core.evaluation.result.Verdict dump
     error: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # {code, message, user_error}
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Celery
 
-from common.settings import Settings
-from common.tasks import JOBS_QUEUE, RUN_JOB
+from mergetune.common.settings import Settings
+from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
-from common.db import rowcount
-from common.models import (
+from mergetune.common.db import rowcount
+from mergetune.common.models import (
     ACTIVE_STATUSES,
     ApiToken,
     Artifact,

@@ -315,7 +315,7 @@ _STORES: dict[tuple[Any, ...], ArtifactStore] = {}
 def get_store(settings: Any = None) -> ArtifactStore:
     """The artifact store the settings describe (cached per URL: boto3 clients are thread-safe)."""
     if settings is None:
-        from common.settings import get_settings
+        from mergetune.common.settings import get_settings
 
         settings = get_settings()
     url = getattr(settings, "ARTIFACT_URL", None) or getattr(settings, "ARTIFACT_ROOT", None)

@@ -1,6 +1,6 @@
 """Celery task names and queue names: the only coupling between the API (producer) and the worker.
 
-The API never imports ``worker``; it sends tasks by name (see :mod:`common.queue`).
+The API never imports ``worker``; it sends tasks by name (see :mod:`mergetune.common.queue`).
 """
 
 from __future__ import annotations

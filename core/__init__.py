@@ -1,5 +1,6 @@
-"""MergeTune core: the algorithm (prompt learner, objectives, training loop, evaluation, I/O).
+"""MergeTune core: the method, the checkpoint files, the data and the evaluation, with no service code.
 
-Pure modules plus one training loop. Never imports the web, database or queue layers.
-Importing ``core`` or ``core.config`` does not import torch.
+Floors, bottom up: ``config``/``errors``; ``builtin``, ``data``, ``checkpoints``, ``model``; ``evaluation``;
+``method``. A package imports only from its own floor or below. Importing ``mergetune.core`` or
+``mergetune.core.config`` does not import torch.
 """

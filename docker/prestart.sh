@@ -7,8 +7,8 @@ tries=0
 until python - <<'PY'
 from sqlalchemy import text
 
-from common.db import make_engine
-from common.settings import get_settings
+from mergetune.common.db import make_engine
+from mergetune.common.settings import get_settings
 
 engine = make_engine(get_settings().DATABASE_URL)
 with engine.connect() as conn:

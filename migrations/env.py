@@ -1,6 +1,6 @@
-"""Alembic environment: target_metadata = common.models.Base.metadata.
+"""Alembic environment: target_metadata = mergetune.common.models.Base.metadata.
 
-The URL is taken from ``config.attributes["database_url"]`` (set by common.db.alembic_config) or
+The URL is taken from ``config.attributes["database_url"]`` (set by mergetune.common.db.alembic_config) or
 else from the settings (MERGETUNE_DATABASE_URL). ``render_as_batch`` keeps ALTERs working on SQLite.
 """
 
@@ -10,9 +10,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from common.db import make_engine
-from common.models import Base
-from common.settings import Settings
+from mergetune.common.db import make_engine
+from mergetune.common.models import Base
+from mergetune.common.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

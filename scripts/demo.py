@@ -58,11 +58,11 @@ def train_finetuned_checkpoint(dest: Path) -> Path:
     """CoOp on the built-in base classes with the core; written in the Dassl layout users bring."""
     import torch
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, DatasetKind, Hyperparameters, PromptLearnerSpec
-    from core.datasets import base_to_novel, open_dataset
-    from core.prompts import PromptLearner
-    from core.recovery import train_coop
+    from mergetune.core.config import BackboneSpec, DatasetKind, Hyperparameters, PromptLearnerSpec
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.method.recovery import train_coop
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.prompts import PromptLearner
 
     torch.set_num_threads(1)
     backbone = load_backbone(BackboneSpec(**BACKBONE))

@@ -2,14 +2,14 @@
 
     .venv/bin/python scripts/demo_mma.py
 
-1. MMA stage 1 (``core.mma.train_mma_stage1``: CE only, MMA's init and MMA's update, gradient-scale
+1. MMA stage 1 (``mergetune.core.method.mma.train_mma_stage1``: CE only, MMA's init and MMA's update, gradient-scale
    layers included) on the built-in base classes (48 classes x 16 shots), on the domain the tiny CLIP
    was pretrained on. It trains long and hot (40 epochs at lr 0.005) and overfits the base classes: it
    forgets, and novel accuracy falls well below zero-shot. The adapters are written as MMA's Dassl
    file ``demo-output/mma/adapter_learner/model.pth.tar-<epochs>``;
-2. that file is read back through the service's safe ingestion (``core.ingest``: no torch.load),
+2. that file is read back through the service's safe ingestion (``mergetune.core.checkpoints.ingest``: no torch.load),
    detected as method ``mma``;
-3. MergeTune for MMA (``core.mma.recover_mma``), twice from the same file:
+3. MergeTune for MMA (``mergetune.core.method.mma.recover_mma``), twice from the same file:
    - **reference**: the defaults of an ``mma`` job, the reference's MMA_LMC as it runs (W_LMC 10, K 5,
      5 epochs, batch 16, SGD lr 0.0015, cosine, no warm-up, no gradient-scale layers). Its steps are
      1000x smaller than MMA's own, so it barely moves MMA's adapters;
@@ -17,7 +17,7 @@
      departures from the reference, ALGORITHM.md 6c);
    each evaluated on the base and novel test classes, with the verdict a job would show.
 
-tiny-clip has 4 blocks per tower: the adapters sit on blocks 2..4 (``core.mma_layout.default_span``: the
+tiny-clip has 4 blocks per tower: the adapters sit on blocks 2..4 (``mergetune.core.checkpoints.mma_layout.default_span``: the
 upper two thirds of the tower, as 5..12 is of a 12-block ViT-B/16); block 1 is frozen and cached.
 """
 
@@ -48,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, DatasetKind, MMAHyperparameters
-    from core.datasets import base_to_novel, open_dataset
-    from core.export import write_mma_dassl
-    from core.ingest import ingest_checkpoint
-    from core.mma import mma_buffers, recover_mma, train_mma_stage1
-    from core.mma_layout import AdapterLayout
+    from mergetune.core.checkpoints.export import write_mma_dassl
+    from mergetune.core.checkpoints.ingest import ingest_checkpoint
+    from mergetune.core.checkpoints.mma_layout import AdapterLayout
+    from mergetune.core.config import BackboneSpec, DatasetKind, MMAHyperparameters
+    from mergetune.core.data import base_to_novel, open_dataset
+    from mergetune.core.method.mma import mma_buffers, recover_mma, train_mma_stage1
+    from mergetune.core.model.backbone import load_backbone
 
     torch.set_num_threads(1)
     t0 = time.monotonic()

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from core.backbone import load_backbone  # noqa: E402
-from core.config import BackboneSpec, DatasetKind, HeadHyperparameters, Method  # noqa: E402
-from core.datasets import base_to_novel, open_dataset  # noqa: E402
-from core.recovery import recover, train_head  # noqa: E402
+from mergetune.core.config import BackboneSpec, DatasetKind, HeadHyperparameters, Method  # noqa: E402
+from mergetune.core.data import base_to_novel, open_dataset  # noqa: E402
+from mergetune.core.method.recovery import recover, train_head  # noqa: E402
+from mergetune.core.model.backbone import load_backbone  # noqa: E402
 
 ROWS = (
     ("zero_shot", "zero-shot head"),

@@ -2,7 +2,7 @@
 
 - ``pg_url``: a fresh Postgres database for this test session (``mergetune_test_<pid>`` on
   127.0.0.1:5432, user postgres, trust auth), migrated with Alembic to head, dropped at the end.
-- ``make_settings(home, **overrides)``: a :class:`common.settings.Settings` for that database.
+- ``make_settings(home, **overrides)``: a :class:`mergetune.common.settings.Settings` for that database.
 - A private ``redis-server`` on a spare port for this test session (``MERGETUNE_TEST_REDIS_URL``), so
   two checkouts or two runs on one machine never share a Redis database; the machine's shared Redis on
   6379 is only a fallback when no ``redis-server`` binary is installed.
@@ -118,7 +118,7 @@ def pg_url() -> Iterator[str]:
     """URL of a fresh, migrated Postgres database for this test session."""
     import psycopg
 
-    from common.db import get_engine, upgrade_head
+    from mergetune.common.db import get_engine, upgrade_head
 
     name = f"mergetune_test_{os.getpid()}"
     with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
@@ -137,7 +137,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def make_settings(pg_url: str) -> Callable[..., Any]:
     """Settings on the session database; everything else under ``home`` unless overridden."""
-    from common.settings import Settings
+    from mergetune.common.settings import Settings
 
     def _make(home: Path, **overrides: Any) -> Settings:
         values: dict[str, Any] = {"HOME": home, "DATABASE_URL": pg_url, "BROKER_URL": f"{redis_url()}/10"}

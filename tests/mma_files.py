@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from core.mma_layout import AdapterLayout
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
 
 
 def mma_state_dict(layout: AdapterLayout, n_cls: int = 5, seed: int = 0, context: int = 77) -> dict:

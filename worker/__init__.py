@@ -1,1 +1,1 @@
-"""The Celery worker: thin tasks (``worker.tasks``) -> the job pipeline (``worker.pipeline``) -> core."""
+"""The Celery worker: thin tasks (``mergetune.worker.tasks``) -> the job pipeline (``mergetune.worker.pipeline``) -> core."""

@@ -1,21 +1,21 @@
 """``python -m worker [extra celery worker options]``: one worker node for one GPU (or the CPU).
 
-Equivalent to ``celery -A worker.celery_app worker --pool solo -c 1 -Q mergetune``. Pin a GPU with
+Equivalent to ``celery -A mergetune.worker.celery_app worker --pool solo -c 1 -Q mergetune``. Pin a GPU with
 ``CUDA_VISIBLE_DEVICES=N`` and give each node a unique name (``-n gpuN@%h``); the settings come from
-``MERGETUNE_*`` environment variables (see common.settings).
+``MERGETUNE_*`` environment variables (see mergetune.common.settings).
 """
 
 from __future__ import annotations
 
 import sys
 
-from common.settings import get_settings
-from common.tasks import JOBS_QUEUE
+from mergetune.common.settings import get_settings
+from mergetune.common.tasks import JOBS_QUEUE
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
-    from worker.celery_app import app
+    from mergetune.worker.celery_app import app
 
     pool = "solo" if settings.WORKER_CONCURRENCY == 1 else "prefork"
     args = [

@@ -33,9 +33,9 @@ def get_backbone(
     model_root: str | None = None,
     forbidden: tuple[str, ...] = (),
 ) -> tuple[Any, bool]:
-    """(backbone, was_cached) for a ``core.config.BackboneSpec``; least recently used evicted first.
+    """(backbone, was_cached) for a ``mergetune.core.config.BackboneSpec``; least recently used evicted first.
     Weights files are confined to ``model_root`` and never come from the ``forbidden`` trees."""
-    from core.backbone import load_backbone
+    from mergetune.core.model.backbone import load_backbone
 
     key = (spec.model, spec.pretrained, str(device))
     with _lock:
@@ -69,8 +69,8 @@ def weights_report(settings: Any) -> dict[str, Any]:
     """What this worker can load, for its heartbeat: weights files under the model root (relative paths)
     and the open_clip tags whose files are in the local cache (``model/tag``). The API refuses jobs whose
     weights no live worker reports."""
-    from core.backbone import cached_tags
-    from core.weights import inventory
+    from mergetune.core.checkpoints.weights import inventory
+    from mergetune.core.model.backbone import cached_tags
 
     cache_dir, root, forbidden = weights_sources(settings)
     try:

@@ -3,8 +3,8 @@
 Start one worker process per GPU, each pinned with ``CUDA_VISIBLE_DEVICES`` (torch then sees that GPU as
 ``cuda:0``) and a unique node name::
 
-    CUDA_VISIBLE_DEVICES=0 celery -A worker.celery_app worker --pool solo -c 1 -n gpu0@%h -Q mergetune
-    CUDA_VISIBLE_DEVICES=1 celery -A worker.celery_app worker --pool solo -c 1 -n gpu1@%h -Q mergetune
+    CUDA_VISIBLE_DEVICES=0 celery -A mergetune.worker.celery_app worker --pool solo -c 1 -n gpu0@%h -Q mergetune
+    CUDA_VISIBLE_DEVICES=1 celery -A mergetune.worker.celery_app worker --pool solo -c 1 -n gpu1@%h -Q mergetune
 
 or ``python -m worker`` (same thing with the settings below). Why these settings:
 
@@ -19,7 +19,7 @@ or ``python -m worker`` (same thing with the settings below). Why these settings
   (default 24 h), longer than the longest job: a message unacknowledged for longer is redelivered,
   so a shorter timeout would start a second copy of a job that is still running (the pipeline would skip
   it, but the slot is wasted). Stale jobs are found faster by the heartbeat reaper and the reconciler
-  (``worker.reconcile``: dead or stalled owners, messages the broker lost), which also removes a killed
+  (``mergetune.worker.reconcile``: dead or stalled owners, messages the broker lost), which also removes a killed
   delivery's leftover unacknowledged entry once its job finished or was requeued.
 - A job is handed back (rejected with requeue) when the database stays unreachable past
   ``MERGETUNE_DB_RETRY_SECONDS``: a message is acknowledged only after the state it reports is committed.
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common.settings import Settings, get_settings
-from worker.config import worker_config
+from mergetune.common.settings import Settings, get_settings
+from mergetune.worker.config import worker_config
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -45,11 +45,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.conf.update(worker_config(settings))
     app.conf.mergetune_settings = settings  # read back by the tasks and signal handlers
     # Register the tasks and signal handlers.
-    import worker.signals  # noqa: F401
-    import worker.tasks  # noqa: F401
+    import mergetune.worker.signals  # noqa: F401
+    import mergetune.worker.tasks  # noqa: F401
 
     return app
 
 
 app = create_app()
-celery = app  # `celery -A worker.celery_app` finds either name
+celery = app  # `celery -A mergetune.worker.celery_app` finds either name

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.queue import celery_config
-from common.settings import Settings
-from common.tasks import JOBS_QUEUE
+from mergetune.common.queue import celery_config
+from mergetune.common.settings import Settings
+from mergetune.common.tasks import JOBS_QUEUE
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """A daemon thread that writes this worker node's heartbeat row every few seconds and, every
-``REAP_EVERY`` beats, requeues jobs whose worker died (see :func:`worker.jobdb.requeue_orphans`).
+``REAP_EVERY`` beats, requeues jobs whose worker died (see :func:`mergetune.worker.jobdb.requeue_orphans`).
 
 It runs beside the job (the solo pool executes the job on the main thread), so a node that is busy with
 an hour-long epoch still proves it is alive; a SIGKILLed node simply stops beating."""
@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from worker import jobdb
+from mergetune.worker import jobdb
 
 logger = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ it and clearing ``current_job_id``.
 
 The lease: the owner is ``jobs.worker_host`` for attempt ``jobs.attempts`` while the job is active; the
 claim takes it with a conditional UPDATE (status and attempt as read), so two workers never both win. The
-owner stamps ``jobs.progress_at`` at every stage and progress write; the reconciler (``worker.reconcile``)
+owner stamps ``jobs.progress_at`` at every stage and progress write; the reconciler (``mergetune.worker.reconcile``)
 requeues an active job whose owner died or whose stamp is older than the stall timeout, which ends the
 lease: the old owner sees it at its next check and stops without writing.
 
 Database outages: every function here retries on a lost connection (:func:`retrying`, exponential backoff
-up to ``RETRY_SECONDS``) and then raises :class:`common.db.DatabaseUnavailable`; the Celery task hands
+up to ``RETRY_SECONDS``) and then raises :class:`mergetune.common.db.DatabaseUnavailable`; the Celery task hands
 the message back to the broker on it. Retried writes are idempotent (epoch events are written once per
 epoch; finishing a job this node already finished returns True).
 """
@@ -31,8 +31,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import or_, select, update
 
-from common.db import DatabaseUnavailable, is_unavailable, rowcount, session_scope
-from common.models import (
+from mergetune.common.db import DatabaseUnavailable, is_unavailable, rowcount, session_scope
+from mergetune.common.models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     Artifact,

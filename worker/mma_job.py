@@ -1,8 +1,8 @@
-"""The MMA branch of the job pipeline (worker.pipeline's stages call these for ``method == "mma"``).
+"""The MMA branch of the job pipeline (mergetune.worker.pipeline's stages call these for ``method == "mma"``).
 
 The checkpoint's stored tensors are MMA's adapters under MMA's keys; their layout (widths, blocks,
 bottleneck) was read at upload (``checkpoints.info["mma_layout"]``). Training, evaluation and export
-go through ``core.mma`` and ``core.export.export_mma``."""
+go through ``mergetune.core.method.mma`` and ``mergetune.core.checkpoints.export.export_mma``."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ def is_mma(method: Any) -> bool:
 
 
 def hyperparameters(raw: dict[str, Any] | None) -> Any:
-    from core.config import MMAHyperparameters
+    from mergetune.core.config import MMAHyperparameters
 
     return MMAHyperparameters(**(raw or {}))
 
 
 def layout_of(ck: dict[str, Any]) -> Any:
-    from core.errors import CheckpointError
-    from core.mma_layout import AdapterLayout
+    from mergetune.core.checkpoints.mma_layout import AdapterLayout
+    from mergetune.core.errors import CheckpointError
 
     raw = (ck.get("info") or {}).get("mma_layout")
     try:
@@ -39,7 +39,7 @@ def layout_of(ck: dict[str, Any]) -> Any:
 
 def starting_tensors(tensors: dict[str, Any], ck: dict[str, Any]) -> dict[str, Any]:
     """The fine-tuned adapters (fp32) after checking them against the recorded layout."""
-    from core.errors import CheckpointError
+    from mergetune.core.errors import CheckpointError
 
     layout = layout_of(ck)
     want = layout.shapes()
@@ -54,7 +54,7 @@ def starting_tensors(tensors: dict[str, Any], ck: dict[str, Any]) -> dict[str, A
 
 
 def train(run: Any, resume_state: dict[str, Any] | None) -> Any:
-    from core.mma import recover_mma
+    from mergetune.core.method.mma import recover_mma
 
     cb = run.cb
     return recover_mma(
@@ -71,8 +71,8 @@ def train(run: Any, resume_state: dict[str, Any] | None) -> Any:
 
 
 def export(run: Any, out_dir: Path, metadata: dict[str, Any]) -> dict[str, Path]:
-    from core.export import export_mma
-    from core.mma import mma_buffers
+    from mergetune.core.checkpoints.export import export_mma
+    from mergetune.core.method.mma import mma_buffers
 
     layout = layout_of(run.ck)
     meta = {**metadata, "layout": layout.to_json(), "adapter_scale": run.hp.adapter_scale}

@@ -1,5 +1,5 @@
-"""One recovery job, end to end: claim -> load rows and inputs -> core.recovery.recover -> export ->
-report -> artifacts -> terminal status. Called by the Celery task (``worker.tasks``) and by tests.
+"""One recovery job, end to end: claim -> load rows and inputs -> mergetune.core.method.recovery.recover -> export ->
+report -> artifacts -> terminal status. Called by the Celery task (``mergetune.worker.tasks``) and by tests.
 
 Idempotent by construction:
 
@@ -11,7 +11,7 @@ Idempotent by construction:
   are replaced in the same transaction that marks the job succeeded: exactly one set per job.
 
 Progress goes to Postgres at most once a second (plus every epoch end), the cancel flag is re-read at most
-every 0.5 s; each write is its own short transaction (``worker.jobdb``).
+every 0.5 s; each write is its own short transaction (``mergetune.worker.jobdb``).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from common.db import is_unavailable
-from common.models import JobStatus, utcnow
-from common.settings import Settings
-from common.storage import ArtifactStore, LocalStore, get_store
-from worker import jobdb, mma_job
-from worker.backbones import get_backbone, resolve_device, weights_sources
+from mergetune.common.db import is_unavailable
+from mergetune.common.models import JobStatus, utcnow
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactStore, LocalStore, get_store
+from mergetune.worker import jobdb, mma_job
+from mergetune.worker.backbones import get_backbone, resolve_device, weights_sources
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class JobCallbacks:
             epoch=epoch,
             epochs=self.epochs,
             loss=self.progress.get("loss"),
-            # the epoch's means: loss parts and validation accuracy (core.result.EpochLog)
+            # the epoch's means: loss parts and validation accuracy (mergetune.core.evaluation.result.EpochLog)
             record={k: v for k, v in ((state.get("history") or [{}])[-1]).items() if k != "epoch"},
         )
         if epoch >= self.epochs and not self._evaluating:
@@ -231,9 +231,9 @@ def _load_tensors(store: ArtifactStore, key: str) -> dict[str, Any]:
     process with the PARSE_* limits) before the worker trusts them."""
     import torch
 
-    from common.settings import get_settings
-    from core.safe_pickle import ParseLimits
-    from core.sandbox import SandboxLimits, ingest_sandboxed
+    from mergetune.common.settings import get_settings
+    from mergetune.core.checkpoints.safe_pickle import ParseLimits
+    from mergetune.core.checkpoints.sandbox import SandboxLimits, ingest_sandboxed
 
     settings = get_settings()
     limits = SandboxLimits(
@@ -260,7 +260,7 @@ def _split_sha(task: Any) -> str | None:
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
-    from core.errors import CoreError
+    from mergetune.core.errors import CoreError
 
     if isinstance(exc, CoreError):
         err = {"code": exc.code, "message": exc.message, "user_error": bool(exc.user_error)}
@@ -289,10 +289,10 @@ def _open_eval_datasets(
     A missing, unreadable or image-less one fails the job as a user error naming it (param
     ``eval_dataset_ids[i]``). Names are the registered names, made unique (``name (id)``) where they
     repeat or clash with ``taken`` (the head report's own split names)."""
-    from core.config import DatasetKind
-    from core.crossdata import eval_records
-    from core.datasets import open_dataset
-    from core.errors import CoreError, DatasetError
+    from mergetune.core.config import DatasetKind
+    from mergetune.core.data import open_dataset
+    from mergetune.core.errors import CoreError, DatasetError
+    from mergetune.core.evaluation.crossdata import eval_records
 
     out: list[tuple[str, Any, dict[str, Any]]] = []
     used = set(taken)
@@ -347,9 +347,11 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
     try:
         return _run(JobRun(job_id, settings, hostname, store, device, claim, work, t0))
     except BaseException as exc:
-        from core.errors import Cancelled
+        from mergetune.core.errors import Cancelled
 
-        if is_unavailable(exc):  # retried for DB_RETRY_SECONDS already: hand the job back (worker.tasks)
+        if is_unavailable(
+            exc
+        ):  # retried for DB_RETRY_SECONDS already: hand the job back (mergetune.worker.tasks)
             logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
             jobdb.HANDED_BACK[job_id] = claim.attempt  # the heartbeat thread releases it when it can
             raise
@@ -409,7 +411,7 @@ class JobRun:
     head: bool = False
     hp: Any = None
     spec: Any = None
-    protocol: str = "base2novel"  # core.config.Protocol value
+    protocol: str = "base2novel"  # mergetune.core.config.Protocol value
     position: str = "end"  # class-token position of a prompt job
     # backbone
     tensors: dict[str, Any] = field(default_factory=dict)
@@ -447,7 +449,7 @@ def _run(run: JobRun) -> str:
     - ``KeyboardInterrupt``/``SystemExit``: left to the broker to redeliver (late acks); the next run
       resumes from the last epoch state;
     - ``DatabaseUnavailable`` (every database call retries a lost connection for DB_RETRY_SECONDS
-      first, see ``worker.jobdb.retrying``): the task hands the message back to the broker and a later
+      first, see ``mergetune.worker.jobdb.retrying``): the task hands the message back to the broker and a later
       run resumes from the last epoch state.
 
     Each stage starts with a progress stamp (the reconciler requeues a job whose stamp gets older than
@@ -472,7 +474,7 @@ def _stage_load_inputs(run: JobRun) -> None:
     """Job, checkpoint and dataset rows; method and validated hyperparameters.
 
     Failure: a hyperparameter the core refuses fails the job (validation error)."""
-    from core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method
+    from mergetune.core.config import BackboneSpec, HeadHyperparameters, Hyperparameters, Method
 
     rows = jobdb.load_job_inputs(run.url, run.job_id)
     run.job, run.ck, run.ds_row = rows["job"], rows["checkpoint"], rows["dataset"]
@@ -493,7 +495,7 @@ def _stage_backbone(run: JobRun) -> None:
 
     Failure: a checkpoint without extracted tensors fails the job as a user error (``missing_ctx``);
     a backbone that cannot be built fails it as a system error."""
-    from core.errors import CheckpointError
+    from mergetune.core.errors import CheckpointError
 
     t = time.monotonic()
     if not run.ck.get("tensors_key"):
@@ -516,10 +518,10 @@ def _stage_features(run: JobRun) -> None:
 
     Failure: an unreadable dataset, a missing extra dataset or a checkpoint without ``ctx`` fails the job
     as a user error naming the parameter; a changed split only adds a warning event."""
-    from core.config import ClassTokenPosition, DatasetKind, PromptLearnerSpec
-    from core.datasets import open_dataset
-    from core.errors import CheckpointError
-    from core.protocols import make_task
+    from mergetune.core.config import ClassTokenPosition, DatasetKind, PromptLearnerSpec
+    from mergetune.core.data import open_dataset
+    from mergetune.core.data.protocols import make_task
+    from mergetune.core.errors import CheckpointError
 
     url, ds_row, job = run.url, run.ds_row, run.job
     t = time.monotonic()
@@ -530,7 +532,7 @@ def _stage_features(run: JobRun) -> None:
         coop_name=ds_row.get("coop_name"),
         options=ds_row.get("options"),
     )
-    # prompt jobs follow the job's protocol; heads pick their rows from the checkpoint (core.recovery)
+    # prompt jobs follow the job's protocol; heads pick their rows from the checkpoint (mergetune.core.method.recovery)
     task = make_task(dataset, "base2novel" if run.head else run.protocol, run.hp.shots, run.hp.seed)
     run.dataset, run.task = dataset, task
     run.timings["load_dataset"] = time.monotonic() - t
@@ -552,7 +554,7 @@ def _stage_features(run: JobRun) -> None:
     if eval_ids:
         extra: list[tuple[str, Any]] = []
         if run.head:  # explicit datasets come on top of the default shifted splits of a built-in dataset
-            from core.crossdata import builtin_shift_datasets
+            from mergetune.core.evaluation.crossdata import builtin_shift_datasets
 
             extra += builtin_shift_datasets(dataset)
         eval_rows = jobdb.load_datasets(url, job["project_id"], eval_ids)
@@ -591,8 +593,8 @@ def _stage_train(run: JobRun) -> None:
     Failure: ``Cancelled`` at any step (cancel flag, or another node took the job over)."""
     import torch
 
-    from core.errors import Cancelled
-    from core.recovery import recover
+    from mergetune.core.errors import Cancelled
+    from mergetune.core.method.recovery import recover
 
     url, job_id, hp, claim = run.url, run.job_id, run.hp, run.claim
     resume_state = _load_resume_state(run.store, job_id) if claim.resumed else None
@@ -641,7 +643,7 @@ def _stage_evaluate(run: JobRun) -> None:
     """Re-read the cancel flag once more, mark the job ``evaluating`` and take the core's results.
 
     Failure: ``Cancelled`` when a cancel came in during the last steps."""
-    from core.errors import Cancelled
+    from mergetune.core.errors import Cancelled
 
     cb = run.cb
     assert cb is not None
@@ -681,7 +683,7 @@ def _stage_export(run: JobRun) -> None:
     if mma_job.is_mma(run.method):
         run.files.update(mma_job.export(run, out_dir, export_meta))
     elif run.head:
-        from core.export import export_head
+        from mergetune.core.checkpoints.export import export_head
 
         rec = run.output.ctx
         if isinstance(rec, dict):
@@ -696,8 +698,8 @@ def _stage_export(run: JobRun) -> None:
             )
         )
     else:
-        from core.export import export_prompts
-        from core.prompts import PromptLearner
+        from mergetune.core.checkpoints.export import export_prompts
+        from mergetune.core.model.prompts import PromptLearner
 
         backbone = run.backbone
         ctx = run.output.ctx.detach().float().cpu()
@@ -811,7 +813,7 @@ def _manifest(run: JobRun) -> dict[str, Any]:
 
 
 def _stage_report(run: JobRun) -> None:
-    """manifest.json, report.json, and (when core.report renders) report.html and curves.png.
+    """manifest.json, report.json, and (when mergetune.core.evaluation.report renders) report.html and curves.png.
 
     Failure: a report that cannot be rendered only adds a warning event; the job still succeeds."""
     run.timings["total"] = time.monotonic() - run.t0
@@ -820,7 +822,7 @@ def _stage_report(run: JobRun) -> None:
     assert out_dir is not None
     report = {"job_id": run.job_id, **run.result_json, "manifest": manifest}
     if not run.head:
-        from core.protocols import SPLIT_LABELS
+        from mergetune.core.data.protocols import SPLIT_LABELS
 
         report["protocol"] = {"name": run.protocol, "labels": SPLIT_LABELS[run.protocol]}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -828,9 +830,11 @@ def _stage_report(run: JobRun) -> None:
     run.files["manifest.json"] = out_dir / "manifest.json"
     run.files["report.json"] = out_dir / "report.json"
     try:
-        from core.report import render_report
+        from mergetune.core.evaluation.report import render_report
     except ImportError:
-        logger.warning("core.report is not available: report.html and curves.png skipped")
+        logger.warning(
+            "mergetune.core.evaluation.report is not available: report.html and curves.png skipped"
+        )
         return
     try:
         for p in render_report(report, out_dir):

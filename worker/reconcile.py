@@ -3,10 +3,10 @@
 Every ``RECONCILE_INTERVAL`` seconds one pass (:func:`reconcile_once`):
 
 1. requeues active jobs whose worker died (stale heartbeat, or a restarted node no longer running them:
-   :func:`worker.jobdb.requeue_orphans`);
+   :func:`mergetune.worker.jobdb.requeue_orphans`);
 2. requeues active jobs whose progress stamp is older than ``RECONCILE_STALL_TIMEOUT``, even when their
    worker's heartbeat is fresh (a worker stuck, or one that gave the job up while the database was down:
-   :func:`worker.jobdb.requeue_stalled`); that ends the old owner's lease;
+   :func:`mergetune.worker.jobdb.requeue_stalled`); that ends the old owner's lease;
 3. re-enqueues ``queued`` jobs whose broker message is gone (a Redis restarted without persistence, a
    purged queue, an enqueue that failed after the commit), once they have waited
    ``RECONCILE_QUEUE_GRACE`` seconds since their last message. The broker is inspected for the job's
@@ -17,7 +17,7 @@ Every ``RECONCILE_INTERVAL`` seconds one pass (:func:`reconcile_once`):
    visibility timeout (24 h) and a worker would pick up a message with nothing to do.
 
 Requeues are idempotent: every change is a conditional UPDATE on what was read, a job runs at most once
-at a time (the claim in :func:`worker.jobdb.claim_job` is a compare-and-set), and a duplicate message is
+at a time (the claim in :func:`mergetune.worker.jobdb.claim_job` is a compare-and-set), and a duplicate message is
 harmless (the worker skips a finished job or one a live worker owns). A resumed job continues from its
 last epoch state.
 
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.models import TERMINAL_STATUSES, utcnow
-from common.queue import enqueue_job
-from common.settings import Settings
-from common.tasks import JOBS_QUEUE, RUN_JOB
-from worker import jobdb
+from mergetune.common.models import TERMINAL_STATUSES, utcnow
+from mergetune.common.queue import enqueue_job
+from mergetune.common.settings import Settings
+from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
+from mergetune.worker import jobdb
 
 logger = logging.getLogger(__name__)
 

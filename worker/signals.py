@@ -7,7 +7,7 @@ from typing import Any
 
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from common.queue import enqueue_job
+from mergetune.common.queue import enqueue_job
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ _heartbeat: Any = None
 @worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """Refuse to start on a database that is not at the Alembic head (like the API does)."""
-    from common.db import DatabaseNotMigrated, check_migrated, get_engine
+    from mergetune.common.db import DatabaseNotMigrated, check_migrated, get_engine
 
     settings = sender.app.conf.mergetune_settings
     try:
@@ -30,14 +30,14 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     global _heartbeat
-    from worker.backbones import weights_report
-    from worker.heartbeat import Heartbeat, node_info
+    from mergetune.worker.backbones import weights_report
+    from mergetune.worker.heartbeat import Heartbeat, node_info
 
     settings = sender.app.conf.mergetune_settings
     hostname = sender.hostname
     _preload()
     try:
-        from worker.backbones import resolve_device
+        from mergetune.worker.backbones import resolve_device
 
         device = resolve_device(settings.DEVICE)
     except ImportError:
@@ -56,10 +56,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 def _preload() -> None:
     """Import torch and the core now, not in the first job (seconds on a cold cache)."""
     try:
-        import core.datasets  # noqa: F401
-        import core.export  # noqa: F401
-        import core.recovery  # noqa: F401
-        import worker.pipeline  # noqa: F401
+        import mergetune.core.checkpoints.export  # noqa: F401
+        import mergetune.core.data  # noqa: F401
+        import mergetune.core.method.recovery  # noqa: F401
+        import mergetune.worker.pipeline  # noqa: F401
     except ImportError:  # a partial install still starts; the job reports the import error
         logger.exception("could not preload the core")
 

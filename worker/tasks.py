@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that take an id and hand over to :mod:`worker.pipeline`.
+"""Celery tasks: thin wrappers that take an id and hand over to :mod:`mergetune.worker.pipeline`.
 
 Acknowledgement follows durability: with late acks the message is acknowledged only when the task
 returns, and it returns only after the state it reports (succeeded, failed, cancelled, skipped) is
@@ -15,8 +15,8 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import Reject
 
-from common.db import is_unavailable
-from common.tasks import RUN_JOB
+from mergetune.common.db import is_unavailable
+from mergetune.common.tasks import RUN_JOB
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ REQUEUE_PAUSE = 1.0
 
 @shared_task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self: Any, job_id: str) -> str:
-    from worker.pipeline import run_job as run
+    from mergetune.worker.pipeline import run_job as run
 
     settings = self.app.conf.mergetune_settings
     hostname = self.request.hostname or "worker@local"

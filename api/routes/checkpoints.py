@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
-from api.errors import NotFound, error_responses
-from api.schemas import CheckpointList, CheckpointRead, DeletedRead
-from api.services.checkpoints import create_checkpoint
-from api.services.idempotency import create_once
-from api.uploads import multipart_schema, receive_multipart
-from common import repositories as repo
-from common.models import utcnow
+from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from mergetune.api.errors import NotFound, error_responses
+from mergetune.api.schemas import CheckpointList, CheckpointRead, DeletedRead
+from mergetune.api.services.checkpoints import create_checkpoint
+from mergetune.api.services.idempotency import create_once
+from mergetune.api.uploads import multipart_schema, receive_multipart
+from mergetune.common import repositories as repo
+from mergetune.common.models import utcnow
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401, 422))
 

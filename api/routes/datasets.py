@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep
-from api.errors import NotFound, error_responses
-from api.schemas import DatasetCreate, DatasetList, DatasetRead
-from api.services.datasets import create_dataset
-from common import repositories as repo
+from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep
+from mergetune.api.errors import NotFound, error_responses
+from mergetune.api.schemas import DatasetCreate, DatasetList, DatasetRead
+from mergetune.api.services.datasets import create_dataset
+from mergetune.common import repositories as repo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
 

@@ -5,9 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
-from api.errors import NotFound, Unprocessable, error_responses
-from api.schemas import (
+from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from mergetune.api.errors import NotFound, Unprocessable, error_responses
+from mergetune.api.schemas import (
     ArtifactList,
     ArtifactRead,
     EventList,
@@ -17,10 +17,10 @@ from api.schemas import (
     JobRead,
     JobUpdate,
 )
-from api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
-from common import repositories as repo
-from common.models import Job, JobStatus
-from common.storage import LocalStore
+from mergetune.api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
+from mergetune.common import repositories as repo
+from mergetune.common.models import Job, JobStatus
+from mergetune.common.storage import LocalStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422))
 

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep
-from api.errors import error_body, error_responses
-from api.schemas import Health
-from common.db import get_engine, ping
-from common.queue import ping_broker
+from mergetune.api.deps import SettingsDep
+from mergetune.api.errors import error_body, error_responses
+from mergetune.api.schemas import Health
+from mergetune.common.db import get_engine, ping
+from mergetune.common.queue import ping_broker
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,20 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
-from api.errors import UnsupportedMediaType, error_responses, from_pydantic
-from api.schemas import SweepCreate, SweepList, SweepRead
-from api.services.idempotency import create_once
-from api.services.sweeps import cancel_sweep, create_sweep, get_sweep, render_report, sweep_read, sweep_report
-from api.uploads import ReceivedUpload, multipart_schema, receive_multipart
-from common import repositories as repo
+from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from mergetune.api.errors import UnsupportedMediaType, error_responses, from_pydantic
+from mergetune.api.schemas import SweepCreate, SweepList, SweepRead
+from mergetune.api.services.idempotency import create_once
+from mergetune.api.services.sweeps import (
+    cancel_sweep,
+    create_sweep,
+    get_sweep,
+    render_report,
+    sweep_read,
+    sweep_report,
+)
+from mergetune.api.uploads import ReceivedUpload, multipart_schema, receive_multipart
+from mergetune.common import repositories as repo
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=error_responses(401, 422))
 

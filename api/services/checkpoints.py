@@ -13,16 +13,16 @@ import numpy as np
 from safetensors.numpy import save_file
 from sqlalchemy.orm import Session
 
-from api.errors import ServiceUnavailable, Unprocessable
-from api.parse_pool import parse_pool
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
-from api.uploads import ReceivedUpload, safe_filename
-from common.models import Checkpoint, CheckpointStatus, new_id
-from common.settings import Settings
-from common.storage import ArtifactStore
-from core.config import ClassTokenPosition, Method
-from core.errors import CheckpointError
-from core.ingest import IngestedCheckpoint
+from mergetune.api.errors import ServiceUnavailable, Unprocessable
+from mergetune.api.parse_pool import parse_pool
+from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
+from mergetune.api.uploads import ReceivedUpload, safe_filename
+from mergetune.common.models import Checkpoint, CheckpointStatus, new_id
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactStore
+from mergetune.core.checkpoints.ingest import IngestedCheckpoint
+from mergetune.core.config import ClassTokenPosition, Method
+from mergetune.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Dataset registration: the path is confined under DATA_ROOT, then the dataset is opened with
-core.datasets (PIL/numpy only, no torch) to record classes, the base/novel split and split hashes."""
+mergetune.core.data (PIL/numpy only, no torch) to record classes, the base/novel split and split hashes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, BadRequest, Unprocessable, core_status
-from api.schemas import DatasetCreate
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
-from common import repositories as repo
-from common.models import Dataset, new_id
-from common.settings import Settings
-from core.config import DatasetKind
-from core.datasets import base_to_novel, open_dataset
-from core.errors import DatasetError
+from mergetune.api.errors import ApiError, BadRequest, Unprocessable, core_status
+from mergetune.api.schemas import DatasetCreate
+from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
+from mergetune.common import repositories as repo
+from mergetune.common.models import Dataset, new_id
+from mergetune.common.settings import Settings
+from mergetune.core.config import DatasetKind
+from mergetune.core.data import base_to_novel, open_dataset
+from mergetune.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

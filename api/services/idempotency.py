@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import Conflict, NotFound
-from common import repositories as repo
+from mergetune.api.errors import Conflict, NotFound
+from mergetune.common import repositories as repo
 
 T = TypeVar("T")
 

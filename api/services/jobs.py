@@ -1,4 +1,4 @@
-"""Job creation (validation against core.config, enqueue after commit), reads and cancellation."""
+"""Job creation (validation against mergetune.core.config, enqueue after commit), reads and cancellation."""
 
 from __future__ import annotations
 
@@ -11,14 +11,31 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound, Unprocessable, from_pydantic
-from api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
-from common import repositories as repo
-from common.models import TERMINAL_STATUSES, CheckpointStatus, Job, JobStatus, JobType, new_id, utcnow
-from common.queue import enqueue_job
-from common.settings import Settings
-from core.config import (
+from mergetune.api.errors import Conflict, NotFound, Unprocessable, from_pydantic
+from mergetune.api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
+from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
+from mergetune.common import repositories as repo
+from mergetune.common.models import (
+    TERMINAL_STATUSES,
+    CheckpointStatus,
+    Job,
+    JobStatus,
+    JobType,
+    new_id,
+    utcnow,
+)
+from mergetune.common.queue import enqueue_job
+from mergetune.common.settings import Settings
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
+from mergetune.core.checkpoints.weights import PARAM as WEIGHTS_PARAM
+from mergetune.core.checkpoints.weights import (
+    is_file_reference,
+    outside_root,
+    parse_random,
+    resolve_weights,
+    weights_relpath,
+)
+from mergetune.core.config import (
     KNOWN_MODELS,
     TINY_MODELS,
     BackboneSpec,
@@ -30,10 +47,7 @@ from core.config import (
     Protocol,
     class_count_problem,
 )
-from core.errors import BackboneError
-from core.mma_layout import AdapterLayout
-from core.weights import PARAM as WEIGHTS_PARAM
-from core.weights import is_file_reference, outside_root, parse_random, resolve_weights, weights_relpath
+from mergetune.core.errors import BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +245,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
     return job
 
 
-#: A worker whose heartbeat is older than this is dead (worker.jobdb.STALE_AFTER) and vouches for no weights.
+#: A worker whose heartbeat is older than this is dead (mergetune.worker.jobdb.STALE_AFTER) and vouches for no weights.
 LIVE_WORKER_SECONDS = 30
 
 
@@ -348,7 +362,7 @@ def event_seq_before(session: Session, job_id: str, event_id: int | None) -> int
     the event after it is this + 1. Event ids are global, so a job's own ids skip numbers."""
     from sqlalchemy import func, select
 
-    from common.models import JobEvent
+    from mergetune.common.models import JobEvent
 
     if event_id is None:
         return 0
@@ -375,7 +389,7 @@ def measured_pace(session: Session) -> tuple[float, float] | None:
 
     from sqlalchemy import select
 
-    from common.models import JobEvent
+    from mergetune.common.models import JobEvent
 
     bind = session.get_bind()
     key = str(getattr(bind, "url", id(bind)))

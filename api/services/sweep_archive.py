@@ -10,7 +10,7 @@ characters, links (symbolic or hard), devices and FIFOs refuse the archive, as d
 members. Only the checkpoint files are extracted, one at a time, streamed with a byte cap (a
 member whose content outgrows its declared size is refused too), so neither a decompression bomb nor
 a lying header can fill the disk. The checkpoints then go through the same ingestion service as single
-uploads (api.services.checkpoints.create_checkpoint: the sandboxed parse).
+uploads (mergetune.api.services.checkpoints.create_checkpoint: the sandboxed parse).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from api.errors import Unprocessable
-from api.hygiene import has_control
+from mergetune.api.errors import Unprocessable
+from mergetune.api.hygiene import has_control
 
 TREE_RE = re.compile(
     r"(?:^|/)(?P<dataset>[^/]+)/shots_(?P<shots>\d+)/(?P<trainer>[^/]+)/(?P<cfg>[^/]+)/"

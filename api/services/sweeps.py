@@ -1,7 +1,7 @@
 """Sweeps: many ordinary jobs created together (cells of (checkpoint, dataset, seed) x grid points),
 tracked, cancelled and reported as one.
 
-A sweep's jobs are built and validated like ``POST /v1/jobs`` (api.services.jobs.build_job), inserted
+A sweep's jobs are built and validated like ``POST /v1/jobs`` (mergetune.api.services.jobs.build_job), inserted
 with the sweep row in one transaction, and enqueued after the commit: the same queue, workers,
 idempotency and resume-after-fault as single jobs. Cells from an archive (a CoOp output tree) go
 through the checkpoint upload service first; if anything is refused, every checkpoint the request
@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
-from api.schemas import (
+from mergetune.api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
+from mergetune.api.schemas import (
     MAX_GRID_POINTS,
     MAX_GRID_VALUES,
     JobCreate,
@@ -36,13 +36,13 @@ from api.schemas import (
     SweepProgress,
     SweepRead,
 )
-from api.services.checkpoints import create_checkpoint
-from api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
-from api.services.jobs import build_job
-from api.services.sweep_archive import ArchiveLimits, TreeArchive, TreeCheckpoint, open_tree
-from api.uploads import ReceivedUpload
-from common import repositories as repo
-from common.models import (
+from mergetune.api.services.checkpoints import create_checkpoint
+from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
+from mergetune.api.services.jobs import build_job
+from mergetune.api.services.sweep_archive import ArchiveLimits, TreeArchive, TreeCheckpoint, open_tree
+from mergetune.api.uploads import ReceivedUpload
+from mergetune.common import repositories as repo
+from mergetune.common.models import (
     TERMINAL_STATUSES,
     Checkpoint,
     CheckpointStatus,
@@ -51,11 +51,11 @@ from common.models import (
     Sweep,
     new_id,
 )
-from common.queue import enqueue_job
-from common.settings import Settings
-from common.storage import ArtifactNotFound, ArtifactStore
-from core.config import Hyperparameters
-from core.sweep_table import SELECTION_RULES, CellResult, build_table, to_csv, to_latex
+from mergetune.common.queue import enqueue_job
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactNotFound, ArtifactStore
+from mergetune.core.config import Hyperparameters
+from mergetune.core.evaluation.sweep_table import SELECTION_RULES, CellResult, build_table, to_csv, to_latex
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The built-in tiny CLIP: an open_clip ``CLIP`` (ViT 32x32/8, 4+4 layers, width 128) pretrained by
-``core.builtin.pretrain`` on the procedural "<colour> <shape>" images of ``core.builtin.render``.
+``mergetune.core.builtin.pretrain`` on the procedural "<colour> <shape>" images of ``mergetune.core.builtin.render``.
 
 Backbone name: ``{"model": "tiny-clip", "pretrained": "builtin"}``. Preprocessing: 32x32 RGB, open_clip's
 OpenAI CLIP mean/std (``IMAGE_MEAN``/``IMAGE_STD``), i.e. ``open_clip.image_transform(32, ...)``.
@@ -16,12 +16,12 @@ Shipped file (``tiny_clip.safetensors``, 3.34 MB):
   no weight decay on them), so the shipped model is the trained model up to fp16 rounding. An unknown
   word still tokenizes (real tokenizer path) and only contributes its positional embedding.
 - JSON metadata in the safetensors header: ``config`` (``TINY_CLIP_CONFIG``), ``command``, ``seed``,
-  ``steps``, ``validation`` (the numbers of ``python -m core.builtin.pretrain --check``).
+  ``steps``, ``validation`` (the numbers of ``python -m mergetune.core.builtin.pretrain --check``).
 
 Reproduce (800 steps; 28 min wall on the shared 2-core CPU it was made on, where other jobs were
 running; a few minutes on an idle machine)::
 
-    .venv/bin/python -m core.builtin.pretrain --out core/builtin/tiny_clip.safetensors
+    .venv/bin/python -m mergetune.core.builtin.pretrain --out core/builtin/tiny_clip.safetensors
 
 (defaults: --steps 800 --seed 0 --batch-size 128 --lr 0.001 --hue-jitter 0.15 --pool 320 --threads 2
 --final-logit-scale 50). Measured validation numbers: see ``core/builtin/pretrain.py``.
@@ -135,7 +135,7 @@ def load_weights_into(model, path: str | Path = WEIGHTS_PATH):
 
 def build_tiny_clip(load_weights: bool = True, path: str | Path | None = None):
     """The tiny CLIP (open_clip ``CLIP``, fp32, eval). With ``load_weights`` the shipped weights are
-    loaded (``FileNotFoundError`` naming the file when it is absent; core.backbone maps it to
+    loaded (``FileNotFoundError`` naming the file when it is absent; mergetune.core.model.backbone maps it to
     ``BackboneError(code="weights_missing")``)."""
     model = new_tiny_clip()
     if load_weights:

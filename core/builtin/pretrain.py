@@ -1,7 +1,7 @@
 """Contrastive pretraining of the built-in tiny CLIP, and a quick base-to-novel validation (``--check``).
 
 Pretraining data: an endless stream of procedurally rendered images of all 96 classes in the SOURCE
-domain (``core.builtin.render``, hue 0; a small random hue jitter is the only colour augmentation) with
+domain (``mergetune.core.builtin.render``, hue 0; a small random hue jitter is the only colour augmentation) with
 captions drawn from ``render.CAPTION_TEMPLATES``. Loss: CLIP's symmetric cross-entropy where every pair
 of the batch with the same class counts as a positive (a batch of 256 holds several images of a class).
 AdamW, linear warm-up then cosine decay, learnable temperature clamped at 100. The text encoder runs
@@ -19,7 +19,7 @@ transform (no augmentation, cached), logit scale of the model. Zero-shot with "a
 CoOp (4 shared context tokens initialised from "a photo of a", SGD lr 0.002 momentum 0.9 wd 5e-4,
 batch 128, 1 warm-up epoch at 1e-5, cosine over 100 epochs); MergeTune from the CoOp context
 (W=10, W_LMC=1, K=5, same optimiser and schedule). A self-contained re-implementation so that the
-weights can be tuned without core.recovery.
+weights can be tuned without mergetune.core.method.recovery.
 
 Temperature: the learned logit scale stays low in a run this short (16.7). After training it is set to
 ``--final-logit-scale`` (default 50; 0 keeps the learned value). This does not change any zero-shot
@@ -29,7 +29,7 @@ weights (data seed 1): learned 16.7 -> zs 37.4/27.1/31.4, CoOp 46.8/25.5/33.0, M
 
 Shipped weights, reproduced by (torch 2.14.1 CPU, 2 threads)::
 
-    .venv/bin/python -m core.builtin.pretrain --out core/builtin/tiny_clip.safetensors
+    .venv/bin/python -m mergetune.core.builtin.pretrain --out core/builtin/tiny_clip.safetensors
 
 which is ``--steps 800 --seed 0 --batch-size 128 --lr 0.001 --hue-jitter 0.15 --pool 320 --threads 2
 --final-logit-scale 50``: 28 min wall on the shared 2-core machine it was made on (other test jobs
@@ -67,8 +67,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.builtin import model as M
-from core.builtin import render as R
+from mergetune.core.builtin import model as M
+from mergetune.core.builtin import render as R
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         minutes = (time.time() - t0) / 60
         meta = {
             "command": (
-                f"python -m core.builtin.pretrain --out {args.out} --steps {args.steps} --seed {args.seed} "
+                f"python -m mergetune.core.builtin.pretrain --out {args.out} --steps {args.steps} --seed {args.seed} "
                 f"--batch-size {args.batch_size} --lr {args.lr} --hue-jitter {args.hue_jitter} "
                 f"--pool {args.pool} --threads {args.threads} --final-logit-scale {args.final_logit_scale}"
             ),

@@ -8,7 +8,7 @@ splits use disjoint index ranges (the dataset layer decides which).
 
 Domains (a fixed photometric transform of the whole rendered image, after the noise):
 
-- source (``hue=0``): what the built-in tiny CLIP was pretrained on (``core.builtin.pretrain``).
+- source (``hue=0``): what the built-in tiny CLIP was pretrained on (``mergetune.core.builtin.pretrain``).
 - downstream (``hue=DOWNSTREAM_HUE`` = 0.6 rad): the few-shot fine-tuning domain of the demo. A hue
   rotation by ``hue`` radians is a rotation of the chroma (I, Q) plane of YIQ space, so the luma and
   the saturation are kept and the achromatic colours (black, grey, white) are unchanged.

@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # {text, ok, warnings: [{code, message}], hm, hm_vs_fine_tuned, ...} (core.result.Verdict); NULL until
+    # {text, ok, warnings: [{code, message}], hm, hm_vs_fine_tuned, ...} (mergetune.core.evaluation.result.Verdict); NULL until
     # a job succeeds.
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("verdict", sa.JSON(), nullable=True))

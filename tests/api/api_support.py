@@ -23,8 +23,8 @@ TINY_DATASET: dict[str, Any] = {
 
 
 def new_token(database_url: str, project: str | None = None) -> str:
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     with session_scope(database_url) as s:
         proj = repo.get_or_create_project(s, project or f"proj-{uuid.uuid4().hex[:10]}")
@@ -49,7 +49,7 @@ def live_server(settings: Any) -> Iterator[int]:
     """The app served by a real uvicorn on a free port, in a thread; yields the port."""
     import uvicorn
 
-    from api.main import create_app
+    from mergetune.api.main import create_app
 
     port = free_port()
     server = uvicorn.Server(

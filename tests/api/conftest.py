@@ -32,7 +32,7 @@ def settings(tmp_path: Path, make_settings: Callable[..., Any], redis_client: An
 @pytest.fixture
 def make_client(settings: Any) -> Iterator[Callable[..., TestClient]]:
     """Build a started TestClient, optionally with settings overrides."""
-    from api.main import create_app
+    from mergetune.api.main import create_app
 
     clients: list[TestClient] = []
 
@@ -68,7 +68,7 @@ def live_url(live_port: int) -> str:
 @pytest.fixture
 def env_settings(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[Any]:
     """Point get_settings() (what the CLI reads) at the test database."""
-    from common.settings import get_settings
+    from mergetune.common.settings import get_settings
 
     monkeypatch.setenv("MERGETUNE_HOME", str(settings.HOME))
     monkeypatch.setenv("MERGETUNE_DATABASE_URL", settings.DATABASE_URL)

@@ -10,7 +10,7 @@ import numpy as np
 from api_support import upload
 from safetensors.numpy import load_file
 
-from common.storage import get_store
+from mergetune.common.storage import get_store
 
 
 def test_upload_happy_path_stores_original_and_extracted_tensors(client, auth, settings, ctx_and_bytes):
@@ -28,8 +28,8 @@ def test_upload_happy_path_stores_original_and_extracted_tensors(client, auth, s
     assert (body["format"], body["method"]) == ("dassl", "coop")
     assert (body["n_ctx"], body["ctx_dim"], body["csc"]) == (4, 512, False)
 
-    from common.db import session_scope
-    from common.models import Checkpoint
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint
 
     with session_scope(settings.DATABASE_URL) as s:
         row = s.get(Checkpoint, body["id"])

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from api_support import TINY_DATASET
 
-from cli.client import ApiError, Client
-from cli.main import main
+from mergetune.cli.main import main
+from mergetune.client import ApiError, Client
 
 
 def test_token_create_prints_the_token_alone_on_its_last_line(env_settings, client, capsys):
@@ -54,14 +54,14 @@ def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):
 
 
 def test_cli_parser_covers_the_commands():
-    from cli.main import build_parser
+    from mergetune.cli.main import build_parser
 
     p = build_parser()
     args = p.parse_args(
         ["job", "create", "--checkpoint", "c", "--dataset", "d", "--hp", "epochs=3", "--hp", "lr=0.01"]
     )
     assert (args.checkpoint, args.dataset, args.hp) == ("c", "d", ["epochs=3", "lr=0.01"])
-    from cli.main import _pairs
+    from mergetune.cli.main import _pairs
 
     assert _pairs(args.hp, typed=True) == {"epochs": 3, "lr": 0.01}
     assert args.eval_dataset is None

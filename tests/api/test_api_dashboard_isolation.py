@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from api_support import TINY_DATASET, upload
 
-from common import repositories as repo
-from common.db import session_scope
+from mergetune.common import repositories as repo
+from mergetune.common.db import session_scope
 
 
 def _job(client, headers, ctx_bytes) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from api_support import TINY_DATASET
 
-from api.hygiene import _templates
+from mergetune.api.hygiene import _templates
 
 #: Refused everywhere (C0 controls, DEL, C1 controls).
 CONTROL = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"]
@@ -365,7 +365,7 @@ def test_connection_survives_hostile_requests_on_a_real_server(live_port, auth, 
 def test_dashboard_multipart_form_with_nul_gets_422(client, auth):
     """Urlencoded forms are refused at the edge; the dashboard's new-job form also refuses a multipart
     body with a control character in a field, before CSRF or any database lookup."""
-    from api.dashboard import csrf_token
+    from mergetune.api.dashboard import csrf_token
 
     secret = auth["Authorization"].split(" ", 1)[1]
     assert (
@@ -389,8 +389,8 @@ def test_a_nul_that_reaches_postgres_is_422_not_500(make_client, auth):
     is 422 invalid_characters (and the request after it is served normally)."""
     from sqlalchemy import select
 
-    from api.deps import SessionDep
-    from common.models import Project
+    from mergetune.api.deps import SessionDep
+    from mergetune.common.models import Project
 
     client = make_client()
 

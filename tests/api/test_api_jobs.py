@@ -5,10 +5,10 @@ from datetime import timedelta
 
 from api_support import new_token
 
-from common.db import session_scope
-from common.models import Artifact, Job, utcnow
-from common.tasks import JOBS_QUEUE, RUN_JOB
-from core.config import Hyperparameters
+from mergetune.common.db import session_scope
+from mergetune.common.models import Artifact, Job, utcnow
+from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
+from mergetune.core.config import Hyperparameters
 
 
 def _queued_job_ids(redis_client) -> list[str]:
@@ -177,8 +177,8 @@ def test_auth_and_project_isolation(client, auth, other_auth, job_body, checkpoi
 def test_same_project_name_shares_objects(client, settings, checkpoint, auth):
     # a second token of the same project sees the same objects
     with session_scope(settings.DATABASE_URL) as s:
-        from common.models import ApiToken
-        from common.repositories import hash_token
+        from mergetune.common.models import ApiToken
+        from mergetune.common.repositories import hash_token
 
         tok = s.query(ApiToken).filter_by(token_hash=hash_token(auth["Authorization"].split()[1])).one()
         name = tok.project.name
@@ -187,7 +187,7 @@ def test_same_project_name_shares_objects(client, settings, checkpoint, auth):
 
 
 def test_artifacts_list_and_download(client, auth, job_body, settings):
-    from common.storage import get_store
+    from mergetune.common.storage import get_store
 
     job = client.post("/v1/jobs", headers=auth, json=job_body).json()
     data = b'{"metrics": {}}'
@@ -277,7 +277,7 @@ def test_migrations_run_on_sqlite_up_and_down(tmp_path):
     from alembic import command
     from sqlalchemy import create_engine, inspect
 
-    from common.db import alembic_config, current_revision, head_revision, upgrade_head
+    from mergetune.common.db import alembic_config, current_revision, head_revision, upgrade_head
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade_head(url)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from api_support import upload
 
-from core.config import MMAHyperparameters
-from core.mma_layout import AdapterLayout
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
+from mergetune.core.config import MMAHyperparameters
 from tests.mma_files import mma_state_dict, write_mma_dassl
 
 

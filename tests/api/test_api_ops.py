@@ -6,8 +6,8 @@ import pytest
 from api_support import upload
 from fastapi.testclient import TestClient
 
-from common.db import DatabaseNotMigrated, session_scope
-from common.models import Job, utcnow
+from mergetune.common.db import DatabaseNotMigrated, session_scope
+from mergetune.common.models import Job, utcnow
 
 
 def test_healthz_and_readyz(client):
@@ -76,7 +76,7 @@ def test_404_and_405_use_the_error_body(client, auth):
 
 
 def test_unmigrated_database_is_refused(settings, tmp_path):
-    from api.main import create_app
+    from mergetune.api.main import create_app
 
     s = settings.model_copy(update={"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
     with pytest.raises(
@@ -89,7 +89,7 @@ def test_unmigrated_database_is_refused(settings, tmp_path):
 def test_a_job_created_while_the_broker_is_down_stays_queued_and_the_reconciler_sends_it(
     make_client, settings, auth, job_body, redis_client
 ):
-    from worker.reconcile import broker_job_ids, reconcile_once
+    from mergetune.worker.reconcile import broker_job_ids, reconcile_once
 
     down = make_client(BROKER_URL="redis://127.0.0.1:1/0")
     r = down.post("/v1/jobs", headers=auth, json=job_body)

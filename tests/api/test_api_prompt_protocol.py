@@ -11,9 +11,9 @@ import pytest
 import torch
 from api_support import upload
 
-from common.db import session_scope
-from common.models import WorkerHeartbeat
-from worker import jobdb
+from mergetune.common.db import session_scope
+from mergetune.common.models import WorkerHeartbeat
+from mergetune.worker import jobdb
 
 TINY = {"model": "tiny-test", "pretrained": "random"}
 D = 64  # tiny-test text width

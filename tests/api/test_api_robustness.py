@@ -9,14 +9,14 @@ import pytest
 from api_support import upload
 from safetensors.numpy import save as save_safetensors
 
-from core.config import HeadHyperparameters
+from mergetune.core.config import HeadHyperparameters
 
 
 def test_api_process_never_imports_torch():
     code = (
         "import sys\n"
-        "import api.main, api.services.checkpoints, api.services.datasets, api.services.jobs, cli.main\n"
-        "api.main.create_app()\n"
+        "import mergetune.api.main, mergetune.api.services.checkpoints, mergetune.api.services.datasets, mergetune.api.services.jobs, mergetune.cli.main\n"
+        "mergetune.api.main.create_app()\n"
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -246,8 +246,8 @@ def test_dashboard_sweep_page_fills_in_as_cells_finish(
 ):
     from sqlalchemy import update
 
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     body = {
         "cells": [{"checkpoint_id": checkpoint["id"], "dataset_id": dataset["id"], "seed": s} for s in (1, 2)]

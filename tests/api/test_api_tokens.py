@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from cli.main import main, parse_duration
-from common.db import session_scope
-from common.models import ApiToken, utcnow
+from mergetune.cli.main import main, parse_duration
+from mergetune.common.db import session_scope
+from mergetune.common.models import ApiToken, utcnow
 
 
 def _create(capsys, project: str, *extra: str) -> str:
@@ -26,7 +26,7 @@ def _listed(capsys, project: str) -> list[dict]:
 
 
 def _row(url: str, secret: str) -> ApiToken:
-    from common import repositories as repo
+    from mergetune.common import repositories as repo
 
     with session_scope(url) as s:
         found = repo.find_token(s, secret)

@@ -27,7 +27,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def mt(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 60) -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "mergetune.cli.main", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,
@@ -84,7 +84,7 @@ def test_version_and_help_on_every_option():
         assert f"    {sub} " in out.stdout, out.stdout
 
     # every option of every subcommand has a help text (argparse prints the option alone otherwise)
-    from cli.main import build_parser
+    from mergetune.cli.main import build_parser
 
     parser = build_parser()
     missing = []
@@ -147,7 +147,7 @@ def test_token_create_finds_the_running_server_or_needs_init(tmp_path):
     assert mt(server_env, "migrate").returncode == 0
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
+        [sys.executable, "-m", "mergetune.cli.main", "serve", "--port", str(port)],
         cwd=REPO,
         env=server_env,
         stdout=log,

@@ -51,11 +51,11 @@ def test_dashboard_and_scrape_config_are_valid_and_provisioned():
 
 
 def test_every_metric_the_dashboard_queries_is_exported(client, settings):
-    from common.db import session_scope
-    from common.models import Checkpoint, Dataset, Job, WorkerHeartbeat, utcnow
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint, Dataset, Job, WorkerHeartbeat, utcnow
 
     with session_scope(settings.DATABASE_URL) as s:
-        from common import repositories as repo
+        from mergetune.common import repositories as repo
 
         project = repo.get_or_create_project(s, "monitoring")
         ck = Checkpoint(project_id=project.id, name="c", filename="c", bytes=1, sha256="ab" * 32, format="dassl",

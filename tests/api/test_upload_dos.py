@@ -102,8 +102,8 @@ class Watch:
 def api_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     import redis
 
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     broker = f"{os.environ.get('MERGETUNE_TEST_REDIS_URL', ws.REDIS_URL)}/{DOS_REDIS_DB}"
     started: list[ws.ApiProcess] = []

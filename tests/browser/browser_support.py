@@ -81,8 +81,8 @@ class Stack:
 
 def new_project(url: str) -> tuple[str, str]:
     """(project_id, token secret) of a fresh project."""
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     with session_scope(url) as s:
         project = repo.get_or_create_project(s, f"dash-{uuid.uuid4().hex[:10]}")
@@ -92,7 +92,7 @@ def new_project(url: str) -> tuple[str, str]:
 
 def dataset_row(project_id: str) -> Any:
     """An unsaved ready builtin Dataset row of 6 classes (abc base, def novel) in ``project_id``."""
-    from common.models import Dataset
+    from mergetune.common.models import Dataset
 
     return Dataset(
         project_id=project_id, name=f"set-{uuid.uuid4().hex[:6]}", kind="builtin", path="",
@@ -104,8 +104,8 @@ def dataset_row(project_id: str) -> Any:
 
 def make_rows(url: str, project_id: str, *, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """A ready checkpoint, a dataset and jobs (dicts of Job column overrides) in ``project_id``."""
-    from common.db import session_scope
-    from common.models import Checkpoint, Job, new_id
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint, Job, new_id
 
     with session_scope(url) as s:
         ck = Checkpoint(

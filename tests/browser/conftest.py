@@ -64,10 +64,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.models import Project
-    from common.storage import LocalStore
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Project
+    from mergetune.common.storage import LocalStore
 
     home = tmp_path_factory.mktemp("browser-stack")
     with ws.fresh_database("mt_browser") as db_url:
@@ -172,7 +172,7 @@ def settings(tmp_path: Path, make_settings: Callable[..., Any], _redis: None) ->
 
 @pytest.fixture
 def app_client(settings: Any) -> Iterator[TestClient]:
-    from api.main import create_app
+    from mergetune.api.main import create_app
 
     with TestClient(create_app(settings)) as client:
         yield client

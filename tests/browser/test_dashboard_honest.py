@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 
 def _status_events(url: str, job_id: str, statuses: list[tuple[str, str]], start: datetime) -> None:
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     with session_scope(url) as s:
         for i, (status, message) in enumerate(statuses):
@@ -60,8 +60,8 @@ def test_failed_and_cancelled_pages_say_what_happened(app_client: TestClient, se
 
 
 def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> None:
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -90,9 +90,9 @@ def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> N
 def test_estimates_use_measured_epoch_evaluation_and_job_times(
     app_client: TestClient, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.services import jobs as job_service
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.api.services import jobs as job_service
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     job_service._measured_cache.clear()
     # the queue (and the database) is shared: measure on the latest finished job only, this one
@@ -109,7 +109,7 @@ def test_estimates_use_measured_epoch_evaluation_and_job_times(
          "progress": {"epoch": 3, "epochs": 10, "step": 0, "steps": 4}},
     ])  # fmt: skip
     done, running = rows["job_ids"]
-    from common import repositories as repo
+    from mergetune.common import repositories as repo
 
     with session_scope(url) as s:
         for job_id in (done, running):
@@ -138,8 +138,8 @@ def test_estimates_use_measured_epoch_evaluation_and_job_times(
 def test_per_epoch_curves_come_from_the_epoch_events(app_client: TestClient, settings: Any) -> None:
     import json
 
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)

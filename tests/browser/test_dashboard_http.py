@@ -107,9 +107,9 @@ def test_job_list_filters_paginates_and_hides_other_projects(app_client: TestCli
 
 
 def test_health_panel_lists_recent_workers_only(app_client: TestClient, settings: Any) -> None:
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.models import WorkerHeartbeat
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import WorkerHeartbeat
 
     url = settings.DATABASE_URL
     _, secret = new_project(url)
@@ -125,10 +125,10 @@ def test_health_panel_lists_recent_workers_only(app_client: TestClient, settings
 
 
 def test_job_page_live_json_and_artifacts(app_client: TestClient, settings: Any) -> None:
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.models import Artifact
-    from common.storage import get_store
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Artifact
+    from mergetune.common.storage import get_store
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -186,8 +186,8 @@ def test_new_job_form_creates_a_queued_job_and_cancel_cancels_it(
 ) -> None:
     from sqlalchemy import func, select
 
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -242,10 +242,10 @@ def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
 ) -> None:
     import json
 
-    from common.db import session_scope
-    from common.models import Artifact
-    from common.storage import get_store
-    from core.result import Metrics, compute_verdict
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Artifact
+    from mergetune.common.storage import get_store
+    from mergetune.core.evaluation.result import Metrics, compute_verdict
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -297,9 +297,9 @@ def test_verdict_and_training_curves_on_the_job_page_api_and_metrics(
 def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
     app_client: TestClient, settings: Any
 ) -> None:
-    from common.db import session_scope
-    from common.models import Job
-    from core.config import HeadHyperparameters, Hyperparameters
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
+    from mergetune.core.config import HeadHyperparameters, Hyperparameters
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -341,8 +341,8 @@ def test_new_job_form_offers_every_hyperparameter_with_its_real_default(
 def test_new_job_form_takes_the_protocol_and_the_class_token_position(
     app_client: TestClient, settings: Any
 ) -> None:
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)

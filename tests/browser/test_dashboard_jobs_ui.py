@@ -110,10 +110,10 @@ def test_list_searches_and_sorts_by_metric_columns(app_client: TestClient, setti
 
 
 def test_compare_two_jobs_side_by_side_at_a_shareable_url(app_client: TestClient, settings: Any) -> None:
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.models import Artifact, Job
-    from common.storage import get_store
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Artifact, Job
+    from mergetune.common.storage import get_store
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)
@@ -151,8 +151,8 @@ def test_compare_two_jobs_side_by_side_at_a_shareable_url(app_client: TestClient
 
 
 def test_clone_and_edit_fills_the_form_from_the_job(app_client: TestClient, settings: Any) -> None:
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     url = settings.DATABASE_URL
     project, secret = new_project(url)

@@ -9,10 +9,10 @@ from typing import Any
 from browser_support import csrf_token, dataset_row, login, new_project
 from fastapi.testclient import TestClient
 
-from common.db import session_scope
-from common.models import Checkpoint, Job
-from core.config import MMAHyperparameters
-from core.mma_layout import AdapterLayout
+from mergetune.common.db import session_scope
+from mergetune.common.models import Checkpoint, Job
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
+from mergetune.core.config import MMAHyperparameters
 
 
 def test_new_job_form_with_an_mma_checkpoint(app_client: TestClient, settings: Any) -> None:

@@ -19,9 +19,9 @@ VIEWPORTS = {"desktop": (1440, 900), "mobile": (390, 844)}
 
 def _failed_job(stack: Stack) -> str:
     """A failed job whose error names a field (a row, as the worker writes it)."""
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.models import Job, new_id, utcnow
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job, new_id, utcnow
 
     with session_scope(stack.database_url) as s:
         job = Job(

@@ -43,7 +43,7 @@ def stack(e2e_env, tmp_path_factory):
     w = ws.WorkerProcess(e2e_env, logs / "worker.log", nodename="e2e@test").start(wait=False)
     p = ws.ApiProcess(e2e_env, logs / "api.log").start(wait=False)
     tok = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "token", "create", "--project", "e2e"],
+        [sys.executable, "-m", "mergetune.cli.main", "token", "create", "--project", "e2e"],
         cwd=ws.REPO,
         env=e2e_env,
         stdout=subprocess.PIPE,
@@ -80,7 +80,7 @@ def token(stack):
 @pytest.fixture(scope="session")
 def checkpoint_file(tmp_path_factory):
     """A Dassl-layout prompts.pth.tar of a 'fine-tuned' tiny-test context, the way users upload them."""
-    from core.export import export_prompts
+    from mergetune.core.checkpoints.export import export_prompts
 
     out = tmp_path_factory.mktemp("ckpt")
     paths = export_prompts(

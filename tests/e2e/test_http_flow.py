@@ -106,7 +106,7 @@ def test_upload_dataset_job_poll_download(client, ckpt_and_dataset, tmp_path):
     assert report["metrics"] == cur["metrics"] and report["manifest"]["seed"] == 1
     assert report["manifest"]["checkpoint"]["sha256"] == ck["sha256"]
     assert report["manifest"]["dataset"]["registered_split_sha256"] == ds["sha256_of_split"]
-    from core.ingest import ingest_checkpoint
+    from mergetune.core.checkpoints.ingest import ingest_checkpoint
 
     rec = ingest_checkpoint(tmp_path / "prompts.safetensors")
     assert rec.ctx.shape == (4, 64) and rec.method.value == "coop"

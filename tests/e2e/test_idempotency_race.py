@@ -34,8 +34,8 @@ pytestmark = pytest.mark.slow
 def race_api(tmp_path_factory):
     import redis
 
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     # This session's private Redis (read now: worker_support may have been imported before it started).
     broker = f"{os.environ.get('MERGETUNE_TEST_REDIS_URL', ws.REDIS_URL)}/{RACE_REDIS_DB}"
@@ -122,13 +122,15 @@ def test_20_keys_x_20_parallel_job_creations(race_api, dassl_checkpoint):
     import redis
     from sqlalchemy import func, select
 
-    from common.db import session_scope
-    from common.models import IdempotencyKey, Job
-    from common.tasks import JOBS_QUEUE
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import IdempotencyKey, Job
+    from mergetune.common.tasks import JOBS_QUEUE
 
     api, settings, auth = race_api
     ck = httpx.post(
-        f"{api.url}/v1/checkpoints", headers=auth, files={"file": ("prompts.pth.tar", dassl_checkpoint)}
+        f"{api.url}/v1/checkpoints",
+        headers=auth,
+        files={"file": ("prompts.pth.tar", dassl_checkpoint)},
     )
     assert ck.status_code == 201, ck.text
     ds = httpx.post(
@@ -170,8 +172,8 @@ def test_20_keys_x_20_parallel_job_creations(race_api, dassl_checkpoint):
 def test_20_keys_x_20_parallel_uploads_leave_no_orphaned_bytes(race_api, dassl_checkpoint):
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.models import Checkpoint
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint
 
     api, settings, auth = race_api
     requests = [

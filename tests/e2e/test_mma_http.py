@@ -13,8 +13,8 @@ import pytest
 import torch
 import worker_support as ws
 
-from core.ingest import ingest_checkpoint
-from core.mma_layout import AdapterLayout
+from mergetune.core.checkpoints.ingest import ingest_checkpoint
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
 from tests.mma_files import mma_state_dict, write_mma_dassl
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ def _hm(b: float, n: float) -> float:
 
 def _cli(env, url, token, *args, timeout=240):
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args, "--url", url, "--token", token],
+        [sys.executable, "-m", "mergetune.cli.main", *args, "--url", url, "--token", token],
         cwd=ws.REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -33,7 +33,7 @@ def _cli(env, url, token, *args, timeout=240):
 def test_tree_sweep_runs_on_two_workers_and_reports_the_table(
     api, token, celery_worker, e2e_env, e2e_settings, tmp_path
 ):
-    from core.export import export_prompts
+    from mergetune.core.checkpoints.export import export_prompts
 
     second = ws.WorkerProcess(e2e_env, tmp_path / "worker2.log", nodename="e2e2@test").start(wait=False)
     try:

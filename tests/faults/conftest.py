@@ -55,7 +55,7 @@ def private_redis():
 
 @pytest.fixture(scope="session")
 def fault_settings(private_pg, private_redis, tmp_path_factory):
-    from common.db import get_engine, upgrade_head
+    from mergetune.common.db import get_engine, upgrade_head
 
     url = private_pg.create_database(f"mt_faults_{uuid.uuid4().hex[:6]}")
     upgrade_head(url)
@@ -76,9 +76,9 @@ def fault_env(fault_settings):
 def stack(fault_env, fault_settings, tmp_path_factory):
     """The API and the reconciler (workers are started by each test), a project with its bearer token,
     a tiny checkpoint and the built-in dataset."""
-    from common import repositories as repo
-    from common.db import session_scope
-    from common.storage import LocalStore
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+    from mergetune.common.storage import LocalStore
 
     logs = tmp_path_factory.mktemp("fault-logs")
     api = ws.ApiProcess(fault_env, logs / "api.log").start(wait=False)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _queued_ids(r) -> list[str]:
-    from worker.reconcile import _job_id_of
+    from mergetune.worker.reconcile import _job_id_of
 
     return sorted(j for raw in r.lrange("mergetune", 0, -1) if (j := _job_id_of(raw)) is not None)
 

@@ -15,11 +15,11 @@ import pytest
 import worker_support as ws
 from sqlalchemy import update
 
-from common.db import session_scope
-from common.models import Job, WorkerHeartbeat, utcnow
-from common.queue import enqueue_job
-from worker import jobdb, pipeline
-from worker.reconcile import _job_id_of, broker_job_ids, reconcile_once
+from mergetune.common.db import session_scope
+from mergetune.common.models import Job, WorkerHeartbeat, utcnow
+from mergetune.common.queue import enqueue_job
+from mergetune.worker import jobdb, pipeline
+from mergetune.worker.reconcile import _job_id_of, broker_job_ids, reconcile_once
 
 REDIS_DB = 21  # of this session's private redis-server (tests/conftest.py starts it with 32 databases)
 
@@ -49,7 +49,7 @@ def rsettings(tmp_path, rec_pg_url):
 
 @pytest.fixture
 def rows(rsettings):
-    from common.storage import LocalStore
+    from mergetune.common.storage import LocalStore
 
     url = rsettings.DATABASE_URL
     with session_scope(url) as s:  # earlier tests' jobs are not this test's business
@@ -93,7 +93,7 @@ def test_a_stalled_job_with_a_live_worker_is_requeued_once_and_its_old_owner_fen
     assert any("No progress from worker w1@test" in e["message"] for e in ws.events(url, job_id))
     # the old owner's lease ended: its next check stops it and it cannot finish the job
     assert jobdb.stop_flags(url, job_id, claim.attempt) == (False, None)
-    from common.models import JobStatus
+    from mergetune.common.models import JobStatus
 
     assert not jobdb.finish_job(url, job_id, "w1@test", JobStatus.succeeded, message="x", attempt=1)
 
@@ -223,8 +223,8 @@ def test_a_job_handed_back_during_an_outage_is_released_for_any_worker(rsettings
 def test_embedded_mode_sqlite_and_filesystem_queue(tmp_path):
     """The embedded mode's reconciler (SQLite, kombu's filesystem queue): a queued job whose message file
     is gone is sent again, once; a stalled one is requeued."""
-    from common.db import upgrade_head
-    from common.storage import LocalStore
+    from mergetune.common.db import upgrade_head
+    from mergetune.common.storage import LocalStore
 
     home = tmp_path / "home"
     settings = ws.make_settings(

@@ -33,7 +33,7 @@ def wsettings(tmp_path, worker_pg_url):
 
 @pytest.fixture
 def store(wsettings):
-    from common.storage import LocalStore
+    from mergetune.common.storage import LocalStore
 
     return LocalStore(wsettings.ARTIFACT_URL)
 

@@ -1,4 +1,4 @@
-"""A REAL Celery worker process (``celery -A worker.celery_app worker --pool solo -c 1``) on the real Redis
+"""A REAL Celery worker process (``celery -A mergetune.worker.celery_app worker --pool solo -c 1``) on the real Redis
 of this machine (database index 13) and the real Postgres, running the tiny backbone."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 import worker_support as ws
 from sqlalchemy import select, update
 
-from common.db import session_scope
-from common.models import Job, WorkerHeartbeat
-from common.queue import enqueue_job
-from worker import pipeline
+from mergetune.common.db import session_scope
+from mergetune.common.models import Job, WorkerHeartbeat
+from mergetune.common.queue import enqueue_job
+from mergetune.worker import pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def _redis():
 
 
 def test_worker_config_for_long_gpu_jobs(wsettings):
-    from worker.config import worker_config
+    from mergetune.worker.config import worker_config
 
     conf = worker_config(wsettings)
     assert conf["task_acks_late"] is True and conf["task_reject_on_worker_lost"] is True

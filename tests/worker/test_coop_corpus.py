@@ -128,9 +128,9 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, torch.Tensor]]:
 def api(wsettings):
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
-    from common import repositories as repo
-    from common.db import session_scope
+    from mergetune.api.main import create_app
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
 
     with session_scope(wsettings.DATABASE_URL) as s:
         _, secret = repo.create_token(s, repo.get_or_create_project(s, f"corpus-{id(wsettings)}"))
@@ -148,8 +148,8 @@ def _download(api, job_id: str, name: str) -> bytes:
 def _stored_ctx(wsettings, ckpt_id: str) -> torch.Tensor:
     from safetensors.torch import load_file
 
-    from common.db import session_scope
-    from common.models import Checkpoint
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint
 
     with session_scope(wsettings.DATABASE_URL) as s:
         key = s.get(Checkpoint, ckpt_id).tensors_key
@@ -159,7 +159,7 @@ def _stored_ctx(wsettings, ckpt_id: str) -> torch.Tensor:
 @pytest.mark.slow
 @pytest.mark.parametrize("v", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_coop_checkpoint_round_trip(v: Variant, corpus, api, wsettings, tmp_path) -> None:
-    from worker.pipeline import run_job
+    from mergetune.worker.pipeline import run_job
 
     path, ctx = corpus[v.name]
     form = {"class_token_position": v.position} if v.position else {}

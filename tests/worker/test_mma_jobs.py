@@ -13,12 +13,12 @@ import pytest
 import torch
 import worker_support as ws
 
-from common.db import session_scope
-from common.models import Checkpoint, Job, new_id, utcnow
-from core.config import MMAHyperparameters
-from core.mma import MMAAdapters
-from core.mma_layout import AdapterLayout
-from worker import pipeline
+from mergetune.common.db import session_scope
+from mergetune.common.models import Checkpoint, Job, new_id, utcnow
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
+from mergetune.core.config import MMAHyperparameters
+from mergetune.core.method.mma import MMAAdapters
+from mergetune.worker import pipeline
 
 HOST = "w-mma@local"
 # tiny-test: text 64 wide with 2 blocks, image 64 wide with 1 block -> adapters on block 1
@@ -123,7 +123,7 @@ def test_a_sigkilled_celery_worker_mma_job_resumes_on_a_new_worker_to_the_same_a
     """A real fault: the worker process running an MMA job is SIGKILLed mid-training; a new worker takes
     the unacknowledged message, resumes from the last epoch state and ends with the adapters of the same
     job run without interruption by the same kind of worker (bit for bit), every epoch reported once."""
-    from common.queue import enqueue_job
+    from mergetune.common.queue import enqueue_job
 
     url = wsettings.DATABASE_URL
     project = ws.make_project(url)

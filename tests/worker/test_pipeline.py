@@ -12,9 +12,9 @@ import pytest
 import worker_support as ws
 from sqlalchemy import update
 
-from common.db import session_scope
-from common.models import Job, WorkerHeartbeat, utcnow
-from worker import jobdb, pipeline
+from mergetune.common.db import session_scope
+from mergetune.common.models import Job, WorkerHeartbeat, utcnow
+from mergetune.worker import jobdb, pipeline
 
 HOST = "w-test@local"
 EXPECTED = {
@@ -220,7 +220,7 @@ def test_user_error_and_system_error_are_told_apart(wsettings, store, rows, monk
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr("core.recovery.recover", boom)
+    monkeypatch.setattr("mergetune.core.method.recovery.recover", boom)
     assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "failed"
     err = ws.job_row(url, job_id)["error"]
     assert err == {"code": "internal_error", "message": "RuntimeError: disk on fire", "user_error": False}
@@ -321,8 +321,8 @@ def test_callbacks_throttle_progress_writes_and_cancel_reads(wsettings, store, r
 def test_linear_head_job_exports_a_head(wsettings, store, rows):
     import torch
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec
+    from mergetune.core.config import BackboneSpec
+    from mergetune.core.model.backbone import load_backbone
 
     url = wsettings.DATABASE_URL
     project, _, ds = rows
@@ -383,7 +383,7 @@ def test_a_node_that_lost_the_job_stops_without_touching_it(wsettings, store, ro
 
 def test_job_runs_with_the_s3_artifact_store(wsettings, rows, ctx_ft, s3_endpoint, s3_credentials):
     """Checkpoint tensors, epoch state and artifacts in an S3 bucket (moto server over HTTP)."""
-    from common.storage import S3Store
+    from mergetune.common.storage import S3Store
 
     url = wsettings.DATABASE_URL
     s3 = S3Store("s3://mergetune-jobs/prod", endpoint_url=s3_endpoint)
@@ -427,7 +427,7 @@ def test_job_is_evaluated_on_its_extra_datasets(wsettings, store, rows):
 
 
 def test_a_bad_extra_dataset_fails_the_job_as_a_user_error_naming_it(wsettings, store, rows):
-    from common.models import Dataset
+    from mergetune.common.models import Dataset
 
     url = wsettings.DATABASE_URL
     project, ck, ds = rows

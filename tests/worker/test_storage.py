@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from common.storage import ArtifactNotFound, LocalStore, S3Store, StorageError, get_store
+from mergetune.common.storage import ArtifactNotFound, LocalStore, S3Store, StorageError, get_store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -8,7 +8,7 @@ import struct
 
 import worker_support as ws
 
-from worker import pipeline
+from mergetune.worker import pipeline
 
 HOST = "w-test@local"
 

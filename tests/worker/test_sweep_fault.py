@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import worker_support as ws
 
-from api.schemas import SweepCreate
-from api.services.sweeps import create_sweep, sweep_read
-from common import repositories as repo
-from common.db import get_sessionmaker
+from mergetune.api.schemas import SweepCreate
+from mergetune.api.services.sweeps import create_sweep, sweep_read
+from mergetune.common import repositories as repo
+from mergetune.common.db import get_sessionmaker
 
 pytestmark = pytest.mark.slow
 

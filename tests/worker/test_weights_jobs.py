@@ -10,18 +10,18 @@ import worker_support as ws
 
 
 def _set_backbone(url: str, job_id: str, backbone: dict[str, str]) -> None:
-    from common.db import session_scope
-    from common.models import Job
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     with session_scope(url) as s:
         s.get(Job, job_id).backbone = backbone
 
 
 def test_openai_weights_job_warns_and_records_quick_gelu(wsettings, store, rows) -> None:
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec
-    from worker.backbones import clear
-    from worker.pipeline import run_job
+    from mergetune.core.config import BackboneSpec
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.worker.backbones import clear
+    from mergetune.worker.pipeline import run_job
 
     src = load_backbone(BackboneSpec(**ws.TINY_BACKBONE)).model  # the job's own random weights
     sd = {k: v.half() if v.is_floating_point() else v for k, v in src.state_dict().items()}
@@ -48,8 +48,8 @@ def test_openai_weights_job_warns_and_records_quick_gelu(wsettings, store, rows)
 
 
 def test_worker_refuses_weights_outside_the_model_root(wsettings, store, rows, tmp_path) -> None:
-    from worker.backbones import clear
-    from worker.pipeline import run_job
+    from mergetune.worker.backbones import clear
+    from mergetune.worker.pipeline import run_job
 
     outside = tmp_path / "elsewhere.pt"
     torch.save({"x": torch.zeros(1)}, outside)
@@ -66,10 +66,10 @@ def test_worker_refuses_weights_outside_the_model_root(wsettings, store, rows, t
 def test_heartbeat_reports_the_loadable_weights_and_withdraws_them(wsettings) -> None:
     """A worker's heartbeat row carries the weights files under its model root (never the artifact store)
     and the cached open_clip tags; a stopped worker withdraws the report."""
-    from common.db import session_scope
-    from common.models import WorkerHeartbeat
-    from worker.backbones import weights_report
-    from worker.heartbeat import Heartbeat
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import WorkerHeartbeat
+    from mergetune.worker.backbones import weights_report
+    from mergetune.worker.heartbeat import Heartbeat
 
     root = Path(wsettings.MODEL_ROOT)
     (root / "openai").mkdir(parents=True, exist_ok=True)

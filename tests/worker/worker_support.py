@@ -39,7 +39,7 @@ def pg_url(dbname: str) -> str:
 @contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
     """CREATE a uniquely named database, migrate it to head, yield its URL, DROP it."""
-    from common.db import get_engine, upgrade_head
+    from mergetune.common.db import get_engine, upgrade_head
 
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(f"host={PG_HOST} user={PG_USER} dbname=postgres", autocommit=True) as conn:
@@ -65,7 +65,7 @@ def free_port() -> int:
 def create_token(env: dict[str, str], project: str) -> str:
     """``mergetune token create --project NAME``: the token is alone on the last line of stdout."""
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "token", "create", "--project", project],
+        [sys.executable, "-m", "mergetune.cli.main", "token", "create", "--project", project],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -83,7 +83,7 @@ def flush_redis(db: int) -> None:
 
 
 def make_settings(home: Path, database_url: str, broker_url: str, **extra: Any):
-    from common.settings import Settings
+    from mergetune.common.settings import Settings
 
     s = Settings(
         HOME=home,
@@ -124,8 +124,8 @@ def settings_env(settings: Any) -> dict[str, str]:
 
 
 def make_project(url: str, name: str | None = None) -> str:
-    from common.db import session_scope
-    from common.models import Project
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Project
 
     with session_scope(url) as s:
         p = Project(name=name or f"proj-{uuid.uuid4().hex[:8]}")
@@ -138,9 +138,9 @@ def tiny_ctx(n_ctx: int = 4, seed: int = 0):
     """A 'fine-tuned' context for the tiny-test backbone: the "a photo of a" init plus a little noise."""
     import torch
 
-    from core.backbone import load_backbone
-    from core.config import BackboneSpec, PromptLearnerSpec
-    from core.prompts import init_ctx
+    from mergetune.core.config import BackboneSpec, PromptLearnerSpec
+    from mergetune.core.model.backbone import load_backbone
+    from mergetune.core.model.prompts import init_ctx
 
     bb = load_backbone(BackboneSpec(**TINY_BACKBONE))
     ctx = init_ctx(bb, PromptLearnerSpec(n_ctx=n_ctx, ctx_init="a photo of a" if n_ctx == 4 else None))
@@ -160,8 +160,8 @@ def make_checkpoint(
     """A ready checkpoint row whose extracted tensors ({"ctx"}, or ``head`` {"weight", "bias"}) are stored."""
     from safetensors.torch import save as st_save
 
-    from common.db import session_scope
-    from common.models import Checkpoint, new_id
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint, new_id
 
     ck_id = new_id("ckpt")
     data = st_save(head if head is not None else {"ctx": ctx})
@@ -197,10 +197,10 @@ def make_dataset(
     options: dict[str, Any] | None = None,
     name: str = "builtin-tiny",
 ) -> str:
-    from common.db import session_scope
-    from common.models import Dataset
-    from core.config import DatasetKind
-    from core.datasets import base_to_novel, open_dataset
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Dataset
+    from mergetune.core.config import DatasetKind
+    from mergetune.core.data import base_to_novel, open_dataset
 
     options = dict(TINY_DATASET_OPTIONS if options is None else options)
     ds = open_dataset(DatasetKind.builtin, settings.DATA_ROOT, "", options=options)
@@ -236,9 +236,9 @@ def make_job(
     eval_dataset_ids: list[str] | None = None,
     **hp: Any,
 ) -> str:
-    from common.db import session_scope
-    from common.models import Job, utcnow
-    from core.config import HeadHyperparameters, Hyperparameters
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job, utcnow
+    from mergetune.core.config import HeadHyperparameters, Hyperparameters
 
     if job_type == "linear_head":
         params = {"epochs": 2, "batch_size": 8, "shots": 4, **hp}
@@ -265,7 +265,7 @@ def make_job(
 
 
 def job_row(url: str, job_id: str) -> dict[str, Any]:
-    from worker.jobdb import load_job_inputs
+    from mergetune.worker.jobdb import load_job_inputs
 
     return load_job_inputs(url, job_id)["job"]
 
@@ -273,8 +273,8 @@ def job_row(url: str, job_id: str) -> dict[str, Any]:
 def events(url: str, job_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.models import JobEvent
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import JobEvent
 
     with session_scope(url) as s:
         rows = s.execute(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).scalars()
@@ -284,8 +284,8 @@ def events(url: str, job_id: str) -> list[dict[str, Any]]:
 def artifacts(url: str, job_id: str) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
-    from common.db import session_scope
-    from common.models import Artifact
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Artifact
 
     with session_scope(url) as s:
         rows = s.execute(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)).scalars()
@@ -328,7 +328,7 @@ def terminate(proc: subprocess.Popen[bytes] | None, log: Any, *, grace: float) -
 
 
 class WorkerProcess:
-    """``celery -A worker.celery_app worker --pool solo -c 1`` as a subprocess with its own log file."""
+    """``celery -A mergetune.worker.celery_app worker --pool solo -c 1`` as a subprocess with its own log file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, nodename: str = "w1@test") -> None:
         self.env, self.log_path, self.nodename = env, log_path, nodename
@@ -343,7 +343,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "worker.celery_app",
+                "mergetune.worker.celery_app",
                 "worker",
                 "--pool",
                 "solo",
@@ -396,7 +396,7 @@ class WorkerProcess:
 
 
 class ApiProcess:
-    """``uvicorn --factory api.main:create_app`` as a subprocess with its own log file."""
+    """``uvicorn --factory mergetune.api.main:create_app`` as a subprocess with its own log file."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
@@ -412,7 +412,7 @@ class ApiProcess:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "api.main:create_app",
+                "mergetune.api.main:create_app",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -1,0 +1,1 @@
+"""The method: objectives, the SGD schedule, training loops and recovery for prompts, heads and MMA adapters."""
