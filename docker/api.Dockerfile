@@ -14,19 +14,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (cached layer): pyproject only, with stub packages so setuptools resolves.
+# The dependencies first, read from pyproject.toml (a layer that changes only with it), then the code.
 COPY pyproject.toml ./
-RUN mkdir -p core common api worker cli migrations \
-    && for p in core common api worker cli migrations; do touch "$p/__init__.py"; done \
-    && pip install ".[s3]" \
-    && pip uninstall -y mergetune-service \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + [d for g in ('s3',) for d in p['optional-dependencies'][g]]))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
     && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch must not be in the API image'"
-
 COPY alembic.ini ./
+COPY client ./client
+COPY ops ./ops
 COPY common ./common
 COPY core ./core
 COPY api ./api
-COPY cli ./cli
 COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-deps . \

@@ -36,19 +36,19 @@ RUN --mount=type=bind,source=docker/wheels,target=/wheels \
     fi \
     && python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
+# The dependencies first, read from pyproject.toml (a layer that changes only with it), then the code.
 COPY pyproject.toml ./
-RUN mkdir -p core common api worker cli migrations \
-    && for p in core common api worker cli migrations; do touch "$p/__init__.py"; done \
-    && pip install ".[ml,s3]" \
-    && pip uninstall -y mergetune-service \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + [d for g in ('ml', 's3',) for d in p['optional-dependencies'][g]]))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
     && pip check
-
 COPY alembic.ini ./
+COPY client ./client
+COPY ops ./ops
 COPY common ./common
 COPY core ./core
-COPY worker ./worker
-COPY cli ./cli
 COPY api ./api
+COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /var/lib/mergetune mergetune \

@@ -219,7 +219,7 @@ fi
 ctx=$work/context
 mkdir -p "$ctx/docker/wheels"
 tar -C "$ROOT" -c --mtime=2020-01-01 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ \
-    --exclude='*.pyc' pyproject.toml alembic.ini requirements common core api cli worker migrations \
+    --exclude='*.pyc' pyproject.toml alembic.ini requirements client ops common core api worker migrations \
     docker/prestart.sh docker/api.Dockerfile docker/worker.Dockerfile docker/api.Dockerfile.dockerignore \
     docker/worker.Dockerfile.dockerignore | tar -x -C "$ctx"
 cp -al docker/wheels/. "$ctx/docker/wheels/" 2>/dev/null || cp -a docker/wheels/. "$ctx/docker/wheels/"

@@ -1,1 +1,1 @@
-"""The frozen CLIP and what we put into it: backbone and weights, prompt learners, linear heads, MMA adapters, cached features."""
+"""The frozen CLIP and what we put into it: backbone, prompt learners, linear heads, MMA adapters, features."""
