@@ -26,9 +26,9 @@ from mergetune.core.checkpoints.safe_pickle import (
     LazyTensor,
     StorageRef,
     StorageType,
-    _SafeCallable,
     load_torch_file,
 )
+from mergetune.core.checkpoints.safe_pickle.rebuild import _SafeCallable
 from mergetune.core.errors import CheckpointError
 
 torch.set_num_threads(1)
