@@ -32,14 +32,8 @@ from bench.benchlib import classnames, machine, median_time  # noqa: E402
 
 def bench_model(model: str, n_cls: int, args: argparse.Namespace, dev: torch.device) -> dict:
     from mergetune.core.config import BackboneSpec
-    from mergetune.core.method.mma import (
-        MMAAdapters,
-        MMAModel,
-        backbone_widths,
-        layout_for,
-        mma_loss,
-        reference_step_loss,
-    )
+    from mergetune.core.method.mma import mma_loss, reference_step_loss
+    from mergetune.core.model.adapters import MMAAdapters, MMAModel, backbone_widths, layout_for
     from mergetune.core.model.backbone import load_backbone
 
     pretrained = "builtin" if model == "tiny-clip" else "random"

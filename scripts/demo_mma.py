@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from mergetune.core.checkpoints.mma_layout import AdapterLayout
     from mergetune.core.config import BackboneSpec, DatasetKind, MMAHyperparameters
     from mergetune.core.data import base_to_novel, open_dataset
-    from mergetune.core.method.mma import mma_buffers, recover_mma, train_mma_stage1
+    from mergetune.core.method.mma import recover_mma, train_mma_stage1
+    from mergetune.core.model.adapters import mma_buffers
     from mergetune.core.model.backbone import load_backbone
 
     torch.set_num_threads(1)

@@ -1,20 +1,18 @@
-"""MMA (Multi-Modal Adapter) on open_clip's CLIP towers, and MergeTune for it (ALGORITHM.md section 6c).
+"""MergeTune for MMA (Multi-Modal Adapter) adapters (ALGORITHM.md section 6c): the objective and the training loop.
 
-- :class:`MMAAdapters`: MMA's ``AdapterLearner`` parameters with MMA's exact state-dict keys.
-- :class:`MMAModel`: the frozen backbone with adapters on blocks ``start..end`` of both towers. Blocks
-  below ``start`` are frozen and untouched by the adapters, so their outputs are computed once per
-  image view (:meth:`MMAModel.image_prefix`) and once per class prompt (cached at construction); every
-  training step runs only blocks ``start..`` (:meth:`MMAModel.image_features`, :meth:`text_features`).
 - :func:`mma_loss`: CE + W_LMC * mean_k CE with classifier n((1 - t_k) G_w + t_k G_zs).
 - :func:`train_mma`: the training loop (stage 1 with ``w_lmc = 0``, MergeTune otherwise), resumable.
 - :func:`train_mma_stage1` and :func:`recover_mma`: entry points for the demo, tests and the worker.
+- :func:`reference_step_loss`: the reference's step, structure for structure (benchmark and equality tests).
+
+The adapters and the adapted model are in :mod:`mergetune.core.model.adapters`, evaluation in
+:mod:`mergetune.core.evaluation.mma`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,23 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mergetune.core.checkpoints.mma_layout import MMA_TEXT_INIT, AdapterLayout, default_span
-from mergetune.core.config import FeatureMode, MMAHyperparameters, alphas, path_points
+from mergetune.core.checkpoints.mma_layout import AdapterLayout
+from mergetune.core.config import FeatureMode, MMAHyperparameters, path_points
 from mergetune.core.errors import Cancelled, ConfigError
-from mergetune.core.evaluation.evaluate import accuracy, barrier
-from mergetune.core.evaluation.result import (
-    UNMOVED_FRACTION,
-    Baselines,
-    Curve,
-    EpochLog,
-    FeatureInterpolation,
-    Metrics,
-    RecoveryResult,
-    SplitMetrics,
-    with_warning,
-)
+from mergetune.core.evaluation.mma import evaluate_mma, val_accuracy
+from mergetune.core.evaluation.result import UNMOVED_FRACTION, EpochLog, RecoveryResult, with_warning
 from mergetune.core.method.objectives import LossParts, classification_loss, path_loss
 from mergetune.core.method.train import EpochEndFn, EpochMeter, ProgressFn, SgdRun, StopFn
+from mergetune.core.model.adapters import (
+    MMAAdapters,
+    MMAModel,
+    backbone_widths,
+    layout_for,
+    prefixes_of,
+)
 from mergetune.core.model.backbone import Backbone
 from mergetune.core.model.features import (
     TaskLike,
@@ -48,295 +43,9 @@ from mergetune.core.model.features import (
     _mix,
     labels_of,
 )
-from mergetune.core.model.prompts import _clean, encode_template
+from mergetune.core.model.prompts import encode_template
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------
-# parameters
-
-
-def _adapter_list(width: int, n_layers: int, layout: AdapterLayout) -> nn.ModuleList:
-    """MMA's ``_build_adapter``: a list of ``n_layers + 1`` entries, None outside ``start..end``."""
-    items: list[nn.Module | None] = [None] * (n_layers + 1)
-    for i in layout.indices:
-        if width == layout.dim:  # the shared middle layer (and MMA's rule for a tower as narrow as dim)
-            items[i] = nn.Sequential(nn.Linear(width, layout.dim), nn.ReLU())
-        else:
-            items[i] = nn.Sequential(
-                OrderedDict(
-                    [
-                        ("down", nn.Sequential(nn.Linear(width, layout.dim), nn.ReLU())),
-                        ("up", nn.Linear(layout.dim, width)),
-                    ]
-                )
-            )
-    return nn.ModuleList(items)  # type: ignore[arg-type]  # None entries keep MMA's indices
-
-
-class MMAAdapters(nn.Module):
-    """The trainable part of MMA; ``state_dict()`` keys are MMA's (``text_adapter.5.down.0.weight``...)."""
-
-    def __init__(self, layout: AdapterLayout, text_layers: int, visual_layers: int, *, seed: int = 0) -> None:
-        super().__init__()
-        if layout.end > min(text_layers, visual_layers):
-            raise ConfigError(
-                f"adapters reach block {layout.end} of towers with {text_layers} / {visual_layers} blocks",
-                param="checkpoint_id",
-            )
-        self.layout = layout
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.text_adapter = _adapter_list(layout.text_width, text_layers, layout)
-            self.visual_adapter = _adapter_list(layout.visual_width, visual_layers, layout)
-            # MMA sizes the shared list by the image tower's depth
-            self.shared_adapter = _adapter_list(layout.dim, visual_layers, layout)
-            for m in self.modules():  # MMA's init
-                if isinstance(m, nn.Linear):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                    nn.init.constant_(m.bias, 0)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Detached CPU fp32 copies, MMA's keys."""
-        return {k: v.detach().float().cpu().clone() for k, v in self.state_dict().items()}
-
-    def load_tensors(self, tensors: Mapping[str, Any]) -> None:
-        own = self.state_dict()
-        missing = [k for k in own if k not in tensors]
-        if missing:
-            raise ConfigError(f"MMA adapter tensors missing: {missing[:4]}", param="checkpoint_id")
-        with torch.no_grad():
-            for k, v in own.items():
-                src = torch.as_tensor(tensors[k])
-                if tuple(src.shape) != tuple(v.shape):
-                    raise ConfigError(
-                        f"MMA tensor {k} has shape {list(src.shape)}; expected {list(v.shape)}",
-                        param="checkpoint_id",
-                    )
-                v.copy_(src.to(v.device, v.dtype))
-
-    def zero_(self) -> MMAAdapters:
-        """All adapters output zero: the plain backbone (the zero-shot end of adapter space)."""
-        with torch.no_grad():
-            for p in self.parameters():
-                p.zero_()
-        return self
-
-
-def _layers(model: Any) -> tuple[int, int]:
-    return len(model.transformer.resblocks), len(model.visual.transformer.resblocks)
-
-
-@torch.no_grad()
-def mma_buffers(
-    backbone: Backbone, classnames: Sequence[str], text_init: str = MMA_TEXT_INIT
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """MMA's class-dependent buffers (``token_embedding`` [C, 77, Wt], ``tokenized_prompts`` [C, 77]) of
-    "<text_init> <name>." as its AdapterLearner builds them (CPU fp32 / int64)."""
-    tokens = backbone.tokenizer([f"{text_init} {_clean(n)}." for n in classnames]).to(backbone.device)
-    model: Any = backbone.model
-    emb = model.token_embedding(tokens).float()
-    return emb.cpu(), tokens.cpu()
-
-
-def layout_for(backbone: Backbone, *, dim: int = 32, start: int | None = None) -> AdapterLayout:
-    """The adapter layout a fresh MMA run uses on ``backbone``: MMA's 5..12 on 12-block towers, the
-    documented proportional rule (:func:`mergetune.core.checkpoints.mma_layout.default_span`) elsewhere."""
-    model: Any = backbone.model
-    t, v = _layers(model)
-    s, e = default_span(min(t, v))
-    return AdapterLayout(
-        text_width=int(model.ln_final.weight.shape[0]),
-        visual_width=int(model.visual.ln_post.weight.shape[0]),
-        start=start or s,
-        end=e,
-        dim=dim,
-    )
-
-
-def backbone_widths(backbone: Backbone) -> dict[str, int]:
-    model: Any = backbone.model
-    t, v = _layers(model)
-    return {
-        "text_width": int(model.ln_final.weight.shape[0]),
-        "visual_width": int(model.visual.ln_post.weight.shape[0]),
-        "text_layers": t,
-        "visual_layers": v,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
-# the adapted towers
-
-
-def _run_blocks(
-    transformer: Any,
-    x: torch.Tensor,
-    lo: int,
-    hi: int,
-    *,
-    seq: nn.ModuleList | None,
-    shared: nn.ModuleList | None,
-    scale: float,
-    attn_mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """Blocks ``lo..hi`` (1-based, inclusive) on batch-first ``x``; block i adds
-    ``scale * up_i(shared_i(down_i(ln_1_i(x))))`` where ``seq[i]`` exists."""
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)
-    for i in range(lo, hi + 1):
-        block = transformer.resblocks[i - 1]
-        out = block(x, attn_mask=attn_mask)
-        a: Any = seq[i] if seq is not None and i < len(seq) else None
-        if a is not None:
-            assert shared is not None
-            y = a.down(block.ln_1(x))
-            y = shared[i](y)
-            out = out + a.up(y) * scale
-        x = out
-    if not transformer.batch_first:
-        x = x.transpose(0, 1)
-    return x
-
-
-class MMAModel:
-    """The frozen backbone plus MMA adapters for a class list (MMA's prompts: "a photo of a <name>.")."""
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        classnames: Sequence[str],
-        layout: AdapterLayout,
-        *,
-        scale: float = 0.001,
-        text_init: str = MMA_TEXT_INIT,
-    ) -> None:
-        if not classnames:
-            raise ConfigError("the class list is empty", param="classnames")
-        model: Any = backbone.model
-        t_layers, v_layers = _layers(model)
-        problem = layout.backbone_problem(**backbone_widths(backbone))
-        if problem:
-            raise ConfigError(problem, param="backbone.model")
-        self.backbone = backbone
-        self.model = model
-        self.layout = layout
-        self.scale = float(scale)
-        self.text_layers, self.visual_layers = t_layers, v_layers
-        self.start = layout.start
-        self.classnames = [_clean(n) for n in classnames]
-        self.set_classnames(self.classnames, text_init)
-
-    # -- text -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def text_prefix(
-        self, classnames: Sequence[str], text_init: str = MMA_TEXT_INIT
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states entering block ``start`` [C, L, W], tokens [C, L]) of MMA's class prompts,
-        trimmed after the last EOT (exact: causal mask, EOT pooling)."""
-        m = self.model
-        prompts = [f"{text_init} {_clean(n)}." for n in classnames]
-        tokens = self.backbone.tokenizer(prompts).to(self.backbone.device)
-        pool = getattr(m, "text_pool_type", "argmax")
-        if m.attn_mask is not None and pool == "argmax":
-            length = int(tokens.argmax(dim=-1).max().item()) + 1
-        else:
-            length = tokens.shape[1]
-        tokens = tokens[:, :length]
-        cast = m.transformer.get_cast_dtype()
-        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:length].to(cast)
-        x = _run_blocks(
-            m.transformer,
-            x,
-            1,
-            self.start - 1,
-            seq=None,
-            shared=None,
-            scale=0.0,
-            attn_mask=self._mask(length),
-        )
-        return x, tokens
-
-    def _mask(self, length: int) -> torch.Tensor | None:
-        mask = self.model.attn_mask
-        return mask[:length, :length] if mask is not None else None
-
-    def set_classnames(self, classnames: Sequence[str], text_init: str = MMA_TEXT_INIT) -> None:
-        self.classnames = [_clean(n) for n in classnames]
-        self._text_h, self._tokens = self.text_prefix(self.classnames, text_init)
-
-    def text_features(
-        self, adapters: MMAAdapters | None, prefix: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """G: [C, E] unnormalised text features of the class prompts (from the cached block-``start`` input)."""
-        m = self.model
-        h, tokens = prefix if prefix is not None else (self._text_h, self._tokens)
-        x = _run_blocks(
-            m.transformer,
-            h,
-            self.start,
-            self.text_layers,
-            seq=adapters.text_adapter if adapters is not None else None,
-            shared=adapters.shared_adapter if adapters is not None else None,
-            scale=self.scale,
-            attn_mask=self._mask(h.shape[1]),
-        )
-        x = m.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
-        proj = m.text_projection
-        if proj is not None:
-            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
-        return x
-
-    # -- image ----------------------------------------------------------------------------------
-    def image_prefix(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Hidden states entering block ``start`` [B, N, W] (frozen blocks; no gradient)."""
-        v = self.model.visual
-        with torch.no_grad():
-            x = v._embeds(pixels.to(self.backbone.device))
-            return _run_blocks(
-                v.transformer, x, 1, self.start - 1, seq=None, shared=None, scale=0.0, attn_mask=None
-            )
-
-    def image_features(self, h: torch.Tensor, adapters: MMAAdapters | None) -> torch.Tensor:
-        """F: [B, E] unnormalised image features from block-``start`` hidden states."""
-        v = self.model.visual
-        x = _run_blocks(
-            v.transformer,
-            h.to(self.backbone.device),
-            self.start,
-            self.visual_layers,
-            seq=adapters.visual_adapter if adapters is not None else None,
-            shared=adapters.shared_adapter if adapters is not None else None,
-            scale=self.scale,
-            attn_mask=None,
-        )
-        pooled, _ = v._pool(x)
-        if v.proj is not None:
-            pooled = pooled @ v.proj
-        return pooled
-
-    def encode_pixels(self, pixels: torch.Tensor, adapters: MMAAdapters | None) -> torch.Tensor:
-        """A whole image-tower pass (all blocks), as MMA's own code runs it."""
-        v = self.model.visual
-        x = v._embeds(pixels.to(self.backbone.device))
-        x = _run_blocks(v.transformer, x, 1, self.start - 1, seq=None, shared=None, scale=0.0, attn_mask=None)
-        return self.image_features(x, adapters)
-
-    @torch.no_grad()
-    def eval_image_features(
-        self, prefix: torch.Tensor, adapters: MMAAdapters | None, chunk: int = 256
-    ) -> torch.Tensor:
-        """Normalised fp32 features of cached prefixes, in chunks (no gradient)."""
-        out = []
-        for i in range(0, prefix.shape[0], chunk):
-            out.append(
-                F.normalize(self.image_features(prefix[i : i + chunk].float(), adapters).float(), dim=-1)
-            )
-        if not out:
-            return torch.zeros(0, self.backbone.embed_dim, device=self.backbone.device)
-        return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,19 +119,6 @@ class PrefixBatches(TrainFeatures):
             for i in idx.tolist()
         ]
         return self.mma.image_prefix(torch.stack(pixels))
-
-
-@torch.no_grad()
-def prefixes_of(mma: MMAModel, source: Any, records: Sequence[Any], batch_size: int = 128) -> torch.Tensor:
-    """fp16 block-``start`` hidden states of ``records`` under the test transform."""
-    out = []
-    bb = mma.backbone
-    for i in range(0, len(records), batch_size):
-        pix = torch.stack([bb.test_transform(source.load_image(r.key)) for r in records[i : i + batch_size]])
-        out.append(mma.image_prefix(pix).half())
-    if not out:
-        return torch.zeros(0, 1, mma.layout.visual_width, dtype=torch.float16, device=bb.device)
-    return torch.cat(out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -501,20 +197,6 @@ def train_mma(
     return history
 
 
-@torch.no_grad()
-def val_accuracy(
-    mma: MMAModel, adapters: MMAAdapters, val: tuple[torch.Tensor, torch.Tensor]
-) -> float | None:
-    """Top-1 (%) on validation prefixes with text features computed now (never a cache from an earlier
-    evaluation: the reference's stale cache is not copied)."""
-    prefix, labels = val
-    if labels.numel() == 0:
-        return None
-    text = F.normalize(mma.text_features(adapters).float(), dim=-1)
-    feats = mma.eval_image_features(prefix, adapters)
-    return accuracy(mma.backbone.logit_scale * feats @ text.T, labels)
-
-
 # ---------------------------------------------------------------------------------------------------
 # entry points
 
@@ -551,153 +233,6 @@ def train_mma_stage1(
     batches = PrefixBatches(mma, task, hp)
     hist = train_mma(mma, adapters, batches, hp, w_lmc=0.0, on_progress=on_progress)
     return adapters.tensors(), layout, hist
-
-
-@dataclass
-class MMAEvaluation:
-    """Per split (base / novel / val): normalised image features and text heads of each model."""
-
-    metrics: Metrics
-    baselines: Baselines
-    curves: dict[str, dict[str, Curve]]
-
-
-def _split_heads(
-    mma: MMAModel, adapters: MMAAdapters | None, prefix: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor:
-    with torch.no_grad():
-        return mma.text_features(adapters, prefix=prefix).float()
-
-
-def _acc_loss(
-    feats: torch.Tensor, heads: torch.Tensor, labels: torch.Tensor, tau: float
-) -> tuple[float, float]:
-    lg = tau * feats @ F.normalize(heads, dim=-1).T
-    return accuracy(lg, labels), float(F.cross_entropy(lg, labels))
-
-
-def _curve(points: list[dict[str, tuple[float, float]]], al: list[float]) -> Curve:
-    bl = [p["base"][1] for p in points]
-    nl = [p["novel"][1] for p in points]
-    return Curve(
-        alphas=al,
-        base_acc=[p["base"][0] for p in points],
-        novel_acc=[p["novel"][0] for p in points],
-        base_loss=bl,
-        novel_loss=nl,
-        barrier_base=barrier(bl, al),
-        barrier_novel=barrier(nl, al),
-    )
-
-
-def evaluate_mma(
-    mma: MMAModel,
-    task: TaskLike,
-    ft: Mapping[str, torch.Tensor],
-    rec: Mapping[str, torch.Tensor],
-    *,
-    curve_step: float = 0.1,
-) -> MMAEvaluation:
-    """Zero-shot (plain backbone, dataset template), fine-tuned and recovered adapters on base / novel
-    test splits; interpolation curves in adapter-parameter space and in feature space; the naive
-    baselines (feature interpolation chosen on validation, output ensemble)."""
-    bb = mma.backbone
-    tau = bb.logit_scale
-    w = backbone_widths(bb)
-    al = alphas(curve_step)
-
-    def adapters_of(tensors: Mapping[str, torch.Tensor] | None) -> MMAAdapters:
-        a = MMAAdapters(mma.layout, w["text_layers"], w["visual_layers"]).to(bb.device)
-        if tensors is None:
-            return a.zero_()
-        a.load_tensors(tensors)
-        return a.eval()
-
-    ends = {"zs": None, "ft": ft, "rec": rec}
-    splits = {
-        "base": (list(task.test_base), list(task.base_classnames)),
-        "novel": (list(task.test_novel), list(task.novel_classnames)),
-        "val": (list(task.val), list(task.base_classnames)),
-    }
-    data: dict[str, dict[str, Any]] = {}
-    for name, (recs, names) in splits.items():
-        prefix = prefixes_of(mma, task.dataset, recs)
-        tprefix = mma.text_prefix(names)
-        labels = labels_of(recs).to(bb.device)
-        feats: dict[str, torch.Tensor] = {}
-        heads: dict[str, torch.Tensor] = {}
-        for k, t in ends.items():
-            a = adapters_of(t)
-            feats[k] = mma.eval_image_features(prefix, a if t is not None else None)
-            heads[k] = (
-                _split_heads(mma, a, tprefix) if t is not None else encode_template(bb, names, task.template)
-            )
-        data[name] = {"prefix": prefix, "tprefix": tprefix, "labels": labels, "feats": feats, "heads": heads}
-
-    def acc(split: str, k: str) -> float:
-        d = data[split]
-        return _acc_loss(d["feats"][k], d["heads"][k], d["labels"], tau)[0]
-
-    metrics = Metrics(
-        zero_shot=SplitMetrics.of(acc("base", "zs"), acc("novel", "zs")),
-        fine_tuned=SplitMetrics.of(acc("base", "ft"), acc("novel", "ft")),
-        recovered=SplitMetrics.of(acc("base", "rec"), acc("novel", "rec")),
-    )
-
-    def feature_point(split: str, a_: str, b_: str, alpha: float) -> tuple[float, float]:
-        d = data[split]
-        f = F.normalize((1 - alpha) * d["feats"][a_] + alpha * d["feats"][b_], dim=-1)
-        g = (1 - alpha) * d["heads"][a_] + alpha * d["heads"][b_]
-        return _acc_loss(f, g, d["labels"], tau)
-
-    segs = [("zs", "ft"), ("zs", "rec"), ("ft", "rec")]
-    curves: dict[str, dict[str, Curve]] = {"feature": {}, "adapter": {}}
-    for a_, b_ in segs:
-        curves["feature"][f"{a_}_{b_}"] = _curve(
-            [{s: feature_point(s, a_, b_, x) for s in ("base", "novel")} for x in al], al
-        )
-    pa = {
-        k: adapters_of(t).tensors() if t is None else {n: v.float().cpu() for n, v in t.items()}
-        for k, t in ends.items()
-    }
-    for a_, b_ in segs:
-        pts = []
-        for x in al:
-            mix = {n: (1 - x) * pa[a_][n] + x * pa[b_][n] for n in pa[a_]}
-            ad = adapters_of(mix)
-            row = {}
-            for s in ("base", "novel"):
-                d = data[s]
-                f = mma.eval_image_features(d["prefix"], ad)
-                row[s] = _acc_loss(f, _split_heads(mma, ad, d["tprefix"]), d["labels"], tau)
-            pts.append(row)
-        curves["adapter"][f"{a_}_{b_}"] = _curve(pts, al)
-
-    # baselines: the zero-shot -> fine-tuned feature segment at the alpha best on validation
-    best = (0.0, -1.0)
-    if data["val"]["labels"].numel():
-        for x in al:
-            v = feature_point("val", "zs", "ft", x)[0]
-            if v > best[1]:
-                best = (x, v)
-    else:
-        best = (0.5, 0.0)
-    b_acc, n_acc = (
-        feature_point("base", "zs", "ft", best[0])[0],
-        feature_point("novel", "zs", "ft", best[0])[0],
-    )
-    fi = FeatureInterpolation(alpha=best[0], base=b_acc, novel=n_acc, hm=SplitMetrics.of(b_acc, n_acc).hm)
-
-    def ens(split: str) -> float:
-        d = data[split]
-        p = sum(
-            F.softmax(tau * d["feats"][k] @ F.normalize(d["heads"][k], dim=-1).T, dim=-1)
-            for k in ("zs", "ft")
-        )
-        return accuracy(torch.as_tensor(p), d["labels"])
-
-    baselines = Baselines(feature_interpolation=fi, ensemble=SplitMetrics.of(ens("base"), ens("novel")))
-    return MMAEvaluation(metrics=metrics, baselines=baselines, curves=curves)
 
 
 @dataclass

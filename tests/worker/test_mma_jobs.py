@@ -17,7 +17,7 @@ from mergetune.common.db import session_scope
 from mergetune.common.models import Checkpoint, Job, new_id, utcnow
 from mergetune.core.checkpoints.mma_layout import AdapterLayout
 from mergetune.core.config import MMAHyperparameters
-from mergetune.core.method.mma import MMAAdapters
+from mergetune.core.model.adapters import MMAAdapters
 from mergetune.worker import pipeline
 
 HOST = "w-mma@local"

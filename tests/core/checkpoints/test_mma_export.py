@@ -12,7 +12,7 @@ from mergetune.core.checkpoints.export import MMA_ARCHIVE, export_mma, mma_membe
 from mergetune.core.checkpoints.ingest import ingest_checkpoint
 from mergetune.core.checkpoints.mma_layout import AdapterLayout
 from mergetune.core.config import Method
-from mergetune.core.method.mma import MMAAdapters
+from mergetune.core.model.adapters import MMAAdapters
 
 LAYOUT = AdapterLayout(text_width=64, visual_width=96, start=2, end=3, dim=32)
 
