@@ -365,7 +365,7 @@ def test_connection_survives_hostile_requests_on_a_real_server(live_port, auth, 
 def test_dashboard_multipart_form_with_nul_gets_422(client, auth):
     """Urlencoded forms are refused at the edge; the dashboard's new-job form also refuses a multipart
     body with a control character in a field, before CSRF or any database lookup."""
-    from mergetune.api.dashboard import csrf_token
+    from mergetune.api.dashboard.auth import csrf_token
 
     secret = auth["Authorization"].split(" ", 1)[1]
     assert (
