@@ -15,7 +15,8 @@ from sqlalchemy import select, update
 from mergetune.common.db import session_scope
 from mergetune.common.models import Job, WorkerHeartbeat
 from mergetune.common.queue import enqueue_job
-from mergetune.worker import pipeline
+from mergetune.common.storage import get_store
+from mergetune.worker.pipeline.artifacts import ARTIFACT_ORDER
 
 pytestmark = pytest.mark.slow
 
@@ -110,12 +111,8 @@ def test_sigkilled_worker_job_completes_on_a_new_worker_with_one_set_of_artifact
         assert [e["data"]["epoch"] for e in evs if e["type"] == "epoch"] == list(range(1, 13))
         arts = ws.artifacts(url, job_id)
         # each prompt artifact once (every name the pipeline uploads except a head's)
-        assert (
-            len(arts)
-            == len({a["name"] for a in arts})
-            == len(set(pipeline.ARTIFACT_ORDER) - {"head.safetensors"})
-        )
-        store = pipeline.get_store(wsettings)
+        assert len(arts) == len({a["name"] for a in arts}) == len(set(ARTIFACT_ORDER) - {"head.safetensors"})
+        store = get_store(wsettings)
         assert sorted(store.list(f"jobs/{job_id}/")) == sorted(a["key"] for a in arts)
         manifest = json.loads(store.get_bytes(f"jobs/{job_id}/manifest.json"))
         assert manifest["attempts"] == 2 and manifest["resumed_from_epoch"] == resumed[0]

@@ -154,17 +154,17 @@ def test_worker_killed_between_state_and_event_still_logs_every_epoch_once(
     url = wsettings.DATABASE_URL
     project, ck, ds = rows
     job_id = ws.make_job(url, project, ck, ds, epochs=4)
-    real_add_event = pipeline.jobdb.add_event
+    real_add_event = jobdb.add_event
 
     def crash_on_epoch_two_event(url_, job_id_, type_, message, level="info", **data):
         if type_ == "epoch" and data.get("epoch") == 2:
             raise _Crash()
         real_add_event(url_, job_id_, type_, message, level, **data)
 
-    monkeypatch.setattr(pipeline.jobdb, "add_event", crash_on_epoch_two_event)
+    monkeypatch.setattr(jobdb, "add_event", crash_on_epoch_two_event)
     with pytest.raises(_Crash):
         pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store)
-    monkeypatch.setattr(pipeline.jobdb, "add_event", real_add_event)
+    monkeypatch.setattr(jobdb, "add_event", real_add_event)
     assert [e["data"]["epoch"] for e in ws.events(url, job_id) if e["type"] == "epoch"] == [1]
 
     assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"

@@ -1,4 +1,5 @@
-"""The MMA branch of the job pipeline (mergetune.worker.pipeline's stages call these for ``method == "mma"``).
+"""The MMA branch of the job pipeline (the stages in :mod:`.inputs`, :mod:`.training` and :mod:`.artifacts`
+call these for ``method == "mma"``).
 
 The checkpoint's stored tensors are MMA's adapters under MMA's keys; their layout (widths, blocks,
 bottleneck) was read at upload (``checkpoints.info["mma_layout"]``). Training, evaluation and export
@@ -72,7 +73,7 @@ def train(run: Any, resume_state: dict[str, Any] | None) -> Any:
 
 def export(run: Any, out_dir: Path, metadata: dict[str, Any]) -> dict[str, Path]:
     from mergetune.core.checkpoints.export import export_mma
-    from mergetune.core.method.mma import mma_buffers
+    from mergetune.core.model.adapters import mma_buffers
 
     layout = layout_of(run.ck)
     meta = {**metadata, "layout": layout.to_json(), "adapter_scale": run.hp.adapter_scale}

@@ -1,0 +1,143 @@
+"""The orchestration of one job: claim it, run the stages in order, and turn what they raise into the
+job's outcome (failed, cancelled, handed back to the broker, or left for redelivery).
+
+The stages live in :mod:`.inputs`, :mod:`.training`, :mod:`.artifacts` and :mod:`.report`; the state they
+hand on is a :class:`~mergetune.worker.pipeline.job.JobRun`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mergetune.common.db import is_unavailable
+from mergetune.common.models import JobStatus
+from mergetune.common.settings import Settings
+from mergetune.common.storage import ArtifactStore, get_store
+from mergetune.worker import jobdb
+from mergetune.worker.backbones import resolve_device
+from mergetune.worker.pipeline.artifacts import stage_export, stage_finish
+from mergetune.worker.pipeline.inputs import stage_backbone, stage_features, stage_load_inputs
+from mergetune.worker.pipeline.job import JobRun, job_prefix
+from mergetune.worker.pipeline.report import stage_report
+from mergetune.worker.pipeline.training import stage_evaluate, stage_train
+
+logger = logging.getLogger(__name__)
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    from mergetune.core.errors import CoreError
+
+    if isinstance(exc, CoreError):
+        err = {"code": exc.code, "message": exc.message, "user_error": bool(exc.user_error)}
+        if exc.param:
+            err["param"] = exc.param
+        return err
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return {
+                "code": "out_of_memory",
+                "message": f"GPU out of memory ({exc}); try a smaller hyperparameters.batch_size",
+                "user_error": False,
+            }
+    except ImportError:  # pragma: no cover
+        pass
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "user_error": False}
+
+
+def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactStore | None = None) -> str:
+    """Run (or resume, or skip) one job; returns the outcome (succeeded|failed|cancelled|skipped: why)."""
+    url = settings.DATABASE_URL
+    jobdb.RETRY_SECONDS = settings.DB_RETRY_SECONDS
+    store = store or get_store(settings)
+    device = resolve_device(settings.DEVICE)
+    claim = jobdb.claim_job(url, job_id, hostname, info={"pid": os.getpid(), "device": device})
+    if claim.action == "skip":
+        logger.info("job %s skipped: %s", job_id, claim.reason)
+        return f"skipped: {claim.reason}"
+    if claim.action == "cancelled":
+        store.delete_prefix(job_prefix(job_id))
+        return "cancelled"
+    logger.info("job %s: running on %s (attempt %d)", job_id, hostname, claim.attempt)
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=f"mergetune-{job_id}-"))
+    try:
+        return _run(JobRun(job_id, settings, hostname, store, device, claim, work, t0))
+    except BaseException as exc:
+        from mergetune.core.errors import Cancelled
+
+        # retried for DB_RETRY_SECONDS already: hand the job back (mergetune.worker.tasks)
+        if is_unavailable(exc):
+            logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
+            jobdb.HANDED_BACK[job_id] = claim.attempt  # the heartbeat thread releases it when it can
+            raise
+        if isinstance(exc, Cancelled):
+            # finish_job refuses (False) when another node owns the job now: then leave its files alone.
+            if not jobdb.finish_job(
+                url, job_id, hostname, JobStatus.cancelled, message="Job cancelled", attempt=claim.attempt
+            ):
+                return "skipped: lost ownership"
+            store.delete_prefix(job_prefix(job_id))
+            logger.info("job %s cancelled", job_id)
+            return "cancelled"
+        if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: leave it to redelivery
+            raise
+        err = _error(exc)
+        if jobdb.stop_flags(url, job_id, claim.attempt)[1] != hostname:
+            logger.error("job %s failed here after another node took it over: %s", job_id, err["message"])
+            return "skipped: lost ownership"
+        logger.error("job %s failed: %s", job_id, err["message"], exc_info=not err["user_error"])
+        if not err["user_error"]:
+            jobdb.add_event(
+                url, job_id, "traceback", "".join(traceback.format_exception(exc))[-8000:], "debug"
+            )
+        jobdb.finish_job(
+            url,
+            job_id,
+            hostname,
+            JobStatus.failed,
+            message=f"Job failed: {err['message']}",
+            error=err,
+            level="error",
+            attempt=claim.attempt,
+        )
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(run: JobRun) -> str:
+    """The stages of one job, in order. Any stage may raise:
+
+    - a user error (``CoreError`` with ``user_error``: bad checkpoint, dataset, hyperparameters) or any
+      other exception: :func:`run_job` marks the job ``failed`` (with a traceback event for system errors);
+    - ``Cancelled`` (the cancel flag, read between steps): :func:`run_job` marks it ``cancelled``;
+    - ``KeyboardInterrupt``/``SystemExit``: left to the broker to redeliver (late acks); the next run
+      resumes from the last epoch state;
+    - ``DatabaseUnavailable`` (every database call retries a lost connection for DB_RETRY_SECONDS
+      first, see ``mergetune.worker.jobdb.retrying``): the task hands the message back to the broker and a later
+      run resumes from the last epoch state.
+
+    Each stage starts with a progress stamp (the reconciler requeues a job whose stamp gets older than
+    its stall timeout). A stage that finds the job taken over by another node returns ``skipped: ...``
+    and writes nothing."""
+    for stage in (
+        stage_load_inputs,
+        stage_backbone,
+        stage_features,
+        stage_train,
+        stage_evaluate,
+        stage_export,
+        stage_report,
+    ):
+        jobdb.stamp(run.url, run.job_id, run.hostname)
+        stage(run)
+    jobdb.stamp(run.url, run.job_id, run.hostname)
+    return stage_finish(run)
