@@ -90,10 +90,10 @@ def _stack(args: argparse.Namespace, workers: int, home: Path) -> Iterator[tuple
     py = sys.executable
     try:
         subprocess.run(
-            [py, "-m", "mergetune.cli.main", "migrate"], cwd=REPO, env=env, check=True, capture_output=True
+            [py, "-m", "mergetune.cli", "migrate"], cwd=REPO, env=env, check=True, capture_output=True
         )
         token = subprocess.run(
-            [py, "-m", "mergetune.cli.main", "token", "create", "--project", "bench"],
+            [py, "-m", "mergetune.cli", "token", "create", "--project", "bench"],
             cwd=REPO, env=env, check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
         api_port = free_port()

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 rm -rf .lint
 mkdir -p .lint
 cp -as "$PWD/client/mergetune" .lint/mergetune
-for pkg in api common core migrations worker; do
+for pkg in api common core migrations ops worker; do
     cp -as "$PWD/$pkg" ".lint/mergetune/$pkg"
 done
 find .lint -name __pycache__ -prune -exec rm -rf {} +

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from api_support import TINY_DATASET
 
-from mergetune.cli.main import main
+from mergetune.cli import main
 from mergetune.client import ApiError, Client
 
 
@@ -53,24 +53,99 @@ def test_python_client_flow(live_url, auth, ctx_and_bytes, tmp_path: Path):
         assert job["protocol"] == "base2novel" and job["prompt"] == {"class_token_position": "front"}
 
 
-def test_cli_parser_covers_the_commands():
-    from mergetune.cli.main import build_parser
+class _Recorder:
+    """Stands in for mergetune.Client: records each call, answers a ready/queued object."""
 
-    p = build_parser()
-    args = p.parse_args(
-        ["job", "create", "--checkpoint", "c", "--dataset", "d", "--hp", "epochs=3", "--hp", "lr=0.01"]
-    )
-    assert (args.checkpoint, args.dataset, args.hp) == ("c", "d", ["epochs=3", "lr=0.01"])
-    from mergetune.cli.main import _pairs
+    calls: list[tuple[str, tuple, dict]] = []
 
-    assert _pairs(args.hp, typed=True) == {"epochs": 3, "lr": 0.01}
-    assert args.eval_dataset is None
-    args = p.parse_args("job create --checkpoint c --dataset d --eval-dataset e1 --eval-dataset e2".split())
-    assert args.eval_dataset == ["e1", "e2"]
-    args = p.parse_args(
-        "job create --checkpoint c --dataset d --protocol all --class-token-position middle".split()
+    def __init__(self, url, token, *, timeout):
+        self.calls.append(("__init__", (url, token), {"timeout": timeout}))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return {"id": "x", "status": "ready"}
+
+        return call
+
+
+def test_cli_options_reach_the_client(monkeypatch, capsys):
+    import mergetune.cli.options
+    from mergetune.cli.options import pairs
+
+    monkeypatch.setattr(mergetune.cli.options, "Client", _Recorder)
+    monkeypatch.setenv("MERGETUNE_TOKEN", "mt_env")
+    monkeypatch.delenv("MERGETUNE_URL", raising=False)
+
+    def run(*argv: str) -> tuple[str, tuple, dict]:
+        _Recorder.calls = []
+        assert main(list(argv)) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out) == {"id": "x", "status": "ready"}
+        assert _Recorder.calls[0] == ("__init__", ("http://127.0.0.1:8000", "mt_env"), {"timeout": 300.0})
+        return _Recorder.calls[1]
+
+    name, args, kw = run(*"job create --checkpoint c --dataset d --hp epochs=3 --hp lr=0.01".split())
+    assert (name, args) == ("create_job", ("c", "d"))
+    assert kw["hyperparameters"] == {"epochs": 3, "lr": 0.01} and kw["eval_dataset_ids"] is None
+    assert pairs(["epochs=3", "lr=0.01"], typed=True) == {"epochs": 3, "lr": 0.01}
+    _, _, kw = run(*"job create --checkpoint c --dataset d --eval-dataset e1 --eval-dataset e2".split())
+    assert kw["eval_dataset_ids"] == ["e1", "e2"]
+    _, _, kw = run(
+        *"job create --checkpoint c --dataset d --protocol all --class-token-position middle".split(),
+        "--hyperparameters",
+        '{"epochs": 1, "seed": 2}',
+        "--hp",
+        "seed=3",
+        "--metadata",
+        "team=a",
+        "--model",
+        "tiny-clip",
     )
-    assert (args.protocol, args.class_token_position) == ("all", "middle")
-    assert p.parse_args("upload f --class-token-position front".split()).class_token_position == "front"
-    assert p.parse_args(["serve", "--embedded", "--port", "9000"]).embedded is True
-    assert json.loads('{"a": 1}') == {"a": 1}
+    assert (kw["protocol"], kw["class_token_position"]) == ("all", "middle")
+    assert kw["hyperparameters"] == {"epochs": 1, "seed": 3} and kw["metadata"] == {"team": "a"}
+    assert kw["backbone"] == {"model": "tiny-clip"}
+    ckpt = Path(__file__)
+    name, args, kw = run("upload", str(ckpt), "--class-token-position", "front", "--method", "coop")
+    assert (name, args[0], kw["class_token_position"], kw["method"]) == (
+        "upload_checkpoint",
+        ckpt,
+        "front",
+        "coop",
+    )
+    name, args, kw = run(*"sweep create --cell c1:d1:2 --cell c2:d2 --grid w=1,10 --hp epochs=1".split())
+    assert name == "create_sweep" and kw == {"tree": None, "idempotency_key": None}
+    assert args[0] == {
+        "cells": [
+            {"checkpoint_id": "c1", "dataset_id": "d1", "seed": 2},
+            {"checkpoint_id": "c2", "dataset_id": "d2"},
+        ],
+        "hyperparameters": {"epochs": 1},
+        "grid": {"w": [1, 10]},
+    }
+    for argv, method in (
+        ("job get j", "get_job"),
+        ("job cancel j", "cancel_job"),
+        ("sweep get s", "get_sweep"),
+        ("sweep cancel s", "cancel_sweep"),
+    ):
+        assert run(*argv.split())[:2] == (method, (argv.split()[-1],))
+    assert run("sweep", "list")[0] == "list_sweeps" and run("dataset", "list")[0] == "list_datasets"
+    name, args, kw = run(*"job list --status queued --dataset ds_1".split())
+    assert (name, kw) == ("list_jobs", {"status": "queued", "dataset_id": "ds_1"})
+    name, args, kw = run(*"job events j --limit 5 --after 7".split())
+    assert (name, args, kw) == ("job_events", ("j",), {"after": 7, "limit": 5})
+
+    # a wrong command line is one line too (exit 2), naming the command's help
+    assert main(["job", "create", "--checkpoint", "c"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "mergetune job create --help" in err[0]
+    assert main(["job", "list", "--status", "bogus"]) == 2
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--embedded" in out and "--port" in out

@@ -15,7 +15,7 @@ from mergetune.core.config import HeadHyperparameters
 def test_api_process_never_imports_torch():
     code = (
         "import sys\n"
-        "import mergetune.api.main, mergetune.api.services.checkpoints, mergetune.api.services.datasets, mergetune.api.services.jobs, mergetune.cli.main\n"
+        "import mergetune.api.main, mergetune.api.services.checkpoints, mergetune.api.services.datasets, mergetune.api.services.jobs, mergetune.cli, mergetune.ops\n"
         "mergetune.api.main.create_app()\n"
         "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'torch imported'\n"
     )

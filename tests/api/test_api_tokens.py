@@ -3,16 +3,17 @@ token is refused (401) from the very next request, on the REST API and on the da
 
 from __future__ import annotations
 
-import argparse
 import json
 from datetime import timedelta
 
 import pytest
+import typer
 from sqlalchemy import update
 
-from mergetune.cli.main import main, parse_duration
+from mergetune.cli import main
 from mergetune.common.db import session_scope
 from mergetune.common.models import ApiToken, utcnow
+from mergetune.ops.tokens import parse_duration
 
 
 def _create(capsys, project: str, *extra: str) -> str:
@@ -43,7 +44,7 @@ def test_durations_parse_to_seconds_and_nonsense_is_refused():
     assert parse_duration("3600") == 3600
     assert parse_duration("45s") == 45
     for bad in ("", "0", "-5", "1.5h", "30x", "d"):
-        with pytest.raises(argparse.ArgumentTypeError):
+        with pytest.raises(typer.BadParameter):
             parse_duration(bad)
 
 

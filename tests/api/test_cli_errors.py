@@ -27,7 +27,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def mt(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 60) -> Any:
     return subprocess.run(
-        [sys.executable, "-m", "mergetune.cli.main", *args],
+        [sys.executable, "-m", "mergetune.cli", *args],
         cwd=cwd or REPO,
         env=env,
         capture_output=True,
@@ -80,24 +80,22 @@ def test_version_and_help_on_every_option():
     assert out.returncode == 0 and out.stdout.strip().startswith("mergetune ")
 
     out = mt(env, "job", "--help")
-    for sub in ("create", "wait", "get", "cancel", "events", "list"):
-        assert f"    {sub} " in out.stdout, out.stdout
+    listed = {line.strip("│ ").split()[0] for line in out.stdout.splitlines() if line.strip("│ ")}
+    assert {"create", "wait", "get", "cancel", "events", "list"} <= listed, out.stdout
 
-    # every option of every subcommand has a help text (argparse prints the option alone otherwise)
-    from mergetune.cli.main import build_parser
+    # every option and argument of every command has a help text
+    from typer.main import get_command
 
-    parser = build_parser()
+    from mergetune.cli import build_app
+
     missing = []
 
-    def walk(p: Any, path: str) -> None:
-        for action in p._actions:
-            if action.choices and hasattr(action, "_name_parser_map"):
-                for name, child in action._name_parser_map.items():
-                    walk(child, f"{path} {name}")
-            elif action.help is None:
-                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    def walk(cmd: Any, path: str) -> None:
+        for name, child in getattr(cmd, "commands", {}).items():
+            walk(child, f"{path} {name}")
+        missing.extend(f"{path} {p.name}" for p in cmd.params if not getattr(p, "help", None))
 
-    walk(parser, "mergetune")
+    walk(get_command(build_app()), "mergetune")
     assert missing == []
     out = mt(env, "job", "wait", "--help")
     assert "poll interval" in out.stdout and "seconds" in out.stdout
@@ -147,7 +145,7 @@ def test_token_create_finds_the_running_server_or_needs_init(tmp_path):
     assert mt(server_env, "migrate").returncode == 0
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mergetune.cli.main", "serve", "--port", str(port)],
+        [sys.executable, "-m", "mergetune.cli", "serve", "--port", str(port)],
         cwd=REPO,
         env=server_env,
         stdout=log,

@@ -43,7 +43,7 @@ def stack(e2e_env, tmp_path_factory):
     w = ws.WorkerProcess(e2e_env, logs / "worker.log", nodename="e2e@test").start(wait=False)
     p = ws.ApiProcess(e2e_env, logs / "api.log").start(wait=False)
     tok = subprocess.Popen(
-        [sys.executable, "-m", "mergetune.cli.main", "token", "create", "--project", "e2e"],
+        [sys.executable, "-m", "mergetune.cli", "token", "create", "--project", "e2e"],
         cwd=ws.REPO,
         env=e2e_env,
         stdout=subprocess.PIPE,

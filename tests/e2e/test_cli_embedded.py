@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def _cli(env, *args, timeout=180):
     out = subprocess.run(
-        [sys.executable, "-m", "mergetune.cli.main", *args],
+        [sys.executable, "-m", "mergetune.cli", *args],
         cwd=ws.REPO,
         env=env,
         capture_output=True,
@@ -41,7 +41,7 @@ def test_cli_flow_against_embedded_server(tmp_path, checkpoint_file):
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "mergetune.cli.main", "serve", "--embedded", "--port", str(port)],
+        [sys.executable, "-m", "mergetune.cli", "serve", "--embedded", "--port", str(port)],
         cwd=ws.REPO,
         env=env,
         stdout=log,

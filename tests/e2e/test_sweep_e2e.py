@@ -25,7 +25,7 @@ def _hm(b: float, n: float) -> float:
 
 def _cli(env, url, token, *args, timeout=240):
     return subprocess.run(
-        [sys.executable, "-m", "mergetune.cli.main", *args, "--url", url, "--token", token],
+        [sys.executable, "-m", "mergetune.cli", *args, "--url", url, "--token", token],
         cwd=ws.REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 

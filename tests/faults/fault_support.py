@@ -143,7 +143,7 @@ class ReconcilerProcess:
     def start(self) -> ReconcilerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mergetune.cli.main", "reconcile"],
+            [sys.executable, "-m", "mergetune.cli", "reconcile"],
             cwd=ws.REPO,
             env=self.env,
             stdout=self._log,

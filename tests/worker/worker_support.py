@@ -65,7 +65,7 @@ def free_port() -> int:
 def create_token(env: dict[str, str], project: str) -> str:
     """``mergetune token create --project NAME``: the token is alone on the last line of stdout."""
     out = subprocess.run(
-        [sys.executable, "-m", "mergetune.cli.main", "token", "create", "--project", project],
+        [sys.executable, "-m", "mergetune.cli", "token", "create", "--project", project],
         cwd=REPO,
         env=env,
         capture_output=True,
