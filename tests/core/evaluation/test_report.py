@@ -192,7 +192,7 @@ def test_render_report_with_empty_report_still_writes_both_files(tmp_path: Path)
     assert png_path.read_bytes()[:8] == PNG_SIGNATURE
 
 
-@pytest.mark.parametrize("module", ["mergetune.core.evaluation.report"])
+@pytest.mark.parametrize("module", ["mergetune.core.evaluation.report", "mergetune.core.evaluation.plots"])
 def test_importing_report_does_not_import_matplotlib(module: str) -> None:
     code = f"import sys, {module}; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
@@ -302,14 +302,14 @@ def test_prompt_job_extra_evaluations_show_zero_shot_fine_tuned_and_recovered(tm
 
 
 def test_curves_png_has_hm_curves_and_one_row_per_space() -> None:
-    from mergetune.core.evaluation.report import _hm_series, _plot_curves
+    from mergetune.core.evaluation.plots import hm_series, plot_curves
 
     # HM point by point, by hand: 2 * 60 * 40 / 100 = 48; 2 * 50 * 50 / 100 = 50; a gap stays a gap
-    hm = _hm_series([60.0, 50.0, float("nan")], [40.0, 50.0, 30.0])
+    hm = hm_series([60.0, 50.0, float("nan")], [40.0, 50.0, 30.0])
     assert hm[:2] == [48.0, 50.0] and hm[2] != hm[2]
     seg = {"alphas": [0.0, 1.0], "base_acc": [60.0, 70.0], "novel_acc": [40.0, 30.0]}
-    one = _plot_curves({"classifier": {"zs_ft": seg}})
-    two = _plot_curves({"classifier": {"zs_ft": seg}, "prompt": {"zs_rec": seg}})
+    one = plot_curves({"classifier": {"zs_ft": seg}})
+    two = plot_curves({"classifier": {"zs_ft": seg}, "prompt": {"zs_rec": seg}})
     assert one is not None and two is not None
     assert _png_size(one) == (1300, 430) and _png_size(two) == (1300, 770)
-    assert _plot_curves({}) is None
+    assert plot_curves({}) is None
