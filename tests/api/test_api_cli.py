@@ -146,6 +146,10 @@ def test_cli_options_reach_the_client(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "mergetune job create --help" in err[0]
     assert main(["job", "list", "--status", "bogus"]) == 2
+    capsys.readouterr()
+    assert main([]) == 2  # no command: the help, and nothing on stderr
+    out, err = capsys.readouterr()
+    assert "Usage: mergetune" in out and err == ""
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--embedded" in out and "--port" in out

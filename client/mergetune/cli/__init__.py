@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # a wrong command line (unknown option, missing argument ...)
         if debug:
             raise
+        if not exc.format_message().strip():  # no command given: the help Typer printed is the answer
+            return exc.exit_code
         sys.stderr.write(f"error: {_usage_hint(exc)}\n")
         return exc.exit_code
     except Exception as exc:
