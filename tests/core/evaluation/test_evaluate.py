@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from core_fakes import FakeTask
 
-from mergetune.core.model import features as features_mod
 from mergetune.core.config import BackboneSpec, PromptLearnerSpec
 from mergetune.core.evaluation.evaluate import (
     Heads,
@@ -22,6 +21,7 @@ from mergetune.core.evaluation.evaluate import (
     scores,
 )
 from mergetune.core.evaluation.result import harmonic_mean
+from mergetune.core.model import features as features_mod
 from mergetune.core.model.backbone import load_backbone
 from mergetune.core.model.features import EvalFeatures
 from mergetune.core.model.prompts import PromptLearner, encode_template, init_ctx
