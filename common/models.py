@@ -145,7 +145,8 @@ class Checkpoint(Base):
     #: CoOp's class-token position (end|middle|front) given at upload; None: not given (jobs use ``end``).
     class_token_position: Mapped[str | None] = mapped_column(String(8), default=None)
     #: Extra facts from ingestion (epoch, unknown_globals, head shape ...).
-    info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    #: Deferred: loaded only when read (list endpoints never load it).
+    info: Mapped[dict[str, Any] | None] = mapped_column(default=None, deferred=True)
     original_key: Mapped[str | None] = mapped_column(String(512), default=None)  # the upload, for audit
     tensors_key: Mapped[str | None] = mapped_column(String(512), default=None)  # extracted safetensors
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

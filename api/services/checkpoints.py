@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 ENDPOINT = "POST /v1/checkpoints"
 #: Parser refusals for exceeding a limit: answered 422 without storing the file.
 LIMIT_CODES = frozenset({"too_large", "too_slow"})
+#: The most ``checkpoints.info`` may hold as JSON; larger metadata is dropped (the tensors stay).
+INFO_MAX_BYTES = 128 * 1024
 
 
 def parse_method(value: str | None) -> Method | None:
@@ -110,12 +112,15 @@ def create_checkpoint(
 
     # Bytes are stored before the row commits (a committed row always has its files). Every way out
     # other than this request's own commit (a concurrent request with the same key won, the database
-    # refused the row, the store failed half-way) removes what this request stored.
+    # refused the row, the store failed half-way) removes what this request stored. A rejected file
+    # keeps its row (the answer, for replays and the dashboard) but none of its bytes.
     stored_prefix = f"checkpoints/{ckpt_id}/"
     try:
         if ingested is not None:
             _accept(ckpt, ingested, store, settings)
-        store.put_file(original_key, upload.path)
+            store.put_file(original_key, upload.path)
+        else:
+            ckpt.original_key = None
         session.add(ckpt)
         replay = commit_or_replay(
             session,
@@ -184,6 +189,9 @@ def _accept(ckpt: Checkpoint, ing: IngestedCheckpoint, store: ArtifactStore, set
         info["mma_layout"] = dict(ing.mma_layout)
     if ing.metadata:
         info["metadata"] = json.loads(json.dumps(ing.metadata, default=str))
+    if len(json.dumps(info, default=str)) > INFO_MAX_BYTES:  # the parser bounds it; never store more
+        info.pop("metadata", None)
+        info["metadata_dropped"] = True
     ckpt.status = CheckpointStatus.ready
     ckpt.error = None
     ckpt.format = ing.format

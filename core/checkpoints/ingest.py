@@ -78,9 +78,16 @@ class IngestedCheckpoint:
         }
 
 
+#: What the metadata of one checkpoint may hold once expanded: nodes, and characters of its strings
+#: (every reference counts: a pickle can share one long string thousands of times through its memo).
+METADATA_MAX_NODES = 10_000
+METADATA_MAX_CHARS = 64 * 1024
+
+
 def _bounded_plain(value: Any, budget: list[int], depth: int = 0) -> bool:
-    """True when ``value`` is plain JSON data of at most ``budget[0]`` nodes and depth 32: a pickle
-    can share one list many times (a DAG), which json.dumps would render exponentially."""
+    """True when ``value`` is plain JSON data of at most ``budget[0]`` nodes, ``budget[1]`` characters
+    of strings (keys included) and depth 32, counted as json.dumps would write it: a pickle can share
+    one list or string many times (a DAG), which json.dumps would render in full each time."""
     budget[0] -= 1
     if budget[0] < 0 or depth > 32:
         return False
@@ -89,12 +96,15 @@ def _bounded_plain(value: Any, budget: list[int], depth: int = 0) -> bool:
     if isinstance(value, int):
         return abs(value) < 1 << 63
     if isinstance(value, str):
-        return len(value) <= 1 << 16
+        budget[1] -= len(value)
+        return budget[1] >= 0
     if isinstance(value, list | tuple):
         return all(_bounded_plain(v, budget, depth + 1) for v in value)
     if isinstance(value, dict):
         return all(
-            isinstance(k, str | int | float | bool) and _bounded_plain(v, budget, depth + 1)
+            isinstance(k, str | int | float | bool)
+            and _bounded_plain(str(k) if not isinstance(k, str) else k, budget, depth + 1)
+            and _bounded_plain(v, budget, depth + 1)
             for k, v in value.items()
         )
     return False
@@ -102,7 +112,7 @@ def _bounded_plain(value: Any, budget: list[int], depth: int = 0) -> bool:
 
 def _plain_metadata(value: dict[Any, Any]) -> dict[str, Any]:
     """JSON-safe copy of a pickled metadata dict (what our exports write); anything else is dropped."""
-    if not _bounded_plain(value, [10_000]):
+    if not _bounded_plain(value, [METADATA_MAX_NODES, METADATA_MAX_CHARS]):
         return {}
     try:
         parsed = json.loads(json.dumps(value))
@@ -278,7 +288,7 @@ def ingest_checkpoint(
         if "mergetune" in raw_meta:
             try:
                 parsed = json.loads(raw_meta["mergetune"])
-                meta = parsed if isinstance(parsed, dict) else {}
+                meta = _plain_metadata(parsed) if isinstance(parsed, dict) else {}
             except (ValueError, RecursionError):
                 meta = {}
     else:
