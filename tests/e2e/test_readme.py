@@ -1,7 +1,8 @@
-"""The README's walk-through, executed as written: every ```bash block whose first line is a
-``# readme-test`` comment runs, in order, in one bash (``set -eo pipefail``) from a folder that looks like
-the repository root (``.venv`` and ``scripts`` linked), with only the port changed from 8000 to a free one.
-A command that fails, a job that does not succeed or an artifact that is not downloaded fails the test."""
+"""The README's example and the walk-through of docs/USAGE.md, executed as written: every ```bash block
+whose first line is a ``# readme-test`` comment runs, README.md's first, then docs/USAGE.md's, each file's
+in order, in one bash (``set -eo pipefail``) from a folder that looks like the repository root (``.venv``
+and ``scripts`` linked), with only the port changed from 8000 to a free one. A command that fails, a job
+that does not succeed or an artifact that is not downloaded fails the test."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 import worker_support as ws
@@ -16,17 +18,30 @@ import worker_support as ws
 pytestmark = pytest.mark.slow
 
 README = ws.REPO / "README.md"
+USAGE = ws.REPO / "docs" / "USAGE.md"
+#: The files whose marked blocks run, in this order (the README's short example, then the walk-through).
+SOURCES = (README, USAGE)
 BLOCK = re.compile(r"^```bash\n(# readme-test[^\n]*\n.*?)^```$", re.S | re.M)
 
 
+def blocks_of(path: Path) -> list[str]:
+    return BLOCK.findall(path.read_text(encoding="utf-8"))
+
+
 def readme_blocks() -> list[str]:
-    return BLOCK.findall(README.read_text(encoding="utf-8"))
+    return [block for path in SOURCES for block in blocks_of(path)]
 
 
 def test_the_readme_marks_its_walk_through():
-    blocks = readme_blocks()
-    assert len(blocks) >= 2
-    joined = "\n".join(blocks)
+    # The README's own example: a server, an upload, a job and a download through REST, stopped after.
+    short = "\n".join(blocks_of(README))
+    for must in ("mergetune serve --embedded", "token create", "/v1/checkpoints", "/v1/datasets", "/v1/jobs",
+                 "artifacts/prompts.safetensors", "kill $SERVER"):  # fmt: skip
+        assert must in short, must
+    # The walk-through: REST (with every page of events) and the CLI.
+    walk = blocks_of(USAGE)
+    assert len(walk) >= 2
+    joined = "\n".join(walk)
     for must in ("mergetune serve --embedded", "token create", "/v1/checkpoints", "/v1/jobs", "events",
                  "next_cursor", "mergetune upload", "mergetune job wait", "mergetune download"):  # fmt: skip
         assert must in joined, must
@@ -55,13 +70,15 @@ def test_the_readme_walk_through_runs_as_written(tmp_path):
         )
         try:
             rc = proc.wait(timeout=400)
+        except subprocess.TimeoutExpired:
+            rc = None  # reported below with the log's tail
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)  # the server, if the script stopped before `kill $SERVER`
             except ProcessLookupError:
                 pass
     text = log.read_text(errors="replace")
-    assert rc == 0, text[-6000:]
+    assert rc == 0, f"exit status {rc} (None: still running after 400 s)\n{text[-6000:]}"
     assert (root / "prompts.safetensors").stat().st_size > 0
     got = {p.name for p in (root / "recovered").iterdir()}
     assert {"prompts.safetensors", "prompts.pth.tar", "report.json", "report.html", "curves.png"} <= got, got
