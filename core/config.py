@@ -81,7 +81,7 @@ REFERENCE_TRANSFORM = TrainTransformSpec(
 )
 #: 32-pixel images (the built-in set): a random-resized crop keeps 8 % of the area at worst and cuts
 #: most of a 10-20 pixel shape away, and colour is half of every class name. Measured (tiny-clip,
-#: downstream domain, 100 epochs, exact mode, seeds 1-3; README "Feature modes"): a horizontal flip keeps
+#: downstream domain, 100 epochs, exact mode, seeds 1-3; docs/BENCHMARKS.md, feature modes): a horizontal flip keeps
 #: the demo's HM (31.4 / 31.6 / 31.2 vs 31.8 / 31.2 / 31.1 without augmentation) while shifts (reflect
 #: padding) cost base accuracy: 2 pixels HM 31.5 / 31.2 / 30.4, 4 pixels 30.1 at seed 1. All eight shapes
 #: are mirror-symmetric, so a flip never changes a class.
@@ -133,7 +133,7 @@ class Hyperparameters(_Frozen):
     warmup_epochs: int = Field(default=1, ge=0, le=1000)
     warmup_lr: float = Field(default=1e-5, ge=0.0, le=10.0)
     # exact by default: the reference's pipeline (a fresh augmentation of every image every epoch), and
-    # per epoch no slower than a bank of ``epochs`` views (bench/feature_modes.py, README "Feature modes").
+    # per epoch no slower than a bank of ``epochs`` views (bench/feature_modes.py, docs/BENCHMARKS.md, feature modes).
     feature_mode: FeatureMode = FeatureMode.exact
     # Only read in bank mode: views per image. V >= epochs gives every epoch its own view (faithful);
     # fewer views reuse each view every V epochs (an approximation).

@@ -38,7 +38,7 @@ COOP_EPOCHS = 100
 # 16 shots) with the seed pinned, except that the demo trains on un-augmented images (feature_mode
 # "none", an approximation: each image encoded once for the whole job) to stay under a minute. The
 # default (exact: a fresh flip of every built-in image every epoch) reaches the same HM over seeds 1-3
-# at about 2.5x the per-epoch cost (README, Benchmarks, "Feature modes").
+# at about 2.5x the per-epoch cost (docs/BENCHMARKS.md, feature modes).
 FEATURE_MODE = "none"
 JOB_HP = {"seed": SEED, "feature_mode": FEATURE_MODE}
 

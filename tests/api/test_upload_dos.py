@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
 
 import worker_support as ws  # noqa: E402
 
-#: Documented bound (README, configuration) on what one hostile upload may add to the API's memory.
+#: Documented bound (docs/CONFIGURATION.md, upload limits) on what one hostile upload may add to the API's memory.
 RSS_BOUND_MB = 300
 ANSWER_SECONDS = 5.0
 DOS_REDIS_DB = 9
