@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mergetune.common.db import DatabaseUnavailable, is_unavailable
+from mergetune.common.storage import is_storage_full
 from mergetune.core.errors import CoreError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,23 @@ class ServiceUnavailable(ApiError):
     status_code, code = 503, "service_unavailable"
 
 
+class InsufficientStorage(ApiError):
+    """507 ``storage_full`` with ``Retry-After``: the server's disk is full; the same request can
+    succeed later (nothing of it was kept)."""
+
+    status_code, code = 507, "storage_full"
+
+
+#: Seconds a client should wait before retrying an upload refused for a full disk.
+STORAGE_RETRY_AFTER = 60
+
+
+def storage_full(
+    message: str = "the server's storage is full; retry later", param: str | None = "file"
+) -> InsufficientStorage:
+    return InsufficientStorage(message, param=param, headers={"Retry-After": str(STORAGE_RETRY_AFTER)})
+
+
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -99,6 +117,7 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "service_unavailable",
+    507: "storage_full",
 }
 
 _DESCRIPTIONS = {
@@ -111,6 +130,7 @@ _DESCRIPTIONS = {
     415: "Unsupported media type",
     422: "Invalid input; `param` names the offending field",
     503: "A dependency (database, broker) is unavailable",
+    507: "The server's storage is full (`storage_full`, with Retry-After); nothing was kept",
 }
 
 
@@ -223,7 +243,20 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("database error", exc_info=exc)
         return error_json(500, "internal_error", "internal error", None)
 
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
+        # Handled here (not by the catch-all, which ends the connection): a full disk is temporary.
+        if is_storage_full(exc):
+            log.warning("storage full: %s", exc)
+            full = storage_full(param=None)
+            return error_json(full.status_code, full.code, full.message, None, headers=full.headers)
+        log.error("unhandled error", exc_info=exc)
+        return error_json(500, "internal_error", "internal error", None)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_storage_full(exc):
+            full = storage_full(param=None)
+            return error_json(full.status_code, full.code, full.message, None, headers=full.headers)
         log.error("unhandled error", exc_info=exc)
         return error_json(500, "internal_error", "internal error", None)

@@ -16,8 +16,15 @@ from typing import Any, BinaryIO
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from mergetune.api.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from mergetune.api.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    storage_full,
+)
 from mergetune.api.hygiene import describe, has_control
+from mergetune.common.storage import free_bytes, is_storage_full
 
 #: Slack for multipart framing and small form fields when judging Content-Length up front.
 FRAMING_SLACK = 64 * 1024
@@ -82,7 +89,15 @@ async def receive_multipart(
             f"upload of {int(length)} bytes exceeds the limit of {max_bytes} bytes", param="file"
         )
 
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if is_storage_full(exc):
+            raise storage_full() from None
+        raise
+    free = free_bytes(tmp_dir)
+    if free is not None and length is not None and length.isdigit() and int(length) > free:
+        raise storage_full(f"the server's storage cannot hold {int(length)} more bytes now; retry later")
     sink = _Sink(tmp_dir, max_bytes, file_field)
     result = sink.result
     parser = MultipartParser(boundary, sink.callbacks())  # type: ignore[arg-type]
@@ -103,9 +118,11 @@ async def receive_multipart(
         sink.close()
         result.cleanup()
         raise
-    except Exception as exc:  # multipart parse errors, client disconnects
+    except Exception as exc:  # multipart parse errors, client disconnects, a full disk
         sink.close()
         result.cleanup()
+        if is_storage_full(exc):  # the server's fault and temporary: never a 400 a client won't retry
+            raise storage_full() from None
         raise BadRequest(f"malformed multipart body: {exc}", param="file") from exc
     except BaseException:
         sink.close()

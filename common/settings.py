@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     SWEEP_MAX_MEMBERS: int = Field(default=10000, ge=1, description="archive members (files + dirs)")
     SWEEP_MAX_UNPACKED_BYTES: int = Field(default=4 << 30, ge=1, description="archive bytes unpacked")
     SWEEP_MAX_JOBS: int = Field(default=1000, ge=1, description="jobs one sweep may create")
+    SWEEP_MAX_STORED_BYTES: int = Field(default=1 << 30, ge=1, description="bytes one sweep may store")
+    #: A full disk: with less than STORAGE_MIN_FREE_BYTES free in the local artifact store or the
+    #: upload scratch folder, /readyz answers 503 and uploads 507 with Retry-After; a job that hits a
+    #: full disk is handed back and retried for up to STORAGE_FULL_WAIT_SECONDS, then fails storage_full.
+    STORAGE_MIN_FREE_BYTES: int = Field(default=64 << 20, ge=0)
+    STORAGE_FULL_WAIT_SECONDS: float = Field(default=1800.0, ge=0)
     VISIBILITY_TIMEOUT: int = Field(default=86400, ge=60, description="Broker visibility timeout (s)")
     WORKER_CONCURRENCY: int = Field(default=1, ge=1)
     DEVICE: str = "auto"

@@ -12,6 +12,7 @@ file in the same directory, then ``os.replace``; S3: objects appear only when th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -34,6 +35,31 @@ class StorageError(Exception):
 
 class ArtifactNotFound(StorageError, FileNotFoundError):
     pass
+
+
+#: The errors of a full disk (or a quota): the write can succeed later, once space returns.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what it was raised from) is a write refused for lack of space."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Bytes free for writing at ``path`` (its nearest existing folder); None when it cannot be told."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
 
 
 def _check_key(key: str) -> str:

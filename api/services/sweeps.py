@@ -269,6 +269,14 @@ def _cells_from_archive(
                 code="too_many_jobs",
                 param="file",
             )
+        stored = sum(ck.size for ck in tree.checkpoints)  # each is kept whole: checked before any is
+        if stored > settings.SWEEP_MAX_STORED_BYTES:
+            raise Unprocessable(
+                f"the archive's {len(tree.checkpoints)} checkpoints hold {stored} bytes, over the limit of "
+                f"{settings.SWEEP_MAX_STORED_BYTES} bytes one sweep may store",
+                code="too_large",
+                param="file",
+            )
         cells = []
         settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         for ck in tree.checkpoints:

@@ -14,7 +14,7 @@ def test_healthz_and_readyz(client):
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
 
 
 def test_readyz_503_when_broker_is_down(make_client):

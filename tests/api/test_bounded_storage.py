@@ -181,3 +181,28 @@ def test_migration_shrinks_oversized_info_rows(tmp_path):
         engine.dispose()
     assert json.loads(rows["ckpt_big"]) == {"epoch": 7, "unknown_globals": [], "metadata_dropped": True}
     assert json.loads(rows["ckpt_small"]) == small
+
+
+def test_sweep_archive_stored_total_is_bounded(make_client, auth, settings, ctx_and_bytes):
+    from tree_writer import coop_tree, zip_bytes
+
+    data = ctx_and_bytes[1]
+    archive = zip_bytes(coop_tree([("tiny_a", 1, data), ("tiny_a", 2, data)]))
+    opts = {"num_classes": 6, "train_per_class": 4, "val_per_class": 2, "test_per_class": 4}
+
+    def post(client: Any) -> Any:
+        return client.post("/v1/sweeps", headers=auth, files={"file": ("output.zip", archive)})
+
+    tight = make_client(SWEEP_MAX_STORED_BYTES=len(data) * 2 - 1)
+    r = tight.post("/v1/datasets", headers=auth, json={"name": "tiny_a", "kind": "builtin", "options": opts})
+    assert r.status_code == 201, r.text
+    r = post(tight)
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("too_large", "file")
+    assert f"{2 * len(data)} bytes" in r.json()["error"]["message"]
+    assert tight.get("/v1/checkpoints", headers=auth).json()["data"] == []
+    assert get_store(settings).list("checkpoints/") == []
+
+    r = post(make_client(SWEEP_MAX_STORED_BYTES=len(data) * 2))
+    assert r.status_code == 202, r.text
+    assert len(get_store(settings).list("checkpoints/")) == 4  # two originals, two tensor files
