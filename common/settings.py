@@ -47,11 +47,21 @@ class Settings(BaseSettings):
     PARSE_WORKERS: int = Field(default=2, ge=1, description="parses running at once (API process)")
     PARSE_QUEUE: int = Field(default=4, ge=0, description="uploads waiting for a parse slot before 503")
     PARSE_RETRY_AFTER: int = Field(default=5, ge=1, description="Retry-After (s) of a 503 when full")
+    #: One project holds at most this share of the running parses and of the admitted ones (running +
+    #: waiting; at least one each), so that another project's upload always finds a slot.
+    PARSE_PROJECT_SHARE: float = Field(default=0.5, gt=0, le=1, description="share of parse slots")
     #: Sweep archives (a CoOp output tree as zip/tar, at most MAX_UPLOAD_BYTES as uploaded): members,
     #: bytes once unpacked (each checkpoint member at most MAX_UPLOAD_BYTES too) and cells (x grid points).
     SWEEP_MAX_MEMBERS: int = Field(default=10000, ge=1, description="archive members (files + dirs)")
     SWEEP_MAX_UNPACKED_BYTES: int = Field(default=4 << 30, ge=1, description="archive bytes unpacked")
     SWEEP_MAX_JOBS: int = Field(default=1000, ge=1, description="jobs one sweep may create")
+    #: An archive is read only in a parse child (PARSE_MEMORY_BYTES, these CPU and wall limits, a parse
+    #: slot); pax / GNU long-name headers, member names and the unpacked/packed ratio are bounded too.
+    SWEEP_UNPACK_CPU_SECONDS: int = Field(default=60, ge=1, description="RLIMIT_CPU of an archive read")
+    SWEEP_UNPACK_WALL_SECONDS: float = Field(default=90.0, gt=0, description="archive read killed after")
+    SWEEP_MAX_HEADER_BYTES: int = Field(default=64 << 10, ge=1024, description="one pax/long-name header")
+    SWEEP_MAX_NAME_BYTES: int = Field(default=4096, ge=256, description="one archive member name")
+    SWEEP_MAX_RATIO: float = Field(default=200.0, ge=2, description="unpacked / packed bytes of an archive")
     SWEEP_MAX_STORED_BYTES: int = Field(default=1 << 30, ge=1, description="bytes one sweep may store")
     #: A full disk: with less than STORAGE_MIN_FREE_BYTES free in the local artifact store or the
     #: upload scratch folder, /readyz answers 503 and uploads 507 with Retry-After; a job that hits a

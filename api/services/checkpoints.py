@@ -99,7 +99,9 @@ def create_checkpoint(
     )
     ingested: IngestedCheckpoint | None = None
     try:  # in a limited child process (memory, CPU, wall time); 503 when the parse pool is full
-        ingested = parse_pool(settings).parse(settings, upload.path, filename=filename, method=method)
+        ingested = parse_pool(settings).parse(
+            settings, upload.path, filename=filename, method=method, project_id=project_id
+        )
     except ServiceUnavailable:
         raise
     except CheckpointError as exc:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -39,7 +37,7 @@ from mergetune.api.schemas import (
 from mergetune.api.services.checkpoints import create_checkpoint
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.api.services.jobs import build_job
-from mergetune.api.services.sweep_archive import ArchiveLimits, TreeArchive, TreeCheckpoint, open_tree
+from mergetune.api.services.sweep_archive import UnpackedTree, unpacked_tree
 from mergetune.api.uploads import ReceivedUpload
 from mergetune.common import repositories as repo
 from mergetune.common.models import (
@@ -54,6 +52,7 @@ from mergetune.common.models import (
 from mergetune.common.queue import enqueue_job
 from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactNotFound, ArtifactStore
+from mergetune.core.checkpoints.archive import TreeCheckpoint
 from mergetune.core.config import Hyperparameters
 from mergetune.core.evaluation.sweep_table import SELECTION_RULES, CellResult, build_table, to_csv, to_latex
 
@@ -253,12 +252,7 @@ def _cells_from_archive(
     """Check the archive, map its datasets, then store each run's last checkpoint through the upload
     service (its ids are appended to ``created`` as they are stored, for the caller's clean-up)."""
     assert archive.path is not None
-    limits = ArchiveLimits(
-        max_members=settings.SWEEP_MAX_MEMBERS,
-        max_unpacked_bytes=settings.SWEEP_MAX_UNPACKED_BYTES,
-        max_member_bytes=settings.MAX_UPLOAD_BYTES,
-    )
-    with open_tree(archive.path, limits) as tree:
+    with unpacked_tree(settings, archive.path, project_id=project_id) as tree:
         mapping = _map_datasets(
             session, project_id, sorted({c.dataset for c in tree.checkpoints}), body.dataset_map
         )
@@ -307,16 +301,13 @@ def _ingest_member(
     settings: Settings,
     store: ArtifactStore,
     project_id: str,
-    tree: TreeArchive,
+    tree: UnpackedTree,
     ck: TreeCheckpoint,
     body: SweepCreate,
     created: list[str],
 ) -> Checkpoint:
-    fd, tmp = tempfile.mkstemp(prefix="sweep-", suffix=".part", dir=settings.tmp_dir)
-    os.close(fd)
-    upload = ReceivedUpload(path=Path(tmp), filename=Path(ck.member).name)
+    upload = ReceivedUpload(path=tree.path(ck), filename=Path(ck.member).name, size=ck.size, sha256=ck.sha256)
     try:
-        upload.size, upload.sha256 = tree.extract(ck, Path(tmp))
         fields = {"name": f"{ck.run}/{Path(ck.member).name}"[:255]}
         if body.prompt is not None and body.prompt.class_token_position is not None:
             fields["class_token_position"] = body.prompt.class_token_position.value

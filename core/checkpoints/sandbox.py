@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from mergetune.core import config as core_config
+from mergetune.core.checkpoints.archive import ArchiveLimits, TreeCheckpoint
 from mergetune.core.checkpoints.safe_pickle import ParseLimits
 from mergetune.core.config import Method
 from mergetune.core.errors import CheckpointError
@@ -130,6 +132,56 @@ def ingest_sandboxed(
         return IngestedCheckpoint(**kwargs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def unpack_sandboxed(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    archive: ArchiveLimits,
+    limits: SandboxLimits | None = None,
+    run: SandboxRun | None = None,
+    use_server: bool = True,
+) -> list[TreeCheckpoint]:
+    """Check the CoOp output tree archived at ``path`` in a limited child process
+    (:func:`mergetune.core.checkpoints.archive.unpack_tree`) and leave each run's last checkpoint in
+    the folder ``out`` (the caller's, which it removes); the child's memory, CPU and wall time are
+    ``limits``' and it may write no file larger than one checkpoint member."""
+    limits = limits or SandboxLimits()
+    run = run if run is not None else SandboxRun()
+    work = Path(out)
+    request = {
+        "task": "archive",
+        "path": os.path.abspath(os.fspath(path)),
+        "out": str(work),
+        "memory_bytes": limits.memory_bytes,
+        "cpu_seconds": limits.cpu_seconds,
+        "archive": asdict(archive),
+    }
+    (work / "request.json").write_text(json.dumps(request))
+    t0 = time.monotonic()
+    returncode, timed_out = _run_child(work / "request.json", limits.wall_seconds, use_server)
+    run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
+    if timed_out:
+        raise _err(f"reading the archive took longer than the limit of {limits.wall_seconds:g} s", "too_slow")
+    result_path = work / "result.json"
+    if returncode != 0 or not result_path.exists():
+        if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+            raise _err(f"reading the archive used more than {limits.cpu_seconds} s of CPU", "too_slow")
+        raise _err(
+            f"reading the archive needed more than {limits.memory_bytes >> 20} MiB of memory", "too_large"
+        )
+    result = json.loads(result_path.read_text())
+    run.peak_rss_bytes = int(result.get("peak_rss_bytes", 0))
+    if "error" in result:
+        raise _err(str(result["error"]["message"]), str(result["error"]["code"]))
+    checkpoints = []
+    for item in result["ok"]["checkpoints"]:
+        ck = TreeCheckpoint(**item)
+        if not re.fullmatch(r"ck-\d+", ck.file) or (work / ck.file).stat().st_size != ck.size:
+            raise _err("the archive reader returned an unknown file", "not_an_archive")
+        checkpoints.append(ck)
+    return checkpoints
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -321,12 +373,20 @@ def _limit_self(memory_bytes: int, cpu_seconds: int, fsize_bytes: int) -> None:
 def _child(request_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
     out = Path(request["out"])
-    parse = ParseLimits(**request["parse"])
-    _limit_self(request["memory_bytes"], request["cpu_seconds"], parse.max_total_bytes + (16 << 20))
+    if request.get("task") == "archive":
+        archive = ArchiveLimits(**request["archive"])
+        fsize = archive.max_member_bytes + (16 << 20)
+    else:
+        parse = ParseLimits(**request["parse"])
+        fsize = parse.max_total_bytes + (16 << 20)
+    _limit_self(request["memory_bytes"], request["cpu_seconds"], fsize)
     # the reply is opened before the work so that a MemoryError can still be reported
     reply = open(out / "result.part", "w")  # noqa: SIM115
     try:
-        payload = _parse(request, parse, out)
+        if request.get("task") == "archive":
+            payload = _unpack(request, archive, out)
+        else:
+            payload = _parse(request, parse, out)
     except MemoryError:
         payload = {
             "error": {"code": "too_large", "message": "parsing the file needs more memory than allowed"}
@@ -334,12 +394,12 @@ def _child(request_path: str) -> int:
     except CheckpointError as e:
         payload = {"error": {"code": e.code, "message": e.message}}
     except Exception as e:  # noqa: BLE001 - any other failure on a hostile file is a refusal
-        payload = {
-            "error": {
-                "code": "not_a_checkpoint",
-                "message": f"could not read the checkpoint: {type(e).__name__}",
-            }
-        }
+        what, code = (
+            ("archive", "malformed_archive")
+            if request.get("task") == "archive"
+            else ("checkpoint", "not_a_checkpoint")
+        )
+        payload = {"error": {"code": code, "message": f"could not read the {what}: {type(e).__name__}"}}
     payload["peak_rss_bytes"] = _peak_rss()
     try:
         reply.write(json.dumps(payload))
@@ -386,6 +446,13 @@ def _parse(request: dict[str, Any], parse: ParseLimits, out: Path) -> dict[str, 
     skip = (*_ARRAYS, "adapters")
     info = {f.name: _to_json(getattr(ck, f.name)) for f in fields(ck) if f.name not in skip}
     return {"ok": json.loads(json.dumps(info, default=str))}
+
+
+def _unpack(request: dict[str, Any], archive: ArchiveLimits, out: Path) -> dict[str, Any]:
+    from mergetune.core.checkpoints.archive import unpack_tree
+
+    checkpoints = unpack_tree(Path(request["path"]), out, archive)
+    return {"ok": {"checkpoints": [ck.to_json() for ck in checkpoints]}}
 
 
 def _to_json(value: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from api_support import TINY_DATASET
+from hostile_archives import HOSTILE as HOSTILE_ARCHIVES
 from tree_writer import coop_tree, tar_bytes, zip_bytes
 
 OPTS = TINY_DATASET["options"]
@@ -239,6 +240,19 @@ def test_hostile_archives_are_refused_with_nothing_stored(make_client, auth, set
         assert "posix.system" in err["message"] or "os.system" in err["message"], err
     _nothing_stored(client, auth, settings)
     assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ARCHIVES))
+def test_archives_hostile_to_readers_get_422_with_their_code(client, auth, settings, name):
+    # Read in the sandbox with the default limits: long-name and pax headers declaring GiBs, bombs,
+    # malformed or sparse headers, control characters in names, tar/zip polyglots.
+    _datasets(client, auth, "tiny_a")
+    build, code = HOSTILE_ARCHIVES[name]
+    r = _post_tree(client, auth, build(), filename=name)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["param"] == "file", r.text
+    _nothing_stored(client, auth, settings)
+    assert [p for p in settings.tmp_dir.iterdir() if p.name.startswith(("sweep-", "parse-"))] == []
 
 
 def test_dashboard_sweep_page_fills_in_as_cells_finish(
