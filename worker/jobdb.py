@@ -579,3 +579,31 @@ def job_states(url: str, job_ids: list[str]) -> dict[str, tuple[str, datetime | 
     with session_scope(url) as s:
         rows = s.execute(select(Job.id, Job.status, Job.enqueued_at).where(Job.id.in_(job_ids))).all()
         return {r[0]: (r[1], r[2]) for r in rows}
+
+
+@retrying
+def storage_full_since(url: str, job_id: str) -> datetime | None:
+    """When this job first found the disk full, counting only hand-backs with no epoch finished
+    since (progress restarts the clock); None when it is not waiting for space."""
+    with session_scope(url) as s:
+        last = s.execute(
+            select(JobEvent.id, JobEvent.data)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "storage_full")
+            .order_by(JobEvent.id.desc())
+            .limit(1)
+        ).first()
+        if last is None:
+            return None
+        progressed = s.scalar(
+            select(JobEvent.id)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "epoch", JobEvent.id > last[0])
+            .limit(1)
+        )
+        since = last[1].get("since") if isinstance(last[1], dict) else None
+        if progressed is not None or not isinstance(since, str):
+            return None
+        try:
+            parsed = datetime.fromisoformat(since)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=utcnow().tzinfo)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mergetune.common.db import is_unavailable
-from mergetune.common.models import JobStatus
+from mergetune.common.models import JobStatus, utcnow
 from mergetune.common.settings import Settings
-from mergetune.common.storage import ArtifactStore, get_store
+from mergetune.common.storage import ArtifactStore, get_store, is_storage_full
 from mergetune.worker import jobdb
 from mergetune.worker.backbones import resolve_device
 from mergetune.worker.pipeline.artifacts import stage_export, stage_finish
@@ -73,6 +73,8 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
     except BaseException as exc:
         from mergetune.core.errors import Cancelled
 
+        if is_storage_full(exc) and isinstance(exc, Exception):
+            return _storage_full(job_id, claim, settings, hostname, store, exc)
         # retried for DB_RETRY_SECONDS already: hand the job back (mergetune.worker.tasks)
         if is_unavailable(exc):
             logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
@@ -111,6 +113,62 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class StorageFull(Exception):
+    """The job was handed back because a write found the disk full: a later delivery resumes it from
+    its last epoch state (the task puts the message back after a pause)."""
+
+
+def _storage_full(
+    job_id: str, claim: jobdb.Claim, settings: Settings, hostname: str, store: ArtifactStore, exc: Exception
+) -> str:
+    """A write of this job found no space: hand the job back (a ``storage_full`` warning event; it
+    resumes from its last epoch state when space returns), or, once it has waited
+    STORAGE_FULL_WAIT_SECONDS without finishing an epoch, fail it with ``storage_full`` and remove
+    what it stored (its epoch state, partial artifacts)."""
+    url = settings.DATABASE_URL
+    now = utcnow()
+    since = jobdb.storage_full_since(url, job_id) or now
+    waited = (now - since).total_seconds()
+    what = f"{type(exc).__name__}: {exc}"[:300]
+    if jobdb.stop_flags(url, job_id, claim.attempt)[1] != hostname:
+        return "skipped: lost ownership"
+    if waited >= settings.STORAGE_FULL_WAIT_SECONDS:
+        try:
+            store.delete_prefix(job_prefix(job_id))
+        except Exception:  # noqa: BLE001 - the job fails either way; the log names what is left
+            logger.error("job %s: could not remove its stored files", job_id, exc_info=True)
+        err = {
+            "code": "storage_full",
+            "message": f"no space left to write for {waited:.0f} s ({what}); retry when space is freed",
+            "user_error": False,
+        }
+        logger.error("job %s failed: %s", job_id, err["message"])
+        jobdb.finish_job(
+            url,
+            job_id,
+            hostname,
+            JobStatus.failed,
+            message=f"Job failed: {err['message']}",
+            error=err,
+            level="error",
+            attempt=claim.attempt,
+        )
+        return "failed"
+    jobdb.add_event(
+        url,
+        job_id,
+        "storage_full",
+        f"No space left to write ({what}); the job is handed back and resumes from its last epoch state "
+        f"once space returns (it fails after {settings.STORAGE_FULL_WAIT_SECONDS:.0f} s without space)",
+        "warning",
+        since=since.isoformat(),
+        waited=round(waited, 1),
+    )
+    logger.error("job %s: storage full; handing the job back: %s", job_id, what)
+    jobdb.HANDED_BACK[job_id] = claim.attempt  # the heartbeat thread releases it when it can
+    raise StorageFull(f"job {job_id} handed back: {what}") from exc
 
 
 def _run(run: JobRun) -> str:
