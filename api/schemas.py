@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mergetune.common.models import Priority
 from mergetune.core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
 
 MAX_METADATA_KEYS = 32
@@ -140,6 +141,11 @@ class JobCreate(BaseModel):
         description="Other datasets of the project to evaluate the result on too (cross-dataset and "
         "distribution-shift evaluation, listed in the report as extra evaluations)",
     )
+    priority: Priority = Field(
+        default=Priority.normal,
+        description="low | normal | high: order among the project's queued jobs (then oldest first); "
+        "between projects, fair share decides",
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -190,6 +196,7 @@ class JobRead(BaseModel):
     verdict: dict[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False
+    priority: str = "normal"
     queue_position: int | None = None
     created_at: datetime
     queued_at: datetime | None = None
@@ -310,6 +317,11 @@ class SweepCreate(BaseModel):
     metadata: dict[str, str] = Field(
         default_factory=dict, description="Copied to every job (at most 24 keys)"
     )
+    priority: Priority = Field(
+        default=Priority.normal,
+        description="low | normal | high: given to every job of the sweep: order among the project's queued jobs (then oldest first); "
+        "between projects, fair share decides",
+    )
 
 
 class SweepCellRead(BaseModel):
@@ -357,6 +369,7 @@ class SweepRead(BaseModel):
     progress: SweepProgress
     source: dict[str, Any] | None = None
     cancel_requested: bool = False
+    priority: str = "normal"
     created_at: datetime
 
 

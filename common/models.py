@@ -86,6 +86,14 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 ACTIVE_STATUSES = frozenset({JobStatus.running, JobStatus.evaluating, JobStatus.cancelling})
 
 
+class Priority(StrEnum):
+    """Order of a project's queued jobs (then oldest first); between projects, fair share decides."""
+
+    low = "low"
+    normal = "normal"
+    high = "high"
+
+
 class CheckpointStatus(StrEnum):
     ready = "ready"
     rejected = "rejected"
@@ -107,6 +115,11 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("proj"))
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Fair share (operator-set, ``mergetune project set``): the project's recent device time is divided
+    #: by its weight when workers choose whose job runs next; at most ``max_running_jobs`` of its jobs
+    #: run at once (None: no limit).
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiToken(Base):
@@ -196,6 +209,8 @@ class Job(Base):
     #: Resolved prompt assembly ({"class_token_position": ...}) for prompt jobs; None for linear heads.
     prompt: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.validating.value)
+    #: Priority value: order among the project's queued jobs.
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
     progress: Mapped[dict[str, Any] | None] = mapped_column(
         default=None
     )  # {epoch, epochs, step, steps, loss}
@@ -249,6 +264,8 @@ class Sweep(Base):
     source: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Priority value given to every job of the sweep.
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
 
 
 class JobEvent(Base):

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     RECONCILE_INTERVAL: float = Field(default=30.0, gt=0)
     RECONCILE_QUEUE_GRACE: float = Field(default=60.0, ge=0)
     RECONCILE_STALL_TIMEOUT: float = Field(default=1800.0, gt=0)
+    #: Fair share: the device time a project's jobs used in the last FAIR_SHARE_WINDOW seconds (divided
+    #: by the project's weight) decides which project's job a free worker takes next.
+    FAIR_SHARE_WINDOW: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

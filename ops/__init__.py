@@ -58,8 +58,9 @@ def server_errors(fn: F) -> F:
 
 def register(app: typer.Typer) -> None:
     """Add serve, worker, migrate, reconcile and the token group to the ``mergetune`` app."""
-    from mergetune.ops import serve, tokens, worker
+    from mergetune.ops import projects, serve, tokens, worker
 
     serve.register(app)
     worker.register(app)
     tokens.register(app)
+    projects.register(app)

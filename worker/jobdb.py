@@ -40,9 +40,11 @@ from mergetune.common.models import (
     Job,
     JobEvent,
     JobStatus,
+    Project,
     WorkerHeartbeat,
     utcnow,
 )
+from mergetune.common.scheduling import pick_next, scheduler_lock
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Claim:
     resumed: bool = False
     #: Run time of the earlier attempts (seconds), so the finished job reports the total.
     previous_seconds: float = 0.0
+    #: The job this claim is about (a wake-up may run another job than the one its message names).
+    job_id: str = ""
 
 
 def _event(session: Any, job_id: str, type_: str, message: str, level: str = "info", **data: Any) -> None:
@@ -157,70 +161,138 @@ def _locked_job(session: Any, job_id: str) -> Job | None:
 
 
 @retrying
-def claim_job(url: str, job_id: str, hostname: str, info: dict[str, Any] | None = None) -> Claim:
-    """Decide whether this node runs ``job_id`` now, and take it if so (one transaction)."""
+def claim_job(
+    url: str,
+    job_id: str,
+    hostname: str,
+    info: dict[str, Any] | None = None,
+    *,
+    window: float = 3600.0,
+) -> Claim:
+    """Decide which job this node runs now, and take it (one transaction).
+
+    A message is a wake-up: ``job_id`` names the job it was sent for. That job is resumed if it is
+    active and its owner is gone (a killed worker's job), and cancelled if a cancel is pending;
+    otherwise this node takes the job fair share picks (:func:`pick_next`), which may be another one
+    (the message's own job when it is of the picked project and priority).
+    ``Claim.job_id`` says which; ``skip`` when nothing can run now."""
     now = utcnow()
     with session_scope(url) as s:
+        scheduler_lock(s)
         job = _locked_job(s, job_id)
-        if job is None:
-            return Claim("skip", "unknown job")
-        status = job.status
-        if status in _TERMINAL:
-            return Claim("skip", f"already {status}")
-        if status in _ACTIVE and job.worker_host != hostname and _owner_alive(s, job, now):
-            return Claim("skip", f"running on live worker {job.worker_host}")
-        if job.cancel_requested:
-            job.status = JobStatus.cancelled.value
-            job.finished_at = now
-            job.worker_host = job.worker_host or hostname
-            _event(s, job.id, "status", "Job cancelled before it started", status="cancelled")
-            return Claim("cancelled", "cancel requested before start")
-        if status not in _STARTABLE and status not in _ACTIVE:
-            return Claim("skip", f"unexpected status {status}")
-        resumed = job.attempts > 0
-        previous_host = job.worker_host
-        previous_seconds = float(job.run_seconds or 0.0)
-        if job.attempt_started_at is not None and job.progress_at is not None:
-            # the last attempt ran from its start to its last progress stamp
-            previous_seconds += max(0.0, (job.progress_at - job.attempt_started_at).total_seconds())
-        # The lease, taken with a compare-and-set on what was read: a concurrent claim changed status or
-        # attempts, so at most one of two claimers matches a row.
-        won = rowcount(
-            s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == status, Job.attempts == job.attempts)
-                .values(
-                    attempts=(job.attempts or 0) + 1,
-                    status=JobStatus.running.value,
-                    worker_host=hostname,
-                    started_at=job.started_at or now,
-                    error=None,
-                    progress_at=now,
-                    attempt_started_at=now,
-                    run_seconds=previous_seconds,
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session="fetch")
+        why = "unknown job" if job is None else None
+        if job is not None:
+            status = job.status
+            if status in _TERMINAL:
+                why = f"already {status}"
+            elif status in _ACTIVE and job.worker_host != hostname and _owner_alive(s, job, now):
+                why = f"running on live worker {job.worker_host}"
+            elif job.cancel_requested:
+                job.status = JobStatus.cancelled.value
+                job.finished_at = now
+                job.worker_host = job.worker_host or hostname
+                _event(s, job.id, "status", "Job cancelled before it started", status="cancelled")
+                return Claim("cancelled", "cancel requested before start", job_id=job.id)
+            elif status in _ACTIVE:
+                return _take(s, job, hostname, info, now)  # its owner died: resume it here
+            elif status not in _STARTABLE:
+                why = f"unexpected status {status}"
+        pick = pick_next(s, now, window)
+        if pick.job is None:
+            reason = "nothing to run" if why is None else f"{why}; nothing else to run"
+            blocked = [
+                p
+                for p, (_u, running, limit) in pick.projects.items()
+                if limit is not None and running >= limit
+            ]
+            if blocked:
+                reason += f" ({len(blocked)} project(s) at their running limit)"
+            return Claim("skip", reason, job_id=job_id)
+        chosen = pick.job
+        if (
+            job is not None
+            and why is None
+            and job.status in _STARTABLE
+            and job.project_id == chosen.project_id
+            and (job.priority or "normal") == (chosen.priority or "normal")
+        ):
+            chosen = job  # as fair as the pick: the message's own job keeps its message
+        return _take(s, chosen, hostname, info, now)
+
+
+def _take(s: Any, job: Job, hostname: str, info: dict[str, Any] | None, now: datetime) -> Claim:
+    """Take the lease of a locked, startable (or orphaned active) job for this node."""
+    status = job.status
+    resumed = job.attempts > 0
+    previous_host = job.worker_host
+    previous_seconds = float(job.run_seconds or 0.0)
+    if job.attempt_started_at is not None and job.progress_at is not None:
+        # the last attempt ran from its start to its last progress stamp
+        previous_seconds += max(0.0, (job.progress_at - job.attempt_started_at).total_seconds())
+    # The lease, taken with a compare-and-set on what was read: a concurrent claim changed status or
+    # attempts, so at most one of two claimers matches a row.
+    won = rowcount(
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == status, Job.attempts == job.attempts)
+            .values(
+                attempts=(job.attempts or 0) + 1,
+                status=JobStatus.running.value,
+                worker_host=hostname,
+                started_at=job.started_at or now,
+                error=None,
+                progress_at=now,
+                attempt_started_at=now,
+                run_seconds=previous_seconds,
+                updated_at=now,
             )
+            .execution_options(synchronize_session="fetch")
         )
-        if not won:
-            return Claim("skip", "claimed concurrently by another worker")
-        _heartbeat(s, hostname, job.id, info, now)
-        if resumed:
-            _event(
-                s,
-                job.id,
-                "status",
-                f"Job restarted on {hostname} (attempt {job.attempts}; previously on {previous_host})",
-                status="running",
-                attempt=job.attempts,
-                worker=hostname,
-                previous_worker=previous_host,
-            )
-        else:
-            _event(s, job.id, "status", f"Job started on {hostname}", status="running", worker=hostname)
-        return Claim(
-            "run", "claimed", attempt=job.attempts, resumed=resumed, previous_seconds=previous_seconds
+    )
+    if not won:
+        return Claim("skip", "claimed concurrently by another worker", job_id=job.id)
+    _heartbeat(s, hostname, job.id, info, now)
+    if resumed:
+        _event(
+            s,
+            job.id,
+            "status",
+            f"Job restarted on {hostname} (attempt {job.attempts}; previously on {previous_host})",
+            status="running",
+            attempt=job.attempts,
+            worker=hostname,
+            previous_worker=previous_host,
+        )
+    else:
+        _event(s, job.id, "status", f"Job started on {hostname}", status="running", worker=hostname)
+    return Claim(
+        "run",
+        "claimed",
+        attempt=job.attempts,
+        resumed=resumed,
+        previous_seconds=previous_seconds,
+        job_id=job.id,
+    )
+
+
+@retrying
+def wake_needed(url: str, job_id: str) -> str | None:
+    """After ``job_id`` ended: a queued job of its project to send a wake-up for, when the project has a
+    running limit (a wake-up that found the project at its limit took no job)."""
+    with session_scope(url) as s:
+        row = s.execute(
+            select(Job.project_id, Project.max_running_jobs)
+            .join(Project, Project.id == Job.project_id)
+            .where(Job.id == job_id)
+        ).first()
+        if row is None or row[1] is None:
+            return None
+        project_id = row[0]
+        return s.scalar(
+            select(Job.id)
+            .where(Job.project_id == project_id, Job.status.in_(_STARTABLE), Job.cancel_requested.is_(False))
+            .order_by(Job.queued_at)
+            .limit(1)
         )
 
 

@@ -11,7 +11,9 @@ Every ``RECONCILE_INTERVAL`` seconds one pass (:func:`reconcile_once`):
    purged queue, an enqueue that failed after the commit), once they have waited
    ``RECONCILE_QUEUE_GRACE`` seconds since their last message. The broker is inspected for the job's
    message (Redis: the queue lists and the ``unacked`` hash; the filesystem broker: its queue folder);
-   on a broker that cannot be inspected this step is skipped;
+   on a broker that cannot be inspected this step is skipped. Messages are wake-ups (the claim runs
+   whichever job fair share picks), so a waiting message whose own job no longer waits counts for one
+   of the jobs without a message;
 4. on Redis, deletes ``unacked`` entries left by a dead delivery: the job finished, or was requeued
    (and a new message sent) after that delivery. Otherwise kombu would restore them only after the
    visibility timeout (24 h) and a worker would pick up a message with nothing to do.
@@ -22,7 +24,6 @@ harmless (the worker skips a finished job or one a live worker owns). A resumed 
 last epoch state.
 
 Run it as ``mergetune reconcile`` (docker-compose's ``reconciler`` service); ``mergetune serve
---embedded`` runs it in a thread. Several reconcilers may run at once.
 """
 
 from __future__ import annotations
@@ -100,35 +101,42 @@ def _redis_keys(settings: Settings) -> tuple[str, str, str]:
     )
 
 
-def broker_job_ids(settings: Settings) -> set[str] | None:
-    """Ids of the jobs that have a message in the broker (waiting or delivered and unacknowledged);
-    None when this broker cannot be inspected."""
+def broker_messages(settings: Settings) -> tuple[list[str], set[str]] | None:
+    """The job ids the broker's messages name: (waiting in the queue, one per message; delivered and
+    unacknowledged); None when this broker cannot be inspected."""
     url = settings.BROKER_URL
+    waiting: list[str] = []
     if url.startswith(("redis://", "rediss://")):
         prefix, unacked, _index = _redis_keys(settings)
         r = _redis_client(settings)
-        ids: set[str] = set()
+        delivered: set[str] = set()
         queues = [prefix + JOBS_QUEUE]
         queues += [k.decode() for k in r.scan_iter(match=f"{prefix}{JOBS_QUEUE}{_REDIS_PRIORITY_SEP}*")]
         for q in queues:
             for raw in r.lrange(q, 0, -1):
                 if (job_id := _job_id_of(raw)) is not None:
-                    ids.add(job_id)
+                    waiting.append(job_id)
         for raw in r.hvals(unacked):
             if (job_id := _job_id_of(raw)) is not None:
-                ids.add(job_id)
-        return ids
+                delivered.add(job_id)
+        return waiting, delivered
     if url.startswith("filesystem://"):
-        ids = set()
         for path in settings.queue_dir.glob(f"*.{JOBS_QUEUE}.msg"):
             try:
                 job_id = _job_id_of(path.read_bytes())
             except OSError:  # consumed meanwhile
                 continue
             if job_id is not None:
-                ids.add(job_id)
-        return ids
+                waiting.append(job_id)
+        return waiting, set()
     return None
+
+
+def broker_job_ids(settings: Settings) -> set[str] | None:
+    """Ids of the jobs that have a message in the broker (waiting or delivered and unacknowledged);
+    None when this broker cannot be inspected."""
+    found = broker_messages(settings)
+    return None if found is None else set(found[0]) | found[1]
 
 
 def sweep_unacked(settings: Settings, *, slack: float = 1.0) -> int:
@@ -181,13 +189,20 @@ def reconcile_once(settings: Settings, *, now: datetime | None = None) -> Reconc
     waiting = jobdb.queued_jobs(url, enqueued_before=now - timedelta(seconds=settings.RECONCILE_QUEUE_GRACE))
     if waiting:
         try:
-            present = broker_job_ids(settings)
+            found = broker_messages(settings)
         except Exception as exc:  # noqa: BLE001 - broker down: nothing to compare with; next pass
             logger.warning("cannot inspect the broker: %s", exc)
             rep.errors.append(f"broker: {type(exc).__name__}")
-            present = None
-        if present is not None:
-            rep.lost = [job_id for job_id in waiting if job_id not in present]
+            found = None
+        if found is not None:
+            present = set(found[0]) | found[1]
+            missing = [job_id for job_id in waiting if job_id not in present]
+            # A message is a wake-up (the claim takes whichever job fair share picks): a waiting message
+            # whose own job no longer waits (it ran through another message, or finished) will start one
+            # of the queued jobs, so only the queued jobs beyond those spare wake-ups are lost.
+            states = jobdb.job_states(url, sorted(set(found[0]))) if missing else {}
+            spare = sum(1 for job_id in found[0] if states.get(job_id, ("missing", None))[0] != "queued")
+            rep.lost = missing[spare:]
             if rep.lost:
                 jobdb.mark_enqueued(
                     url, rep.lost, reason="The broker has no message for this job; re-enqueued"

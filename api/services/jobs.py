@@ -115,6 +115,8 @@ def create_job(
         del payload["protocol"]  # the default: bodies that do not name it keep their old hash
     if payload["prompt"] is None:
         del payload["prompt"]
+    if payload["priority"] == "normal":
+        del payload["priority"]  # the default: bodies that do not name it keep their old hash
     req_hash = request_hash(ENDPOINT, payload)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
@@ -237,6 +239,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         hyperparameters=hp.model_dump(mode="json"),
         metadata_=dict(body.metadata),
         eval_dataset_ids=eval_ids or None,
+        priority=body.priority.value,
         status=JobStatus.queued.value,
         created_at=now,
         queued_at=now,
@@ -479,6 +482,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         verdict=job.verdict,
         error=JobError.model_validate(job.error) if job.error else None,
         cancel_requested=job.cancel_requested,
+        priority=job.priority or "normal",
         queue_position=position,
         created_at=job.created_at,
         queued_at=job.queued_at,

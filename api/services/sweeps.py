@@ -100,6 +100,8 @@ def create_sweep(
 ) -> tuple[Sweep, bool]:
     """Validate every job, insert the sweep and its jobs, commit, enqueue. Returns (sweep, created)."""
     payload: dict[str, Any] = body.model_dump(mode="json")
+    if payload["priority"] == "normal":
+        del payload["priority"]  # the default: bodies that do not name it keep their old hash
     if archive is not None:
         payload["archive_sha256"] = archive.sha256
     req_hash = request_hash(ENDPOINT, payload)
@@ -152,6 +154,7 @@ def create_sweep(
             },
             cells=cells,
             source=source,
+            priority=body.priority.value,
         )
         session.add(sweep)
         session.flush()
@@ -358,6 +361,7 @@ def _build_jobs(
                     prompt=body.prompt,
                     hyperparameters={**body.hyperparameters, **point, "seed": cell["seed"]},
                     metadata=meta,
+                    priority=body.priority,
                 )
             except ValidationError as exc:
                 raise from_pydantic(exc) from None
@@ -464,6 +468,7 @@ def sweep_read(session: Session, sweep: Sweep, jobs: list[Job] | None = None) ->
     return SweepRead(
         id=sweep.id,
         name=sweep.name,
+        priority=sweep.priority or "normal",
         status=sweep_status(sweep, jobs),
         backbone=spec["backbone"],
         protocol=spec["protocol"],

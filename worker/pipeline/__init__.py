@@ -1,6 +1,7 @@
 """The job pipeline: one recovery job, end to end, as named stages (``run_job`` is the entry point).
 
-claim -> load rows and inputs -> mergetune.core.method.recovery.recover -> export -> report -> artifacts ->
+claim (the message is a wake-up: the claim picks the job by fair share, ``mergetune.common.scheduling``)
+-> load rows and inputs -> mergetune.core.method.recovery.recover -> export -> report -> artifacts ->
 terminal status. Called by the Celery task (``mergetune.worker.tasks``) and by tests.
 
 - :mod:`.run`: the orchestration (claim, stage order, cancellation, errors, resume, hand-back);

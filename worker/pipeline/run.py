@@ -17,6 +17,7 @@ from typing import Any
 
 from mergetune.common.db import is_unavailable
 from mergetune.common.models import JobStatus, utcnow
+from mergetune.common.queue import enqueue_job
 from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactStore, get_store, is_storage_full
 from mergetune.worker import jobdb
@@ -58,13 +59,38 @@ def run_job(job_id: str, *, settings: Settings, hostname: str, store: ArtifactSt
     jobdb.RETRY_SECONDS = settings.DB_RETRY_SECONDS
     store = store or get_store(settings)
     device = resolve_device(settings.DEVICE)
-    claim = jobdb.claim_job(url, job_id, hostname, info={"pid": os.getpid(), "device": device})
+    claim = jobdb.claim_job(
+        url, job_id, hostname, info={"pid": os.getpid(), "device": device}, window=settings.FAIR_SHARE_WINDOW
+    )
     if claim.action == "skip":
         logger.info("job %s skipped: %s", job_id, claim.reason)
         return f"skipped: {claim.reason}"
+    if claim.job_id != job_id:  # the message is a wake-up: fair share chose another job
+        logger.info("wake-up for job %s runs job %s (fair share)", job_id, claim.job_id)
+        job_id = claim.job_id
     if claim.action == "cancelled":
         store.delete_prefix(job_prefix(job_id))
         return "cancelled"
+    outcome = _run_claimed(job_id, claim, settings, hostname, store, device)
+    _wake_next(settings, job_id)
+    return outcome
+
+
+def _wake_next(settings: Settings, job_id: str) -> None:
+    """A job of a project with a running limit ended: send a wake-up for its next queued job (the
+    wake-ups that found the project at its limit took nothing)."""
+    try:
+        nxt = jobdb.wake_needed(settings.DATABASE_URL, job_id)
+        if nxt is not None:
+            enqueue_job(settings, nxt)
+    except Exception as exc:  # noqa: BLE001 - the reconciler re-sends a queued job without a message
+        logger.warning("job %s: no wake-up sent for the project's next job: %s", job_id, exc)
+
+
+def _run_claimed(
+    job_id: str, claim: jobdb.Claim, settings: Settings, hostname: str, store: ArtifactStore, device: str
+) -> str:
+    url = settings.DATABASE_URL
     logger.info("job %s: running on %s (attempt %d)", job_id, hostname, claim.attempt)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"mergetune-{job_id}-"))

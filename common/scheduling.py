@@ -1,0 +1,125 @@
+"""Fair share between projects: which queued job a free worker takes next, and why the others wait.
+
+The state is Postgres alone (the jobs' statuses, run times and priorities; the projects' weights and
+running limits), so any number of workers, and the API explaining a job's wait, see the same thing.
+The worker's claim (:func:`mergetune.worker.jobdb.claim_job`) calls :func:`pick_next` under
+:func:`scheduler_lock`; the API calls :func:`queue_plan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, select
+
+from mergetune.common.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Project
+
+ACTIVE = [s.value for s in ACTIVE_STATUSES]
+TERMINAL = [s.value for s in TERMINAL_STATUSES]
+STARTABLE = [JobStatus.validating.value, JobStatus.queued.value]
+
+#: Serialises the fair-share choice between claimers (a transaction-level advisory lock on Postgres):
+#: two workers never both see a project under its running limit and both start one of its jobs.
+SCHEDULER_LOCK = 0x6D657267  # "merg"
+
+
+def scheduler_lock(s: Any) -> None:
+    """Take the scheduler's lock until the transaction ends (Postgres; SQLite serialises writers)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(func.pg_advisory_xact_lock(SCHEDULER_LOCK)))
+
+
+@dataclass(frozen=True)
+class Pick:
+    """What the fair-share choice saw: the job to run (None: nothing runnable) and why others wait."""
+
+    job: Job | None
+    #: project id -> (weighted recent device seconds, running jobs, running limit)
+    projects: dict[str, tuple[float, int, int | None]]
+
+
+def project_usage(s: Any, project_ids: list[str], now: datetime, window: float) -> dict[str, float]:
+    """Device seconds each project's jobs used in the last ``window`` seconds: the run time of jobs that
+    finished within it, plus the time active jobs have run so far (all their attempts)."""
+    if not project_ids:
+        return {}
+    since = now - timedelta(seconds=window)
+    used = {p: 0.0 for p in project_ids}
+    for pid, total in s.execute(
+        select(Job.project_id, func.sum(Job.run_seconds))
+        .where(Job.project_id.in_(project_ids), Job.status.in_(TERMINAL), Job.finished_at >= since)
+        .group_by(Job.project_id)
+    ):
+        used[pid] += float(total or 0.0)
+    for pid, earlier, started in s.execute(
+        select(Job.project_id, Job.run_seconds, Job.attempt_started_at).where(
+            Job.project_id.in_(project_ids), Job.status.in_(ACTIVE)
+        )
+    ):
+        used[pid] += float(earlier or 0.0)
+        if started is not None:
+            used[pid] += max(0.0, (now - started).total_seconds())
+    return used
+
+
+def fair_order(s: Any, now: datetime, window: float) -> list[tuple[str, float, int, int | None]]:
+    """Projects with startable jobs, the one to serve first first: (project, weighted usage, running,
+    limit), ordered by weighted recent device time, then by their oldest queued job."""
+    waiting = dict(
+        s.execute(
+            select(Job.project_id, func.min(Job.queued_at))
+            .where(Job.status.in_(STARTABLE), Job.cancel_requested.is_(False))
+            .group_by(Job.project_id)
+        ).all()
+    )
+    if not waiting:
+        return []
+    ids = sorted(waiting)
+    used = project_usage(s, ids, now, window)
+    running = dict(
+        s.execute(
+            select(Job.project_id, func.count())
+            .where(Job.project_id.in_(ids), Job.status.in_(ACTIVE))
+            .group_by(Job.project_id)
+        ).all()
+    )
+    props = {
+        r[0]: (float(r[1] or 1.0), r[2])
+        for r in s.execute(
+            select(Project.id, Project.weight, Project.max_running_jobs).where(Project.id.in_(ids))
+        )
+    }
+    out = []
+    for pid in ids:
+        weight, limit = props.get(pid, (1.0, None))
+        out.append((pid, used[pid] / max(weight, 1e-9), int(running.get(pid, 0)), limit))
+    oldest = {pid: waiting[pid] or now for pid in ids}
+    out.sort(key=lambda r: (r[1], oldest[r[0]], r[0]))
+    return out
+
+
+def priority_rank() -> Any:
+    """0 for high, 1 for normal, 2 for low: the order of a project's queued jobs."""
+    return case((Job.priority == "high", 0), (Job.priority == "low", 2), else_=1)
+
+
+def pick_next(s: Any, now: datetime, window: float) -> Pick:
+    """The next job to run, locked (``FOR UPDATE SKIP LOCKED``): from the project with the least
+    weighted recent device time that is under its running limit, its highest priority, oldest job."""
+    order = fair_order(s, now, window)
+    seen = {pid: (usage, running, limit) for pid, usage, running, limit in order}
+    for pid, _usage, running, limit in order:
+        if limit is not None and running >= limit:
+            continue
+        job = s.execute(
+            select(Job)
+            .where(Job.project_id == pid, Job.status.in_(STARTABLE), Job.cancel_requested.is_(False))
+            .order_by(priority_rank(), Job.queued_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).scalar_one_or_none()
+        if job is not None:
+            return Pick(job, seen)
+    return Pick(None, seen)

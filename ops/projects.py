@@ -1,0 +1,130 @@
+"""``mergetune project list|set``: the operator's fair-share settings of each project (weight, running
+limit), written straight into the server's database."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from mergetune.cli.options import UserError
+from mergetune.cli.output import print_json, say
+from mergetune.ops import load_settings, server_errors
+from mergetune.ops.tokens import open_token_db
+
+app = typer.Typer(name="project", help="projects: fair-share weight and running limit", no_args_is_help=True)
+
+
+def parse_limit(text: str) -> int:
+    """A running limit: a whole number >= 1, or ``none`` (no limit: stored as 0 here, None in the row)."""
+    raw = text.strip().lower()
+    if raw in ("none", "off", "unlimited"):
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise typer.BadParameter(f"{text!r} is not a running limit: use a whole number >= 1 or none")
+    return int(raw)
+
+
+def _row(p: Any, running: int, queued: int) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "weight": p.weight,
+        "max_running_jobs": p.max_running_jobs,
+        "running": running,
+        "queued": queued,
+    }
+
+
+def _counts(s: Any) -> tuple[dict[str, int], dict[str, int]]:
+    from sqlalchemy import func, select
+
+    from mergetune.common.models import ACTIVE_STATUSES, Job, JobStatus
+
+    def by_project(statuses: list[str]) -> dict[str, int]:
+        rows = s.execute(
+            select(Job.project_id, func.count()).where(Job.status.in_(statuses)).group_by(Job.project_id)
+        )
+        return {pid: int(n) for pid, n in rows}
+
+    return (
+        by_project([st.value for st in ACTIVE_STATUSES]),
+        by_project([JobStatus.queued.value, JobStatus.validating.value]),
+    )
+
+
+@app.command("list")
+@server_errors
+def list_(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List projects: weight, running limit, running and queued jobs."""
+    from sqlalchemy import select
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Project
+
+    settings = open_token_db(load_settings())
+    with session_scope(settings.DATABASE_URL) as s:
+        running, queued = _counts(s)
+        rows = [
+            _row(p, running.get(p.id, 0), queued.get(p.id, 0))
+            for p in s.scalars(select(Project).order_by(Project.name))
+        ]
+    if as_json:
+        print_json(rows)
+        return
+    cols = ["id", "name", "weight", "max_running_jobs", "running", "queued"]
+    text = [{c: ("-" if r[c] is None else str(r[c])) for c in cols} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in cols}
+    sys.stdout.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")
+    for r in text:
+        sys.stdout.write("  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() + "\n")
+
+
+@app.command("set")
+@server_errors
+def set_(
+    project: Annotated[str, typer.Argument(help="project name or id")],
+    weight: Annotated[
+        float | None,
+        typer.Option(
+            help="fair-share weight (> 0; default 1): a project with weight 2 gets twice the device time"
+        ),
+    ] = None,
+    max_running: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_limit, metavar="N|none", help="at most N of its jobs run at once; none: no limit"
+        ),
+    ] = None,
+) -> None:
+    """Set a project's fair-share weight and/or running limit; prints the project as JSON."""
+    from sqlalchemy import or_, select
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Project
+
+    if weight is None and max_running is None:
+        raise UserError("nothing to set: give --weight and/or --max-running")
+    if weight is not None and not (0 < weight <= 1e6):
+        raise UserError(f"--weight must be > 0 and <= 1000000, not {weight:g}")
+    settings = open_token_db(load_settings())
+    with session_scope(settings.DATABASE_URL) as s:
+        p = s.scalars(select(Project).where(or_(Project.name == project, Project.id == project))).first()
+        if p is None:
+            raise UserError(f"no project named {project!r} (`mergetune project list` shows them)")
+        if weight is not None:
+            p.weight = float(weight)
+        if max_running is not None:
+            p.max_running_jobs = max_running or None
+        s.flush()
+        running, queued = _counts(s)
+        row = _row(p, running.get(p.id, 0), queued.get(p.id, 0))
+    say(f"project {row['name']}: weight {row['weight']:g}, running limit {row['max_running_jobs'] or 'none'}")
+    print_json(row)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app)
