@@ -76,21 +76,30 @@ def plain_tar(files: dict[str, bytes]) -> bytes:
     return b"".join(tar_member(n.encode(), d) for n, d in files.items()) + tar_end()
 
 
+def _declared_header(
+    compress: Callable[[bytes], bytes], name: bytes, typeflag: bytes, size: int, fill: bytes, scale: bool
+) -> bytes:
+    """A header declaring ``size`` bytes of ``fill``, then a good tree: with ``scale`` all of them (as
+    concatenated compressed streams of 64 MiB each), else 1 MiB (the header alone is refused)."""
+    chunk = 64 << 20
+    n = size if scale else 1 << 20
+    first = min(n, chunk)
+    parts = [compress(tar_header(name, size, typeflag) + fill * (first // len(fill)))]
+    if n > first:
+        parts.append(compress(fill * (chunk // len(fill))) * ((n - first) // chunk))
+    parts.append(compress(bytes(-n % 512) + plain_tar(good_files())))
+    return b"".join(parts)
+
+
 def gnu_long_name(scale: bool = False) -> bytes:
-    """A .tar.bz2 whose GNU long-name header declares 1 GiB (a few KiB of a name, unless ``scale``)."""
-    size = 1 << 30
-    head = tar_header(b"././@LongLink", size, b"L")
-    body = b"a" * (size if scale else 1 << 20)
-    return bz2.compress(head + body + bytes(-len(body) % 512) + plain_tar(good_files()))
+    """A .tar.bz2 whose GNU long-name header declares a 1 GiB name."""
+    return _declared_header(bz2.compress, b"././@LongLink", b"L", 1 << 30, b"a", scale)
 
 
 def pax_huge(scale: bool = False) -> bytes:
-    """A .tar.gz with a pax header of 256 MiB (digits and spaces, the quadratic case of tarfile's pax
+    """A .tar.gz with a pax header of 256 MiB (digits and spaces: the quadratic case of tarfile's pax
     parser before Python 3.11.10)."""
-    size = 256 << 20
-    head = tar_header(b"././@PaxHeader", size, b"x")
-    body = b"1 " * ((size if scale else 1 << 21) // 2)
-    return gz(head + body + bytes(-len(body) % 512) + plain_tar(good_files()))
+    return _declared_header(gz, b"././@PaxHeader", b"x", 256 << 20, b"1 ", scale)
 
 
 def pax_quadratic() -> bytes:

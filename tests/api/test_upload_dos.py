@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from dos_corpus import CORPUS, build, empty_list_flood, state, torch_zip
+from hostile_archives import HOSTILE, bz2_bomb, gnu_long_name, gz_bomb, pax_huge
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
 
@@ -194,3 +195,74 @@ def test_full_parse_pool_answers_503_with_retry_after(api_factory: Any, tmp_path
     ok, _ = _upload(api.url, auth, torch_zip(tmp_path / "ok.pth", state()))  # the pool frees up again
     assert ok.status_code == 201
     assert list(settings.tmp_dir.iterdir()) == []
+
+
+#: The review's archives at full size (a 1 GiB long name, a 256 MiB pax header, 4 GiB of zeros)
+#: and the smaller ones that cost the most to read.
+FULL_SIZE = {
+    "gnu_long_name_1gib.tar.bz2": lambda: gnu_long_name(scale=True),
+    "pax_256mib.tar.gz": lambda: pax_huge(scale=True),
+    "zeros_bomb.tar.bz2": lambda: bz2_bomb(scale=True),
+    "zeros_bomb.gz": lambda: gz_bomb(scale=True),
+    "dirs.zip": HOSTILE["dirs.zip"][0],
+    "tar_then_zip.tar": HOSTILE["tar_then_zip.tar"][0],
+    "name_lf.tar.gz": HOSTILE["name_lf.tar.gz"][0],
+}
+
+
+def _post_archive(url: str, auth: dict[str, str], name: str, data: bytes) -> tuple[httpx.Response, float]:
+    t = time.monotonic()
+    r = httpx.post(f"{url}/v1/sweeps", files={"file": (name, data)}, headers=auth, timeout=120)
+    return r, time.monotonic() - t
+
+
+def test_eight_parallel_hostile_archives_stay_within_bounds(api_factory: Any, tmp_path: Path) -> None:
+    # room for all eight at once (2 read, 6 wait), so that every one of them is really read
+    api, settings, auth = api_factory("archives", PARSE_QUEUE=6, PARSE_PROJECT_SHARE=1.0)
+    assert api.proc is not None
+    warm, _ = _upload(api.url, auth, torch_zip(tmp_path / "ok.pth", state()))  # starts the parse server
+    assert warm.status_code == 201, warm.text
+    baseline = tree_rss(api.proc.pid)
+    rows = []
+    with Watch(api.proc.pid, api.url) as watch:
+        for name, make in FULL_SIZE.items():
+            data = make()
+            watch.peak = tree_rss(api.proc.pid)
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(_post_archive, api.url, auth, name, data) for _ in range(8)]
+                answers = [f.result() for f in futures]
+            time.sleep(0.02)
+            codes = sorted({(r.status_code, r.json()["error"]["code"]) for r, _ in answers})
+            rows.append((name, len(data), codes, max(t for _, t in answers), (watch.peak - baseline) / 2**20))
+    print(f"\nAPI baseline tree RSS {baseline / 2**20:.0f} MB; 8 parallel requests per archive")
+    for name, size, codes, took, growth in rows:
+        print(f"{name:28s} {size:>10d} {codes!s:40s} {took:6.2f} s {growth:7.1f} MB")
+    print(f"/healthz: {watch.health_fail} failures, slowest answer {watch.health_max * 1000:.0f} ms")
+    for name, _, codes, took, growth in rows:
+        assert codes == [(422, HOSTILE[name][1])], (name, codes)
+        assert took < 30, (name, took)
+        assert growth < RSS_BOUND_MB, (name, growth)
+    assert watch.health_fail == 0 and watch.health_max < 1.0
+    assert list(settings.tmp_dir.iterdir()) == []
+
+
+def test_one_project_cannot_hold_the_parse_slots(api_factory: Any, tmp_path: Path) -> None:
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+
+    api, settings, auth = api_factory("fair")  # the defaults: 2 parse slots, 4 waiting, half each
+    with session_scope(settings.DATABASE_URL) as s:
+        _, secret = repo.create_token(s, repo.get_or_create_project(s, "dos-fair-other"))
+    other = {"Authorization": f"Bearer {secret}"}
+    slow = empty_list_flood(tmp_path / "slow.pth")  # about a second of opcode scanning each
+    ok_file = torch_zip(tmp_path / "ok.pth", state())
+    with ThreadPoolExecutor(6) as pool:
+        flood = [pool.submit(_upload, api.url, auth, slow) for _ in range(6)]
+        time.sleep(0.5)  # the flood holds every place it may take
+        answers = [_upload(api.url, other, ok_file) for _ in range(3)]
+        results = [f.result()[0] for f in flood]
+    codes = sorted((r.status_code, r.json()["error"]["code"]) for r in results)
+    assert codes == [(422, "too_large")] * 3 + [(503, "parser_busy")] * 3, codes
+    for r, took in answers:  # the other project is served at once, every time
+        assert r.status_code == 201 and r.json()["status"] == "ready", r.text
+        assert took < 2.0, took
