@@ -266,6 +266,8 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: Priority value given to every job of the sweep.
     priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
+    #: When every job of the sweep had finished, set once (with the ``sweep.finished`` webhook event).
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobEvent(Base):
@@ -317,3 +319,69 @@ class WorkerHeartbeat(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     current_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
     info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class WebhookEndpoint(Base):
+    """A URL of a project that receives signed event notifications (``/v1/webhooks``).
+
+    The secret is stored as given to the user (``whsec_`` + base64): an HMAC key must be known to sign.
+    After a rotation the previous secret still signs (a second signature) until
+    ``previous_secret_expires_at``."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_webhook_endpoints_project_id_id", "project_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[Any]] = mapped_column()
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: Start of the current run of failed attempts (None after a success); disabled after too long.
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    secret_rotated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row, written in the transaction that made the event
+    happen, sent (and retried) by the dispatcher. ``event_id`` is the ``webhook-id`` header, the same on
+    every attempt; ``payload`` the exact body sent every time."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whd"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|succeeded|failed
+    #: Attempts made since the delivery was created or last redelivered (indexes the retry schedule).
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    success: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
+from mergetune.common import webhooks
 from mergetune.common.db import rowcount
 from mergetune.common.models import (
     ACTIVE_STATUSES,
@@ -274,6 +275,7 @@ def request_cancel(session: Session, job: Job) -> None:
             add_event(
                 session, job.id, "status", "job cancelled before it started", data={"status": "cancelled"}
             )
+            webhooks.enqueue_job_finished(session, job, now)
             return
         session.refresh(job)
     if job.status in (JobStatus.running, JobStatus.evaluating, JobStatus.cancelling):

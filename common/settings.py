@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     #: Fair share: the device time a project's jobs used in the last FAIR_SHARE_WINDOW seconds (divided
     #: by the project's weight) decides which project's job a free worker takes next.
     FAIR_SHARE_WINDOW: float = Field(default=3600.0, gt=0)
+    #: Webhooks: seconds between a failed attempt and the next (comma-separated; one retry each), the
+    #: timeout of one attempt, how long the previous secret still signs after a rotation, how long an
+    #: endpoint may fail without a success before it is disabled, and (tests, trusted networks) whether
+    #: loopback / private / link-local targets are allowed.
+    WEBHOOK_RETRY_SCHEDULE: str = Field(default="5,300,1800,7200,18000,36000,36000")
+    WEBHOOK_TIMEOUT: float = Field(default=10.0, gt=0, le=60)
+    WEBHOOK_SECRET_GRACE_SECONDS: float = Field(default=86400.0, ge=0)
+    WEBHOOK_DISABLE_AFTER_SECONDS: float = Field(default=5 * 86400.0, gt=0)
+    WEBHOOKS_ALLOW_PRIVATE: bool = False
+    WEBHOOK_POLL_INTERVAL: float = Field(default=1.0, gt=0, description="dispatcher poll (s)")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -118,9 +128,28 @@ class Settings(BaseSettings):
             self.MODEL_CACHE_DIR = home / "models"
         if self.MODEL_ROOT is None:
             self.MODEL_ROOT = self.MODEL_CACHE_DIR
+        _ = self.webhook_retry_schedule  # refuse a malformed schedule at start-up
         return self
 
     # -- derived helpers ---------------------------------------------------------------------
+    @property
+    def webhook_retry_schedule(self) -> list[float]:
+        """WEBHOOK_RETRY_SCHEDULE as seconds (empty: one attempt, no retry)."""
+        out: list[float] = []
+        for part in self.WEBHOOK_RETRY_SCHEDULE.split(","):
+            if not part.strip():
+                continue
+            try:
+                value = float(part)
+            except ValueError:
+                raise ValueError(
+                    f"WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, not {part.strip()!r}"
+                ) from None
+            if not 0 <= value <= 7 * 86400:
+                raise ValueError(f"WEBHOOK_RETRY_SCHEDULE values must be 0 to 604800 s, not {value}")
+            out.append(value)
+        return out
+
     @property
     def is_sqlite(self) -> bool:
         return self.DATABASE_URL.startswith("sqlite")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import or_, select, update
 
+from mergetune.common import webhooks
 from mergetune.common.db import DatabaseUnavailable, is_unavailable, rowcount, session_scope
 from mergetune.common.models import (
     ACTIVE_STATUSES,
@@ -192,6 +193,7 @@ def claim_job(
                 job.finished_at = now
                 job.worker_host = job.worker_host or hostname
                 _event(s, job.id, "status", "Job cancelled before it started", status="cancelled")
+                webhooks.enqueue_job_finished(s, job, now)
                 return Claim("cancelled", "cancel requested before start", job_id=job.id)
             elif status in _ACTIVE:
                 return _take(s, job, hostname, info, now)  # its owner died: resume it here
@@ -466,6 +468,7 @@ def finish_job(
             status=status.value,
             **({"error": error} if error else {}),
         )
+        webhooks.enqueue_job_finished(s, job, now)
         return True
 
 

@@ -24,6 +24,8 @@ harmless (the worker skips a finished job or one a live worker owns). A resumed 
 last epoch state.
 
 Run it as ``mergetune reconcile`` (docker-compose's ``reconciler`` service); ``mergetune serve
+--embedded`` runs it in a thread. Several reconcilers may run at once. Its process also runs the
+webhook dispatcher (:mod:`mergetune.worker.webhooks`) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from mergetune.common.models import TERMINAL_STATUSES, utcnow
 from mergetune.common.queue import enqueue_job
 from mergetune.common.settings import Settings
 from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
-from mergetune.worker import jobdb
+from mergetune.worker import jobdb, webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +231,7 @@ def run_forever(settings: Settings, stop: threading.Event | None = None) -> None
         settings.RECONCILE_STALL_TIMEOUT,
         settings.RECONCILE_QUEUE_GRACE,
     )
+    webhooks.start_thread(settings, stop)  # the webhook dispatcher polls on its own, much more often
     while not stop.is_set():
         try:
             rep = reconcile_once(settings)
