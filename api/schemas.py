@@ -177,6 +177,16 @@ class JobError(BaseModel):
     user_error: bool | None = None
 
 
+class QueueInfo(BaseModel):
+    """Where a queued job stands (``null`` unless queued)."""
+
+    position: int = Field(description="1-based: the order workers will take the queued jobs in (fair share)")
+    reason: str = Field(
+        description="waiting_for_worker | fair_share | project_running_limit | quota_exceeded"
+    )
+    message: str
+
+
 class JobRead(BaseModel):
     id: str
     object: str = "job"
@@ -198,6 +208,7 @@ class JobRead(BaseModel):
     cancel_requested: bool = False
     priority: str = "normal"
     queue_position: int | None = None
+    queue: QueueInfo | None = None
     created_at: datetime
     queued_at: datetime | None = None
     started_at: datetime | None = None
@@ -380,3 +391,66 @@ class SweepList(ListResponse[SweepRead]):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2048, description="http(s) URL that receives the events")
+    events: list[str] = Field(
+        min_length=1,
+        max_length=16,
+        description="Event types: job.succeeded, job.failed, job.cancelled, job.warning, sweep.finished",
+    )
+    description: str | None = Field(default=None, max_length=1000)
+
+
+class WebhookRead(BaseModel):
+    id: str
+    object: str = "webhook"
+    url: str
+    events: list[str]
+    description: str | None = None
+    enabled: bool
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = Field(default=None, description="Why the endpoint was disabled")
+    failing_since: datetime | None = None
+    created_at: datetime
+    secret_rotated_at: datetime | None = None
+    previous_secret_expires_at: datetime | None = Field(
+        default=None, description="Until then events carry a second signature, with the previous secret"
+    )
+
+
+class WebhookWithSecret(WebhookRead):
+    secret: str = Field(description="whsec_ + base64 key; shown only in this answer")
+
+
+class WebhookList(ListResponse[WebhookRead]):
+    pass
+
+
+class WebhookAttemptRead(BaseModel):
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: float
+    success: bool
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: str
+    object: str = "webhook_delivery"
+    webhook_id: str
+    event_id: str = Field(description="The webhook-id header: the same on every attempt")
+    type: str
+    status: str = Field(description="pending | succeeded | failed")
+    next_attempt_at: datetime | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    attempts: list[WebhookAttemptRead]
+
+
+class WebhookDeliveryList(ListResponse[WebhookDeliveryRead]):
+    pass
