@@ -31,7 +31,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from mergetune.core.checkpoints.weights import is_file_reference, parse_random, resolve_weights
-from mergetune.core.config import BackboneSpec
+from mergetune.core.config import KNOWN_MODELS, BackboneSpec
 from mergetune.core.errors import BackboneError
 
 logger = logging.getLogger(__name__)
@@ -274,8 +274,8 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
             sd = {str(k): v for k, v in obj.items()}
             if sd and all(k.startswith("module.") for k in sd):
                 sd = {k[len("module.") :]: v for k, v in sd.items()}
-            if any(k in sd for k in OPENAI_EXTRA_KEYS):
-                fmt = "openai_state_dict"
+            if any(k in sd for k in OPENAI_EXTRA_KEYS) or (_clip_layout(sd) and _mostly_fp16(sd)):
+                fmt = "openai_state_dict"  # with OpenAI's extra ints, or kept in fp16 as OpenAI's code does
     except Exception as exc:  # torch raises many types for a bad file; their text may quote the file
         raise BackboneError(
             f"the weights file could not be read as a state dict, an OpenAI TorchScript archive or "
@@ -288,6 +288,25 @@ def read_weights(path: str) -> tuple[dict[str, torch.Tensor], str]:
             "the weights file holds non-tensor entries", code="weights_invalid", param="backbone.pretrained"
         )
     return sd, fmt
+
+
+#: Keys every state dict in CLIP's layout has (OpenAI's, CoOp's ``clip_model.state_dict()``, and
+#: open_clip's own for models with the standard text tower).
+CLIP_LAYOUT_KEYS = ("positional_embedding", "text_projection", "token_embedding.weight", "ln_final.weight")
+
+
+def _clip_layout(sd: dict[str, Any]) -> bool:
+    return all(k in sd for k in CLIP_LAYOUT_KEYS) and any(k.startswith("visual.") for k in sd)
+
+
+def _mostly_fp16(sd: dict[str, Any]) -> bool:
+    """OpenAI's ``build_model`` (and so CoOp's CLIP) converts the weights to fp16; open_clip keeps fp32.
+    True when most floating-point values are fp16."""
+    sizes = {True: 0, False: 0}
+    for v in sd.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            sizes[v.dtype == torch.float16] += v.numel()
+    return sizes[True] > sizes[False]
 
 
 def _load_openai_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
@@ -407,6 +426,21 @@ def load_backbone(
                     "or the 'openai' tag would build it"
                 )
             force_quick_gelu = True
+        elif (
+            state_dict is not None
+            and not force_quick_gelu
+            and not cfg.get("quick_gelu", False)
+            and f"{name}-quickgelu" in KNOWN_MODELS
+            and _clip_layout(state_dict)
+        ):
+            # fp32 in CLIP's layout without OpenAI's ints: open_clip's (GELU) or OpenAI's / CoOp's CLIP
+            # converted to fp32 (QuickGELU); the file cannot tell. Built as the name says, with a note.
+            warnings.append(
+                f"the weights are a plain state dict in CLIP's layout (no input_resolution, context_length "
+                f"or vocab_size), built with GELU as '{name}' is configured; OpenAI's CLIP and CoOp's "
+                f"(torch.save(model.state_dict())) were trained with QuickGELU: if these are theirs, name "
+                f"'{name}-quickgelu' instead"
+            )
     elif weights is not None:
         weights_format = "builtin"
 
