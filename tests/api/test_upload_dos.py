@@ -172,9 +172,10 @@ def test_dos_corpus_through_rest(api_factory: Any, tmp_path: Path) -> None:
         assert growth < RSS_BOUND_MB, (name, growth)
     assert watch.health_fail == 0
     assert watch.health_max < 2.0
-    # nothing of the refused-for-a-limit files was stored; no upload or parse folder left behind
+    # only the files read as ready keep bytes (a rejected upload keeps its answer, not its bytes);
+    # no upload or parse folder left behind
     stored = {p.name for p in (Path(settings.ARTIFACT_URL) / "checkpoints").iterdir()}
-    n_stored = sum(1 for _, status, *_ in rows if status == 201) + 1  # + the warm-up upload
+    n_stored = sum(1 for _, status, code, *_ in rows if status == 201 and code == "ready") + 1  # + warm-up
     assert len(stored) == n_stored
     assert list(settings.tmp_dir.iterdir()) == []
 
