@@ -67,7 +67,7 @@ def sweep_table_html(
 def sweep_report_file(
     request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, sweep_id: str, fmt: str
 ) -> Response:
-    """The REST report formats (json, csv, tex, html) for the logged-in viewer, as downloads."""
+    """The REST report formats (json, csv, tex, txt, html) for the logged-in viewer, as downloads."""
     if viewer is None:
         return to_login(request)
     sweep = repo.get_sweep(session, viewer.project_id, sweep_id)

@@ -139,7 +139,13 @@ def _report(
 
 _REPORT_RESPONSES = {
     200: {
-        "content": {"application/json": {}, "text/csv": {}, "application/x-tex": {}, "text/html": {}},
+        "content": {
+            "application/json": {},
+            "text/csv": {},
+            "application/x-tex": {},
+            "text/plain": {},
+            "text/html": {},
+        },
         "description": "The base-to-novel table (selected grid point), the whole grid, every job",
     },
     **error_responses(401, 404),
@@ -157,5 +163,5 @@ def report_json(
 def report_as(
     request: Request, sweep_id: str, fmt: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
 ) -> Response:
-    """``fmt``: json | csv | tex | html."""
+    """``fmt``: json | csv | tex | txt | html."""
     return _report(request, sweep_id, fmt, principal, session, store)

@@ -54,7 +54,14 @@ from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactNotFound, ArtifactStore
 from mergetune.core.checkpoints.archive import TreeCheckpoint
 from mergetune.core.config import Hyperparameters
-from mergetune.core.evaluation.sweep_table import SELECTION_RULES, CellResult, build_table, to_csv, to_latex
+from mergetune.core.evaluation.sweep_table import (
+    SELECTION_RULES,
+    CellResult,
+    build_table,
+    to_csv,
+    to_latex,
+    to_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -606,8 +613,9 @@ def sweep_report(session: Session, store: ArtifactStore, sweep: Sweep) -> dict[s
 
 
 def render_report(report: dict[str, Any], fmt: str, job_href: str = "/jobs/") -> tuple[str, str]:
-    """(body, media type) of the report in ``json`` | ``csv`` | ``tex`` | ``html`` (whose job links
-    are ``job_href`` + the job id: the dashboard's job pages)."""
+    """(body, media type) of the report in ``json`` | ``csv`` | ``tex`` | ``txt`` | ``html`` (whose job
+    links are ``job_href`` + the job id: the dashboard's job pages). ``txt`` is the fixed-width table
+    that ``mergetune sweep wait`` prints."""
     if fmt == "json":
         return json.dumps(report, indent=2, sort_keys=False), "application/json"
     if fmt == "csv":
@@ -615,10 +623,12 @@ def render_report(report: dict[str, Any], fmt: str, job_href: str = "/jobs/") ->
     if fmt == "tex":
         caption = f"Base-to-novel accuracy (%), sweep {report['sweep']['name']}"
         return to_latex(report["table"], caption=caption), "application/x-tex; charset=utf-8"
+    if fmt == "txt":
+        return to_text(report["table"]), "text/plain; charset=utf-8"
     if fmt == "html":
         page = _env.get_template("sweep_report.html").render(report=report, job_href=job_href)
         return page, "text/html; charset=utf-8"
-    raise NotFound(f"no report format {fmt!r} (json, csv, tex, html)", param="format")
+    raise NotFound(f"no report format {fmt!r} (json, csv, tex, txt, html)", param="format")
 
 
 def render_table_fragment(report: dict[str, Any], job_href: str = "/jobs/") -> str:

@@ -21,7 +21,7 @@ from mergetune._requests import Call, Download, Sleep, Step, Upload, missing_dir
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 SWEEP_TERMINAL = TERMINAL
-REPORT_FORMATS = ("json", "csv", "tex", "html")
+REPORT_FORMATS = ("json", "csv", "tex", "txt", "html")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -313,7 +313,8 @@ class Operations:
 
     @operation
     def sweep_report(self, sweep_id: str, fmt: str = "json") -> Flow[bytes]:
-        """The report as ``json`` | ``csv`` | ``tex`` | ``html`` (bytes as served)."""
+        """The report as ``json`` | ``csv`` | ``tex`` | ``txt`` | ``html`` (bytes as served; ``txt`` is
+        the fixed-width table for terminals)."""
         return (yield Call("GET", f"/v1/sweeps/{sweep_id}/report.{fmt}", raw=True))
 
     @operation

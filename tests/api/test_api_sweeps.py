@@ -89,6 +89,13 @@ def test_tree_upload_makes_one_job_per_run_and_reports(client, auth, settings, c
     for fmt, head in (("csv", "point,dataset,model"), ("tex", "\\begin{table}"), ("html", "<!DOCTYPE html>")):
         r = client.get(f"/v1/sweeps/{sw['id']}/report.{fmt}", headers=auth)
         assert r.status_code == 200 and r.text.startswith(head), r.text[:200]
+    text = client.get(f"/v1/sweeps/{sw['id']}/report.txt", headers=auth)  # what `mergetune sweep wait` prints
+    assert text.headers["content-type"].startswith("text/plain")
+    assert text.text.splitlines()[0].split() == ["dataset", "method", "base", "novel", "HM"]
+    assert (
+        "tiny_a         (no finished cell yet)" in text.text
+        and "Average        (no finished cell yet)" in text.text
+    )
     assert client.get(f"/v1/sweeps/{sw['id']}/report.pdf", headers=auth).status_code == 404
 
     # Cancel: every job at once (none had started), then 409.

@@ -130,9 +130,10 @@ def test_tree_sweep_runs_on_two_workers_and_reports_the_table(
         r = _cli(e2e_env, api.url, token, "sweep", "download", sweep["id"], "--out", str(out))
         assert r.returncode == 0, r.stderr
         assert sorted(p.name for p in out.iterdir()) == sorted(
-            f"{sweep['id']}-report.{f}" for f in ("csv", "html", "json", "tex")
+            f"{sweep['id']}-report.{f}" for f in ("csv", "html", "json", "tex", "txt")
         )
         assert "\\begin{tabular}" in (out / f"{sweep['id']}-report.tex").read_text()
+        assert "MergeTune (recovered)" in (out / f"{sweep['id']}-report.txt").read_text()
         html = (out / f"{sweep['id']}-report.html").read_text()
         assert all(f"/jobs/{j['job_id']}" in html for j in rep["jobs"])
         client.close()

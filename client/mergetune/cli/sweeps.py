@@ -3,7 +3,6 @@ tree (one job per run in it) or from cells x a hyperparameter grid, and their ba
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mergetune.cli import options as o
-from mergetune.cli.output import ProgressBar, print_json, print_lines, say, sweep_progress, sweep_table
+from mergetune.cli.output import ProgressBar, print_json, print_lines, say, sweep_progress
 
 app = typer.Typer(
     name="sweep", help="sweeps: many jobs from a CoOp output tree or a grid", no_args_is_help=True
@@ -26,6 +25,7 @@ class Format(StrEnum):
     json = "json"
     csv = "csv"
     tex = "tex"
+    txt = "txt"
     html = "html"
 
 
@@ -119,9 +119,9 @@ def wait(
             done = c.wait_sweep(
                 sweep, interval=interval, timeout=wait_timeout, on_update=None if quiet else bar
             )
-        report = json.loads(c.sweep_report(done["id"], "json"))
+        table = c.sweep_report(done["id"], "txt").decode("utf-8")
     print_json(done)
-    say(sweep_table(report["table"]).rstrip("\n"))  # for a person; stdout stays one JSON document
+    say(table.rstrip("\n"))  # for a person; stdout stays one JSON document
     say(done["status"])
     if done["status"] != "succeeded":
         raise typer.Exit(1)
@@ -140,7 +140,7 @@ def download(
     token: o.Token = None,
     timeout: o.Timeout = 300.0,
 ) -> None:
-    """Download the report (json, csv, tex, html); prints one path a line."""
+    """Download the report (json, csv, tex, txt, html); prints one path a line."""
     with o.connect(url, token, timeout) as c:
         chosen = tuple(f.value for f in formats) if formats else tuple(f.value for f in Format)
         print_lines(c.download_sweep_report(sweep, out, chosen))
