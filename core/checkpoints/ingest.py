@@ -213,11 +213,32 @@ def _flatten_state_dict(obj: Any) -> dict[str, LazyTensor]:
                 continue
             if isinstance(v, LazyTensor):
                 out[prefix + k] = v
+            elif isinstance(v, Placeholder):  # an object we did not build may hold the real tensors
+                raise _err(
+                    f"the state dict's entry {prefix + k!r} is a {v.__mt_global__} object, which is not "
+                    "read; refusing rather than reading the tensors beside it",
+                    "not_a_checkpoint",
+                )
             elif isinstance(v, dict) and depth < 4:
                 walk(v, prefix + k + ".", depth + 1)
 
     walk(obj, "", 0)
     return out
+
+
+def _dict_layout(obj: dict) -> tuple[str, int | None, dict[str, LazyTensor], dict[str, Any]]:
+    """(format, epoch, tensors, our metadata) of a loaded dict: a Dassl checkpoint or a state dict."""
+    if "state_dict" in obj and not isinstance(obj["state_dict"], dict):
+        sd = obj["state_dict"]
+        raise _err(
+            f"the file's state_dict is a {getattr(sd, '__mt_global__', type(sd).__name__)}, not a dict; "
+            "refusing rather than reading the tensors beside it",
+            "not_a_checkpoint",
+        )
+    if "state_dict" in obj:
+        meta = _plain_metadata(obj["mergetune"]) if isinstance(obj.get("mergetune"), dict) else {}
+        return "dassl", _int_or_none(obj.get("epoch")), _flatten_state_dict(obj["state_dict"]), meta
+    return "state_dict", _int_or_none(obj.get("epoch")), _flatten_state_dict(obj), {}
 
 
 def _strip(key: str) -> str:
@@ -302,16 +323,12 @@ def ingest_checkpoint(
                 f"the file holds a {type(obj).__name__}, not a state dict or a Dassl checkpoint",
                 "not_a_checkpoint",
             )
-        if isinstance(obj.get("state_dict"), dict):
-            fmt = "dassl"
-            epoch = _int_or_none(obj.get("epoch"))
-            tensors = _flatten_state_dict(obj["state_dict"])
-            if isinstance(obj.get("mergetune"), dict):  # our own Dassl export's metadata (plain types)
-                meta = _plain_metadata(obj["mergetune"])
-        else:
-            fmt = "state_dict"
-            tensors = _flatten_state_dict(obj)
-            epoch = _int_or_none(obj.get("epoch"))
+        try:
+            fmt, epoch, tensors, meta = _dict_layout(obj)
+        except BaseException:
+            if archive is not None:
+                archive.close()
+            raise
     try:
         result = _interpret(tensors, fmt, method, meta, expected_dim, n_cls)
     finally:

@@ -14,8 +14,11 @@ whatever the file says.
    argument-checked versions of plain builtins;
 2. a denylist of names able to run code (``os``, ``subprocess``, ``builtins.eval``, ``importlib``...):
    the whole file is rejected as ``unsafe_pickle`` even though nothing would be called;
-3. everything else becomes an inert placeholder class that records its name; instantiating, calling,
-   ``BUILD``/``__setstate__`` on it are absorbed without effect.
+3. every other name that torch's ``weights_only`` reader does not allow either becomes an inert
+   placeholder class that records its name (instantiating, calling, ``BUILD``/``__setstate__`` on it
+   are absorbed without effect; handing it a tensor or a storage refuses the file). Every name torch's
+   reader allows is mirrored (``Counter``, ``Parameter``...) or refuses the file
+   (``unsupported_torch_object``, ``bad_dtype``): a placeholder never stands where torch reads a value.
 
 Limits before work (:class:`ParseLimits`): the pickle is pre-scanned opcode by opcode (memo indices,
 opcode count, MARK depth) before anything is built; containers, dict keys and what the allowed
@@ -29,9 +32,12 @@ cannot cost quadratic time. Every failure is a :class:`CheckpointError` with a s
 Same meaning as torch's ``weights_only`` reader where that reader accepts a file: storages are cached
 by key only (the first reference's dtype and size win, an empty storage is not cached),
 ``_rebuild_tensor_v3`` always applies its dtype to the storage bytes, ``OrderedDict`` pairs may be
-lists; the legacy (pre-1.6, non-zip) format is read as torch's ``_legacy_load`` reads it. Refused
-although torch would read them (documented in docs/ALGORITHM.md): compressed members, duplicate
-member names, CRC mismatches, nested-tuple keys, files over the limits.
+lists, zip members are found without regard to ASCII case (as torch's zip reader finds them), Python 2
+global names are mapped as torch maps them; the legacy (pre-1.6, non-zip) format is read as torch's
+``_legacy_load`` reads it. Refused although torch would read them (documented in docs/ALGORITHM.md):
+compressed members, member names that are equal but for case, CRC mismatches, nested-tuple keys,
+tensors with a Python state to apply (``{"data": B}`` replaces the values in torch), files over the
+limits.
 
 Tensors are returned as :class:`LazyTensor` (zip entry + view geometry); their bytes are read only when
 :meth:`LazyTensor.numpy` is called, so the 150 MB ``token_suffix`` of an ImageNet CoOp file is never

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from mergetune.core.checkpoints.safe_pickle.limits import (
@@ -27,9 +27,14 @@ from mergetune.core.checkpoints.safe_pickle.policy import (
     _SAFE_BUILTINS,
     _TORCH_GLOBALS,
     _TORCH_OPCODES,
+    PARAMETER_CLASS,
+    TENSOR_CLASS,
+    TORCH_DTYPES,
+    TORCH_REFUSED,
     Placeholder,
     UnsafePickle,
     is_unsafe_global,
+    torch_global_name,
 )
 from mergetune.core.checkpoints.safe_pickle.rebuild import (
     DType,
@@ -138,6 +143,7 @@ class SafeUnpickler(pickle._Unpickler):
             name: _SafeCallable(getattr(self, f"_b_{name}"), f"builtins.{name}") for name in _SAFE_BUILTINS
         }
         self._ordered_dict = _SafeCallable(self._ordered_dict_fn, "collections.OrderedDict")
+        self._counter = _SafeCallable(self._counter_fn, "collections.Counter")
 
     # -- globals and persistent ids -----------------------------------------------------------------
 
@@ -145,7 +151,21 @@ class SafeUnpickler(pickle._Unpickler):
         qual = f"{module}.{name}"
         if not isinstance(module, str) or not isinstance(name, str):
             raise UnsafePickle(repr(qual)[:200])
-        if is_unsafe_global(module, name):
+        raw = qual
+        module, name = torch_global_name(module, name)  # Python 2 names, mapped as torch maps them
+        qual = f"{module}.{name}"
+        if qual in TORCH_REFUSED:  # torch reads it, we would not read it the same way
+            if name.endswith("Storage") or qual in TORCH_DTYPES:
+                raise CheckpointError(
+                    f"unsupported dtype or storage type {qual}", code="bad_dtype", param="file"
+                )
+            raise CheckpointError(
+                f"the file uses {qual}, which torch reads but this service does not read the same way; "
+                "refusing it rather than reading it differently",
+                code="unsupported_torch_object",
+                param="file",
+            )
+        if is_unsafe_global(module, name) or (raw != qual and is_unsafe_global(*raw.split(".", 1))):
             raise UnsafePickle(qual[:200])
         if (module, name) not in _TORCH_GLOBALS:
             self.extensions.add(qual[:200])
@@ -155,6 +175,8 @@ class SafeUnpickler(pickle._Unpickler):
             return self._builtins[name]
         if (module, name) == ("collections", "OrderedDict"):
             return self._ordered_dict
+        if (module, name) == ("collections", "Counter"):
+            return self._counter
         if module.split(".")[0] == "torch" and name.endswith("Storage"):
             raise CheckpointError(f"unsupported storage type {qual[:200]}", code="bad_dtype", param="file")
         cls = self._placeholders.get(qual)
@@ -321,12 +343,30 @@ class SafeUnpickler(pickle._Unpickler):
         """collections.OrderedDict(pairs): pairs given as 2-tuples or 2-lists, as Python accepts."""
         return OrderedDict(self._mapping_args(args, kwargs))
 
+    def _counter_fn(self, *args: Any) -> Counter:
+        """collections.Counter(mapping): a Counter holding the mapping's pairs in order, as Python builds
+        it. Counting the items of an iterable (Counter(list)) is refused."""
+        if len(args) > 1:
+            raise _bad("a Counter in the pickle is built with too many arguments")
+        if args and args[0] is not None and type(args[0]) not in (dict, OrderedDict, Counter):
+            raise CheckpointError(
+                "the pickle counts the items of a sequence with collections.Counter; refusing rather "
+                "than reading it differently",
+                code="unsupported_torch_object",
+                param="file",
+            )
+        counter: Counter = Counter()
+        if args and args[0]:
+            self._check_len(len(args[0]))
+            dict.update(counter, args[0])  # keys checked when that dict was built
+        return counter
+
     # -- container opcodes --------------------------------------------------------------------------
 
     def _set_items(self, target: Any, items: list) -> None:
         if isinstance(target, Placeholder):
             return
-        if type(target) not in (dict, OrderedDict):
+        if type(target) not in (dict, OrderedDict, Counter):
             raise _bad(f"the pickle sets items on a {type(target).__name__}")
         self._check_len(len(target) + len(items) // 2)
         for i in range(0, len(items) - 1, 2):
@@ -404,12 +444,30 @@ class SafeUnpickler(pickle._Unpickler):
             raise _bad("REDUCE with arguments that are not a tuple")
         if not (isinstance(func, _SafeCallable) or _is_placeholder(func)):
             raise _bad(f"the pickle calls a {type(func).__name__}")
+        if _is_placeholder(func):
+            _no_tensor_absorbed(func, args)
         self.stack[-1] = func(*args)
 
     def _load_newobj(self) -> None:
-        self.stack.pop()  # args
+        args = self.stack.pop()
         cls = self.stack.pop()
-        self.append(self._new_placeholder(cls))
+        if not isinstance(args, tuple):
+            raise _bad("NEWOBJ with arguments that are not a tuple")
+        if cls is PARAMETER_CLASS:  # torch calls torch.nn.Parameter(*args)
+            self.append(cls(*args))
+        elif cls is self._ordered_dict or cls is self._counter:  # cls.__new__(cls, *args): empty
+            self.append(OrderedDict() if cls is self._ordered_dict else Counter())
+        elif cls is TENSOR_CLASS:
+            raise CheckpointError(
+                "the file creates a torch.Tensor object (NEWOBJ) and re-points it; refusing rather than "
+                "reading it differently",
+                code="unsupported_torch_object",
+                param="file",
+            )
+        else:
+            if _is_placeholder(cls):
+                _no_tensor_absorbed(cls, args)
+            self.append(self._new_placeholder(cls))
 
     def _load_newobj_ex(self) -> None:
         self.stack.pop()  # kwargs
@@ -428,10 +486,16 @@ class SafeUnpickler(pickle._Unpickler):
         self.append(klass(*args))
 
     def _load_build(self) -> None:
-        self.stack.pop()  # state
+        state = self.stack.pop()
         inst = self.stack[-1]
-        if type(inst) is OrderedDict or isinstance(inst, Placeholder):
-            return  # absorbed: attributes of an OrderedDict (as torch), inert objects (ours)
+        if isinstance(inst, Placeholder):
+            return  # absorbed: inert objects (ours; torch refuses such files)
+        if type(inst) in (OrderedDict, Counter):
+            # torch updates the object's attributes (``__dict__``), never its items: absorbed where that
+            # is all it can do, refused where torch's update could fail or take another path
+            if state is None or (type(state) is dict and all(type(k) is str for k in state)):
+                return
+            raise _bad(f"the pickle sets an unreadable state on a {type(inst).__name__}")
         # torch refuses BUILD on everything else but tensors, where it re-points the tensor (legacy
         # ``set_``): refused here rather than read with another meaning
         raise _bad(f"the pickle sets the state of a {type(inst).__name__}")
@@ -463,6 +527,16 @@ def _check_codec(args: tuple) -> None:
     """(encoding[, errors]) of str()/bytes(): plain text codecs only (a codec name imports a module)."""
     if (args and args[0] not in _TEXT_CODECS) or (len(args) > 1 and args[1] not in _CODEC_ERRORS):
         raise _bad("str()/bytes() in the pickle with an unsupported encoding")
+
+
+def _no_tensor_absorbed(target: Any, args: tuple) -> None:
+    """An inert placeholder must never hide a tensor: one handed a tensor or a storage (an unknown
+    rebuild function, a tensor subclass we do not have) refuses the file instead of dropping it."""
+    if any(isinstance(a, LazyTensor | StorageRef) for a in args):
+        raise _bad(
+            f"the pickle hands a tensor to {getattr(target, '__mt_global__', '?')}, which is not read; "
+            "refusing rather than dropping the tensor"
+        )
 
 
 def _is_placeholder(obj: Any) -> bool:

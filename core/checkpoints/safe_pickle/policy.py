@@ -11,6 +11,7 @@ only we read can be told from one both read.
 
 from __future__ import annotations
 
+import _compat_pickle
 from typing import Any
 
 from mergetune.core.checkpoints.safe_pickle.limits import _bad
@@ -19,6 +20,7 @@ from mergetune.core.checkpoints.safe_pickle.rebuild import (
     _DTYPES,
     _STORAGE_TYPES,
     StorageType,
+    _parameter,
     _rebuild_from_type_v2,
     _rebuild_parameter,
     _rebuild_parameter_with_state,
@@ -26,6 +28,7 @@ from mergetune.core.checkpoints.safe_pickle.rebuild import (
     _rebuild_tensor_v2,
     _rebuild_tensor_v3,
     _SafeCallable,
+    _tensor_class,
 )
 
 
@@ -61,22 +64,90 @@ _ALLOWED: dict[tuple[str, str], Any] = {
         ("codecs", "encode"): _safe_encode,
     }.items()
 }
+# the classes torch allows, by their real names (a GLOBAL names torch.Tensor as ``torch.Tensor``)
+TENSOR_CLASS = _ALLOWED[("torch", "Tensor")] = _SafeCallable(_tensor_class, "torch.Tensor")
+PARAMETER_CLASS = _ALLOWED[("torch.nn.parameter", "Parameter")] = _SafeCallable(
+    _parameter, "torch.nn.parameter.Parameter"
+)
 for _name, _dt in _STORAGE_TYPES.items():
     _ALLOWED[("torch", _name)] = StorageType(_DTYPES[_dt])
 for _name, _dt in _DTYPE_ALIASES.items():
     _ALLOWED[("torch", _name)] = _DTYPES[_dt]
 _ALLOWED[("torch.storage", "UntypedStorage")] = StorageType(_DTYPES["uint8"], untyped=True)  # raw bytes
 
+# Every global torch's own weights_only reader allows (torch._weights_only_unpickler's
+# _get_allowed_globals; tests/core/checkpoints/test_torch_differential.py holds this list equal to
+# torch's). Each one is either mirrored here (same meaning: the names in _ALLOWED, the builtins, the
+# OrderedDict/Counter/Parameter stand-ins of the unpickler) or refuses the file (TORCH_REFUSED): it is
+# never an inert placeholder, which would read a file torch reads with another meaning.
+TORCH_DTYPES = frozenset(
+    {f"torch.{t}" for t in ("float32", "float64", "float16", "bfloat16", "complex32", "complex64",
+       "complex128", "bcomplex32", "bool", "uint8", "int8", "int16", "int32", "int64", "uint16",
+       "uint32", "uint64", "qint8", "qint32", "quint8", "quint4x2", "quint2x4", "bits1x8", "bits2x4",
+       "bits4x2", "bits8", "bits16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+       "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2")}
+    | {f"torch.{k}int{n}" for k in ("", "u") for n in range(1, 8)}
+)  # fmt: skip
+_LEGACY_TYPES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+TORCH_WEIGHTS_ONLY_GLOBALS = frozenset(
+    {"collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter",
+     "torch.serialization._get_layout", "torch.Size", "torch.Tensor", "torch.device", "_codecs.encode",
+     "builtins.bytearray", "builtins.set", "builtins.complex", "torch.storage.TypedStorage",
+     "torch.storage.UntypedStorage", "torch._tensor._rebuild_from_type_v2"}
+    | TORCH_DTYPES
+    | {f"torch.{t}" for t in ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
+       "per_channel_symmetric", "per_channel_affine_float_qparams")}
+    | {f"{m}.{t}Tensor" for m in ("torch", "torch.cuda") for t in _LEGACY_TYPES}
+    | {f"{m}.{t}Tensor" for m in ("torch.sparse", "torch.cuda.sparse") for t in _LEGACY_TYPES[:-1]}
+    | {f"{m}.{t}Storage" for m in ("torch", "torch.cuda")
+       for t in (*_LEGACY_TYPES, "ComplexFloat", "ComplexDouble")}
+    | {f"torch.{q}Storage" for q in ("QInt32", "QInt8", "QUInt2x4", "QUInt4x2", "QUInt8")}
+    | {f"torch._utils._rebuild_{f}" for f in ("tensor", "tensor_v2", "tensor_v3", "parameter",
+       "parameter_with_state", "qtensor", "sparse_tensor", "meta_tensor_no_storage", "nested_tensor",
+       "wrapper_subclass", "device_tensor_from_numpy", "device_tensor_from_cpu_tensor")}
+)  # fmt: skip
+# torch reads these, we do not give them its meaning: a file naming one is refused (code
+# "unsupported_torch_object"), never read with a placeholder in their place. Storage types and dtypes
+# we do not read are refused as "bad_dtype".
+_MIRRORED_ELSEWHERE = frozenset(
+    {
+        "collections.OrderedDict",
+        "collections.Counter",
+        "builtins.bytearray",
+        "builtins.set",
+        "builtins.complex",
+    }
+)
+TORCH_REFUSED = frozenset(
+    n for n in TORCH_WEIGHTS_ONLY_GLOBALS
+    if n not in _MIRRORED_ELSEWHERE and tuple(n.rsplit(".", 1)) not in _ALLOWED
+)  # fmt: skip
+# torch maps Python 2 names before its allowlist (torch._utils.IMPORT_MAPPING / NAME_MAPPING, a part
+# of the standard library's _compat_pickle tables): ``UserDict.OrderedDict`` is collections.OrderedDict
+TORCH_IMPORT_MAPPING = {
+    m: _compat_pickle.IMPORT_MAPPING[m]
+    for m in ("__builtin__", "copy_reg", "Queue", "repr", "_abcoll", "UserDict", "UserList", "UserString",
+              "whichdb", "StringIO", "cStringIO")
+}  # fmt: skip
+TORCH_NAME_MAPPING = {
+    k: v
+    for k, v in _compat_pickle.NAME_MAPPING.items()
+    if k[0] in ("__builtin__", "UserDict", "UserList", "UserString", "itertools", "exceptions")
+}
+TORCH_NAME_MAPPING.update({("exceptions", e): ("builtins", e) for e in _compat_pickle.PYTHON2_EXCEPTIONS})
+
+
+def torch_global_name(module: str, name: str) -> tuple[str, str]:
+    """``module.name`` as torch's weights_only reader resolves a GLOBAL (Python 2 names mapped)."""
+    if (module, name) in TORCH_NAME_MAPPING:
+        return TORCH_NAME_MAPPING[(module, name)]
+    return TORCH_IMPORT_MAPPING.get(module, module), name
+
+
 # What torch's own weights_only reader allows. A file that needs more than this (an unknown class,
 # a builtin torch does not allow, an opcode torch does not read) is one torch refuses; we record such
 # "extensions" so that callers and tests can tell a file both readers read from one only we read.
-_TORCH_GLOBALS = frozenset(
-    {("collections", "OrderedDict"), ("_codecs", "encode"), ("builtins", "bytearray"), ("builtins", "set"),
-     ("builtins", "complex"), ("torch.storage", "UntypedStorage")}
-    | {(m, n) for (m, n) in _ALLOWED if m.startswith("torch._")}
-    | {("torch", n) for n in _STORAGE_TYPES}
-    | {("torch", n) for n, d in _DTYPE_ALIASES.items() if n == d}
-)  # fmt: skip
+_TORCH_GLOBALS = frozenset(tuple(n.rsplit(".", 1)) for n in TORCH_WEIGHTS_ONLY_GLOBALS)
 _TORCH_OPCODES = frozenset(
     {"GLOBAL", "NEWOBJ", "REDUCE", "BUILD", "APPEND", "APPENDS", "SETITEM", "SETITEMS", "MARK", "TUPLE",
      "TUPLE1", "TUPLE2", "TUPLE3", "NONE", "NEWFALSE", "NEWTRUE", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT",

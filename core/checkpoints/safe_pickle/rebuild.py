@@ -11,12 +11,14 @@ stand-ins are handed to a pickle wrapped in :class:`_SafeCallable`.
 from __future__ import annotations
 
 import math
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mergetune.core.checkpoints.safe_pickle.limits import _bad, _is_int, _too_large
+from mergetune.core.errors import CheckpointError
 
 if TYPE_CHECKING:
     from mergetune.core.checkpoints.safe_pickle.containers import LegacyTorchFile
@@ -337,15 +339,71 @@ def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> An
     return data
 
 
+def _unsupported(message: str) -> CheckpointError:
+    return CheckpointError(message, code="unsupported_torch_object", param="file")
+
+
+def _is_empty_state(value: Any) -> bool:
+    """False for what torch's ``if state:`` would apply: only values certain to be falsy pass."""
+    if value is None or value is False:
+        return True
+    if type(value) in (int, float) and value == 0:
+        return True
+    return type(value) in (dict, OrderedDict, Counter, list, str, bytes, set) and len(value) == 0
+
+
+def _check_no_state(state: Any) -> None:
+    """torch applies a tensor's Python state with ``setattr`` (torch._utils._set_obj_state): a state
+    ``{"data": B}`` replaces the tensor's values, others its grad or flags. We do not model that: a
+    tensor with any state to apply is refused, one with empty state reads as torch reads it."""
+    parts = state if isinstance(state, tuple) else (state,)
+    if isinstance(state, tuple) and len(state) != 2:
+        raise _bad("a tensor's serialized state is malformed")
+    if not all(_is_empty_state(p) for p in parts):
+        raise _unsupported(
+            "a tensor carries Python attributes that torch sets on it when loading (they may replace "
+            "its values); refusing rather than reading it differently"
+        )
+
+
 def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any, state: Any) -> Any:
-    return _rebuild_parameter(data, requires_grad, backward_hooks)
+    tensor = _rebuild_parameter(data, requires_grad, backward_hooks)
+    _check_no_state(state)
+    return tensor
 
 
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any = None, *_: Any) -> Any:
-    """torch._tensor._rebuild_from_type_v2: a tensor (subclass) with Python state; state is dropped."""
+def _parameter(data: Any = None, requires_grad: Any = True) -> Any:
+    """torch.nn.Parameter(data, requires_grad), called (REDUCE) or created (NEWOBJ): the same tensor."""
+    if data is None:
+        raise _unsupported("a torch.nn.Parameter without data; refusing rather than reading it differently")
+    if not isinstance(data, LazyTensor):
+        raise _bad("a parameter wraps something that is not a tensor")
+    _check_requires_grad(requires_grad, data.dtype)
+    return data
+
+
+def _tensor_class(*_args: Any) -> Any:
+    """torch.Tensor called as a constructor (a new tensor from a list, or one re-pointed by set_)."""
+    raise _unsupported(
+        "the file builds a tensor with torch.Tensor(...); refusing rather than reading it differently"
+    )
+
+
+_TENSOR_TYPES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    """torch._tensor._rebuild_from_type_v2: ``func(*args)`` as ``new_type`` (Tensor or Parameter: same
+    values), then its Python state set on it, which we refuse unless it is empty."""
     if not isinstance(func, _SafeCallable) or not isinstance(args, tuple):
         raise _bad("a tensor has an unsupported rebuild function")
-    return func(*args)
+    if not (isinstance(new_type, _SafeCallable) and new_type._name in _TENSOR_TYPES):
+        raise _unsupported("a tensor is rebuilt as a type other than Tensor or Parameter")
+    tensor = func(*args)
+    if not isinstance(tensor, LazyTensor):
+        raise _unsupported("a tensor's rebuild function returns something that is not a tensor")
+    _check_no_state(state)
+    return tensor
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -28,6 +28,13 @@ from mergetune.core.checkpoints.safe_pickle.limits import (
 from mergetune.core.checkpoints.safe_pickle.rebuild import DType, StorageRef, StorageType, _swap_unit
 from mergetune.core.errors import CheckpointError
 
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(name: str) -> str:
+    """A member name as torch's zip reader compares it: ASCII letters without case (miniz's tolower)."""
+    return name.translate(_ASCII_FOLD)
+
 
 class TorchZipFile:
     """A zip-format ``torch.save`` file opened for reading (validated member names, lazy storages)."""
@@ -60,21 +67,40 @@ class TorchZipFile:
     def _index(self, infos: list[zipfile.ZipInfo]) -> None:
         if len(infos) > MAX_ZIP_MEMBERS:
             raise _too_large("the archive has too many members")
+        # torch's zip reader (miniz) finds a member by name without regard to ASCII case: the index is
+        # by the case-folded name, and two names that fold alike make the archive ambiguous
         self._infos: dict[str, zipfile.ZipInfo] = {}
         for info in infos:
             name = info.filename
             parts = name.replace("\\", "/").split("/")
-            if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0] or "\x00" in name:
+            if (
+                name.startswith(("/", "\\"))
+                or ".." in parts
+                or ":" in parts[0]
+                or "\x00" in info.orig_filename
+            ):
                 raise _bad(
                     f"archive member {name!r} escapes the archive (path traversal); not a torch checkpoint"
                 )
-            if name in self._infos:
-                raise _bad(f"archive member {name!r} appears twice; refusing an ambiguous archive")
-            self._infos[name] = info
-        pkls = [n for n in self._infos if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            raise _bad("zip file without a single <archive>/data.pkl: not a torch checkpoint")
-        self.prefix = pkls[0][: -len("data.pkl")]
+            key = _fold(name)
+            if key in self._infos:
+                other = self._infos[key].filename
+                raise _bad(
+                    f"archive member {name!r} appears twice"
+                    + (f" (as {other!r}: torch's reader ignores case)" if other != name else "")
+                    + "; refusing an ambiguous archive"
+                )
+            self._infos[key] = info
+        # the archive's folder is the first member's, as torch takes it; data.pkl is found in it
+        first = infos[0].filename if infos else ""
+        if "/" not in first:
+            raise _bad("zip file without an <archive>/ folder: not a torch checkpoint")
+        self.prefix = first[: first.index("/") + 1]
+        pkl = self._member("data.pkl")
+        if pkl is None:
+            raise _bad("zip file without <archive>/data.pkl: not a torch checkpoint")
+        if self.prefix + "constants.pkl" in (i.filename for i in infos):
+            raise _bad("a TorchScript archive (constants.pkl), not a torch.save checkpoint")
         for info in infos:  # torch requires every member in the folder of the first one, UTF-8 names
             if not info.filename.startswith(self.prefix):
                 raise _bad(f"archive member {info.filename!r} is outside the folder of data.pkl")
@@ -83,8 +109,8 @@ class TorchZipFile:
                     info.orig_filename.encode("cp437").decode("utf-8")
                 except UnicodeError:
                     raise _bad("an archive member's name is not UTF-8") from None
-        if self._infos[pkls[0]].file_size > self.limits.max_pickle_bytes:
-            raise _too_large(f"archive member {pkls[0]!r} is too large")
+        if pkl.file_size > self.limits.max_pickle_bytes:
+            raise _too_large(f"archive member {pkl.filename!r} is too large")
         size = self._size = os.path.getsize(self.path)
         cd_offset, cd_size = self._check_directory(len(infos), size)
         with open(self.path, "rb") as f:  # the entries must tile the directory exactly, as miniz reads it
@@ -121,12 +147,16 @@ class TorchZipFile:
                     param="file",
                 )
         self.byteorder = "little"
-        bo = self._infos.get(self.prefix + "byteorder")
+        bo = self._member("byteorder")
         if bo is not None:
             value = self._read_member(bo, 16)
             if value not in (b"little", b"big"):  # exactly, as torch compares it
                 raise _bad(f"unknown byteorder {value!r}")
             self.byteorder = value.decode()
+
+    def _member(self, record: str) -> zipfile.ZipInfo | None:
+        """The member ``<archive>/<record>``, found as torch finds it (ASCII case ignored)."""
+        return self._infos.get(_fold(self.prefix + record))
 
     def _check_local_header(self, info: zipfile.ZipInfo) -> None:
         """A member's local header as torch's zip reader checks it before reading the member."""
@@ -231,20 +261,23 @@ class TorchZipFile:
         return data
 
     def pickle_bytes(self) -> bytes:
-        return self._read_member(self._infos[self.prefix + "data.pkl"], self.limits.max_pickle_bytes)
+        info = self._member("data.pkl")
+        assert info is not None  # checked when the archive was opened
+        return self._read_member(info, self.limits.max_pickle_bytes)
 
     def check_version(self) -> None:
         """The format version record, read as torch reads it (a decimal number from 1 to 10)."""
-        info = self._infos.get(self.prefix + ".data/version") or self._infos.get(self.prefix + "version")
+        info = self._member(".data/version") or self._member("version")
         if info is None:
             raise _bad("the archive has no version record; not a torch checkpoint")
         match = re.match(rb"\s*(\d{1,6})", self._read_member(info, 64))
         if match is None or not 1 <= int(match.group(1)) <= 10:
             raise _bad("the archive's format version is not one torch reads")
         for record in (".format_version", ".data/serialization_id"):  # read by torch, unused here
-            if (self.prefix + record) in self._infos:
-                self._read_member(self._infos[self.prefix + record], 1 << 10)
-        align = self._infos.get(self.prefix + ".storage_alignment")
+            info = self._member(record)
+            if info is not None:
+                self._read_member(info, 1 << 10)
+        align = self._member(".storage_alignment")
         if align is not None:
             try:
                 int(self._read_member(align, 64))
@@ -272,7 +305,7 @@ class TorchZipFile:
             raise _too_large(
                 f"a tensor declares {nbytes} bytes, more than the limit of {self.limits.max_tensor_bytes}"
             )
-        info = self._infos.get(f"{self.prefix}data/{key}")
+        info = self._member(f"data/{key}")
         if info is None:
             raise CheckpointError(
                 f"storage {key[:100]!r} is missing from the archive", code="truncated", param="file"
@@ -304,7 +337,8 @@ class TorchZipFile:
 
     def read_storage(self, ref: StorageRef) -> bytes:
         """The storage's raw bytes in native (little-endian) order, read once."""
-        info = self._infos[f"{self.prefix}data/{ref.key}"]
+        info = self._member(f"data/{ref.key}")
+        assert info is not None  # checked when the reference was made
         raw = self._read_member(info, self.limits.max_tensor_bytes, ref.nbytes)
         unit = _swap_unit(ref.dtype)
         if self.byteorder != sys.byteorder and unit > 1:  # torch swaps by the first reference's dtype

@@ -241,9 +241,15 @@ def test_bytes_allocation_bomb_and_codecs(tmp_path: Path) -> None:
 def test_placeholder_absorbs_everything(tmp_path: Path) -> None:
     # call, BUILD, SETITEMS, APPENDS on an unknown object; then use it as a tensor "storage"
     obj = call("evil.mod", "Thing", i(1)) + dct(a=i(1)) + b"b" + b"(" + s("k") + i(2) + b"u"
-    body = pkl(b"}(" + s("ctx") + ctx_entry() + s("x") + obj + b"u")
+    body = dassl(s("ctx") + ctx_entry(), s("scheduler") + obj)
     ck = ingest_checkpoint(torch_zip(tmp_path / "p.pth", body, {"0": CTX.tobytes()}))
     assert ck.unknown_globals == ["evil.mod.Thing"]
+    assert ck.ctx is not None and ck.ctx.shape == (4, 8)
+    # among the entries the tensors are read from, an object we do not build could hide one: refused
+    body = pkl(b"}(" + s("ctx") + ctx_entry() + s("x") + obj + b"u")
+    with pytest.raises(CheckpointError) as ei:
+        ingest_checkpoint(torch_zip(tmp_path / "p1.pth", body, {"0": CTX.tobytes()}))
+    assert ei.value.code == "not_a_checkpoint" and "evil.mod.Thing" in ei.value.message
     body = pkl(
         b"}("
         + s("ctx")

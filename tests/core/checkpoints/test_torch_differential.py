@@ -7,28 +7,20 @@ values (strides may differ)."""
 
 from __future__ import annotations
 
-import io
-import math
 import random
+import warnings
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import differential_corpus as dc
 import numpy as np
 import pytest
 import torch
 from dos_corpus import g, i, pkl, s, tensor, torch_zip, tup
 
-from mergetune.core.checkpoints.safe_pickle import (
-    DType,
-    LazyTensor,
-    StorageRef,
-    StorageType,
-    load_torch_file,
-)
-from mergetune.core.checkpoints.safe_pickle.rebuild import _SafeCallable
 from mergetune.core.errors import CheckpointError
 
 torch.set_num_threads(1)
@@ -186,104 +178,22 @@ def _mutants(valid: dict[str, Path], folder: Path) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# comparison
-
-
-def _bits(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy().reshape(-1).view(np.uint8)
-
-
-def _our_bits(x: LazyTensor) -> np.ndarray:
-    a = np.ascontiguousarray(x.numpy())
-    if x.dtype.name == "bfloat16":
-        return (a.view(np.uint32) >> 16).astype(np.uint16)
-    return a.reshape(-1).view(np.uint8)
-
-
-def _same(ours: Any, theirs: Any, where: str = "") -> None:
-    if isinstance(theirs, torch.storage.TypedStorage):  # a bare storage as a value
-        assert isinstance(ours, StorageRef), where
-        assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), where
-        raw = _STORAGE_BYTES[id(ours)]
-        assert raw == bytes(theirs._untyped_storage.cpu()), where
-        return
-    if isinstance(theirs, torch.serialization.StorageType):  # a storage-type global as a value
-        assert isinstance(ours, StorageType) and ours.dtype.name == str(theirs.dtype).removeprefix(
-            "torch."
-        ), where
-        return
-    if isinstance(theirs, torch.dtype):
-        assert isinstance(ours, DType) and ours.name == str(theirs).removeprefix("torch."), where
-        return
-    if callable(theirs) and not isinstance(theirs, torch.Tensor) and isinstance(ours, _SafeCallable):
-        assert ours._name == f"{theirs.__module__}.{theirs.__qualname__}", where  # a bare global
-        return
-    if isinstance(theirs, torch.Tensor):
-        assert isinstance(ours, LazyTensor), where
-        assert ours.dtype.name == str(theirs.dtype).removeprefix("torch."), where
-        assert ours.shape == tuple(theirs.shape), where
-        np.testing.assert_array_equal(_our_bits(ours).reshape(-1), _bits(theirs).reshape(-1), err_msg=where)
-        return
-    assert type(ours) is type(theirs), f"{where}: {type(ours)} != {type(theirs)}"
-    if isinstance(theirs, dict):
-        assert list(ours) == list(theirs), where
-        for k in theirs:
-            _same(ours[k], theirs[k], f"{where}.{k}")
-    elif isinstance(theirs, list | tuple):
-        assert len(ours) == len(theirs), where
-        for n, (a, b) in enumerate(zip(ours, theirs, strict=True)):
-            _same(a, b, f"{where}[{n}]")
-    elif isinstance(theirs, float) and math.isnan(theirs):
-        assert math.isnan(ours), where
-    else:
-        assert ours == theirs, where
-
-
-_STORAGE_BYTES: dict[int, bytes] = {}  # bare storages' bytes, read before the archive closes
-
-
-def _materialise(obj: Any) -> None:
-    if isinstance(obj, LazyTensor):
-        obj.numpy()
-    elif isinstance(obj, StorageRef):
-        _STORAGE_BYTES[id(obj)] = obj.source.storage_bytes(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _materialise(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _materialise(v)
-
-
-class Extension(list):
-    """What our reader read beyond torch's weights_only reader (the file uses these)."""
+# comparison (tests/differential_corpus.py)
 
 
 def _ours(path: Path) -> tuple[bool, Any]:
-    try:
-        loaded = load_torch_file(str(path))
-    except CheckpointError as e:
-        return False, e.code
-    try:
-        _materialise(loaded.obj)
-    except CheckpointError as e:
-        return False, e.code
-    finally:
-        if loaded.archive is not None:
-            loaded.archive.close()
-    if loaded.torch_extensions:  # e.g. inert placeholders: torch's weights_only refuses such files
-        return True, Extension(loaded.torch_extensions)
-    return True, loaded.obj
+    ok, obj, storages = dc.ours(path)
+    _STORAGE_BYTES.update(storages)
+    return ok, obj
 
 
-def _torch(path: Path) -> tuple[bool, Any]:
-    try:
-        return True, torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any refusal by torch
-        return False, type(e).__name__
+def _same(ours: Any, theirs: Any, where: str = "") -> None:
+    dc.same(ours, theirs, where, _STORAGE_BYTES)
+
+
+_STORAGE_BYTES: dict[int, bytes] = {}  # bare storages' bytes, read before the archive closes
+_torch = dc.theirs
+Extension = dc.Extension
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +249,233 @@ def test_crafted_semantics_match_torch(corpus: dict[str, Path]) -> None:
         ok, ours = _ours(corpus[name])
         tok, _ = _torch(corpus[name])
         assert not ok and not tok, name
+
+
+# ---------------------------------------------------------------------------------------------------
+# the three ways an accepted file could read differently from torch (issue: member names, tensor
+# state, globals torch allows); each mirrored or refused with a code
+
+
+def _rezip_members(
+    src: Path, dst: Path, edit: Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]
+) -> Path:
+    with zipfile.ZipFile(src) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are the point
+        with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
+            for name, data in edit(members):
+                z.writestr(name, data)
+    return dst
+
+
+def _outcome(path: Path) -> tuple[str, str]:
+    return dc.compare(path)
+
+
+def test_our_allowlist_is_torchs_and_each_global_is_mirrored_or_refused(tmp_path: Path) -> None:
+    from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    from mergetune.core.checkpoints.safe_pickle import policy
+
+    # the parser cannot import torch: its copy of torch's allowlist and name mapping must stay equal
+    assert policy.TORCH_WEIGHTS_ONLY_GLOBALS == frozenset(_get_allowed_globals())
+    assert policy.TORCH_IMPORT_MAPPING == IMPORT_MAPPING and policy.TORCH_NAME_MAPPING == NAME_MAPPING
+    outcomes: Counter[str] = Counter()
+    for n, qual in enumerate(sorted(policy.TORCH_WEIGHTS_ONLY_GLOBALS)):
+        path = torch_zip(tmp_path / f"g{n}.pt", pkl(b"}(" + s("g") + g(*qual.rsplit(".", 1)) + b"u"), {})
+        ok, ours = _ours(path)
+        tok, theirs = _torch(path)
+        assert tok, qual  # torch reads every one of them
+        if ok:  # mirrored: the same object, and nothing read as a placeholder
+            assert not isinstance(ours, Extension), (qual, ours)
+            _same(ours, theirs, qual)
+            outcomes["same"] += 1
+        else:
+            assert ours in ("unsupported_torch_object", "bad_dtype"), (qual, ours)
+            outcomes[ours] += 1
+    assert outcomes["same"] >= 30 and outcomes["unsupported_torch_object"] >= 40, outcomes
+
+
+def test_member_names_are_found_as_torch_finds_them(tmp_path: Path) -> None:
+    a = torch.arange(8, dtype=torch.float32).reshape(2, 4) + 0.5
+    src = tmp_path / "src.pt"
+    torch.save({"ctx": a}, src)
+
+    def edited(name: str, edit: Callable[[list[tuple[str, bytes]]], list[tuple[str, bytes]]]) -> Path:
+        return _rezip_members(src, tmp_path / f"{name}.pt", edit)
+
+    # the review's file: an extra archive/BYTEORDER holding "big"; which twin torch finds depends on
+    # its sorted lookup, not on the archive's order: ambiguous, refused
+    for name, twin in {
+        "extra_BYTEORDER": lambda m: [*m, ("src/BYTEORDER", b"big")],
+        "BYTEORDER_first": lambda m: [("src/BYTEORDER", b"big"), *m],
+    }.items():
+        assert _outcome(edited(name, twin)) == (dc.ONLY_WE_REFUSE, "not_a_checkpoint"), name
+    # the record only under another case: torch finds it and byte-swaps; so do we
+    only_upper = edited(
+        "only_BYTEORDER",
+        lambda m: [(n.replace("byteorder", "BYTEORDER"), b"big" if "byteorder" in n else d) for n, d in m],
+    )
+    tok, theirs = _torch(only_upper)
+    assert tok and not torch.equal(theirs["ctx"], a)  # what torch reads really differs from A
+    assert _outcome(only_upper) == (dc.SAME, "")
+    # every record under another case (the folder's case kept): read as torch reads it
+    upper = edited(
+        "upper", lambda m: [(n.split("/", 1)[0] + "/" + n.split("/", 1)[1].upper(), d) for n, d in m]
+    )
+    assert _outcome(upper) == (dc.SAME, "")
+    np.testing.assert_array_equal(_ours(upper)[1]["ctx"].numpy(), a.numpy())
+    # twins in another case: which one torch's reader finds is not the archive order; refused
+    decoy = pkl(b"}(" + s("ctx") + tensor("0", 1, (1,), (1,)) + b"u")
+    for name, twin in {
+        "data_pkl_twin": lambda m: [*m, ("src/DATA.PKL", decoy)],
+        "data_pkl_twin_first": lambda m: [("src/Data.pkl", decoy), *m],
+        "storage_twin": lambda m: [*m, ("src/DATA/0", bytes(32))],
+        "version_twin": lambda m: [*m, ("src/VERSION", b"3\n")],
+    }.items():
+        ok, code = _ours(edited(name, twin))
+        assert (ok, code) == (False, "not_a_checkpoint"), name
+    # a folder in another case is outside the archive's folder for torch and for us
+    assert (
+        _outcome(edited("folder", lambda m: [*m[:1], *[("SRC/" + n.split("/", 1)[1], d) for n, d in m[1:]]]))[
+            0
+        ]
+        == dc.BOTH_REFUSE
+    )
+    # a TorchScript marker: torch refuses it under weights_only, and so do we
+    assert _outcome(edited("script", lambda m: [*m, ("src/constants.pkl", pkl(b"N"))]))[0] == dc.BOTH_REFUSE
+
+
+_A, _B = np.arange(16, dtype=np.float32), -np.arange(16, dtype=np.float32) - 100
+
+
+def _crafted_file(path: Path, body: bytes) -> Path:
+    return torch_zip(path, pkl(b"}(" + body + b"u"), {"0": _A.tobytes(), "1": _B.tobytes()})
+
+
+def _v2_args(key: str) -> bytes:
+    return tup(
+        tup(s("storage"), g("torch", "FloatStorage"), s(key), s("cpu"), i(16)) + b"Q",
+        i(0),
+        tup(i(4), i(4)),
+        tup(i(4), i(1)),
+        b"\x89",
+        g("collections", "OrderedDict") + b")R",
+    )
+
+
+def _from_type(state: bytes, new_type: bytes = g("torch", "Tensor")) -> bytes:
+    return (
+        g("torch._tensor", "_rebuild_from_type_v2")
+        + tup(g("torch._utils", "_rebuild_tensor_v2"), new_type, _v2_args("0"), state)
+        + b"R"
+    )
+
+
+def _with_state(state: bytes) -> bytes:
+    inner = g("torch._utils", "_rebuild_tensor_v2") + _v2_args("0") + b"R"
+    return (
+        g("torch._utils", "_rebuild_parameter_with_state")
+        + tup(inner, b"\x88", g("collections", "OrderedDict") + b")R", state)
+        + b"R"
+    )
+
+
+def test_tensor_state_is_applied_as_torch_applies_it_or_refused(tmp_path: Path) -> None:
+    b_data = b"}(" + s("data") + g("torch._utils", "_rebuild_tensor_v2") + _v2_args("1") + b"R" + b"u"
+    for n, rebuild in enumerate((_from_type, _with_state)):
+        # {"data": B}: torch's setattr replaces the values by B; we never return A for it
+        path = _crafted_file(tmp_path / f"data{n}.pt", s("ctx") + rebuild(b_data))
+        tok, theirs = _torch(path)
+        assert tok and np.array_equal(theirs["ctx"].detach().numpy().reshape(-1), _B)
+        assert _outcome(path) == (dc.ONLY_WE_REFUSE, "unsupported_torch_object")
+        for m, state in enumerate((b"N", b"}", tup(b"}", b"N"), tup(b"N", b"}"))):  # nothing to apply
+            path = _crafted_file(tmp_path / f"empty{n}-{m}.pt", s("ctx") + rebuild(state))
+            assert _outcome(path) == (dc.SAME, ""), (n, m)
+            np.testing.assert_array_equal(_ours(path)[1]["ctx"].numpy().reshape(-1), _A)
+        path = _crafted_file(
+            tmp_path / f"attr{n}.pt", s("ctx") + rebuild(b"}(" + s("note") + s("csc") + b"u")
+        )
+        assert _outcome(path) == (dc.ONLY_WE_REFUSE, "unsupported_torch_object")
+    # as a Parameter: the same values
+    path = _crafted_file(
+        tmp_path / "as_param.pt", s("ctx") + _from_type(b"N", g("torch.nn.parameter", "Parameter"))
+    )
+    assert _outcome(path) == (dc.SAME, "")
+    # a real torch.save of a parameter carrying a Python attribute
+    p = torch.nn.Parameter(torch.ones(2, 3))
+    p.note = "csc"
+    torch.save({"ctx": p}, tmp_path / "param_attr.pt")
+    assert _outcome(tmp_path / "param_attr.pt") == (dc.ONLY_WE_REFUSE, "unsupported_torch_object")
+
+
+def test_globals_torch_allows_never_hide_a_tensor(tmp_path: Path) -> None:
+    from mergetune.core.checkpoints.ingest import ingest_checkpoint
+
+    a, b = torch.full((4, 8), 1.5), torch.full((4, 8), -2.0)
+    # the review's decoy: the state dict is a Counter; torch's users see A, so must we
+    torch.save({"state_dict": Counter({"ctx": a}), "ctx": b}, tmp_path / "counter_decoy.pt")
+    assert _outcome(tmp_path / "counter_decoy.pt") == (dc.SAME, "")
+    ck = ingest_checkpoint(tmp_path / "counter_decoy.pt")
+    assert ck.ctx is not None and np.array_equal(ck.ctx, a.numpy())
+    # an unknown class as the state dict: torch refuses it; we must not read the ctx beside it
+    unknown = (
+        s("state_dict")
+        + g("dassl.thing", "Box")
+        + tup(b"}(" + s("ctx") + tensor("0", 16, (4, 4), (4, 1)) + b"u")
+        + b"R"
+        + s("ctx")
+        + tensor("1", 16, (4, 4), (4, 1))
+    )
+    path = _crafted_file(tmp_path / "unknown_decoy.pt", unknown)
+    with pytest.raises(CheckpointError) as ei:
+        ingest_checkpoint(path)
+    assert ei.value.code == "not_a_checkpoint" and "dassl.thing.Box" in ei.value.message
+    v2 = g("torch._utils", "_rebuild_tensor_v2") + _v2_args("0") + b"R"
+    pid1 = tup(s("storage"), g("torch", "FloatStorage"), s("1"), s("cpu"), i(16)) + b"Q"
+    cases = {
+        # mirrored: read as torch reads them
+        "counter_newobj": (s("sd") + g("collections", "Counter") + b")\x81" + b"(" + s("ctx") + v2 + b"u", dc.SAME),
+        "userdict_counter": (s("sd") + g("UserDict", "Counter") + tup(b"}(" + s("ctx") + v2 + b"u") + b"R", dc.SAME),
+        "userdict_ordereddict": (s("sd") + g("UserDict", "OrderedDict") + b")R(" + s("ctx") + v2 + b"u", dc.SAME),
+        "parameter_newobj": (s("ctx") + g("torch.nn.parameter", "Parameter") + tup(v2) + b"\x81", dc.SAME),
+        "parameter_reduce": (s("ctx") + g("torch.nn.parameter", "Parameter") + tup(v2, b"\x89") + b"R", dc.SAME),
+        # refused although torch reads them: never a placeholder in their place
+        "tensor_newobj_set": (s("ctx") + g("torch", "Tensor") + b")\x81" + tup(pid1, i(0), tup(i(16)), tup(i(1))) + b"b", dc.ONLY_WE_REFUSE),
+        "float_tensor_list": (s("ctx") + g("torch", "FloatTensor") + tup(b"](" + b"G?\xf0\x00\x00\x00\x00\x00\x00" + b"e") + b"R", dc.ONLY_WE_REFUSE),
+        "device_tensor": (s("ctx") + g("torch._utils", "_rebuild_device_tensor_from_cpu_tensor") + tup(v2, g("torch", "float32"), s("cpu"), b"\x89") + b"R", dc.ONLY_WE_REFUSE),
+        "meta_tensor": (s("ctx") + g("torch._utils", "_rebuild_meta_tensor_no_storage") + tup(g("torch", "float32"), tup(i(4)), tup(i(1)), b"\x89") + b"R", dc.ONLY_WE_REFUSE),
+        "counter_of_list": (s("c") + g("collections", "Counter") + tup(b"](" + s("x") + s("x") + b"e") + b"R", dc.ONLY_WE_REFUSE),
+        "parameter_without_data": (s("ctx") + g("torch.nn.parameter", "Parameter") + b")\x81", dc.ONLY_WE_REFUSE),
+        # an unknown function handed a storage: an inert placeholder would drop the tensor
+        "unknown_rebuild_of_storage": (s("ctx") + g("dassl.utils", "rebuild") + tup(pid1, i(0)) + b"R", dc.BOTH_REFUSE),
+        "size": (s("shape") + g("torch", "Size") + tup(tup(i(4), i(4))) + b"R", dc.ONLY_WE_REFUSE),
+        "build_on_tensor": (s("ctx") + v2 + b"}(" + s("data") + g("torch._utils", "_rebuild_tensor_v2") + _v2_args("1") + b"R" + b"u" + b"b", dc.BOTH_REFUSE),
+    }  # fmt: skip
+    for name, (body, want) in cases.items():
+        path = _crafted_file(tmp_path / f"{name}.pt", body)
+        outcome, detail = _outcome(path)
+        assert outcome == want, (name, outcome, detail)
+        if outcome == dc.ONLY_WE_REFUSE:
+            assert detail in ("unsupported_torch_object", "not_a_checkpoint"), (name, detail)
+
+
+def test_a_generated_sweep_never_reads_differently(tmp_path: Path) -> None:
+    """1,200 seeded files of every family (bench/differential.py runs the same with 10,000+)."""
+    rng = random.Random(SEED)
+    counts: Counter[tuple[str, str]] = Counter()
+    codes: Counter[str] = Counter()
+    for n in range(1200):
+        family, path = dc.generate(rng, tmp_path, n)
+        outcome, detail = dc.compare(path)
+        assert outcome != dc.DIFFERENT, (path.name, detail)
+        counts[(family.split("+")[0], outcome)] += 1
+        if outcome == dc.ONLY_WE_REFUSE and "+damaged" not in family:
+            codes[detail] += 1
+        path.unlink()
+    print(f"\ngenerated sweep: {sorted(counts.items())}")
+    for family in dc.FAMILIES:
+        assert counts[(family, dc.SAME)] >= 20, (family, counts)
+    assert set(codes) <= {"unsupported_torch_object", "bad_dtype", "not_a_checkpoint"}, codes
