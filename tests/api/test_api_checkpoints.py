@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,39 @@ def test_list_and_delete(client, auth, checkpoint):
     assert r.json() == {"id": checkpoint["id"], "object": "checkpoint", "deleted": True}
     assert client.get(f"/v1/checkpoints/{checkpoint['id']}", headers=auth).status_code == 404
     assert client.get("/v1/checkpoints", headers=auth).json()["data"] == []
+
+
+def test_an_upload_is_stored_as_torch_reads_it_or_refused(client, auth, settings):
+    """The review's decoy (a Counter state dict beside a top-level ctx) is stored with the ctx torch's
+    users see; a parameter whose Python state torch would set on it is refused, naming the file."""
+    import io
+
+    import torch
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint
+
+    torch.set_num_threads(1)
+    a, b = torch.full((4, 512), 0.25), torch.full((2, 512), -3.0)
+    buf = io.BytesIO()
+    torch.save({"state_dict": Counter({"ctx": a}), "ctx": b, "epoch": 3}, buf)
+    r = upload(client, auth, buf.getvalue(), filename="decoy.pth.tar")
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["status"], body["format"], body["n_ctx"]) == ("ready", "dassl", 4), body
+    with session_scope(settings.DATABASE_URL) as s:
+        row = s.get(Checkpoint, body["id"])
+        assert row is not None
+        tensors_key = row.tensors_key
+    stored = load_file(str(get_store(settings).local_path(tensors_key)))
+    np.testing.assert_array_equal(stored["ctx"], a.numpy())
+
+    p = torch.nn.Parameter(torch.full((4, 512), 0.5))
+    p.note = "csc"  # pickled as a state torch applies with setattr when loading
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"ctx": p}}, buf)
+    r = upload(client, auth, buf.getvalue(), filename="state.pth.tar")
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "rejected"
+    assert r.json()["error"]["code"] == "unsupported_torch_object"
+    assert r.json()["error"]["param"] == "file"
