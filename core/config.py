@@ -279,6 +279,56 @@ OPEN_CLIP_MODELS: frozenset[str] = frozenset(
 TINY_MODELS: frozenset[str] = frozenset({"tiny-test", "tiny-clip"})
 KNOWN_MODELS: frozenset[str] = OPEN_CLIP_MODELS | TINY_MODELS
 
+#: The text width (a prompt context's width) of every model in KNOWN_MODELS, by width: a context of
+#: another width is refused when the job is created (``tests/core/model/test_text_widths.py`` checks
+#: the table against open_clip's configs and the tiny models).
+TEXT_WIDTHS: dict[str, int] = {
+    **dict.fromkeys("tiny-test".split(), 64),
+    **dict.fromkeys("tiny-clip".split(), 128),
+    **dict.fromkeys("ViT-S-16-alt ViT-S-32-alt".split(), 256),
+    **dict.fromkeys("ViT-M-16-alt ViT-M-32-alt ViT-S-16 ViT-S-32 ViTamin-S".split(), 384),
+    **dict.fromkeys(
+        """
+        convnext_base convnext_small convnext_tiny EVA02-B-16 MobileCLIP-B MobileCLIP-S1 MobileCLIP-S2
+        MobileCLIP2-B MobileCLIP2-S0 MobileCLIP2-S2 PE-Core-S-16-384 PE-Core-T-16-384 RN101 RN101-quickgelu
+        RN50 RN50-quickgelu ViT-B-16 ViT-B-16-quickgelu ViT-B-32 ViT-B-32-256 ViT-B-32-quickgelu ViT-M-16
+        ViT-M-32 vit_medium_patch16_gap_256 vit_relpos_medium_patch16_cls_224 ViTamin-B
+        """.split(),
+        512,
+    ),
+    **dict.fromkeys(
+        """
+        convnext_base_w convnext_base_w_320 RN50x4 RN50x4-quickgelu swin_base_patch4_window7_224
+        ViT-B-16-plus ViT-B-16-plus-240 ViT-B-32-plus-256
+        """.split(),
+        640,
+    ),
+    **dict.fromkeys(
+        """
+        convnext_large convnext_large_d convnext_large_d_320 EVA01-g-14 EVA02-L-14 EVA02-L-14-336
+        MobileCLIP2-L-14 MobileCLIP2-S3 MobileCLIP2-S4 RN50x16 RN50x16-quickgelu ViT-L-14 ViT-L-14-280
+        ViT-L-14-336 ViT-L-14-336-quickgelu ViT-L-14-quickgelu ViT-L-16 ViT-L-16-320 ViTamin-B-LTT ViTamin-L
+        ViTamin-L-256 ViTamin-L-336 ViTamin-L-384 ViTamin-S-LTT
+        """.split(),
+        768,
+    ),
+    **dict.fromkeys(
+        """
+        convnext_xlarge convnext_xxlarge convnext_xxlarge_320 EVA01-g-14-plus EVA02-E-14 PE-Core-B-16
+        PE-Core-L-14-336 RN50x64 RN50x64-quickgelu ViT-g-14 ViT-H-14 ViT-H-14-378 ViT-H-14-378-quickgelu
+        ViT-H-14-quickgelu ViT-H-16 ViTamin-L2 ViTamin-L2-256 ViTamin-L2-336 ViTamin-L2-384
+        """.split(),
+        1024,
+    ),
+    **dict.fromkeys("ViTamin-XL-256 ViTamin-XL-336 ViTamin-XL-384".split(), 1152),
+    **dict.fromkeys(
+        """
+        EVA02-E-14-plus PE-Core-bigG-14-448 ViT-bigG-14 ViT-bigG-14-quickgelu ViT-e-14
+        """.split(),
+        1280,
+    ),
+}
+
 
 def path_points(num_samples: int) -> list[float]:
     """t_k = (k - 1/2) / K for k = 1..K (midpoints of K equal bins of [0, 1])."""

@@ -479,8 +479,9 @@ def _heartbeat(s: Any, hostname: str, job_id: str | None, info: dict[str, Any] |
     else:
         hb.last_seen = now
         hb.current_job_id = job_id
-        if info is not None:
-            hb.info = info
+        if info is not None:  # the weights inventory stays until the heartbeat thread refreshes it
+            kept = hb.info.get("weights") if isinstance(hb.info, dict) else None
+            hb.info = {**({"weights": kept} if kept is not None else {}), **info}
 
 
 #: Jobs this process handed back to the broker while the database was down: {job_id: attempt}. The

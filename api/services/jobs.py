@@ -37,6 +37,7 @@ from mergetune.core.checkpoints.weights import (
 )
 from mergetune.core.config import (
     KNOWN_MODELS,
+    TEXT_WIDTHS,
     TINY_MODELS,
     BackboneSpec,
     ClassTokenPosition,
@@ -53,22 +54,6 @@ log = logging.getLogger(__name__)
 
 ENDPOINT = "POST /v1/jobs"
 BUILTIN_MODEL = "tiny-clip"
-
-#: Text transformer width (the prompt context dimension) of common open_clip models. Models not listed
-#: (the tiny test/builtin models, custom configs) are checked by the worker when it loads the backbone.
-KNOWN_TEXT_WIDTHS = {
-    "RN50": 512,
-    "RN101": 512,
-    "RN50x4": 640,
-    "RN50x16": 768,
-    "RN50x64": 1024,
-    "ViT-B-32": 512,
-    "ViT-B-16": 512,
-    "ViT-L-14": 768,
-    "ViT-L-14-336": 768,
-    "ViT-H-14": 1024,
-}
-
 
 #: (text width, text blocks, image width, image blocks) of ViT backbones, for MMA checkpoints (adapters sit
 #: on transformer blocks of both towers; ResNet image towers have none). Others: checked by the worker.
@@ -212,7 +197,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         if problem:
             raise Unprocessable(problem, code="class_count_mismatch", param="checkpoint_id")
 
-    width = KNOWN_TEXT_WIDTHS.get(body.backbone.model)
+    width = TEXT_WIDTHS.get(body.backbone.model)  # every known model: the worker would refuse the same
     if (
         not is_head
         and not is_mma

@@ -18,6 +18,7 @@ from mergetune.core.data.base import (
     Record,
     base_to_novel,
     fewshot,
+    is_under,
     list_dir,
     real_root,
     resolve_under,
@@ -87,6 +88,7 @@ def _open_coop(root: Path, path: str, coop_name: str | None, options: dict[str, 
     classnames, splits, wnids = READERS[name](root, ds_rel)
     for s in SPLITS:
         splits.setdefault(s, [])
+    _confine_records(root, splits)
     if not any(splits.values()):
         raise DatasetError(f"{name} at {path!r} has no images", code="bad_layout", param="path")
     return Dataset(
@@ -99,6 +101,25 @@ def _open_coop(root: Path, path: str, coop_name: str | None, options: dict[str, 
         wnids=wnids,
         options=dict(options),
     )
+
+
+def _confine_records(root: Path, splits: dict[str, list[Record]]) -> None:
+    """Every image the split files name resolves under the data root: its folder (an image folder that
+    is a symlink out of the root is refused when the dataset is registered, not when a job reads it)
+    and the file itself when it is a link. One realpath per folder, one lstat per file."""
+    folders: dict[str, bool] = {}
+    for records in splits.values():
+        for r in records:
+            folder = os.path.dirname(r.key)
+            inside = folders.get(folder)
+            if inside is None:
+                inside = folders[folder] = is_under(root, root / folder)
+            if not inside or (os.path.islink(root / r.key) and not is_under(root, root / r.key)):
+                raise DatasetError(  # the folder itself is inside: its content links out
+                    f"{folder if not inside else r.key!r} resolves outside the data root (a symlink out of it)",
+                    code="link_outside_root",
+                    param="path",
+                )
 
 
 def _open_imagefolder(root: Path, path: str, options: dict[str, Any]) -> Dataset:
