@@ -39,6 +39,7 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
         max_header_bytes=settings.SWEEP_MAX_HEADER_BYTES,
         max_name_bytes=settings.SWEEP_MAX_NAME_BYTES,
         max_ratio=settings.SWEEP_MAX_RATIO,
+        max_kept_bytes=settings.SWEEP_MAX_STORED_BYTES,
     )
 
 

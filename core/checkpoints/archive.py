@@ -63,6 +63,7 @@ class ArchiveLimits:
     max_name_bytes: int = 4096  # one member name (UTF-8)
     max_ratio: float = 200.0  # unpacked / packed bytes, checked once ratio_floor bytes are unpacked
     ratio_floor: int = 4 << 20
+    max_kept_bytes: int = 1 << 62  # the runs' last checkpoints together (what a sweep stores)
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,11 @@ class _Runs:
         self.count = 0
         self.declared = 0
         self.written = 0
+        self.kept = 0
 
-    def member(self, raw: str, is_file: bool, size: int) -> tuple[str, re.Match[str] | None]:
+    def member(
+        self, raw: str, is_file: bool, size: int, *, streamed: bool = True
+    ) -> tuple[str, re.Match[str] | None]:
         """Count and check one member at its header, before its data; the match when it is a
         checkpoint to extract."""
         lim = self.limits
@@ -187,9 +191,24 @@ class _Runs:
             raise _refuse(
                 f"{_shown(name)} is {size} bytes, over the limit of {lim.max_member_bytes}", "too_large"
             )
+        if not streamed:
+            return name, m  # a zip: the caller picks each run's last epoch from the whole index
         ck = self._checkpoint(name, m, size)
         prev = self.runs.get(ck.run)
-        return name, (m if prev is None or ck.epoch > prev.epoch else None)
+        if prev is not None and ck.epoch <= prev.epoch:
+            return name, None
+        self.keep(size - (prev.size if prev is not None else 0))
+        return name, m
+
+    def keep(self, size: int) -> None:
+        """Count ``size`` more bytes of kept checkpoints (negative: a run's earlier epoch replaced)."""
+        self.kept += size
+        if self.kept > self.limits.max_kept_bytes:
+            raise _refuse(
+                f"the archive's checkpoints hold {self.kept} bytes, over the limit of "
+                f"{self.limits.max_kept_bytes} bytes one sweep may store",
+                "too_large",
+            )
 
     @staticmethod
     def _checkpoint(name: str, m: re.Match[str], size: int, **kw: str) -> TreeCheckpoint:
@@ -420,8 +439,10 @@ def _unpack_tar(path: Path, kind: str, runs: _Runs) -> None:
         headers = 0
         while True:
             block = stream.read(_BLOCK)
+            if not block:
+                break  # the file ends at a header boundary without end-of-archive blocks (as tar allows)
             if len(block) < _BLOCK:
-                raise _refuse("the archive is truncated (no end-of-archive blocks)", "malformed_archive")
+                raise _refuse("the archive is truncated in a header", "malformed_archive")
             if block == bytes(_BLOCK):
                 if not stream.rest_is_zeros():
                     raise _refuse("the file goes on after the tar's end", "ambiguous_archive")
@@ -474,7 +495,7 @@ def _unpack_tar(path: Path, kind: str, runs: _Runs) -> None:
                 raise _refuse(f"archive member {shown} is a link", "unsafe_archive")
             if kind_flag not in (b"0", b"\0", b"7", b"5"):
                 raise _refuse(f"archive member {shown} is not a file or directory", "unsafe_archive")
-            is_file = kind_flag != b"5"
+            is_file = kind_flag != b"5" and not (kind_flag in (b"\0", b"0") and name.endswith("/"))
             if not is_file and size:
                 raise _refuse(f"directory {shown} declares {size} bytes of data", "malformed_archive")
             member, m = runs.member(name, is_file, size)
@@ -607,7 +628,7 @@ def _unpack_zip(path: Path, runs: _Runs) -> None:
                         f"archive member {shown} unpacks to more than {lim.max_ratio:g} times its size",
                         "compression_ratio",
                     )
-                member, m = runs.member(zi.filename, not zi.is_dir(), zi.file_size)
+                member, m = runs.member(zi.filename, not zi.is_dir(), zi.file_size, streamed=False)
                 if m is not None:
                     todo.append((zi, member, m))
             latest: dict[str, tuple[int, zipfile.ZipInfo, str, re.Match[str]]] = {}
@@ -615,6 +636,7 @@ def _unpack_zip(path: Path, runs: _Runs) -> None:
                 run = runs._checkpoint(member, m, zi.file_size).run
                 if run not in latest or int(m["epoch"]) > latest[run][0]:
                     latest[run] = (int(m["epoch"]), zi, member, m)
+            runs.keep(sum(zi.file_size for _, zi, _, _ in latest.values()))
             for _, zi, member, m in latest.values():
                 try:
                     with zf.open(zi) as src:

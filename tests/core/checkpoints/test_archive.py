@@ -154,3 +154,26 @@ def test_wall_time_limit_stops_a_long_archive(tmp_path: Path) -> None:
             big, out, archive=ArchiveLimits(), limits=SandboxLimits(cpu_seconds=1, wall_seconds=0.05)
         )
     assert ei.value.code == "too_slow"
+
+
+def test_kept_checkpoints_are_bounded_before_they_are_written(tmp_path: Path) -> None:
+    runs = [("eurosat", 1, b"a" * 3000), ("eurosat", 2, b"b" * 3000)]
+    files = coop_tree(runs)
+    files[
+        "output/base2new/train_base/eurosat/shots_16/CoOp/vit_b16_ep50/seed1/prompt_learner/model.pth.tar-9"
+    ] = b"c" * 3000  # an earlier epoch: replaced, so it does not count
+    for pack in (zip_bytes, lambda f: tar_bytes(f, mode="w:gz")):
+        cks, _ = _unpack(tmp_path, pack(files), ArchiveLimits(max_kept_bytes=6000))
+        assert len(cks) == 2
+        with pytest.raises(CheckpointError) as ei:
+            _unpack(tmp_path, pack(files), ArchiveLimits(max_kept_bytes=5999))
+        assert ei.value.code == "too_large" and "6000 bytes" in ei.value.message
+
+
+def test_directories_and_a_tar_without_end_blocks(tmp_path: Path) -> None:
+    files = {"output/": b"", **coop_tree([("dtd", 3, b"z" * 10)])}
+    data = b"".join(tar_header(n.encode(), len(d), b"0") + d + bytes(-len(d) % 512) for n, d in files.items())
+    cks, out = _unpack(tmp_path, data)  # "output/" as an old-style regular entry is a folder; no end blocks
+    assert [(c.dataset, c.seed) for c in cks] == [("dtd", 3)] and (
+        out / cks[0].file
+    ).read_bytes() == b"z" * 10
