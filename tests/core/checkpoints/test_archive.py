@@ -8,6 +8,8 @@ import bz2
 import hashlib
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -177,3 +179,47 @@ def test_directories_and_a_tar_without_end_blocks(tmp_path: Path) -> None:
     assert [(c.dataset, c.seed) for c in cks] == [("dtd", 3)] and (
         out / cks[0].file
     ).read_bytes() == b"z" * 10
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar command")
+@pytest.mark.parametrize("fmt", ["gnu", "oldgnu", "pax", "ustar", "v7"])
+def test_trees_written_by_the_tar_command_read_alike(tmp_path: Path, fmt: str) -> None:
+    # GNU tar in each of its formats, plain and compressed, long (or, for ustar/v7, short) paths
+    root = "output/b2n" if fmt in ("ustar", "v7") else LONG_ROOT
+    runs = _runs()
+    src = tmp_path / "src"
+    for name, data in coop_tree(runs, root=root).items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    want = {(d, s): data for d, s, data in runs}
+    for flag in ("", "-z", "-j", "-J"):
+        archive = tmp_path / f"t{flag}.tar"
+        cmd = ["tar", f"--format={fmt}", "-c", "-f", str(archive), "-C", str(src), "output"]
+        subprocess.run(cmd[:1] + ([flag] if flag else []) + cmd[1:], check=True)
+        out = tmp_path / f"out{flag}"
+        out.mkdir()
+        cks = unpack_tree(archive, out, ArchiveLimits())
+        assert {(c.dataset, c.seed): (out / c.file).read_bytes() for c in cks} == want, (fmt, flag)
+        listed = subprocess.run(["tar", "-t", "-f", str(archive)], check=True, capture_output=True, text=True)
+        assert {c.member for c in cks} <= set(listed.stdout.splitlines())
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs the tar command")
+def test_a_sparse_file_from_the_tar_command_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "output"
+    src.mkdir(parents=True)
+    for name, data in coop_tree([("dtd", 1, b"x" * 100)], root="run").items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    with (src / "holes.bin").open("wb") as f:
+        f.seek(8 << 20)
+        f.write(b"end")
+    for fmt in ("gnu", "pax"):
+        archive = tmp_path / f"{fmt}.tar.gz"
+        subprocess.run(
+            ["tar", f"--format={fmt}", "-S", "-czf", str(archive), "-C", str(src.parent), "output"],
+            check=True,
+        )
+        with pytest.raises(CheckpointError) as ei:
+            _unpack(tmp_path, archive.read_bytes())
+        assert ei.value.code == "unsafe_archive" and "sparse" in ei.value.message
