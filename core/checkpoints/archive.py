@@ -271,6 +271,12 @@ class _Runs:
 # --------------------------------------------------------------------------------------------- tar
 
 
+def header_budget(limits: ArchiveLimits) -> int:
+    """What all pax and long-name headers of one tar may hold together: a few full-size ones, or 1 KiB
+    per member."""
+    return max(16 * limits.max_header_bytes, limits.max_members * 1024)
+
+
 class _Stream:
     """The tar stream: the file, decompressed in bounded steps, with the unpacked bytes and the
     unpacked/packed ratio checked as they grow."""
@@ -280,8 +286,9 @@ class _Stream:
     def __init__(self, f: IO[bytes], kind: str, limits: ArchiveLimits) -> None:
         self.f, self.kind, self.limits = f, kind, limits
         self.packed = self.unpacked = 0
-        headers = (3 * limits.max_members + 4) * (limits.max_header_bytes + 2 * _BLOCK)
-        self.cap = limits.max_unpacked_bytes + headers
+        # member data, plus a header block and padding per member and pseudo-header, plus their data
+        blocks = (3 * limits.max_members + 4) * 2 * _BLOCK
+        self.cap = limits.max_unpacked_bytes + blocks + header_budget(limits)
         self._buf = bytearray()
         self._dec: Any = None if kind == "tar" else self._decompressor()
         self._input = b""
@@ -436,7 +443,7 @@ def _unpack_tar(path: Path, kind: str, runs: _Runs) -> None:
         stream = _Stream(f, kind, lim)
         pax: dict[str, str] = {}
         long_name: str | None = None
-        headers = 0
+        headers = header_bytes = 0
         while True:
             block = stream.read(_BLOCK)
             if not block:
@@ -461,6 +468,12 @@ def _unpack_tar(path: Path, kind: str, runs: _Runs) -> None:
                     raise _refuse(
                         f"a tar {'long-name' if kind_flag in b'LK' else 'pax'} header declares {size} bytes, "
                         f"over the limit of {cap}",
+                        "header_too_large",
+                    )
+                header_bytes += size
+                if header_bytes > header_budget(lim):
+                    raise _refuse(
+                        f"the archive's pax and long-name headers hold more than {header_budget(lim)} bytes",
                         "header_too_large",
                     )
                 data = stream.read(size)

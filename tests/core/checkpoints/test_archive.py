@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_archives import HOSTILE, gz, names_with, plain_tar, tar_header
+from hostile_archives import HOSTILE, good_files, gz, names_with, pax_record, plain_tar, tar_header
 from tree_writer import coop_tree, tar_bytes, zip_bytes
 
 from mergetune.core.checkpoints.archive import ArchiveLimits, unpack_tree
@@ -223,3 +223,13 @@ def test_a_sparse_file_from_the_tar_command_is_refused(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError) as ei:
             _unpack(tmp_path, archive.read_bytes())
         assert ei.value.code == "unsafe_archive" and "sparse" in ei.value.message
+
+
+def test_pax_headers_together_are_bounded(tmp_path: Path) -> None:
+    # each pax header within the limit, but many of them before a member: their total is bounded
+    body = pax_record("comment", "c" * 60_000)
+    one = tar_header(b"././@PaxHeader", len(body), b"x") + body + bytes(-len(body) % 512)
+    data = gz(one * 200 + plain_tar(good_files()))
+    with pytest.raises(CheckpointError) as ei:
+        _unpack(tmp_path, data, ArchiveLimits(max_members=100))
+    assert ei.value.code == "header_too_large" and "headers hold more than" in ei.value.message
