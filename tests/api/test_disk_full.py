@@ -102,6 +102,18 @@ def test_full_scratch_folder_gets_507_streamed_and_declared(
     assert _checkpoint_rows(settings) == before
 
 
+def test_full_scratch_folder_gets_507_for_a_sweep_archive(make_client, auth, small_disk, ctx_and_bytes):
+    from tree_writer import coop_tree, zip_bytes
+
+    client = make_client(HOME=small_disk("sweepscratch"))
+    noise = os.urandom(3 << 20)  # incompressible: the archive is larger than the disk
+    archive = zip_bytes({**coop_tree([("tiny_a", 1, ctx_and_bytes[1])]), "output/noise.bin": noise})
+    assert len(archive) > 2 << 20
+    r = client.post("/v1/sweeps", headers=auth, files={"file": ("output.zip", archive)})
+    _assert_full(r)
+    assert client.get("/v1/sweeps", headers=auth).json()["data"] == []
+
+
 def test_full_store_gets_507_and_keeps_nothing_then_succeeds(
     make_client, settings, auth, small_disk, ctx_and_bytes
 ):
