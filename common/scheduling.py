@@ -123,3 +123,111 @@ def pick_next(s: Any, now: datetime, window: float) -> Pick:
         if job is not None:
             return Pick(job, seen)
     return Pick(None, seen)
+
+
+#: Why a queued job waits (the job object's ``queue.reason``).
+WAITING_FOR_WORKER = "waiting_for_worker"
+FAIR_SHARE = "fair_share"
+PROJECT_RUNNING_LIMIT = "project_running_limit"
+QUOTA_EXCEEDED = "quota_exceeded"
+
+#: Device seconds one job is assumed to take in :func:`queue_plan` before any job has finished.
+DEFAULT_JOB_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class QueueSpot:
+    """Where a queued job stands: its 1-based position in the order workers will take the queued jobs,
+    why it waits, and that in words."""
+
+    position: int
+    reason: str
+    message: str
+
+
+def typical_job_seconds(s: Any) -> float:
+    """The median run time of the last 20 succeeded jobs (DEFAULT_JOB_SECONDS before any)."""
+    rows = s.scalars(
+        select(Job.run_seconds)
+        .where(Job.status == JobStatus.succeeded.value, Job.run_seconds > 0)
+        .order_by(Job.finished_at.desc())
+        .limit(20)
+    ).all()
+    values = sorted(float(v) for v in rows)
+    return values[len(values) // 2] if values else DEFAULT_JOB_SECONDS
+
+
+def queue_plan(s: Any, now: datetime, window: float) -> dict[str, QueueSpot]:
+    """Every startable job's spot: the claims replayed on the current state (each start adds a typical
+    job's device time to its project, divided by the weight; a project at its running limit is passed
+    over until its running jobs would have ended). Computed once per session and moment."""
+    key = ("mergetune.queue_plan", int(now.timestamp()), window)
+    cached = s.info.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    order = fair_order(s, now, window)
+    plan: dict[str, QueueSpot] = {}
+    if not order:
+        s.info[key] = plan
+        return plan
+    ids = [pid for pid, _u, _r, _l in order]
+    weights = {
+        pid: max(float(w or 1.0), 1e-9)
+        for pid, w in s.execute(select(Project.id, Project.weight).where(Project.id.in_(ids)))
+    }
+    queues: dict[str, list[tuple[str, datetime]]] = {pid: [] for pid in ids}
+    for job_id, pid, queued_at in s.execute(
+        select(Job.id, Job.project_id, Job.queued_at)
+        .where(Job.status.in_(STARTABLE), Job.cancel_requested.is_(False))
+        .order_by(priority_rank(), Job.queued_at, Job.id)
+    ):
+        queues[pid].append((job_id, queued_at or now))
+    usage = {pid: u for pid, u, _r, _l in order}
+    running = {pid: r for pid, _u, r, _l in order}
+    limits = {pid: lim for pid, _u, _r, lim in order}
+    total_cap = 1 << 62  # no limit
+    cap = {pid: (lim if lim is not None else total_cap) for pid, _u, _r, lim in order}
+    at_limit = {pid for pid in ids if running[pid] >= cap[pid]}
+    unit = typical_job_seconds(s)
+    heads = dict.fromkeys(ids, 0)
+    placed = dict.fromkeys(ids, 0)
+    sim_running = dict(running)
+    used_now = {pid: usage[pid] * weights[pid] for pid in ids}  # device seconds, unweighted
+    position = 0
+    total = sum(len(q) for q in queues.values())
+    while position < total:
+        waiting = [pid for pid in ids if heads[pid] < len(queues[pid])]
+        free = [p for p in waiting if sim_running[p] < cap[p]]
+        if not free:  # every project left is at its limit: their running jobs end first
+            sim_running = dict.fromkeys(ids, 0)
+            continue
+        pid = min(free, key=lambda p: (usage[p], queues[p][heads[p]][1], p))
+        job_id = queues[pid][heads[pid]][0]
+        heads[pid] += 1
+        position += 1
+        others_ahead = position - 1 - placed[pid] > 0
+        placed[pid] += 1
+        if pid in at_limit:
+            reason = PROJECT_RUNNING_LIMIT
+            message = (
+                f"its project runs {running[pid]} jobs, its limit of {limits[pid]}; it starts when "
+                "one of them ends"
+            )
+        elif others_ahead:
+            reason = FAIR_SHARE
+            message = (
+                "other projects, which used less device time recently (weighted), go first; this "
+                f"project used {used_now[pid]:.0f} s in the last {window / 3600:g} h"
+            )
+        else:
+            reason = WAITING_FOR_WORKER
+            message = (
+                "next to start when a worker is free"
+                if position == 1
+                else f"starts after {position - 1} earlier job(s) of its own project, as workers free up"
+            )
+        plan[job_id] = QueueSpot(position, reason, message)
+        usage[pid] += unit / weights[pid]
+        sim_running[pid] += 1
+    s.info[key] = plan
+    return plan

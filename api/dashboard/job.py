@@ -87,10 +87,13 @@ def _event_json(event: JobEvent, seq: int | None = None) -> dict[str, Any]:
 
 
 def _queue_facts(session: Session, settings: Settings, job: Job) -> dict[str, Any]:
-    """Queue position and estimated finish, computed exactly as ``GET /v1/jobs/{id}`` does."""
+    """Queue position, why the job waits and estimated finish, computed exactly as ``GET /v1/jobs/{id}``
+    does."""
     read = job_service.job_read(session, settings, job)
     return {
         "queue_position": read.queue_position,
+        "queue_reason": read.queue.reason if read.queue else None,
+        "queue_message": read.queue.message if read.queue else "",
         "estimated_finish": fmt_time(read.estimated_finish) if read.estimated_finish else "—",
     }
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from mergetune.api.errors import Conflict, NotFound, Unprocessable, from_pydantic
-from mergetune.api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress
+from mergetune.api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress, QueueInfo
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.common import repositories as repo
 from mergetune.common.models import (
@@ -25,6 +25,7 @@ from mergetune.common.models import (
     utcnow,
 )
 from mergetune.common.queue import enqueue_job
+from mergetune.common.scheduling import queue_plan
 from mergetune.common.settings import Settings
 from mergetune.core.checkpoints.mma_layout import AdapterLayout
 from mergetune.core.checkpoints.weights import PARAM as WEIGHTS_PARAM
@@ -449,7 +450,10 @@ def _estimate(session: Session, settings: Settings, job: Job, position: int | No
 
 
 def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
-    position = repo.queue_position(session, job)
+    spot = None
+    if job.status in (JobStatus.queued, JobStatus.validating) and not job.cancel_requested:
+        spot = queue_plan(session, utcnow(), settings.FAIR_SHARE_WINDOW).get(job.id)
+    position = spot.position if spot is not None else repo.queue_position(session, job)
     return JobRead(
         id=job.id,
         status=job.status,
@@ -469,6 +473,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         cancel_requested=job.cancel_requested,
         priority=job.priority or "normal",
         queue_position=position,
+        queue=QueueInfo(position=spot.position, reason=spot.reason, message=spot.message) if spot else None,
         created_at=job.created_at,
         queued_at=job.queued_at,
         started_at=job.started_at,
