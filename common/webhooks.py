@@ -154,15 +154,6 @@ def _error(e: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _optional(row: Job | Sweep, out: dict[str, Any], *names: str) -> dict[str, Any]:
-    """Columns that not every revision of the schema has (``priority``): echoed where the row has them."""
-    for name in names:
-        value = getattr(row, name, None)
-        if value is not None:
-            out[name] = value
-    return out
-
-
 def job_object(job: Job) -> dict[str, Any]:
     """The job as ``GET /v1/jobs/{id}`` answers it once finished (no queue position, no estimate).
     Mirrors ``mergetune.api.services.jobs.job_read`` (which this package may not import);
@@ -185,6 +176,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "verdict": job.verdict,
         "error": _error(job.error),
         "cancel_requested": bool(job.cancel_requested),
+        "priority": job.priority or "normal",
         "queue_position": None,
         "created_at": _ts(job.created_at),
         "queued_at": _ts(job.queued_at),
@@ -194,7 +186,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "tags": [str(t) for t in job.tags or []],
         "notes": job.notes,
     }
-    return _optional(job, out, "priority")
+    return out
 
 
 def _index(job: Job) -> tuple[int, int]:
@@ -241,9 +233,10 @@ def sweep_object(sweep: Sweep, jobs: Sequence[Job]) -> dict[str, Any]:
         "progress": {"jobs": len(jobs), **counts, "fraction": 1.0 if jobs else 0.0},
         "source": sweep.source,
         "cancel_requested": bool(sweep.cancel_requested),
+        "priority": sweep.priority or "normal",
         "created_at": _ts(sweep.created_at),
     }
-    return _optional(sweep, out, "priority")
+    return out
 
 
 def event_body(event_type: str, data: dict[str, Any], at: datetime) -> str:
