@@ -177,6 +177,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "error": _error(job.error),
         "cancel_requested": bool(job.cancel_requested),
         "priority": job.priority or "normal",
+        "queue": None,
         "queue_position": None,
         "created_at": _ts(job.created_at),
         "queued_at": _ts(job.queued_at),
