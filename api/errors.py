@@ -149,6 +149,15 @@ def database_unavailable() -> JSONResponse:
     )
 
 
+def database_disk_full(exc: BaseException) -> bool:
+    """The database refused a write for want of disk: Postgres' ``disk_full`` (SQLSTATE 53100) or
+    SQLite's "database or disk is full" (the embedded mode keeps its database under HOME)."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "53100":
+        return True
+    return "database or disk is full" in str(orig if orig is not None else exc) or is_storage_full(orig)
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` entries documenting the error body for each status code."""
     return {c: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(c, "Error")} for c in codes}
@@ -233,6 +242,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         # Handled here (not by the catch-all below, which ends the connection): the client keeps its
         # connection and may retry on it.
+        if database_disk_full(exc):  # the database's own disk: as temporary as the store's
+            log.warning("database disk full: %s", str(exc).splitlines()[0][:200])
+            full = storage_full(param=None)
+            return error_json(full.status_code, full.code, full.message, None, headers=full.headers)
         if is_unavailable(exc):
             log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200])
             return database_unavailable()

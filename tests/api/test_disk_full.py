@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_support import upload
+from api_support import new_token, upload
 
 from mergetune.common.db import session_scope
 from mergetune.common.models import Checkpoint
@@ -151,3 +151,22 @@ def test_readyz_reports_low_storage(make_client, settings, small_disk):
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["checks"]["storage"] == "ok"
+
+
+def test_embedded_database_on_a_full_disk_gets_507(make_client, small_disk, caplog):
+    """The embedded mode keeps SQLite under HOME: a write its disk refuses is 507 too, not a 500."""
+    from mergetune.common.db import upgrade_head
+    from mergetune.common.models import new_id
+
+    home = small_disk("embedded", size="4m")
+    db = f"sqlite:///{home / 'mergetune.db'}"
+    upgrade_head(db)
+    client = make_client(HOME=home, DATABASE_URL=db)
+    auth = {"Authorization": f"Bearer {new_token(db)}"}
+    body = {"name": "d", "kind": "builtin", "options": {"num_classes": 4}}
+    assert client.post("/v1/datasets", headers=auth, json=body).status_code == 201
+    fill(home, leave=0)
+    caplog.set_level("WARNING", logger="mergetune.api.errors")
+    r = client.post("/v1/datasets", headers=auth, json={**body, "name": new_id("d")})
+    _assert_full(r)
+    assert "database disk full" in caplog.text
