@@ -13,6 +13,9 @@
   seen in the last ``WORKER_SEEN_SECONDS`` (from the heartbeat table).
 - ``mergetune_recovered_hm``: histogram of the recovered HM (%) of succeeded jobs (latest
   ``DURATION_WINDOW``), from the database.
+- ``mergetune_project_device_seconds_total{project}`` (device time of training, from the usage
+  ledger), ``mergetune_project_jobs_total{project}`` (jobs created) and
+  ``mergetune_project_stored_bytes{project}`` (checkpoints and artifacts kept), by project name.
 - ``mergetune_upload_bytes_total``: bytes of checkpoint uploads received by this process.
 - ``mergetune_http_request_duration_seconds{method,route,status}``: request latency.
 """
@@ -29,12 +32,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mergetune.common import repositories as repo
+from mergetune.common import usage
 from mergetune.common.db import get_sessionmaker
-from mergetune.common.models import TERMINAL_STATUSES, Job
+from mergetune.common.models import TERMINAL_STATUSES, Job, Project
 from mergetune.core.evaluation.result import WARNING_CODES
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,7 @@ class _DatabaseCollector(Collector):
                     (w.hostname, max(0.0, (now - w.last_seen).total_seconds()), w.current_job_id is not None)
                     for w in repo.live_workers(session, now - timedelta(seconds=WORKER_SEEN_SECONDS))
                 ]
+                usage = _project_usage(session)
             finally:
                 session.close()
         except Exception:  # a scrape must not fail because the DB blinked
@@ -136,7 +141,27 @@ class _DatabaseCollector(Collector):
         hm_buckets = [(str(b), sum(1 for v in hms if v <= b)) for b in HM_BUCKETS]
         hm_buckets.append(("+Inf", len(hms)))
         hm.add_metric([], hm_buckets, sum(hms))
-        return [jobs, depth, duration, warnings, live, age, busy, hm]
+        return [jobs, depth, duration, warnings, live, age, busy, hm, *usage]
+
+
+def _project_usage(session: Any) -> list[Any]:
+    """Per project (labelled by name): device seconds used and jobs created (counters), bytes kept in
+    the store (gauge)."""
+    names = dict(session.execute(select(Project.id, Project.name)).all())
+    device = CounterMetricFamily(
+        "mergetune_project_device_seconds", "Device seconds of training, by project", labels=["project"]
+    )
+    for pid, seconds in sorted(usage.device_seconds(session).items()):
+        device.add_metric([names.get(pid, pid)], seconds)
+    created = CounterMetricFamily("mergetune_project_jobs", "Jobs created, by project", labels=["project"])
+    for pid, n in session.execute(select(Job.project_id, func.count()).group_by(Job.project_id)).all():
+        created.add_metric([names.get(pid, pid)], int(n))
+    stored = GaugeMetricFamily(
+        "mergetune_project_stored_bytes", "Bytes kept in the artifact store, by project", labels=["project"]
+    )
+    for pid, b in sorted(usage.stored_bytes(session).items()):
+        stored.add_metric([names.get(pid, pid)], b["total"])
+    return [device, created, stored]
 
 
 class Metrics:

@@ -187,6 +187,29 @@ class QueueInfo(BaseModel):
     message: str
 
 
+class UsageDay(BaseModel):
+    day: str = Field(description="YYYY-MM-DD (UTC)")
+    device_seconds: float
+    jobs_created: int
+    jobs_finished: int
+    bytes_added: int = Field(description="checkpoints uploaded and artifacts written that day")
+
+
+class StoredBytes(BaseModel):
+    checkpoints: int
+    artifacts: int
+    total: int
+
+
+class UsageRead(BaseModel):
+    object: str = "usage"
+    project_id: str
+    device_seconds: float = Field(description="training time on the workers' devices, all time")
+    jobs: int
+    stored_bytes: StoredBytes = Field(description="what the project keeps in the artifact store now")
+    days: list[UsageDay] = Field(description="oldest first, today last")
+
+
 class JobRead(BaseModel):
     id: str
     object: str = "job"
@@ -207,6 +230,7 @@ class JobRead(BaseModel):
     error: JobError | None = None
     cancel_requested: bool = False
     priority: str = "normal"
+    device_seconds: float = 0.0
     queue_position: int | None = None
     queue: QueueInfo | None = None
     created_at: datetime

@@ -235,6 +235,8 @@ class Job(Base):
     #: Start of the current attempt, and the run time of the earlier ones (reports count all attempts).
     attempt_started_at: Mapped[datetime | None] = mapped_column(default=None)
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Seconds the worker's device (GPU, or CPU) spent training this job, all attempts (usage).
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
     #: Labels and notes people give a job (PATCH /v1/jobs/{id}, the dashboard); not used by the run.
@@ -309,6 +311,21 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None)
     resource_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceUsage(Base):
+    """Device time used, one row per measurement (a job's training in one attempt), by UTC day: the
+    usage ledger (``GET /v1/usage``, the daily device-time quota). Kept when the job is deleted."""
+
+    __tablename__ = "device_usage"
+    __table_args__ = (Index("ix_device_usage_project_id_day", "project_id", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(String(40))
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD (UTC)
+    seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

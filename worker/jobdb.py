@@ -38,6 +38,7 @@ from mergetune.common.models import (
     TERMINAL_STATUSES,
     Artifact,
     Dataset,
+    DeviceUsage,
     Job,
     JobEvent,
     JobStatus,
@@ -683,3 +684,24 @@ def storage_full_since(url: str, job_id: str) -> datetime | None:
         except ValueError:
             return None
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=utcnow().tzinfo)
+
+
+@retrying
+def add_device_seconds(url: str, job_id: str, seconds: float, *, now: datetime | None = None) -> None:
+    """Count ``seconds`` of device time (training, one attempt) to the job and the usage ledger."""
+    now = now or utcnow()
+    seconds = max(0.0, float(seconds))
+    with session_scope(url) as s:
+        project_id = s.scalar(select(Job.project_id).where(Job.id == job_id))
+        if project_id is None:
+            return
+        s.execute(update(Job).where(Job.id == job_id).values(device_seconds=Job.device_seconds + seconds))
+        s.add(
+            DeviceUsage(
+                project_id=project_id,
+                job_id=job_id,
+                day=now.date().isoformat(),
+                seconds=seconds,
+                created_at=now,
+            )
+        )

@@ -472,6 +472,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         error=JobError.model_validate(job.error) if job.error else None,
         cancel_requested=job.cancel_requested,
         priority=job.priority or "normal",
+        device_seconds=round(float(job.device_seconds or 0.0), 3),
         queue_position=position,
         queue=QueueInfo(position=spot.position, reason=spot.reason, message=spot.message) if spot else None,
         created_at=job.created_at,

@@ -222,6 +222,22 @@ def _run(run: JobRun) -> str:
         stage_report,
     ):
         jobdb.stamp(run.url, run.job_id, run.hostname)
-        stage(run)
+        if stage is stage_train:
+            _measured(run, stage)
+        else:
+            stage(run)
     jobdb.stamp(run.url, run.job_id, run.hostname)
     return stage_finish(run)
+
+
+def _measured(run: JobRun, stage: Any) -> None:
+    """Run the training stage and count its wall time on this worker's device as the job's device
+    time (usage), also when it stops early (cancelled, failed); not when the database is gone."""
+    t = time.monotonic()
+    try:
+        stage(run)
+    except BaseException as exc:
+        if not is_unavailable(exc):
+            jobdb.add_device_seconds(run.url, run.job_id, time.monotonic() - t)
+        raise
+    jobdb.add_device_seconds(run.url, run.job_id, time.monotonic() - t)
