@@ -25,12 +25,26 @@ from mergetune.api.dashboard import (
     overview,
     render,
     sweeps,
+    usage,
     webhooks,
 )
 
 router = APIRouter(include_in_schema=False)
 # In matching order: /jobs/new (new_job) must come before /jobs/{job_id} (job).
-for _page in (login, jobs, overview, new_job, job, compare, checkpoints, datasets, sweeps, webhooks, render):
+for _page in (
+    login,
+    jobs,
+    overview,
+    new_job,
+    job,
+    compare,
+    checkpoints,
+    datasets,
+    sweeps,
+    usage,
+    webhooks,
+    render,
+):
     router.include_router(_page.router)
 
 __all__ = ["router"]
