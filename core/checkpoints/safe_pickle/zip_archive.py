@@ -36,6 +36,14 @@ def _fold(name: str) -> str:
     return name.translate(_ASCII_FOLD)
 
 
+def _raw_name(info: zipfile.ZipInfo) -> str:
+    """The member's name as its bytes read in UTF-8, as torch's reader compares them (zipfile decodes a
+    name without the UTF-8 flag as cp437; undecodable bytes are kept apart, never merged)."""
+    if info.flag_bits & 0x800:
+        return info.orig_filename
+    return info.orig_filename.encode("cp437").decode("utf-8", "surrogateescape")
+
+
 class TorchZipFile:
     """A zip-format ``torch.save`` file opened for reading (validated member names, lazy storages)."""
 
@@ -82,7 +90,7 @@ class TorchZipFile:
                 raise _bad(
                     f"archive member {name!r} escapes the archive (path traversal); not a torch checkpoint"
                 )
-            key = _fold(name)
+            key = _fold(_raw_name(info))
             if key in self._infos:
                 other = self._infos[key].filename
                 raise _bad(
@@ -96,6 +104,8 @@ class TorchZipFile:
         if "/" not in first:
             raise _bad("zip file without an <archive>/ folder: not a torch checkpoint")
         self.prefix = first[: first.index("/") + 1]
+        raw_first = _raw_name(infos[0])
+        self._raw_prefix = raw_first[: raw_first.index("/") + 1]
         pkl = self._member("data.pkl")
         if pkl is None:
             raise _bad("zip file without <archive>/data.pkl: not a torch checkpoint")
@@ -156,7 +166,7 @@ class TorchZipFile:
 
     def _member(self, record: str) -> zipfile.ZipInfo | None:
         """The member ``<archive>/<record>``, found as torch finds it (ASCII case ignored)."""
-        return self._infos.get(_fold(self.prefix + record))
+        return self._infos.get(_fold(self._raw_prefix + record))
 
     def _check_local_header(self, info: zipfile.ZipInfo) -> None:
         """A member's local header as torch's zip reader checks it before reading the member."""
