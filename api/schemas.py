@@ -109,6 +109,10 @@ class DatasetList(ListResponse[DatasetRead]):
 MAX_EVAL_DATASETS = 16
 
 
+#: The longest deadline a job may have (30 days).
+MAX_RUNTIME_SECONDS = 30 * 86400
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,6 +149,19 @@ class JobCreate(BaseModel):
         default=Priority.normal,
         description="low | normal | high: order among the project's queued jobs (then oldest first); "
         "between projects, fair share decides",
+    )
+    max_runtime_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RUNTIME_SECONDS,
+        description="Deadline: after this much run time (all attempts) the job stops at its next step, "
+        "keeps its last epoch state and ends timed_out (default: the project's, else none)",
+    )
+    resume_from: str | None = Field(
+        default=None,
+        max_length=40,
+        description="A timed_out job of the project with the same checkpoint, dataset, backbone and "
+        "hyperparameters: this job starts from its last epoch state",
     )
 
     @field_validator("metadata")
@@ -231,6 +248,8 @@ class JobRead(BaseModel):
     cancel_requested: bool = False
     priority: str = "normal"
     device_seconds: float = 0.0
+    max_runtime_seconds: int | None = None
+    resume_from: str | None = None
     queue_position: int | None = None
     queue: QueueInfo | None = None
     created_at: datetime

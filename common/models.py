@@ -80,9 +80,13 @@ class JobStatus(StrEnum):
     failed = "failed"
     cancelling = "cancelling"
     cancelled = "cancelled"
+    #: Stopped at its ``max_runtime_seconds``; its last epoch state is kept (a clone resumes from it).
+    timed_out = "timed_out"
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.timed_out}
+)
 ACTIVE_STATUSES = frozenset({JobStatus.running, JobStatus.evaluating, JobStatus.cancelling})
 
 
@@ -120,6 +124,8 @@ class Project(Base):
     #: run at once (None: no limit).
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     max_running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: ``max_runtime_seconds`` of the project's jobs that do not give one (None: no deadline).
+    default_max_runtime_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiToken(Base):
@@ -237,6 +243,10 @@ class Job(Base):
     run_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: Seconds the worker's device (GPU, or CPU) spent training this job, all attempts (usage).
     device_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Deadline: the job's run time (all attempts) after which it stops and ends ``timed_out``.
+    max_runtime_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: A timed-out job of the project whose last epoch state this job starts from.
+    resume_from_job_id: Mapped[str | None] = mapped_column(String(40), default=None)
     #: The sweep this job is a cell (x grid point) of; None for jobs created on their own.
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), index=True, default=None)
     #: Labels and notes people give a job (PATCH /v1/jobs/{id}, the dashboard); not used by the run.

@@ -17,12 +17,12 @@ app = typer.Typer(name="project", help="projects: fair-share weight and running 
 
 
 def parse_limit(text: str) -> int:
-    """A running limit: a whole number >= 1, or ``none`` (no limit: stored as 0 here, None in the row)."""
+    """A limit (running jobs, seconds): a whole number >= 1, or ``none`` (no limit: 0 here, None in the row)."""
     raw = text.strip().lower()
     if raw in ("none", "off", "unlimited"):
         return 0
     if not raw.isdigit() or int(raw) < 1:
-        raise typer.BadParameter(f"{text!r} is not a running limit: use a whole number >= 1 or none")
+        raise typer.BadParameter(f"{text!r} is not a limit: use a whole number >= 1 or none")
     return int(raw)
 
 
@@ -32,6 +32,7 @@ def _row(p: Any, running: int, queued: int) -> dict[str, Any]:
         "name": p.name,
         "weight": p.weight,
         "max_running_jobs": p.max_running_jobs,
+        "default_max_runtime_seconds": p.default_max_runtime_seconds,
         "running": running,
         "queued": queued,
     }
@@ -99,6 +100,14 @@ def set_(
             parser=parse_limit, metavar="N|none", help="at most N of its jobs run at once; none: no limit"
         ),
     ] = None,
+    max_runtime: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_limit,
+            metavar="SECONDS|none",
+            help="max_runtime_seconds of its jobs that give none; none: no deadline",
+        ),
+    ] = None,
 ) -> None:
     """Set a project's fair-share weight and/or running limit; prints the project as JSON."""
     from sqlalchemy import or_, select
@@ -106,8 +115,10 @@ def set_(
     from mergetune.common.db import session_scope
     from mergetune.common.models import Project
 
-    if weight is None and max_running is None:
-        raise UserError("nothing to set: give --weight and/or --max-running")
+    if weight is None and max_running is None and max_runtime is None:
+        raise UserError("nothing to set: give --weight, --max-running or --max-runtime")
+    if max_runtime is not None and max_runtime > 30 * 86400:
+        raise UserError(f"--max-runtime must be at most 2592000 s (30 days), not {max_runtime}")
     if weight is not None and not (0 < weight <= 1e6):
         raise UserError(f"--weight must be > 0 and <= 1000000, not {weight:g}")
     settings = open_token_db(load_settings())
@@ -119,10 +130,15 @@ def set_(
             p.weight = float(weight)
         if max_running is not None:
             p.max_running_jobs = max_running or None
+        if max_runtime is not None:
+            p.default_max_runtime_seconds = max_runtime or None
         s.flush()
         running, queued = _counts(s)
         row = _row(p, running.get(p.id, 0), queued.get(p.id, 0))
-    say(f"project {row['name']}: weight {row['weight']:g}, running limit {row['max_running_jobs'] or 'none'}")
+    say(
+        f"project {row['name']}: weight {row['weight']:g}, running limit {row['max_running_jobs'] or 'none'}, "
+        f"default max runtime {row['default_max_runtime_seconds'] or 'none'}"
+    )
     print_json(row)
 
 

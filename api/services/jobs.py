@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mergetune.api.errors import Conflict, NotFound, Unprocessable, from_pydantic
@@ -21,6 +22,7 @@ from mergetune.common.models import (
     Job,
     JobStatus,
     JobType,
+    Project,
     new_id,
     utcnow,
 )
@@ -103,6 +105,9 @@ def create_job(
         del payload["prompt"]
     if payload["priority"] == "normal":
         del payload["priority"]  # the default: bodies that do not name it keep their old hash
+    for absent in ("max_runtime_seconds", "resume_from"):
+        if payload[absent] is None:
+            del payload[absent]
     req_hash = request_hash(ENDPOINT, payload)
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
@@ -226,12 +231,56 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         metadata_=dict(body.metadata),
         eval_dataset_ids=eval_ids or None,
         priority=body.priority.value,
+        max_runtime_seconds=_max_runtime(session, project_id, body),
+        resume_from_job_id=_resume_source(session, project_id, body, hp.model_dump(mode="json")),
         status=JobStatus.queued.value,
         created_at=now,
         queued_at=now,
         updated_at=now,
     )
     return job
+
+
+def _max_runtime(session: Session, project_id: str, body: JobCreate) -> int | None:
+    """The job's deadline: the body's, else the project's default, else none."""
+    if body.max_runtime_seconds is not None:
+        return body.max_runtime_seconds
+    return session.scalar(select(Project.default_max_runtime_seconds).where(Project.id == project_id))
+
+
+def _resume_source(session: Session, project_id: str, body: JobCreate, hp: dict[str, Any]) -> str | None:
+    """The timed-out job ``resume_from`` names, checked to be one this job can continue: refused with
+    422 on ``resume_from`` otherwise (404 when the project has no such job)."""
+    if body.resume_from is None:
+        return None
+    src = repo.get_job(session, project_id, body.resume_from)
+    if src is None:
+        raise NotFound(f"job {body.resume_from!r} not found", param="resume_from")
+    if src.status != JobStatus.timed_out.value:
+        raise Unprocessable(
+            f"job {src.id} is {src.status}; only a timed_out job's epoch state can be resumed from",
+            code="not_resumable",
+            param="resume_from",
+        )
+    differs = [
+        name
+        for name, mine, theirs in (
+            ("checkpoint_id", body.checkpoint_id, src.checkpoint_id),
+            ("dataset_id", body.dataset_id, src.dataset_id),
+            ("backbone", body.backbone.model_dump(mode="json"), src.backbone),
+            ("protocol", body.protocol.value, src.protocol),
+            ("hyperparameters", hp, src.hyperparameters),
+        )
+        if mine != theirs
+    ]
+    if differs:
+        raise Unprocessable(
+            f"job {src.id} ran with another {differs[0]}; a resumed job must use the same checkpoint, "
+            "dataset, backbone, protocol and hyperparameters",
+            code="not_resumable",
+            param="resume_from",
+        )
+    return src.id
 
 
 #: A worker whose heartbeat is older than this is dead (mergetune.worker.jobdb.STALE_AFTER) and vouches for no weights.
@@ -473,6 +522,8 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         cancel_requested=job.cancel_requested,
         priority=job.priority or "normal",
         device_seconds=round(float(job.device_seconds or 0.0), 3),
+        max_runtime_seconds=job.max_runtime_seconds,
+        resume_from=job.resume_from_job_id,
         queue_position=position,
         queue=QueueInfo(position=spot.position, reason=spot.reason, message=spot.message) if spot else None,
         created_at=job.created_at,

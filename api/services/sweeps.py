@@ -470,7 +470,10 @@ def sweep_read(session: Session, sweep: Sweep, jobs: list[Job] | None = None) ->
     for j in jobs:
         s = JobStatus(j.status)
         key = "queued" if s in (JobStatus.queued, JobStatus.validating) else "running"
-        counts[s.value if s in TERMINAL_STATUSES else key] += 1
+        if s == JobStatus.timed_out:
+            counts["failed"] += 1  # stopped at its deadline: it did not finish
+        else:
+            counts[s.value if s in TERMINAL_STATUSES else key] += 1
     spec = sweep.spec
     return SweepRead(
         id=sweep.id,

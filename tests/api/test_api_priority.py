@@ -79,7 +79,9 @@ def test_operator_sets_a_projects_weight_and_running_limit(env_settings, client,
     assert main(["project", "set", "team-a", "--weight", "0"]) != 0
     assert "--weight must be > 0" in capsys.readouterr().err
     assert main(["project", "set", "team-a", "--max-running", "0"]) != 0
-    assert "running limit" in capsys.readouterr().err
+    assert "is not a limit" in capsys.readouterr().err
+    assert main(["project", "set", "team-a", "--max-runtime", "3600"]) == 0
+    assert json.loads(capsys.readouterr().out)["default_max_runtime_seconds"] == 3600
     assert main(["project", "set", "nobody", "--weight", "1"]) != 0
     assert "no project named 'nobody'" in capsys.readouterr().err
     with session_scope(env_settings.DATABASE_URL) as s:

@@ -94,8 +94,9 @@ def _run_claimed(
     logger.info("job %s: running on %s (attempt %d)", job_id, hostname, claim.attempt)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"mergetune-{job_id}-"))
+    run = JobRun(job_id, settings, hostname, store, device, claim, work, t0)
     try:
-        return _run(JobRun(job_id, settings, hostname, store, device, claim, work, t0))
+        return _run(run)
     except BaseException as exc:
         from mergetune.core.errors import Cancelled
 
@@ -106,6 +107,8 @@ def _run_claimed(
             logger.error("job %s: database unavailable; handing the job back: %s", job_id, exc)
             jobdb.HANDED_BACK[job_id] = claim.attempt  # the heartbeat thread releases it when it can
             raise
+        if isinstance(exc, Cancelled) and run.cb is not None and run.cb.timed_out:
+            return _timed_out(run)
         if isinstance(exc, Cancelled):
             # finish_job refuses (False) when another node owns the job now: then leave its files alone.
             if not jobdb.finish_job(
@@ -139,6 +142,34 @@ def _run_claimed(
         return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _timed_out(run: JobRun) -> str:
+    """The job reached its ``max_runtime_seconds``: end it ``timed_out``, keeping its last epoch state
+    (``jobs/<id>/state/epoch.pt``) for a clone to resume from (``resume_from``)."""
+    limit = int(run.job.get("max_runtime_seconds") or 0)
+    total = run.claim.previous_seconds + (time.monotonic() - run.t0)
+    saved = run.cb.saved_epoch if run.cb is not None else 0
+    kept = f"its epoch {saved} state is kept" if saved else "no epoch had finished, so no state is kept"
+    message = (
+        f"Job timed out: its run time reached max_runtime_seconds ({limit} s) after {total:.1f} s; "
+        f"{kept} (POST /v1/jobs with resume_from continues from it)"
+    )
+    ok = jobdb.finish_job(
+        run.url,
+        run.job_id,
+        run.hostname,
+        JobStatus.timed_out,
+        message=message,
+        error={"code": "timed_out", "message": message, "user_error": True},
+        level="warning",
+        attempt=run.claim.attempt,
+        run_seconds=total,
+    )
+    if not ok:
+        return "skipped: lost ownership"
+    logger.info("job %s timed out after %.1f s (limit %d s)", run.job_id, total, limit)
+    return "timed_out"
 
 
 class StorageFull(Exception):

@@ -32,9 +32,16 @@ class JobCallbacks:
         clock: Any = time.monotonic,
         hostname: str | None = None,
         attempt: int | None = None,
+        deadline: float | None = None,
     ):
         self.url, self.job_id, self.store, self.epochs, self.clock = url, job_id, store, epochs, clock
         self.hostname, self.attempt = hostname, attempt
+        #: A ``clock`` value: the job's max_runtime_seconds is reached then; should_stop says stop and
+        #: ``timed_out`` is set (the pipeline ends the job ``timed_out``).
+        self.deadline = deadline
+        self.timed_out = False
+        #: The last epoch whose state this run stored (0: none yet).
+        self.saved_epoch = 0
         #: Set when another node took the job over (this node was presumed dead): stop without touching it.
         self.lost_ownership = False
         self._last_progress = float("-inf")
@@ -67,6 +74,9 @@ class JobCallbacks:
         if self._cancel:
             return True
         now = self.clock()
+        if self.deadline is not None and now >= self.deadline:
+            self.timed_out = self._cancel = True
+            return True
         if now - self._last_cancel_check >= CANCEL_CHECK_EVERY:
             self._last_cancel_check = now
             self.cancel_reads += 1
@@ -89,6 +99,7 @@ class JobCallbacks:
             path = Path(tmp) / "epoch.pt"
             torch.save(state, path)
             self.store.put_file(state_key(self.job_id), path)
+        self.saved_epoch = epoch
         if self.progress:
             jobdb.write_progress(self.url, self.job_id, self.progress, self.hostname)
         jobdb.add_event(
@@ -159,6 +170,19 @@ def stage_train(run: JobRun) -> None:
 
     url, job_id, hp, claim = run.url, run.job_id, run.hp, run.claim
     resume_state = _load_resume_state(run.store, job_id) if claim.resumed else None
+    source = run.job.get("resume_from_job_id")
+    if resume_state is None and source:
+        # a clone of a timed-out job: start from its last epoch state, stored under this job from now on
+        resume_state = _load_resume_state(run.store, source)
+        if resume_state is not None:
+            jobdb.add_event(
+                url,
+                job_id,
+                "resume",
+                f"Starting from epoch {int(resume_state.get('epoch', 0))} of job {source} (timed out)",
+                epoch=int(resume_state.get("epoch", 0)),
+                source_job=source,
+            )
     run.resumed_from = int(resume_state.get("epoch", 0)) if resume_state else 0
     if resume_state:
         _backfill_epoch_events(url, job_id, resume_state, hp.epochs)
@@ -172,9 +196,18 @@ def stage_train(run: JobRun) -> None:
             else "No saved epoch state; starting over",
             epoch=run.resumed_from,
         )
+    limit = run.job.get("max_runtime_seconds")
     cb = run.cb = JobCallbacks(
-        url, job_id, run.store, hp.epochs, hostname=run.hostname, attempt=claim.attempt
+        url,
+        job_id,
+        run.store,
+        hp.epochs,
+        hostname=run.hostname,
+        attempt=claim.attempt,
+        deadline=run.t0 + float(limit) - claim.previous_seconds if limit else None,
     )
+    if claim.resumed and resume_state is not None:
+        cb.saved_epoch = run.resumed_from  # its own state, kept if it times out before a new epoch
     if cb.should_stop():
         raise Cancelled("cancelled before training started")
 
@@ -208,6 +241,7 @@ def stage_evaluate(run: JobRun) -> None:
 
     cb = run.cb
     assert cb is not None
+    cb.deadline = None  # the deadline bounds the training; its results are evaluated and kept
     cb._last_cancel_check = float("-inf")
     if cb.should_stop():
         raise Cancelled("cancelled after training")
