@@ -113,6 +113,23 @@ MAX_EVAL_DATASETS = 16
 MAX_RUNTIME_SECONDS = 30 * 86400
 
 
+class MlflowTarget(BaseModel):
+    """Where a job logs its MLflow run (overrides the project's, set with ``mergetune project set``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str = Field(min_length=1, max_length=1024, description="http(s) URL of the tracking server")
+    experiment: str = Field(default="mergetune", min_length=1, max_length=255)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        v = v.strip()
+        if not v.startswith(("http://", "https://")) or len(v) <= len("https://"):
+            raise ValueError("must be an http:// or https:// URL of an MLflow tracking server")
+        return v.rstrip("/")
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -149,6 +166,9 @@ class JobCreate(BaseModel):
         default=Priority.normal,
         description="low | normal | high: order among the project's queued jobs (then oldest first); "
         "between projects, fair share decides",
+    )
+    mlflow: MlflowTarget | None = Field(
+        default=None, description="MLflow tracking server and experiment of this job (default: the project's)"
     )
     max_runtime_seconds: int | None = Field(
         default=None,
@@ -252,6 +272,10 @@ class JobRead(BaseModel):
     resume_from: str | None = None
     queue_position: int | None = None
     queue: QueueInfo | None = None
+    mlflow: dict[str, Any] | None = Field(
+        default=None,
+        description="MLflow: tracking_uri and experiment; once the run exists experiment_id, run_id, run_url",
+    )
     created_at: datetime
     queued_at: datetime | None = None
     started_at: datetime | None = None

@@ -124,6 +124,10 @@ class Project(Base):
     #: run at once (None: no limit).
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     max_running_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: MLflow tracking (operator-set, ``mergetune project set``): where this project's jobs log their
+    #: runs (None: nowhere), unless a job names its own.
+    mlflow_tracking_uri: Mapped[str | None] = mapped_column(String(1024), default=None)
+    mlflow_experiment: Mapped[str | None] = mapped_column(String(255), default=None)
     #: ``max_runtime_seconds`` of the project's jobs that do not give one (None: no deadline).
     default_max_runtime_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
 
@@ -252,6 +256,9 @@ class Job(Base):
     #: Labels and notes people give a job (PATCH /v1/jobs/{id}, the dashboard); not used by the run.
     tags: Mapped[list[Any] | None] = mapped_column(default=None)
     notes: Mapped[str | None] = mapped_column(Text, default=None)
+    #: MLflow: {tracking_uri, experiment} resolved at creation (the job's or its project's), then the
+    #: worker adds {experiment_id, run_id, run_url}; None: the job logs to no tracking server.
+    mlflow: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     checkpoint: Mapped[Checkpoint] = relationship(lazy="select")
     dataset: Mapped[Dataset] = relationship(lazy="select")

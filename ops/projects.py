@@ -26,12 +26,26 @@ def parse_limit(text: str) -> int:
     return int(raw)
 
 
+def _mlflow_uri(text: str | None) -> str | None:
+    """``--mlflow-tracking-uri``: None (not given), "" (none: no tracking) or an http(s) URL."""
+    if text is None:
+        return None
+    raw = text.strip()
+    if raw.lower() == "none":
+        return ""
+    if not raw.startswith(("http://", "https://")) or len(raw) <= len("https://") or len(raw) > 1024:
+        raise UserError(f"--mlflow-tracking-uri must be an http:// or https:// URL or none, not {text!r}")
+    return raw.rstrip("/")
+
+
 def _row(p: Any, running: int, queued: int) -> dict[str, Any]:
     return {
         "id": p.id,
         "name": p.name,
         "weight": p.weight,
         "max_running_jobs": p.max_running_jobs,
+        "mlflow_tracking_uri": p.mlflow_tracking_uri,
+        "mlflow_experiment": p.mlflow_experiment,
         "default_max_runtime_seconds": p.default_max_runtime_seconds,
         "running": running,
         "queued": queued,
@@ -108,15 +122,35 @@ def set_(
             help="max_runtime_seconds of its jobs that give none; none: no deadline",
         ),
     ] = None,
+    mlflow_tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL|none",
+            help="MLflow tracking server its jobs log their runs to (a job's own mlflow overrides it); none: no tracking",
+        ),
+    ] = None,
+    mlflow_experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment of its jobs' runs (default mergetune)")
+    ] = None,
 ) -> None:
-    """Set a project's fair-share weight and/or running limit; prints the project as JSON."""
+    """Set a project's fair-share weight, running limit and/or MLflow tracking; prints the project as JSON."""
     from sqlalchemy import or_, select
 
     from mergetune.common.db import session_scope
     from mergetune.common.models import Project
 
-    if weight is None and max_running is None and max_runtime is None:
-        raise UserError("nothing to set: give --weight, --max-running or --max-runtime")
+    if (
+        weight is None
+        and max_running is None
+        and max_runtime is None
+        and not (mlflow_tracking_uri or mlflow_experiment)
+    ):
+        raise UserError(
+            "nothing to set: give --weight, --max-running, --max-runtime or --mlflow-tracking-uri"
+        )
+    uri = _mlflow_uri(mlflow_tracking_uri)
+    if mlflow_experiment is not None and not (0 < len(mlflow_experiment.strip()) <= 255):
+        raise UserError("--mlflow-experiment must be 1 to 255 characters")
     if max_runtime is not None and max_runtime > 30 * 86400:
         raise UserError(f"--max-runtime must be at most 2592000 s (30 days), not {max_runtime}")
     if weight is not None and not (0 < weight <= 1e6):
@@ -132,6 +166,10 @@ def set_(
             p.max_running_jobs = max_running or None
         if max_runtime is not None:
             p.default_max_runtime_seconds = max_runtime or None
+        if uri is not None:
+            p.mlflow_tracking_uri = uri or None
+        if mlflow_experiment is not None:
+            p.mlflow_experiment = mlflow_experiment.strip()
         s.flush()
         running, queued = _counts(s)
         row = _row(p, running.get(p.id, 0), queued.get(p.id, 0))

@@ -233,12 +233,25 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         priority=body.priority.value,
         max_runtime_seconds=_max_runtime(session, project_id, body),
         resume_from_job_id=_resume_source(session, project_id, body, hp.model_dump(mode="json")),
+        mlflow=_mlflow_target(session, project_id, body),
         status=JobStatus.queued.value,
         created_at=now,
         queued_at=now,
         updated_at=now,
     )
     return job
+
+
+def _mlflow_target(session: Session, project_id: str, body: JobCreate) -> dict[str, Any] | None:
+    """Where the job logs its MLflow run: the body's, else the project's, else nowhere (None)."""
+    if body.mlflow is not None:
+        return body.mlflow.model_dump()
+    row = session.execute(
+        select(Project.mlflow_tracking_uri, Project.mlflow_experiment).where(Project.id == project_id)
+    ).first()
+    if row is None or not row[0]:
+        return None
+    return {"tracking_uri": row[0], "experiment": row[1] or "mergetune"}
 
 
 def _max_runtime(session: Session, project_id: str, body: JobCreate) -> int | None:
@@ -526,6 +539,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         resume_from=job.resume_from_job_id,
         queue_position=position,
         queue=QueueInfo(position=spot.position, reason=spot.reason, message=spot.message) if spot else None,
+        mlflow=job.mlflow,
         created_at=job.created_at,
         queued_at=job.queued_at,
         started_at=job.started_at,

@@ -60,6 +60,7 @@ class JobRun:
     # train
     resumed_from: int = 0
     cb: JobCallbacks | None = None
+    tracker: Any = None  # mergetune.worker.mlflow_tracking.Tracker when the job logs to MLflow
     output: Any = None
     # evaluate
     result_json: dict[str, Any] = field(default_factory=dict)

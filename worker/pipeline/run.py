@@ -20,7 +20,7 @@ from mergetune.common.models import JobStatus, utcnow
 from mergetune.common.queue import enqueue_job
 from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactStore, get_store, is_storage_full
-from mergetune.worker import jobdb
+from mergetune.worker import jobdb, mlflow_tracking
 from mergetune.worker.backbones import resolve_device
 from mergetune.worker.pipeline.artifacts import stage_export, stage_finish
 from mergetune.worker.pipeline.inputs import stage_backbone, stage_features, stage_load_inputs
@@ -258,6 +258,7 @@ def _run(run: JobRun) -> str:
         else:
             stage(run)
     jobdb.stamp(run.url, run.job_id, run.hostname)
+    mlflow_tracking.finish(run)
     return stage_finish(run)
 
 

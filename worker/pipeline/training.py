@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mergetune.common.storage import ArtifactStore, LocalStore
-from mergetune.worker import jobdb
+from mergetune.worker import jobdb, mlflow_tracking
 from mergetune.worker.pipeline import mma
 from mergetune.worker.pipeline.job import JobRun, state_key
 
@@ -51,6 +51,7 @@ class JobCallbacks:
         self.progress: dict[str, Any] = {}
         self.progress_writes = 0
         self.cancel_reads = 0
+        self.tracker: mlflow_tracking.Tracker | None = None
 
     # core calls on_progress(epoch, step, loss, *, epochs, steps, ce, zs, lmc, lr), epoch/step 0-based;
     # the job's progress is 1-based ("epoch 3 of 10, step 2 of 5").
@@ -95,6 +96,8 @@ class JobCallbacks:
             return  # never overwrite the new owner's state
 
         epoch = int(state.get("epoch", self.progress.get("epoch", 0)))
+        # the epoch's means: loss parts and validation accuracy (mergetune.core.evaluation.result.EpochLog)
+        record = {k: v for k, v in ((state.get("history") or [{}])[-1]).items() if k != "epoch"}
         with tempfile.TemporaryDirectory(prefix="mergetune-state-") as tmp:
             path = Path(tmp) / "epoch.pt"
             torch.save(state, path)
@@ -111,9 +114,9 @@ class JobCallbacks:
             epoch=epoch,
             epochs=self.epochs,
             loss=self.progress.get("loss"),
-            # the epoch's means: loss parts and validation accuracy (mergetune.core.evaluation.result.EpochLog)
-            record={k: v for k, v in ((state.get("history") or [{}])[-1]).items() if k != "epoch"},
+            record=record,
         )
+        mlflow_tracking.epoch_end(self.tracker, epoch, record)
         if epoch >= self.epochs and not self._evaluating:
             self._evaluating = True
             jobdb.set_evaluating(self.url, self.job_id)
@@ -210,6 +213,7 @@ def stage_train(run: JobRun) -> None:
         cb.saved_epoch = run.resumed_from  # its own state, kept if it times out before a new epoch
     if cb.should_stop():
         raise Cancelled("cancelled before training started")
+    cb.tracker = run.tracker = mlflow_tracking.start(run)
 
     torch.manual_seed(hp.seed)
     t = time.monotonic()
