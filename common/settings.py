@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     MODEL_CACHE_DIR: Path | None = None
     #: Weights files named by ``backbone.pretrained`` must lie under it (default: MODEL_CACHE_DIR).
     MODEL_ROOT: Path | None = None
+    #: Inputs named by reference (``s3://...`` datasets and weights) are fetched into this local cache
+    #: (default HOME/cache), shared by the worker processes of a machine and kept under INPUT_CACHE_MAX_BYTES.
+    INPUT_CACHE_DIR: Path | None = None
+    INPUT_CACHE_MAX_BYTES: int = Field(default=20 << 30, ge=1 << 20, description="input cache bound")
     #: Set by ``mergetune serve --embedded``: the API and its worker share this machine's disk.
     EMBEDDED: bool = False
     LOG_LEVEL: str = "INFO"
@@ -128,6 +132,8 @@ class Settings(BaseSettings):
             self.MODEL_CACHE_DIR = home / "models"
         if self.MODEL_ROOT is None:
             self.MODEL_ROOT = self.MODEL_CACHE_DIR
+        if self.INPUT_CACHE_DIR is None:
+            self.INPUT_CACHE_DIR = home / "cache"
         _ = self.webhook_retry_schedule  # refuse a malformed schedule at start-up
         return self
 
