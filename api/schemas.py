@@ -63,6 +63,8 @@ class DeletedRead(BaseModel):
     id: str
     object: str
     deleted: bool = True
+    freed_bytes: int = Field(default=0, description="bytes removed from the artifact store")
+    freed_files: int = Field(default=0, description="files removed from the artifact store")
 
 
 # -- datasets -----------------------------------------------------------------------------------

@@ -5,11 +5,11 @@ from fastapi import APIRouter, Request, Response, status
 from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from mergetune.api.errors import NotFound, error_responses
 from mergetune.api.schemas import CheckpointList, CheckpointRead, DeletedRead
+from mergetune.api.services import lifecycle
 from mergetune.api.services.checkpoints import create_checkpoint
 from mergetune.api.services.idempotency import create_once
 from mergetune.api.uploads import multipart_schema, receive_multipart
 from mergetune.common import repositories as repo
-from mergetune.common.models import utcnow
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], responses=error_responses(401, 422))
 
@@ -87,12 +87,10 @@ def get_checkpoint(checkpoint_id: str, principal: PrincipalDep, session: Session
     return CheckpointRead.model_validate(ckpt)
 
 
-@router.delete("/{checkpoint_id}", response_model=DeletedRead, responses=error_responses(401, 404))
-def delete_checkpoint(checkpoint_id: str, principal: PrincipalDep, session: SessionDep) -> DeletedRead:
-    """Soft delete: the checkpoint disappears from the API; stored files stay for jobs and audit."""
-    ckpt = repo.get_checkpoint(session, principal.project_id, checkpoint_id)
-    if ckpt is None:
-        raise NotFound(f"checkpoint {checkpoint_id!r} not found", param="id")
-    ckpt.deleted_at = utcnow()
-    session.commit()
-    return DeletedRead(id=checkpoint_id, object="checkpoint")
+@router.delete("/{checkpoint_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
+def delete_checkpoint(
+    checkpoint_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
+) -> DeletedRead:
+    """The checkpoint's files leave the store (the answer says how many bytes); its record stays,
+    deleted, for the jobs that refer to it. 409 while an unfinished job uses it."""
+    return lifecycle.delete_checkpoint(session, store, principal.project_id, checkpoint_id)

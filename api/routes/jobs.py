@@ -10,6 +10,7 @@ from mergetune.api.errors import NotFound, Unprocessable, error_responses
 from mergetune.api.schemas import (
     ArtifactList,
     ArtifactRead,
+    DeletedRead,
     EventList,
     EventRead,
     JobCreate,
@@ -17,6 +18,7 @@ from mergetune.api.schemas import (
     JobRead,
     JobUpdate,
 )
+from mergetune.api.services import lifecycle
 from mergetune.api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
 from mergetune.common import repositories as repo
 from mergetune.common.models import Job, JobStatus
@@ -87,6 +89,13 @@ def patch_job(
     """Rename a job, set its tags or its notes (any job, in any status)."""
     job = update_job(session, _get_job(session, principal.project_id, job_id), body)
     return job_read(session, settings, job)
+
+
+@router.delete("/{job_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
+def delete_job(job_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> DeletedRead:
+    """A finished job, its events, artifacts and every file it stored (the answer says how many bytes);
+    409 while it is queued or running (cancel it first) or when it is a sweep's cell."""
+    return lifecycle.delete_job(session, store, principal.project_id, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(401, 404, 409))

@@ -123,7 +123,9 @@ def test_list_and_delete(client, auth, checkpoint):
     assert listing["has_more"] is False and listing["next_cursor"] is None
     r = client.delete(f"/v1/checkpoints/{checkpoint['id']}", headers=auth)
     assert r.status_code == 200
-    assert r.json() == {"id": checkpoint["id"], "object": "checkpoint", "deleted": True}
+    body = r.json()
+    assert (body["id"], body["object"], body["deleted"]) == (checkpoint["id"], "checkpoint", True)
+    assert body["freed_bytes"] > 0 and body["freed_files"] >= 2  # the upload and its tensors
     assert client.get(f"/v1/checkpoints/{checkpoint['id']}", headers=auth).status_code == 404
     assert client.get("/v1/checkpoints", headers=auth).json()["data"] == []
 
