@@ -82,10 +82,12 @@ class JobStatus(StrEnum):
     cancelled = "cancelled"
     #: Stopped at its ``max_runtime_seconds``; its last epoch state is kept (a clone resumes from it).
     timed_out = "timed_out"
+    #: A finished job past its project's retention: the record stays, its stored files are gone.
+    expired = "expired"
 
 
 TERMINAL_STATUSES = frozenset(
-    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.timed_out}
+    {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.timed_out, JobStatus.expired}
 )
 ACTIVE_STATUSES = frozenset({JobStatus.running, JobStatus.evaluating, JobStatus.cancelling})
 
@@ -130,6 +132,9 @@ class Project(Base):
     mlflow_experiment: Mapped[str | None] = mapped_column(String(255), default=None)
     #: ``max_runtime_seconds`` of the project's jobs that do not give one (None: no deadline).
     default_max_runtime_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: Retention: the reconciler removes the stored files of the project's jobs finished more than this
+    #: many days ago and marks them ``expired`` (None: kept until deleted).
+    retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiToken(Base):

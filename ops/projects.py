@@ -47,6 +47,7 @@ def _row(p: Any, running: int, queued: int) -> dict[str, Any]:
         "mlflow_tracking_uri": p.mlflow_tracking_uri,
         "mlflow_experiment": p.mlflow_experiment,
         "default_max_runtime_seconds": p.default_max_runtime_seconds,
+        "retention_days": p.retention_days,
         "running": running,
         "queued": queued,
     }
@@ -122,6 +123,14 @@ def set_(
             help="max_runtime_seconds of its jobs that give none; none: no deadline",
         ),
     ] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_limit,
+            metavar="DAYS|none",
+            help="the reconciler removes the files of its jobs finished more than DAYS ago (status expired)",
+        ),
+    ] = None,
     mlflow_tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -143,10 +152,11 @@ def set_(
         weight is None
         and max_running is None
         and max_runtime is None
+        and retention_days is None
         and not (mlflow_tracking_uri or mlflow_experiment)
     ):
         raise UserError(
-            "nothing to set: give --weight, --max-running, --max-runtime or --mlflow-tracking-uri"
+            "nothing to set: give --weight, --max-running, --max-runtime, --retention-days or --mlflow-tracking-uri"
         )
     uri = _mlflow_uri(mlflow_tracking_uri)
     if mlflow_experiment is not None and not (0 < len(mlflow_experiment.strip()) <= 255):
@@ -166,6 +176,8 @@ def set_(
             p.max_running_jobs = max_running or None
         if max_runtime is not None:
             p.default_max_runtime_seconds = max_runtime or None
+        if retention_days is not None:
+            p.retention_days = retention_days or None
         if uri is not None:
             p.mlflow_tracking_uri = uri or None
         if mlflow_experiment is not None:

@@ -16,7 +16,9 @@ Every ``RECONCILE_INTERVAL`` seconds one pass (:func:`reconcile_once`):
    of the jobs without a message;
 4. on Redis, deletes ``unacked`` entries left by a dead delivery: the job finished, or was requeued
    (and a new message sent) after that delivery. Otherwise kombu would restore them only after the
-   visibility timeout (24 h) and a worker would pick up a message with nothing to do.
+   visibility timeout (24 h) and a worker would pick up a message with nothing to do;
+5. retention: the finished jobs of projects with ``retention_days`` that finished longer ago lose their
+   stored files and become ``expired`` (:func:`mergetune.common.lifecycle.expire_jobs`).
 
 Requeues are idempotent: every change is a conditional UPDATE on what was read, a job runs at most once
 at a time (the claim in :func:`mergetune.worker.jobdb.claim_job` is a compare-and-set), and a duplicate message is
@@ -38,9 +40,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mergetune.common.lifecycle import expire_jobs
 from mergetune.common.models import TERMINAL_STATUSES, utcnow
 from mergetune.common.queue import enqueue_job
 from mergetune.common.settings import Settings
+from mergetune.common.storage import get_store
 from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
 from mergetune.worker import jobdb, webhooks
 
@@ -57,10 +61,11 @@ class ReconcileReport:
     stalled: list[str] = field(default_factory=list)  # requeued: no progress within the stall timeout
     lost: list[str] = field(default_factory=list)  # queued without a broker message: re-enqueued
     swept: int = 0  # stale unacked broker entries removed
+    expired: dict[str, Any] = field(default_factory=dict)  # job id -> Freed (retention)
     errors: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
-        return bool(self.orphaned or self.stalled or self.lost or self.swept)
+        return bool(self.orphaned or self.stalled or self.lost or self.swept or self.expired)
 
 
 # -- the broker's view --------------------------------------------------------------------------------
@@ -215,6 +220,13 @@ def reconcile_once(settings: Settings, *, now: datetime | None = None) -> Reconc
     except Exception as exc:  # noqa: BLE001
         logger.warning("cannot sweep the broker's unacked entries: %s", exc)
         rep.errors.append(f"sweep: {type(exc).__name__}")
+    try:
+        rep.expired = expire_jobs(url, get_store(settings), now=now)
+    except Exception as exc:  # noqa: BLE001 - the store or the database blinked: next pass
+        logger.warning("cannot apply the retention: %s", exc)
+        rep.errors.append(f"retention: {type(exc).__name__}")
+    for job_id, freed in rep.expired.items():
+        logger.info("reconciler: job %s expired (%d bytes freed)", job_id, freed.bytes)
     for what, ids in (("orphaned", rep.orphaned), ("stalled", rep.stalled), ("lost", rep.lost)):
         for job_id in ids:
             logger.warning("reconciler: %s job %s requeued", what, job_id)

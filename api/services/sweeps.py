@@ -470,7 +470,9 @@ def sweep_read(session: Session, sweep: Sweep, jobs: list[Job] | None = None) ->
     for j in jobs:
         s = JobStatus(j.status)
         key = "queued" if s in (JobStatus.queued, JobStatus.validating) else "running"
-        if s == JobStatus.timed_out:
+        if s == JobStatus.expired:  # its files went with the retention; its metrics stayed
+            counts["succeeded" if j.metrics is not None else "failed"] += 1
+        elif s == JobStatus.timed_out:
             counts["failed"] += 1  # stopped at its deadline: it did not finish
         else:
             counts[s.value if s in TERMINAL_STATUSES else key] += 1

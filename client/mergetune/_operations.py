@@ -19,7 +19,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mergetune._requests import Call, Download, Sleep, Step, Upload, missing_dirs, remove_dirs
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "expired"})
 SWEEP_TERMINAL = TERMINAL
 REPORT_FORMATS = ("json", "csv", "tex", "txt", "html")
 

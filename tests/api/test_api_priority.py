@@ -82,6 +82,8 @@ def test_operator_sets_a_projects_weight_and_running_limit(env_settings, client,
     assert "is not a limit" in capsys.readouterr().err
     assert main(["project", "set", "team-a", "--max-runtime", "3600"]) == 0
     assert json.loads(capsys.readouterr().out)["default_max_runtime_seconds"] == 3600
+    assert main(["project", "set", "team-a", "--retention-days", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["retention_days"] == 30
     assert main(["project", "set", "nobody", "--weight", "1"]) != 0
     assert "no project named 'nobody'" in capsys.readouterr().err
     with session_scope(env_settings.DATABASE_URL) as s:

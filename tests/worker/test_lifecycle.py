@@ -90,3 +90,54 @@ def test_delete_frees_the_store(request, tmp_path, worker_pg_url, ctx_ft, kind):
         assert client.get(f"/v1/datasets/{ds}", headers=h).status_code == 404
         usage = client.get("/v1/usage", headers=h).json()
         assert usage["stored_bytes"]["total"] == 0 and usage["device_seconds"] > 0  # the ledger stays
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_retention_expires_old_jobs_in_the_reconciler(request, tmp_path, worker_pg_url, ctx_ft, kind):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from mergetune.common.models import Job, utcnow
+    from mergetune.worker.reconcile import reconcile_once
+
+    extra = {}
+    if kind == "s3":
+        extra = {
+            "ARTIFACT_URL": "s3://mergetune-retention/prod",
+            "S3_ENDPOINT_URL": request.getfixturevalue("s3_endpoint"),
+        }
+        request.getfixturevalue("s3_credentials")
+    settings = ws.make_settings(tmp_path / "home", worker_pg_url, f"{ws.REDIS_URL}/{ws.WORKER_REDIS_DB}")
+    settings = settings.model_copy(update=extra)
+    store = get_store(settings)
+    if kind == "s3":
+        store.ensure_bucket()
+    url = settings.DATABASE_URL
+    project = ws.make_project(url)
+    ck = ws.make_checkpoint(url, store, project, ctx_ft)
+    ds = ws.make_dataset(url, settings, project)
+    old, recent = ws.make_job(url, project, ck, ds, epochs=1), ws.make_job(url, project, ck, ds, epochs=1)
+    for job_id in (old, recent):
+        assert pipeline.run_job(job_id, settings=settings, hostname="ret@test", store=store) == "succeeded"
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=8)))
+        s.execute(update(Job).where(Job.id == recent).values(finished_at=utcnow() - timedelta(days=6)))
+    held, files = _held(store, f"jobs/{old}/")
+    assert held > 0 and ws.artifacts(url, old)
+
+    assert reconcile_once(settings).expired == {}  # no retention set: everything stays
+    with session_scope(url) as s:
+        s.execute(update(Project).where(Project.id == project).values(retention_days=7))
+    rep = reconcile_once(settings)
+    assert list(rep.expired) == [old] and (rep.expired[old].bytes, rep.expired[old].files) == (held, files)
+    row = ws.job_row(url, old)
+    assert row["status"] == "expired" and row["metrics"] is not None  # the record stays
+    assert store.list(f"jobs/{old}/") == [] and ws.artifacts(url, old) == []
+    last = [e for e in ws.events(url, old) if e["type"] == "status"][-1]
+    assert last["message"] == (
+        f"Expired after the project's retention of 7 days: {held} bytes in {files} files removed from the store"
+    )
+    assert ws.job_row(url, recent)["status"] == "succeeded" and store.list(f"jobs/{recent}/")
+    assert _held(store, f"checkpoints/{ck}/")[0] > 0  # inputs are not the retention's
+    assert reconcile_once(settings).expired == {}  # once

@@ -14,7 +14,7 @@ from mergetune.cli.output import ProgressBar, job_progress, print_json, print_li
 app = typer.Typer(name="job", help="jobs", no_args_is_help=True)
 
 JobId = Annotated[str, typer.Argument(metavar="JOB", help="job id (job_...)")]
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "expired"]
 
 
 @app.command("create")
