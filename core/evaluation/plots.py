@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 SPACES = (
     ("classifier", "classifier (text-feature) space"),
@@ -107,15 +107,55 @@ def hm_series(base: list[float], novel: list[float]) -> list[float]:
     return out
 
 
-def plot_curves(curves: Mapping[str, Any]) -> bytes | None:
-    """Accuracy along the interpolation paths: one titled row per space (its own figure within the
-    PNG), one panel per segment with base, novel and their HM; one y range shared by every panel."""
+#: What alpha 0 and alpha 1 of each segment are: the x axis names them under the ticks.
+SEGMENT_ENDS = {
+    "zs_ft": ("zero-shot", "fine-tuned"),
+    "zs_rec": ("zero-shot", "recovered"),
+    "ft_rec": ("fine-tuned", "recovered"),
+}
+LineStyle = Literal["-", "--", ":", "-."]
+SERIES: tuple[tuple[str, LineStyle, float], ...] = (
+    ("base", "-", 1.6),
+    ("novel", "-", 1.6),
+    ("HM", "--", 2.4),
+)
+SERIES_COLOURS = {"base": "#1f77b4", "novel": "#ff7f0e", "HM": "#2ca02c"}
+REFERENCES: tuple[tuple[str, str, str, LineStyle], ...] = (
+    ("zero_shot", "zero-shot HM", "#6b7480", ":"),
+    ("fine_tuned", "fine-tuned HM", "#b3261e", "-."),
+)
+
+
+def reference_hms(curves: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The zero-shot and fine-tuned HM the curves are read against: the report's metrics, else the two
+    ends of the first zero-shot -> fine-tuned segment that has them."""
+    out: dict[str, float] = {}
+    for key, _, _, _ in REFERENCES:
+        hm = _num(_dict(_dict(metrics).get(key)).get("hm"))
+        if hm is not None:
+            out[key] = hm
+    for space, _ in SPACES:
+        seg = _dict(_dict(curves.get(space)).get("zs_ft"))
+        hms = hm_series(_series(seg.get("base_acc")), _series(seg.get("novel_acc")))
+        if hms and not math.isnan(hms[0]) and not math.isnan(hms[-1]):
+            out.setdefault("zero_shot", hms[0])
+            out.setdefault("fine_tuned", hms[-1])
+    return out
+
+
+def curves_figure(curves: Mapping[str, Any], metrics: Mapping[str, Any] | None = None):
+    """The matplotlib ``Figure`` of ``curves.png`` (None without curves): one titled row per space, one
+    panel per segment with base, novel and their HM; the ends of each panel named on its x axis (which
+    end is the recovered model) and their HM written beside them; the zero-shot and fine-tuned HM as
+    horizontal reference lines; one legend for the whole figure; one y range shared by every panel."""
     spaces = [(key, label) for key, label in SPACES if _dict(curves.get(key))]
     if not spaces:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
+    refs = reference_hms(curves, metrics)
     width = 13.0
     height = CURVE_HEAD_INCHES + CURVE_ROW_INCHES * len(spaces)
     fig = Figure(figsize=(width, height), dpi=100)
@@ -127,49 +167,96 @@ def plot_curves(curves: Mapping[str, Any]) -> bytes | None:
         height_ratios=[CURVE_HEAD_INCHES] + [CURVE_ROW_INCHES] * len(spaces),
     )[:, 0]
     rows[0].text(
-        0.5, 0.45, "Accuracy along the interpolation paths (alpha 0 → 1)", ha="center", va="center",
+        0.5, 0.72, "Accuracy along the interpolation paths (alpha 0 → 1)", ha="center", va="center",
         fontsize=15, fontweight="bold",
     )  # fmt: skip
     subfigs = rows[1:]
     all_axes = []
-    lows, highs = [], []
+    lows, highs = list(refs.values()), list(refs.values())
+    drawn_any = False
     for sub, (space, space_label) in zip(subfigs, spaces, strict=True):
         sub.suptitle(space_label, fontsize=12, x=0.01, ha="left")
         axes = sub.subplots(1, len(SEGMENTS), squeeze=False)[0]
-        sub.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.78, wspace=0.12)
+        sub.subplots_adjust(left=0.06, right=0.97, bottom=0.24, top=0.78, wspace=0.16)
         for ax, (segment, segment_label) in zip(axes, SEGMENTS, strict=True):
             seg = _dict(_dict(curves.get(space)).get(segment))
             alphas = _series(seg.get("alphas"))
             base, novel = _series(seg.get("base_acc")), _series(seg.get("novel_acc"))
-            lines = [
-                ("base", base, "-", 1.6),
-                ("novel", novel, "-", 1.6),
-                ("HM", hm_series(base, novel), "--", 2.4),
-            ]
+            values = {"base": base, "novel": novel, "HM": hm_series(base, novel)}
             drawn = False
-            for name, ys, style, lw in lines:
+            for name, style, lw in SERIES:
+                ys = values[name]
                 if alphas and len(ys) == len(alphas) and _has_points(ys):
-                    ax.plot(alphas, ys, style, marker="o", markersize=3.5, linewidth=lw, label=name)
+                    ax.plot(
+                        alphas, ys, style, marker="o", markersize=3.5, linewidth=lw, label=name,
+                        color=SERIES_COLOURS[name],
+                    )  # fmt: skip
                     finite = [v for v in ys if not math.isnan(v)]
                     lows.append(min(finite))
                     highs.append(max(finite))
                     drawn = True
             if drawn:
-                ax.legend(fontsize=9, loc="best")
+                drawn_any = True
+                _mark_ends(ax, alphas, values["HM"])
+                for key, label, colour, style in REFERENCES:
+                    if key in refs:
+                        ax.axhline(refs[key], color=colour, linestyle=style, linewidth=1.2, label=label)
             else:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, fontsize=11)
+            left, right = SEGMENT_ENDS[segment]
+            ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0])
+            ax.set_xticklabels([f"0\n{left}", "0.25", "0.5", "0.75", f"1\n{right}"])
+            ax.set_xlim(-0.08, 1.08)
             ax.set_title(segment_label, fontsize=11)
             ax.set_xlabel("alpha", fontsize=10)
             ax.tick_params(labelsize=10)
             ax.grid(alpha=0.3)
             all_axes.append(ax)
         axes[0].set_ylabel("top-1 accuracy (%)", fontsize=10)
+    if drawn_any:  # one legend for the figure: every panel draws the same series in the same colours
+        handles = [
+            Line2D(
+                [], [], color=SERIES_COLOURS[name], linestyle=style, linewidth=lw, marker="o", markersize=3.5
+            )
+            for name, style, lw in SERIES
+        ]
+        labels = [name for name, _, _ in SERIES]
+        for key, label, colour, style in REFERENCES:
+            if key in refs:
+                handles.append(Line2D([], [], color=colour, linestyle=style, linewidth=1.2))
+                labels.append(f"{label} {refs[key]:.1f}")
+        rows[0].legend(
+            handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+        )  # fmt: skip
     if lows:  # one y range for every panel: heights compare across segments and spaces
         lo, hi = min(lows), max(highs)
-        pad = max(1.0, (hi - lo) * 0.06)
+        pad = max(1.5, (hi - lo) * 0.1)
         for ax in all_axes:
             ax.set_ylim(lo - pad, hi + pad)
-    return _png(fig)
+    return fig
+
+
+def _mark_ends(ax: Any, alphas: list[float], hm: list[float]) -> None:
+    """The HM at both ends of a panel: a larger marker and its value written beside it."""
+    if len(hm) != len(alphas):
+        return
+    ends = [(x, y) for x, y in zip(alphas, hm, strict=True) if not (math.isnan(x) or math.isnan(y))]
+    if not ends:
+        return
+    for (x, y), ha, dx in ((ends[0], "left", 6), (ends[-1], "right", -6)):
+        ax.plot([x], [y], "o", markersize=7, color=SERIES_COLOURS["HM"], zorder=3)
+        ax.annotate(
+            f"{y:.1f}", (x, y), xytext=(dx, 7), textcoords="offset points", ha=ha, fontsize=10,
+            fontweight="bold", color=SERIES_COLOURS["HM"], zorder=4,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+        )  # fmt: skip
+
+
+def plot_curves(curves: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> bytes | None:
+    """``curves.png``: :func:`curves_figure` as PNG bytes (None without curves)."""
+    fig = curves_figure(curves, metrics)
+    return None if fig is None else _png(fig)
 
 
 def plot_training(training: list[Mapping[str, Any]]) -> bytes | None:

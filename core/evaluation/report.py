@@ -187,6 +187,55 @@ def _provenance(manifest: Mapping[str, Any], report: Mapping[str, Any]) -> dict[
     }
 
 
+def _when(value: Any) -> str | None:
+    """An ISO timestamp from the manifest as ``YYYY-MM-DD HH:MM UTC`` (the text as it is if unparsable)."""
+    if not isinstance(value, str) or not value:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC)
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _header(
+    report: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> list[tuple[str, str | None, str | None]]:
+    """The page header's facts, always these five in this order: (label, value or None, detail)."""
+    ds, ck, bb = (
+        _dict(manifest.get("dataset")),
+        _dict(manifest.get("checkpoint")),
+        _dict(manifest.get("backbone")),
+    )
+    if not bb:
+        bb = _dict(_dict(manifest.get("config")).get("backbone"))
+    job = report.get("job_id") or manifest.get("job_id")
+    dataset = ds.get("name") or ds.get("id")
+    ds_detail = ", ".join(str(v) for v in (ds.get("id") if ds.get("name") else None, ds.get("kind")) if v)
+    ck_detail = ", ".join(
+        str(v)
+        for v in (ck.get("method"), f"sha256 {str(ck['sha256'])[:12]}" if ck.get("sha256") else None)
+        if v
+    )
+    backbone = bb.get("model")
+    date = _when(manifest.get("finished_at")) or _when(manifest.get("started_at"))
+    return [
+        ("Job", str(job) if job else None, None),
+        ("Dataset", str(dataset) if dataset else None, ds_detail or None),
+        ("Checkpoint", str(ck["id"]) if ck.get("id") else None, ck_detail or None),
+        (
+            "Backbone",
+            str(backbone) if backbone else None,
+            str(bb["pretrained"]) if bb.get("pretrained") else None,
+        ),
+        ("Date", date, "finished" if manifest.get("finished_at") else None),
+    ]
+
+
 def verdict_of(report: Mapping[str, Any]) -> Mapping[str, Any]:
     """The report's verdict; computed from its metrics and baselines when an older report lacks one."""
     v = _dict(report.get("verdict"))
@@ -413,6 +462,7 @@ def build_html(
         .get_template(REPORT_HTML)
         .render(
             title=f"MergeTune report — {job_id}" if job_id else "MergeTune report",
+            header=_header(report, manifest),
             verdict=_verdict(verdict_of(report)),
             protocol=_protocol(report),
             splits=[label for _, label in SPLITS],
@@ -442,7 +492,7 @@ def render_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report if isinstance(report, Mapping) else {}
-    curves_png = plot_curves(_dict(report.get("curves")))
+    curves_png = plot_curves(_dict(report.get("curves")), _dict(report.get("metrics")))
     training_png = plot_training(_list(report.get("training")))
     wise_png = plot_wise_ft(_dict(_dict(report.get("head")).get("wise_ft")))
     curves_path = out_dir / CURVES_PNG

@@ -112,7 +112,7 @@ def test_render_report_writes_html_with_every_number_and_a_valid_png(tmp_path: P
 
     # Manifest: the provenance summary pulls seed, split hash, weights hash and worker host out of it,
     # HTML-escaped where needed; hyperparameters and package versions get their own tables.
-    summary = page[page.index("<h2>Manifest</h2>") : page.index("Full manifest")]
+    summary = page[page.index(">Manifest</h2>") : page.index("Full manifest")]
     for label, value in (
         ("seed", "7"),
         ("dataset split sha256", "ds" + "a1" * 31),

@@ -50,7 +50,7 @@ def _report(fi_hm: float) -> dict:
 def test_verdict_comes_first_and_names_what_beat_the_recovered_model(tmp_path: Path) -> None:
     page = build_html(_report(fi_hm=34.29), None, None)
     first = page.index('id="verdict"')
-    assert first < page.index("<h2>Summary</h2>")
+    assert first < page.index(">Summary</h2>")
     assert 'class="verdict warn"' in page
     assert "Recovered HM 31.8 (+3.7 vs fine-tuned, +1.9 vs zero-shot); base +6.6, novel +2.4" in page
     assert 'data-code="baseline_better"' in page
