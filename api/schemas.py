@@ -76,7 +76,7 @@ class DatasetCreate(BaseModel):
     path: str | None = Field(
         default=None,
         max_length=1024,
-        description="Relative to the server's data root (not needed for builtin)",
+        description="Relative to the server's data root, or s3://bucket/prefix (not needed for builtin)",
     )
     coop_name: str | None = Field(default=None, max_length=64, description="CoOp layout name, e.g. eurosat")
     options: dict[str, Any] | None = Field(
@@ -470,7 +470,7 @@ class WebhookCreate(BaseModel):
     events: list[str] = Field(
         min_length=1,
         max_length=16,
-        description="Event types: job.succeeded, job.failed, job.cancelled, job.warning, sweep.finished",
+        description="Event types: job.succeeded, job.failed, job.cancelled, job.timed_out, job.warning, sweep.finished",
     )
     description: str | None = Field(default=None, max_length=1000)
 

@@ -79,7 +79,16 @@ def weights_report(settings: Any) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a report failure must never stop the heartbeat
         logger.warning("could not list the loadable weights", exc_info=True)
         return {"files": [], "tags": [], "error": True}
-    return {"files": files, "tags": tags}
+    return {"files": files, "tags": tags, "remote": _remote_schemes()}
+
+
+def _remote_schemes() -> list[str]:
+    """The object stores whose references (``s3://``) this worker can fetch into its input cache."""
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        return []
+    return ["s3"]
 
 
 def clear() -> None:

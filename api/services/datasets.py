@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -14,9 +15,11 @@ from mergetune.api.schemas import DatasetCreate
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.common import repositories as repo
 from mergetune.common.models import Dataset, new_id
+from mergetune.common.remote import RemoteError, S3DatasetSource, inputs_for, is_reference
 from mergetune.common.settings import Settings
 from mergetune.core.config import DatasetKind
 from mergetune.core.data import base_to_novel, open_dataset
+from mergetune.core.data.remote import open_listed_dataset
 from mergetune.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ def create_dataset(
 
     assert settings.DATA_ROOT is not None
     path: str | None = None
+    if body.path and is_reference(body.path):
+        return _create_listed(session, settings, project_id, body, idempotency_key, req_hash)
     if body.kind != DatasetKind.builtin:
         if not body.path:
             raise Unprocessable(f"path is required for kind {body.kind.value}", param="path")
@@ -87,6 +92,61 @@ def create_dataset(
             param="path",
         ) from None
 
+    return _store_row(session, project_id, body, path, ds, task, idempotency_key, req_hash)
+
+
+def open_reference(
+    settings: Settings, kind: DatasetKind, url: str, coop_name: str | None, options: dict
+) -> Any:
+    """An ``s3://bucket/prefix`` dataset opened from its listing (the images are not read here)."""
+    source = S3DatasetSource(inputs_for(settings, with_cache=False), url)
+    return open_listed_dataset(
+        kind, source, name=source.name, shown=url, coop_name=coop_name, options=options
+    )
+
+
+def _create_listed(
+    session: Session,
+    settings: Settings,
+    project_id: str,
+    body: DatasetCreate,
+    idempotency_key: str | None,
+    req_hash: str,
+) -> tuple[Dataset, bool]:
+    assert body.path is not None
+    url = body.path.strip()
+    if body.kind not in (DatasetKind.coop, DatasetKind.imagefolder):
+        raise Unprocessable(
+            f"kind {body.kind.value} cannot be read from an object store; s3:// paths are for coop and imagefolder",
+            param="path",
+        )
+    try:
+        ds = open_reference(settings, body.kind, url, body.coop_name, body.options or {})
+        task = base_to_novel(ds, shots=1, seed=1)
+    except RemoteError as exc:
+        code = {"bad_reference": "invalid_reference", "not_found": "not_found"}.get(
+            exc.reason, "dataset_unreadable"
+        )
+        raise Unprocessable(exc.message, code=code, param="path") from None
+    except DatasetError as exc:
+        raise ApiError(
+            exc.message, code=exc.code, param=exc.param or "path", status_code=core_status(exc)
+        ) from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise Unprocessable(f"invalid dataset options: {exc}", param="options") from None
+    return _store_row(session, project_id, body, url, ds, task, idempotency_key, req_hash)
+
+
+def _store_row(
+    session: Session,
+    project_id: str,
+    body: DatasetCreate,
+    path: str | None,
+    ds: Any,
+    task: Any,
+    idempotency_key: str | None,
+    req_hash: str,
+) -> tuple[Dataset, bool]:
     row = Dataset(
         id=new_id("ds"),
         project_id=project_id,

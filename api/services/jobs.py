@@ -12,9 +12,10 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetune.api.errors import Conflict, NotFound, Unprocessable, from_pydantic
+from mergetune.api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
 from mergetune.api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress, QueueInfo
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
+from mergetune.api.services.remote_weights import check_remote_weights
 from mergetune.common import repositories as repo
 from mergetune.common.models import (
     TERMINAL_STATUSES,
@@ -27,6 +28,8 @@ from mergetune.common.models import (
     utcnow,
 )
 from mergetune.common.queue import enqueue_job
+from mergetune.common.quotas import device_over
+from mergetune.common.remote import is_reference
 from mergetune.common.scheduling import queue_plan
 from mergetune.common.settings import Settings
 from mergetune.core.checkpoints.mma_layout import AdapterLayout
@@ -113,6 +116,7 @@ def create_job(
     if existing is not None:
         return still_there(repo.get_job(session, project_id, existing), "job"), False
 
+    check_device_quota(session, project_id)
     job = build_job(session, settings, project_id, body)
     session.add(job)
     session.flush()
@@ -254,6 +258,19 @@ def _mlflow_target(session: Session, project_id: str, body: JobCreate) -> dict[s
     return {"tracking_uri": row[0], "experiment": row[1] or "mergetune"}
 
 
+def check_device_quota(session: Session, project_id: str) -> None:
+    """429 ``quota_exceeded`` (Retry-After: until midnight UTC) once the project's device seconds for
+    today reached its quota; nothing is created."""
+    over = device_over(session, project_id, utcnow())
+    if over is not None:
+        raise ApiError(
+            f"quota_device_seconds_per_day: {over.message}",
+            code="quota_exceeded",
+            status_code=429,
+            headers={"Retry-After": str(over.retry_after)},
+        )
+
+
 def _max_runtime(session: Session, project_id: str, body: JobCreate) -> int | None:
     """The job's deadline: the body's, else the project's default, else none."""
     if body.max_runtime_seconds is not None:
@@ -327,6 +344,9 @@ def check_backbone(session: Session, settings: Settings, spec: BackboneSpec) -> 
                     param=WEIGHTS_PARAM,
                 )
             return
+        if is_reference(pretrained):  # s3://bucket/key: fetched by the worker into its input cache
+            check_remote_weights(settings, pretrained, _inventories(session))
+            return
         is_file = is_file_reference(pretrained)
         rel = ""
         if spec.model in TINY_MODELS and not is_file:
@@ -348,11 +368,7 @@ def check_backbone(session: Session, settings: Settings, spec: BackboneSpec) -> 
                 for a in artifact_dirs
             ):
                 raise outside_root(pretrained)  # the artifact store is never a weights source
-        inventories = [
-            w.info["weights"]
-            for w in repo.live_workers(session, utcnow() - timedelta(seconds=LIVE_WORKER_SECONDS))
-            if isinstance(w.info, dict) and isinstance(w.info.get("weights"), dict)
-        ]
+        inventories = _inventories(session)
         if inventories:
             key, wanted = ("files", rel) if is_file else ("tags", f"{spec.model}/{pretrained}")
             if not any(wanted in (inv.get(key) or []) for inv in inventories):
@@ -378,6 +394,15 @@ def check_backbone(session: Session, settings: Settings, spec: BackboneSpec) -> 
                 ) from None
     except BackboneError as exc:
         raise Unprocessable(exc.message, code=exc.code, param=WEIGHTS_PARAM) from None
+
+
+def _inventories(session: Session) -> list[dict[str, Any]]:
+    """The weights the live workers report they can load (their heartbeats)."""
+    return [
+        w.info["weights"]
+        for w in repo.live_workers(session, utcnow() - timedelta(seconds=LIVE_WORKER_SECONDS))
+        if isinstance(w.info, dict) and isinstance(w.info.get("weights"), dict)
+    ]
 
 
 def _eval_datasets(session: Session, project_id: str, ids: list[str]) -> list[str]:

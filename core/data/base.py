@@ -117,6 +117,7 @@ class Dataset:
     root: Path | None = None  # resolved data root (file datasets)
     wnids: list[str] | None = None  # ImageNet family: wnid per label
     options: dict[str, Any] = field(default_factory=dict)
+    listing_sha256: str | None = None  # datasets read from an object store: their keys and ETags
     _loader: Callable[[str], Image.Image] | None = field(default=None, repr=False)
 
     @property
@@ -146,6 +147,8 @@ class Dataset:
         """What the keys alone do not say: for the built-in set, the domain and seed of the renders."""
         if self.kind == DatasetKind.builtin:
             return "builtin " + json.dumps(self.options, sort_keys=True, default=str) + "\n"
+        if self.listing_sha256:
+            return f"listing {self.listing_sha256}\n"
         return ""
 
     def split_sha256(self) -> str:

@@ -12,6 +12,7 @@ from mergetune.worker import jobdb
 from mergetune.worker.backbones import get_backbone, weights_sources
 from mergetune.worker.pipeline import mma
 from mergetune.worker.pipeline.job import JobRun
+from mergetune.worker.remote_inputs import local_weights, open_dataset_row
 
 
 def _load_tensors(store: ArtifactStore, key: str) -> dict[str, Any]:
@@ -56,7 +57,6 @@ def _open_eval_datasets(
     ``eval_dataset_ids[i]``). Names are the registered names, made unique (``name (id)``) where they
     repeat or clash with ``taken`` (the head report's own split names)."""
     from mergetune.core.config import DatasetKind
-    from mergetune.core.data import open_dataset
     from mergetune.core.errors import CoreError, DatasetError
     from mergetune.core.evaluation.crossdata import eval_records
 
@@ -68,9 +68,9 @@ def _open_eval_datasets(
             raise DatasetError(f"evaluation dataset {ds_id!r} not found", code="not_found", param=param)
         label = f"evaluation dataset {row['name']!r} ({ds_id})"
         try:
-            dataset = open_dataset(
+            dataset = open_dataset_row(
+                settings,
                 DatasetKind(row["kind"]),
-                settings.DATA_ROOT,
                 row.get("path") or "",
                 coop_name=row.get("coop_name"),
                 options=row.get("options"),
@@ -128,9 +128,12 @@ def stage_backbone(run: JobRun) -> None:
         )
     run.tensors = _load_tensors(run.store, run.ck["tensors_key"])
     cache_dir, model_root, forbidden = weights_sources(run.settings)
-    run.backbone, run.cached = get_backbone(
-        run.spec, run.device, cache_dir, model_root=model_root, forbidden=forbidden
-    )
+    with local_weights(run.settings, run.spec) as spec:  # s3:// weights: a verified file in the input cache
+        if spec is not run.spec:
+            model_root, forbidden = None, ()
+        run.backbone, run.cached = get_backbone(
+            spec, run.device, cache_dir, model_root=model_root, forbidden=forbidden
+        )
     run.timings["load_backbone"] = time.monotonic() - t
     for message in getattr(run.backbone, "warnings", []):  # e.g. OpenAI weights under a GELU name
         jobdb.add_event(run.url, run.job_id, "warning", message, "warning", code="backbone_activation")
@@ -143,15 +146,14 @@ def stage_features(run: JobRun) -> None:
     Failure: an unreadable dataset, a missing extra dataset or a checkpoint without ``ctx`` fails the job
     as a user error naming the parameter; a changed split only adds a warning event."""
     from mergetune.core.config import ClassTokenPosition, DatasetKind, PromptLearnerSpec
-    from mergetune.core.data import open_dataset
     from mergetune.core.data.protocols import make_task
     from mergetune.core.errors import CheckpointError
 
     url, ds_row, job = run.url, run.ds_row, run.job
     t = time.monotonic()
-    dataset = open_dataset(
+    dataset = open_dataset_row(
+        run.settings,
         DatasetKind(ds_row["kind"]),
-        run.settings.DATA_ROOT,
         ds_row.get("path") or "",
         coop_name=ds_row.get("coop_name"),
         options=ds_row.get("options"),
