@@ -40,10 +40,18 @@ from mergetune.common.models import (
 JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
 JOB_CANCELLED = "job.cancelled"
+JOB_TIMED_OUT = "job.timed_out"
 JOB_WARNING = "job.warning"
 SWEEP_FINISHED = "sweep.finished"
-#: Every event type an endpoint may subscribe to (``job.timed_out`` comes with job deadlines).
-EVENT_TYPES: tuple[str, ...] = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED, JOB_WARNING, SWEEP_FINISHED)
+#: Every event type an endpoint may subscribe to.
+EVENT_TYPES: tuple[str, ...] = (
+    JOB_SUCCEEDED,
+    JOB_FAILED,
+    JOB_CANCELLED,
+    JOB_TIMED_OUT,
+    JOB_WARNING,
+    SWEEP_FINISHED,
+)
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -53,6 +61,7 @@ _JOB_EVENTS = {
     JobStatus.succeeded.value: JOB_SUCCEEDED,
     JobStatus.failed.value: JOB_FAILED,
     JobStatus.cancelled.value: JOB_CANCELLED,
+    JobStatus.timed_out.value: JOB_TIMED_OUT,
 }
 
 
@@ -177,6 +186,10 @@ def job_object(job: Job) -> dict[str, Any]:
         "error": _error(job.error),
         "cancel_requested": bool(job.cancel_requested),
         "priority": job.priority or "normal",
+        "device_seconds": round(float(job.device_seconds or 0.0), 3),
+        "max_runtime_seconds": job.max_runtime_seconds,
+        "resume_from": job.resume_from_job_id,
+        "mlflow": job.mlflow,
         "queue": None,
         "queue_position": None,
         "created_at": _ts(job.created_at),
@@ -281,8 +294,8 @@ def enqueue_event(
 
 def enqueue_job_finished(session: Session, job: Job, now: datetime | None = None) -> int:
     """Write the events of a job that has just reached a terminal status (call in that transaction):
-    ``job.succeeded`` (plus ``job.warning`` when its verdict has warnings), ``job.failed`` or
-    ``job.cancelled``; then, for a sweep's job, ``sweep.finished`` if it was the last one."""
+    ``job.succeeded`` (plus ``job.warning`` when its verdict has warnings), ``job.failed``,
+    ``job.cancelled`` or ``job.timed_out``; then, for a sweep's job, ``sweep.finished`` if it was the last one."""
     now = now or utcnow()
     n = 0
     event_type = _JOB_EVENTS.get(str(job.status))

@@ -21,8 +21,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from mergetune.common.db import session_scope
+from mergetune.common.db import is_unavailable, session_scope
 from mergetune.common.models import Job
+from mergetune.common.storage import is_storage_full
 from mergetune.worker import jobdb
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ def finish(run: Any) -> None:
             ",".join(str(w.get("code")) for w in verdict.get("warnings") or []) or "none"
         )
         tracker.set_tags(tags)
+    tracker.set_tags({"mergetune.outcome": "succeeded"})
     for name in ARTIFACTS:
         path = run.files.get(name)
         if path is not None and path.is_file():
@@ -289,3 +291,27 @@ def finish(run: Any) -> None:
         "warning",
         pending=len(tracker.pending),
     )
+
+
+def stopped(run: Any, exc: BaseException) -> None:
+    """A job that ends without finishing: its run ends KILLED (cancelled, timed out) or FAILED, with a
+    ``mergetune.outcome`` tag. A job handed back to resume later (database or disk gone, worker stopped)
+    or taken over by another node keeps its run open for the attempt that continues it. Never raises."""
+    tracker: Tracker | None = getattr(run, "tracker", None)
+    if tracker is None or (run.cb is not None and run.cb.lost_ownership):
+        return
+    from mergetune.core.errors import Cancelled
+
+    if isinstance(exc, Cancelled):
+        timed_out = bool(getattr(run.cb, "timed_out", False))
+        status, outcome = "KILLED", "timed_out" if timed_out else "cancelled"
+    elif isinstance(exc, Exception) and not is_unavailable(exc) and not is_storage_full(exc):
+        status, outcome = "FAILED", "failed"
+    else:
+        return
+    try:
+        tracker.set_tags({"mergetune.outcome": outcome})
+        tracker.terminate(status)
+        tracker.flush()
+    except Exception:  # noqa: BLE001 - tracking never changes how a job ends
+        logger.warning("job %s: MLflow run not ended", run.job_id, exc_info=True)

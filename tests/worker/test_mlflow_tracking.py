@@ -150,7 +150,7 @@ def test_a_job_logs_one_run_read_back_through_mlflow(wsettings, store, rows, ser
             assert m[f"{phase}.{split}"] == pytest.approx(job["metrics"][phase][split]), (phase, split)
     t = run.data.tags
     assert t["verdict.ok"] == str(job["verdict"]["ok"]) and t["verdict.text"] == job["verdict"]["text"]
-    assert t["mergetune.job_id"] == job_id
+    assert (t["mergetune.job_id"], t["mergetune.outcome"]) == (job_id, "succeeded")
     names = {a.path for a in client.list_artifacts(conf["run_id"])}
     assert {"report.json", "prompts.safetensors", "prompts.pth.tar"} <= names, names
     got = client.download_artifacts(conf["run_id"], "report.json", str(tmp_path))
@@ -212,6 +212,30 @@ def test_a_server_that_is_down_never_fails_the_job_and_gets_the_data_later(wsett
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 7))
     assert run.data.metrics["recovered.hm"] == pytest.approx(job["metrics"]["recovered"]["hm"])
     assert "report.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_cancelled_job_ends_its_run_killed(wsettings, store, rows, server):
+    server.start()
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds, epochs=50, batch_size=1)
+    _track(url, job_id, server.uri, "cancelled")
+
+    def cancel_after_two_epochs() -> None:
+        ws.wait_for(lambda: len(_events(url, job_id, "epoch")) >= 2, 120, 0.01, "epoch 2")
+        with session_scope(url) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True, status="cancelling"))
+
+    t = threading.Thread(target=cancel_after_two_epochs)
+    t.start()
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "cancelled"
+    t.join()
+    client = MlflowClient(tracking_uri=server.uri)
+    run = client.get_run(ws.job_row(url, job_id)["mlflow"]["run_id"])
+    assert (run.info.status, run.data.tags["mergetune.outcome"]) == ("KILLED", "cancelled")
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps[:2] == [1, 2] and steps == list(range(1, len(steps) + 1)) and len(steps) < 50
+    assert "recovered.hm" not in run.data.metrics
 
 
 class Proxy:

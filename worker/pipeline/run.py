@@ -100,6 +100,7 @@ def _run_claimed(
     except BaseException as exc:
         from mergetune.core.errors import Cancelled
 
+        mlflow_tracking.stopped(run, exc)
         if is_storage_full(exc) and isinstance(exc, Exception):
             return _storage_full(job_id, claim, settings, hostname, store, exc)
         # retried for DB_RETRY_SECONDS already: hand the job back (mergetune.worker.tasks)
