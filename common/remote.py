@@ -160,7 +160,7 @@ class S3Inputs:
     def _download(self, bucket: str, key: str, out: Any) -> None:
         body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
         with contextlib.closing(body):
-            for chunk in body.iter_chunks(1024 * 1024):
+            for chunk in body.iter_chunks(64 * 1024):  # small pieces: the cache sees progress
                 out.write(chunk)
 
     @contextlib.contextmanager

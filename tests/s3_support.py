@@ -92,3 +92,104 @@ def imagefolder_files(classes: tuple[str, ...] = ("golden_retriever", "tabby_cat
                 files[f"{split}/{cls}/{i}.png"] = png(n)
                 n += 1
     return files
+
+
+class StallingProxy:
+    """An HTTP proxy in front of the S3 server that, for the first GET whose path contains ``stall``,
+    sends half the object and then stops sending until :meth:`release` (a network that hangs mid
+    download, so that the reader can be killed with half a file written)."""
+
+    def __init__(self, upstream: str, stall: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlparse
+
+        self.stalled = threading.Event()
+        self._released = threading.Event()
+        self._armed = True
+        self._lock = threading.Lock()
+        up = urlparse(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes | None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    raw = b""
+                    while True:
+                        line = self.rfile.readline()
+                        raw += line
+                        size = int(line.split(b";")[0].strip() or b"0", 16)
+                        chunk = self.rfile.read(size + 2)
+                        raw += chunk
+                        if size == 0:
+                            # trailers until an empty line
+                            while chunk not in (b"\r\n", b""):
+                                chunk = self.rfile.readline()
+                                raw += chunk
+                            return raw
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else None
+
+            def _relay(self) -> None:
+                body = self._body()
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in (
+                        "transfer-encoding",
+                        "connection",
+                        "content-length",
+                        "server",
+                        "date",
+                    ):
+                        self.send_header(k, v)
+                self.send_header(
+                    "Content-Length",
+                    str(len(data) if self.command != "HEAD" else resp.getheader("Content-Length") or 0),
+                )
+                self.end_headers()
+                conn.close()
+                if self.command == "HEAD":
+                    return
+                with proxy._lock:
+                    stall = self.command == "GET" and stall_on in self.path and proxy._armed and len(data) > 1
+                    if stall:
+                        proxy._armed = False
+                if stall:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    proxy.stalled.set()
+                    proxy._released.wait(120)
+                    self.close_connection = True
+                    return  # the reader is gone by now; the rest is never sent
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
+
+        stall_on = stall
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StallingProxy:
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
