@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     WEBHOOK_SECRET_GRACE_SECONDS: float = Field(default=86400.0, ge=0)
     WEBHOOK_DISABLE_AFTER_SECONDS: float = Field(default=5 * 86400.0, gt=0)
     WEBHOOKS_ALLOW_PRIVATE: bool = False
+    MLFLOW_ALLOW_PRIVATE: bool = False  # a job's own MLflow server may be on a private address
     WEBHOOK_POLL_INTERVAL: float = Field(default=1.0, gt=0, description="dispatcher poll (s)")
 
     @model_validator(mode="after")

@@ -237,7 +237,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         priority=body.priority.value,
         max_runtime_seconds=_max_runtime(session, project_id, body),
         resume_from_job_id=_resume_source(session, project_id, body, hp.model_dump(mode="json")),
-        mlflow=_mlflow_target(session, project_id, body),
+        mlflow=_mlflow_target(session, settings, project_id, body),
         status=JobStatus.queued.value,
         created_at=now,
         queued_at=now,
@@ -246,16 +246,34 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
     return job
 
 
-def _mlflow_target(session: Session, project_id: str, body: JobCreate) -> dict[str, Any] | None:
-    """Where the job logs its MLflow run: the body's, else the project's, else nowhere (None)."""
-    if body.mlflow is not None:
-        return body.mlflow.model_dump()
+def _mlflow_target(
+    session: Session, settings: Settings, project_id: str, body: JobCreate
+) -> dict[str, Any] | None:
+    """Where the job logs its MLflow run: the body's, else the project's, else nowhere (None).
+
+    The workers send to that server, so a job's own server other than its project's (which an
+    operator set) must resolve to public addresses, like a webhook target, unless
+    MLFLOW_ALLOW_PRIVATE."""
     row = session.execute(
         select(Project.mlflow_tracking_uri, Project.mlflow_experiment).where(Project.id == project_id)
     ).first()
-    if row is None or not row[0]:
+    project_uri = row[0] if row is not None else None
+    if body.mlflow is not None:
+        if body.mlflow.tracking_uri != project_uri:
+            from mergetune.common.webhooks import UnsafeTarget, check_url
+
+            try:
+                check_url(body.mlflow.tracking_uri, allow_private=settings.MLFLOW_ALLOW_PRIVATE)
+            except UnsafeTarget as exc:
+                message = exc.message.replace("url", "tracking_uri", 1).replace(
+                    "webhooks go to public addresses only",
+                    "a job's own tracking server must be public (or the project's, set by an operator)",
+                )
+                raise Unprocessable(message, code=exc.code, param="mlflow.tracking_uri") from None
+        return body.mlflow.model_dump()
+    if not project_uri:
         return None
-    return {"tracking_uri": row[0], "experiment": row[1] or "mergetune"}
+    return {"tracking_uri": project_uri, "experiment": (row[1] if row is not None else None) or "mergetune"}
 
 
 def check_device_quota(session: Session, project_id: str) -> None:

@@ -36,13 +36,13 @@ def test_project_tracking_job_override_and_checks(env_settings, client, auth, jo
         assert s.get(Job, job["id"]).mlflow == job["mlflow"]
 
     # the job's own server and experiment win
-    own = {"tracking_uri": "https://tracking.example.com", "experiment": "ablation"}
+    own = {"tracking_uri": "https://93.184.215.14:5000", "experiment": "ablation"}
     job = client.post("/v1/jobs", headers=auth, json={**job_body, "mlflow": own}).json()
     assert job["mlflow"] == own
     job = client.post(
-        "/v1/jobs", headers=auth, json={**job_body, "mlflow": {"tracking_uri": "https://t.example.com/"}}
+        "/v1/jobs", headers=auth, json={**job_body, "mlflow": {"tracking_uri": "https://93.184.215.14/"}}
     ).json()
-    assert job["mlflow"] == {"tracking_uri": "https://t.example.com", "experiment": "mergetune"}
+    assert job["mlflow"] == {"tracking_uri": "https://93.184.215.14", "experiment": "mergetune"}
 
     # refused at submission, naming the field; nothing created
     with session_scope(env_settings.DATABASE_URL) as s:
@@ -50,14 +50,30 @@ def test_project_tracking_job_override_and_checks(env_settings, client, auth, jo
     for bad, param in [
         ({"tracking_uri": "file:///tmp/mlruns"}, "mlflow.tracking_uri"),
         ({"tracking_uri": ""}, "mlflow.tracking_uri"),
-        ({"tracking_uri": "https://t.example.com", "experiment": ""}, "mlflow.experiment"),
-        ({"tracking_uri": "https://t.example.com", "token": "x"}, "mlflow.token"),
+        ({"tracking_uri": "https://93.184.215.14", "experiment": ""}, "mlflow.experiment"),
+        ({"tracking_uri": "https://93.184.215.14", "token": "x"}, "mlflow.token"),
+        ({"tracking_uri": "http://127.0.0.1:5000"}, "mlflow.tracking_uri"),
+        ({"tracking_uri": "http://10.0.0.7"}, "mlflow.tracking_uri"),
+        ({"tracking_uri": "http://169.254.169.254"}, "mlflow.tracking_uri"),
     ]:
         r = client.post("/v1/jobs", headers=auth, json={**job_body, "mlflow": bad})
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error"]["param"] == param, (bad, r.json())
+        if bad["tracking_uri"].startswith("http://1"):
+            assert r.json()["error"]["code"] == "private_address"
+            assert "tracking_uri's host" in r.json()["error"]["message"]
     with session_scope(env_settings.DATABASE_URL) as s:
         assert s.query(Job).filter_by(project_id=project).count() == before
+
+    # the project's own server may be private (an operator set it), so may a job's naming it
+    assert main(["project", "set", project, "--mlflow-tracking-uri", "http://10.0.0.7:5000"]) == 0
+    capsys.readouterr()
+    job = client.post(
+        "/v1/jobs",
+        headers=auth,
+        json={**job_body, "mlflow": {"tracking_uri": "http://10.0.0.7:5000", "experiment": "b"}},
+    ).json()
+    assert job["mlflow"] == {"tracking_uri": "http://10.0.0.7:5000", "experiment": "b"}
 
     # the operator's checks; none turns tracking off
     assert main(["project", "set", project, "--mlflow-tracking-uri", "mlflow.internal:5000"]) != 0
@@ -68,7 +84,7 @@ def test_project_tracking_job_override_and_checks(env_settings, client, auth, jo
 
 
 def test_job_page_and_json_link_to_the_run(client, auth, job_body, settings):
-    own = {"tracking_uri": "https://tracking.example.com", "experiment": "ablation"}
+    own = {"tracking_uri": "https://93.184.215.14:5000", "experiment": "ablation"}
     job = client.post("/v1/jobs", headers=auth, json={**job_body, "mlflow": own}).json()
     token = auth["Authorization"].removeprefix("Bearer ")
     assert (
@@ -77,7 +93,7 @@ def test_job_page_and_json_link_to_the_run(client, auth, job_body, settings):
     page = client.get(f"/jobs/{job['id']}").text
     assert '<td id="mlflow-run"><span class="muted">not started</span>' in page
     # what the worker writes once the run exists (mergetune.worker.mlflow_tracking)
-    url = "https://tracking.example.com/#/experiments/7/runs/0a1b2c"
+    url = "https://93.184.215.14:5000/#/experiments/7/runs/0a1b2c"
     with session_scope(settings.DATABASE_URL) as s:
         s.get(Job, job["id"]).mlflow = {**own, "experiment_id": "7", "run_id": "0a1b2c", "run_url": url}
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["mlflow"]["run_url"] == url
