@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -135,6 +136,10 @@ class Project(Base):
     #: Retention: the reconciler removes the stored files of the project's jobs finished more than this
     #: many days ago and marks them ``expired`` (None: kept until deleted).
     retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: Quotas (operator-set; None: off). Stored bytes is a hard cap on uploads (403); device seconds
+    #: per UTC day refuses new jobs (429 until midnight) and holds queued ones (they wait).
+    quota_stored_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quota_device_seconds_per_day: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class ApiToken(Base):

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from mergetune.common.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Project
+from mergetune.common.quotas import device_blocked
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
 TERMINAL = [s.value for s in TERMINAL_STATUSES]
@@ -110,8 +111,11 @@ def pick_next(s: Any, now: datetime, window: float) -> Pick:
     weighted recent device time that is under its running limit, its highest priority, oldest job."""
     order = fair_order(s, now, window)
     seen = {pid: (usage, running, limit) for pid, usage, running, limit in order}
+    over_quota = device_blocked(s, [pid for pid, _u, _r, _l in order], now)
     for pid, _usage, running, limit in order:
         if limit is not None and running >= limit:
+            continue
+        if pid in over_quota:  # its device time for today is used up: its jobs wait for tomorrow
             continue
         job = s.execute(
             select(Job)
@@ -183,6 +187,9 @@ def queue_plan(s: Any, now: datetime, window: float) -> dict[str, QueueSpot]:
     ):
         queues[pid].append((job_id, queued_at or now))
     usage = {pid: u for pid, u, _r, _l in order}
+    over_quota = device_blocked(s, ids, now)
+    for pid in over_quota:  # they start only after the day turns: after everyone else here
+        usage[pid] = float("inf")
     running = {pid: r for pid, _u, r, _l in order}
     limits = {pid: lim for pid, _u, _r, lim in order}
     total_cap = 1 << 62  # no limit
@@ -192,7 +199,7 @@ def queue_plan(s: Any, now: datetime, window: float) -> dict[str, QueueSpot]:
     heads = dict.fromkeys(ids, 0)
     placed = dict.fromkeys(ids, 0)
     sim_running = dict(running)
-    used_now = {pid: usage[pid] * weights[pid] for pid in ids}  # device seconds, unweighted
+    used_now = {pid: u * weights[pid] for pid, u, _r, _l in order}  # device seconds, unweighted
     position = 0
     total = sum(len(q) for q in queues.values())
     while position < total:
@@ -207,7 +214,10 @@ def queue_plan(s: Any, now: datetime, window: float) -> dict[str, QueueSpot]:
         position += 1
         others_ahead = position - 1 - placed[pid] > 0
         placed[pid] += 1
-        if pid in at_limit:
+        if pid in over_quota:
+            reason = QUOTA_EXCEEDED
+            message = "its project used up its device seconds for today (UTC); it waits for midnight UTC"
+        elif pid in at_limit:
             reason = PROJECT_RUNNING_LIMIT
             message = (
                 f"its project runs {running[pid]} jobs, its limit of {limits[pid]}; it starts when "

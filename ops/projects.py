@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mergetune.cli.options import UserError
-from mergetune.cli.output import print_json, say
+from mergetune.cli.output import print_json, print_list, say
 from mergetune.ops import load_settings, server_errors
 from mergetune.ops.tokens import open_token_db
 
@@ -48,6 +48,8 @@ def _row(p: Any, running: int, queued: int) -> dict[str, Any]:
         "mlflow_experiment": p.mlflow_experiment,
         "default_max_runtime_seconds": p.default_max_runtime_seconds,
         "retention_days": p.retention_days,
+        "quota_stored_bytes": p.quota_stored_bytes,
+        "quota_device_seconds_per_day": p.quota_device_seconds_per_day,
         "running": running,
         "queued": queued,
     }
@@ -89,7 +91,7 @@ def list_(
             for p in s.scalars(select(Project).order_by(Project.name))
         ]
     if as_json:
-        print_json(rows)
+        print_list(rows)
         return
     cols = ["id", "name", "weight", "max_running_jobs", "running", "queued"]
     text = [{c: ("-" if r[c] is None else str(r[c])) for c in cols} for r in rows]
@@ -131,6 +133,22 @@ def set_(
             help="the reconciler removes the files of its jobs finished more than DAYS ago (status expired)",
         ),
     ] = None,
+    quota_stored_bytes: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_limit,
+            metavar="BYTES|none",
+            help="hard cap on the bytes it stores (uploads over it: 403)",
+        ),
+    ] = None,
+    quota_device_seconds: Annotated[
+        int | None,
+        typer.Option(
+            parser=parse_limit,
+            metavar="SECONDS|none",
+            help="device seconds per UTC day; then new jobs get 429 and queued ones wait for midnight",
+        ),
+    ] = None,
     mlflow_tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -153,10 +171,12 @@ def set_(
         and max_running is None
         and max_runtime is None
         and retention_days is None
+        and quota_stored_bytes is None
+        and quota_device_seconds is None
         and not (mlflow_tracking_uri or mlflow_experiment)
     ):
         raise UserError(
-            "nothing to set: give --weight, --max-running, --max-runtime, --retention-days or --mlflow-tracking-uri"
+            "nothing to set: give --weight, --max-running, --max-runtime, --retention-days, --quota-stored-bytes, --quota-device-seconds or --mlflow-tracking-uri"
         )
     uri = _mlflow_uri(mlflow_tracking_uri)
     if mlflow_experiment is not None and not (0 < len(mlflow_experiment.strip()) <= 255):
@@ -178,6 +198,10 @@ def set_(
             p.default_max_runtime_seconds = max_runtime or None
         if retention_days is not None:
             p.retention_days = retention_days or None
+        if quota_stored_bytes is not None:
+            p.quota_stored_bytes = quota_stored_bytes or None
+        if quota_device_seconds is not None:
+            p.quota_device_seconds_per_day = float(quota_device_seconds) or None
         if uri is not None:
             p.mlflow_tracking_uri = uri or None
         if mlflow_experiment is not None:

@@ -13,11 +13,12 @@ import numpy as np
 from safetensors.numpy import save_file
 from sqlalchemy.orm import Session
 
-from mergetune.api.errors import ServiceUnavailable, Unprocessable
+from mergetune.api.errors import ApiError, ServiceUnavailable, Unprocessable
 from mergetune.api.parse_pool import parse_pool
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.api.uploads import ReceivedUpload, safe_filename
 from mergetune.common.models import Checkpoint, CheckpointStatus, new_id
+from mergetune.common.quotas import stored_over
 from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactStore
 from mergetune.core.checkpoints.ingest import IngestedCheckpoint
@@ -84,6 +85,11 @@ def create_checkpoint(
     existing = replayed_id(session, project_id, idempotency_key, req_hash)
     if existing is not None:
         return _replay(session, project_id, existing), False
+    over = stored_over(session, project_id, upload.size)
+    if over is not None:  # a hard cap: it frees only when the project deletes something
+        raise ApiError(
+            f"quota_stored_bytes: {over.message}", code="quota_exceeded", param="file", status_code=403
+        )
 
     ckpt_id = new_id("ckpt")
     original_key = f"checkpoints/{ckpt_id}/original/{safe_filename(filename)}"

@@ -36,7 +36,7 @@ from mergetune.api.schemas import (
 )
 from mergetune.api.services.checkpoints import create_checkpoint
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
-from mergetune.api.services.jobs import build_job
+from mergetune.api.services.jobs import build_job, check_device_quota
 from mergetune.api.services.sweep_archive import UnpackedTree, unpacked_tree
 from mergetune.api.uploads import ReceivedUpload
 from mergetune.common import repositories as repo
@@ -116,6 +116,7 @@ def create_sweep(
     if existing is not None:
         return _replay(session, project_id, existing), False
 
+    check_device_quota(session, project_id)
     points = expand_grid(body.grid)
     if body.selection not in SELECTION_RULES:
         raise Unprocessable(f"selection must be one of {', '.join(SELECTION_RULES)}", param="selection")
