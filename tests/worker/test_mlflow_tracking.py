@@ -238,6 +238,40 @@ def test_a_cancelled_job_ends_its_run_killed(wsettings, store, rows, server):
     assert "recovered.hm" not in run.data.metrics
 
 
+class _Crash(BaseException):
+    """Stands in for a killed worker: not an Exception, so the pipeline records nothing and re-raises."""
+
+
+def test_a_resumed_job_logs_into_the_same_run(wsettings, store, rows, server, monkeypatch):
+    server.start()
+    url = wsettings.DATABASE_URL
+    project, ck, ds = rows
+    job_id = ws.make_job(url, project, ck, ds, epochs=4)
+    _track(url, job_id, server.uri, "resumed")
+    real_epoch_end = pipeline.JobCallbacks.on_epoch_end
+
+    def crash_after_two(self, state):
+        real_epoch_end(self, state)
+        if state["epoch"] == 2:
+            raise _Crash()
+
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", crash_after_two)
+    with pytest.raises(_Crash):
+        pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store)
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_epoch_end", real_epoch_end)
+    client = MlflowClient(tracking_uri=server.uri)
+    run_id = ws.job_row(url, job_id)["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"  # handed back: open for the next attempt
+
+    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+    assert ws.job_row(url, job_id)["mlflow"]["run_id"] == run_id
+    exp = client.get_experiment_by_name("resumed")
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id])] == [run_id]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["hp.epochs"] == "4"
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+
+
 class Proxy:
     """TCP forwarding to the MLflow server that closes every connection at once while ``up`` is False."""
 
