@@ -121,10 +121,48 @@ def key_locks(state: Any) -> KeyLocks:
     return locks
 
 
+def _advisory_key(project_id: str, key: str) -> tuple[int, int]:
+    digest = hashlib.sha256(f"idempotency\0{project_id}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big", signed=True), int.from_bytes(digest[4:8], "big", signed=True)
+
+
+@asynccontextmanager
+async def held_across_processes(bind: Any, project_id: str, key: str | None) -> AsyncIterator[None]:
+    """On Postgres, a session advisory lock on (project, key) for the block, so that API processes
+    (uvicorn ``--workers``, several containers) take one key's requests one at a time too. Polled with
+    ``pg_try_advisory_lock`` so that waiting holds no thread; other databases (the embedded mode's
+    SQLite, one process) need none."""
+    if not key or bind is None or bind.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    k1, k2 = _advisory_key(project_id, key)
+    engine = getattr(bind, "engine", bind)
+    conn = await run_in_threadpool(engine.connect)
+    try:
+        while not await run_in_threadpool(
+            lambda: bool(
+                conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": k1, "b": k2}).scalar()
+            )
+        ):
+            await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(
+                lambda: conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"), {"a": k1, "b": k2})
+            )
+    finally:
+        await run_in_threadpool(conn.close)
+
+
 async def create_once(
     state: Any, project_id: str, key: str | None, create: Callable[..., tuple[T, bool]], *args: Any, **kw: Any
 ) -> tuple[T, bool]:
     """``create(*args, idempotency_key=key, **kw)`` in the thread pool, holding the key's lock: concurrent
-    requests with one Idempotency-Key go one at a time, the later ones replay the first's object."""
-    async with key_locks(state).hold(project_id, key):
+    requests with one Idempotency-Key go one at a time, the later ones replay the first's object (in this
+    process by an asyncio lock, across processes by a Postgres advisory lock)."""
+    bind = next((a.get_bind() for a in args if isinstance(a, Session)), None)
+    async with key_locks(state).hold(project_id, key), held_across_processes(bind, project_id, key):
         return await run_in_threadpool(create, *args, idempotency_key=key, **kw)
