@@ -4,7 +4,9 @@ core errors and unexpected failures included)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -181,20 +183,39 @@ def loc_to_param(loc: tuple[Any, ...] | list[Any], prefix: str | None = None) ->
     return ".".join(parts) or None
 
 
-def validation_message(errors: list[Any], prefix: str | None = None) -> tuple[str, str | None]:
-    """A readable message for all errors and the param of the first one."""
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'lr'?)`` for the known names closest to ``name`` (difflib), else ``""``."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+
+
+def validation_message(
+    errors: list[Any], prefix: str | None = None, known: Iterable[str] | None = None
+) -> tuple[str, str | None]:
+    """A readable message for all errors and the param of the first one. With ``known`` (the model's
+    field names), an unknown field says so and names the closest known ones."""
     msgs = []
     first_param = None
     for e in errors:
-        param = loc_to_param(tuple(e.get("loc", ())), prefix)
+        loc = tuple(e.get("loc", ()))
+        param = loc_to_param(loc, prefix)
         if first_param is None:
             first_param = param
-        msgs.append(f"{param}: {e.get('msg')}" if param else str(e.get("msg")))
+        msg = e.get("msg")
+        if known is not None and e.get("type") == "extra_forbidden" and loc:
+            name = str(loc[-1])
+            what = prefix.removesuffix("s") if prefix else "field"
+            msg = f"unknown {what} {name!r}{did_you_mean(name, known)}"
+        msgs.append(f"{param}: {msg}" if param else str(msg))
     return "; ".join(msgs) or "invalid request", first_param
 
 
-def from_pydantic(exc: ValidationError, prefix: str | None = None) -> Unprocessable:
-    message, param = validation_message(exc.errors(), prefix)
+def from_pydantic(
+    exc: ValidationError, prefix: str | None = None, known: Iterable[str] | None = None
+) -> Unprocessable:
+    message, param = validation_message(exc.errors(), prefix, known)
     return Unprocessable(message, param=param)
 
 

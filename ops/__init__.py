@@ -21,23 +21,29 @@ if TYPE_CHECKING:
     from mergetune.common.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Libraries whose INFO lines never reach the terminal (MERGETUNE_LOG_LEVEL=DEBUG shows them).
+LIBRARY_LOGGERS = ("alembic", "httpx", "httpcore")
 
 
 def load_settings() -> Settings:
-    """The server's settings (MERGETUNE_*), with logging set up at their LOG_LEVEL on stderr; a
-    malformed variable is one line (``error: configuration: ...``)."""
+    """The server's settings (MERGETUNE_*), with logging set up at their LOG_LEVEL on stderr (the
+    libraries' own loggers at WARNING unless it is DEBUG); a malformed variable is one line
+    (``error: configuration: ...``)."""
     from mergetune.common.settings import get_settings
 
     try:
         settings = get_settings()
     except Exception as exc:
         raise UserError(f"configuration: {str(exc).splitlines()[0]}") from exc
+    level = getattr(logging, settings.LOG_LEVEL.upper(), logging.INFO)
     logging.basicConfig(
-        level=getattr(logging, settings.LOG_LEVEL.upper(), logging.INFO),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if level > logging.DEBUG:  # libraries' INFO lines (alembic's migration steps, httpx's requests) are noise
+        for name in LIBRARY_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
     return settings
 
 

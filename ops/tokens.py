@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mergetune.cli.options import UserError
-from mergetune.cli.output import print_json, say
+from mergetune.cli.output import print_list, say
 from mergetune.ops import load_settings, server_errors
 from mergetune.ops.serve import running_servers
 
@@ -147,7 +147,7 @@ def list_(
             for t, name in repo.list_tokens(s, project)
         ]
     if as_json:
-        print_json(rows)
+        print_list(rows)
         return
     cols = ["id", "prefix", "project", "created", "last_used", "expires", "revoked", "state"]
     widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in cols}

@@ -180,7 +180,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
     try:
         hp = hp_model.model_validate(body.hyperparameters)
     except ValidationError as exc:
-        raise from_pydantic(exc, prefix="hyperparameters") from None
+        raise from_pydantic(exc, prefix="hyperparameters", known=hp_model.model_fields) from None
 
     check_backbone(session, settings, body.backbone)
     prompt: dict[str, Any] | None = None

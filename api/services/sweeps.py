@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from mergetune.api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
+from mergetune.api.errors import ApiError, Conflict, NotFound, Unprocessable, did_you_mean, from_pydantic
 from mergetune.api.schemas import (
     MAX_GRID_POINTS,
     MAX_GRID_VALUES,
@@ -80,7 +80,8 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     for name, values in grid.items():
         param = f"grid.{name}"
         if name not in Hyperparameters.model_fields:
-            raise Unprocessable(f"{param}: not a hyperparameter", param=param)
+            hint = did_you_mean(name, Hyperparameters.model_fields)
+            raise Unprocessable(f"{param}: not a hyperparameter{hint}", param=param)
         if name == "seed":
             raise Unprocessable("seeds come from the cells, not from the grid", param=param)
         if not 1 <= len(values) <= MAX_GRID_VALUES:

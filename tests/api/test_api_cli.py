@@ -70,7 +70,11 @@ class _Recorder:
     def __getattr__(self, name):
         def call(*args, **kwargs):
             self.calls.append((name, args, kwargs))
-            return {"id": "x", "status": "ready"}
+            return (
+                [{"id": "x", "status": "ready"}]
+                if name.startswith("list_")
+                else {"id": "x", "status": "ready"}
+            )
 
         return call
 
@@ -86,7 +90,11 @@ def test_cli_options_reach_the_client(monkeypatch, capsys):
     def run(*argv: str) -> tuple[str, tuple, dict]:
         _Recorder.calls = []
         assert main(list(argv)) == 0, capsys.readouterr().err
-        assert json.loads(capsys.readouterr().out) == {"id": "x", "status": "ready"}
+        out = json.loads(capsys.readouterr().out)
+        if _Recorder.calls[1][0].startswith("list_"):  # every list prints the REST list page's shape
+            assert out == {"data": [{"id": "x", "status": "ready"}], "has_more": False, "next_cursor": None}
+        else:
+            assert out == {"id": "x", "status": "ready"}
         assert _Recorder.calls[0] == ("__init__", ("http://127.0.0.1:8000", "mt_env"), {"timeout": 300.0})
         return _Recorder.calls[1]
 

@@ -73,7 +73,7 @@ def test_operator_sets_a_projects_weight_and_running_limit(env_settings, client,
     assert main(["project", "set", "team-a", "--max-running", "none"]) == 0
     assert json.loads(capsys.readouterr().out)["max_running_jobs"] is None
     assert main(["project", "list", "--json"]) == 0
-    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    listed = {r["name"]: r for r in json.loads(capsys.readouterr().out)["data"]}
     assert listed["team-a"]["weight"] == 2.5 and listed["team-a"]["max_running_jobs"] is None
 
     assert main(["project", "set", "team-a", "--weight", "0"]) != 0

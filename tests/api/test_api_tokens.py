@@ -23,7 +23,7 @@ def _create(capsys, project: str, *extra: str) -> str:
 
 def _listed(capsys, project: str) -> list[dict]:
     assert main(["token", "list", "--project", project, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)["data"]
 
 
 def _row(url: str, secret: str) -> ApiToken:

@@ -182,4 +182,4 @@ def test_token_create_finds_the_running_server_or_needs_init(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (elsewhere / ".mergetune" / "mergetune.db").is_file()
     listed = mt(env, "token", "list", "--json", cwd=elsewhere)
-    assert [t["project"] for t in json.loads(listed.stdout)] == ["p"]
+    assert [t["project"] for t in json.loads(listed.stdout)["data"]] == ["p"]

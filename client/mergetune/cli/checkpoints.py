@@ -1,5 +1,6 @@
 """``mergetune upload``: send a fine-tuned checkpoint (CoOp/KgCoOp prompts, a linear head, MMA
-adapters) to the service; prints the checkpoint as JSON, exit 2 when it was not accepted as ready."""
+adapters) to the service; prints the checkpoint as JSON. A file the service rejects is one line on stderr
+(``error: FILE was rejected: why [code] (checkpoint ckpt_...)``) and exit 2, with nothing on stdout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Literal
 import typer
 
 from mergetune.cli.options import Timeout, Token, TokenPosition, Url, connect, input_file
-from mergetune.cli.output import print_json
+from mergetune.cli.output import print_json, say
 
 Method = Literal["coop", "kgcoop", "linear_head", "mma"]
 
@@ -42,9 +43,13 @@ def upload(
             idempotency_key=idempotency_key,
             class_token_position=class_token_position,
         )
-    print_json(ckpt)
     if ckpt["status"] != "ready":
+        err = ckpt.get("error") or {}
+        why = err.get("message") or "not a checkpoint the service can read"
+        code = f" [{err['code']}]" if err.get("code") else ""
+        say(f"error: {file} was {ckpt['status']}: {why.splitlines()[0]}{code} (checkpoint {ckpt['id']})")
         raise typer.Exit(2)
+    print_json(ckpt)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import typer
 
 from mergetune.cli.options import Timeout, Token, Url, connect, json_object
-from mergetune.cli.output import print_json
+from mergetune.cli.output import print_json, print_list
 
 app = typer.Typer(name="dataset", help="datasets", no_args_is_help=True)
 
@@ -40,9 +40,9 @@ def create(
 
 @app.command("list")
 def list_(url: Url = None, token: Token = None, timeout: Timeout = 300.0) -> None:
-    """List the project's datasets as JSON."""
+    """List the project's datasets as JSON ({"data": [...], "has_more": false, "next_cursor": null})."""
     with connect(url, token, timeout) as c:
-        print_json(c.list_datasets())
+        print_list(c.list_datasets())
 
 
 def register(root: typer.Typer) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import typer
 
 from mergetune.cli import options as o
-from mergetune.cli.output import ProgressBar, job_progress, print_json, print_lines, say
+from mergetune.cli.output import ProgressBar, job_progress, print_json, print_lines, print_list, say
 
 app = typer.Typer(name="job", help="jobs", no_args_is_help=True)
 
@@ -125,7 +125,7 @@ def events(
     with o.connect(url, token, timeout) as c:
         if all_pages:
             found = c.list_job_events(job, after=after, page_size=limit)
-            page = {"object": "list", "data": found, "has_more": False, "next_cursor": None}
+            page = {"data": found, "has_more": False, "next_cursor": None}
         else:
             page = c.job_events(job, after=after, limit=limit)
     print_json(page)
@@ -141,9 +141,9 @@ def list_(
     token: o.Token = None,
     timeout: o.Timeout = 300.0,
 ) -> None:
-    """List the project's jobs as JSON, newest first."""
+    """List the project's jobs as JSON, newest first ({"data": [...], "has_more": false, "next_cursor": null})."""
     with o.connect(url, token, timeout) as c:
-        print_json(c.list_jobs(status=status, dataset_id=dataset))
+        print_list(c.list_jobs(status=status, dataset_id=dataset))
 
 
 def download(

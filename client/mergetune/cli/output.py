@@ -1,4 +1,5 @@
-"""What the commands print: one JSON document (or one path a line) on stdout, and for people, on
+"""What the commands print: one JSON document (or one path a line) on stdout, every list in one shape
+(:func:`print_list`), and for people, on
 stderr, a rich progress bar while a job or sweep runs and a sweep's base-to-novel table.
 
 stdout stays machine-readable (``mergetune job create ... | jq -r .id``); everything else goes to stderr.
@@ -18,6 +19,12 @@ from rich.progress import BarColumn, Progress, TextColumn
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_list(items: Iterable[Any]) -> None:
+    """Every ``list`` command's one shape, the REST list page's: ``{"data": [...], "has_more": false,
+    "next_cursor": null}`` (the commands follow the cursors, so ``data`` holds every item)."""
+    print_json({"data": list(items), "has_more": False, "next_cursor": None})
 
 
 def print_lines(items: Iterable[Any]) -> None:

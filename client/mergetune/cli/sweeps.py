@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mergetune.cli import options as o
-from mergetune.cli.output import ProgressBar, print_json, print_lines, say, sweep_progress
+from mergetune.cli.output import ProgressBar, print_json, print_lines, print_list, say, sweep_progress
 
 app = typer.Typer(
     name="sweep", help="sweeps: many jobs from a CoOp output tree or a grid", no_args_is_help=True
@@ -162,9 +162,9 @@ def cancel(sweep: SweepId, url: o.Url = None, token: o.Token = None, timeout: o.
 
 @app.command("list")
 def list_(url: o.Url = None, token: o.Token = None, timeout: o.Timeout = 300.0) -> None:
-    """List the project's sweeps as JSON."""
+    """List the project's sweeps as JSON ({"data": [...], "has_more": false, "next_cursor": null})."""
     with o.connect(url, token, timeout) as c:
-        print_json(c.list_sweeps())
+        print_list(c.list_sweeps())
 
 
 def register(root: typer.Typer) -> None:
