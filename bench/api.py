@@ -92,8 +92,8 @@ def small_checkpoint(path: Path, dim: int) -> None:
 
 
 class Service:
-    def __init__(self, mode: str, home: Path, args: argparse.Namespace) -> None:
-        self.mode, self.home, self.args = mode, home, args
+    def __init__(self, mode: str, home: Path, args: argparse.Namespace, processes: int = 1) -> None:
+        self.mode, self.home, self.args, self.processes = mode, home, args, processes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MERGETUNE_")}
@@ -114,6 +114,8 @@ class Service:
 
     def start(self) -> None:
         cmd = [MERGETUNE, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.processes > 1:
+            cmd += ["--workers", str(self.processes)]
         if self.mode == "embedded":
             cmd.insert(2, "--embedded")
         else:
@@ -375,6 +377,56 @@ def run_mode(mode: str, args: argparse.Namespace, big: Path, workdir: Path) -> d
     return out
 
 
+def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
+    """GET /v1/jobs/{id}, ``--clients`` back to back, against 1 and N API processes
+    (``mergetune serve --workers N``) on Postgres/Redis, one after the other in this run."""
+    rows = []
+    for n in [int(x) for x in args.replicas.split(",") if x]:
+        home = Path(tempfile.mkdtemp(prefix=f"mt-bench-x{n}-", dir=workdir))
+        svc = Service("postgres", home, args, processes=n)
+        try:
+            svc.start()
+            client = httpx.Client(
+                base_url=svc.url, headers={"Authorization": f"Bearer {svc.token}"}, timeout=120
+            )
+            job_id, _ = create_job(svc, client, workdir)
+            client.close()
+            path = f"/v1/jobs/{job_id}"
+            asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, 5))  # warm every process
+            loads: list[float] = []
+            stop = threading.Event()
+
+            def sample(loads: list[float] = loads, stop: threading.Event = stop) -> None:
+                while not stop.wait(1.0):
+                    loads.append(os.getloadavg()[0])
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            lat, wall = asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, args.requests))
+            stop.set()
+            sampler.join()
+            rows.append(
+                (
+                    n,
+                    len(lat) / wall,
+                    pct(lat, 0.5),
+                    pct(lat, 0.99),
+                    max(loads or [os.getloadavg()[0]]),
+                    len(lat),
+                )
+            )
+        finally:
+            svc.stop()
+            shutil.rmtree(home, ignore_errors=True)
+    print(f"\nGET /v1/jobs/{{id}}, {args.clients} clients back to back (closed loop), Postgres + Redis")
+    print("| API processes | requests | req/s | p50 ms | p99 ms | load average (1 min, peak) |")
+    print("|---|---|---|---|---|---|")
+    for n, rps, p50, p99, load, count in rows:
+        print(f"| {n} | {count} | {rps:.0f} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} | {load:.2f} |")
+    if len(rows) >= 2:
+        print(f"ratio {rows[-1][0]} : {rows[0][0]} processes: {rows[-1][1] / rows[0][1]:.2f}x req/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="embedded,postgres")
@@ -386,7 +438,17 @@ def main() -> None:
     ap.add_argument("--redis-db", type=int, default=13)
     ap.add_argument("--log-level", default="INFO", help="MERGETUNE_LOG_LEVEL of the service (default INFO)")
     ap.add_argument("--job-timeout", type=float, default=180.0)
+    ap.add_argument(
+        "--replicas", default="", help="e.g. 1,2: only the GET closed loop against that many API processes"
+    )
     args = ap.parse_args()
+    if args.replicas:
+        workdir = Path(tempfile.mkdtemp(prefix="mt-bench-api-"))
+        try:
+            run_replicas(args, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
 
     print(f"machine: {machine(__import__('torch').device('cpu'))}")
     print(

@@ -43,6 +43,9 @@ def serve(
     ] = False,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="API processes sharing the port (a Postgres deployment)")
+    ] = 1,
 ) -> None:
     """Run the API (with --embedded: plus a worker, SQLite, filesystem queue)."""
     import uvicorn
@@ -51,6 +54,9 @@ def serve(
 
     settings = load_settings()
     settings.ensure_dirs()
+    if workers > 1 and (embedded or settings.is_sqlite):
+        log.critical("--workers needs the Postgres deployment: the embedded mode and SQLite are one process")
+        raise typer.Exit(2)
     worker: subprocess.Popen[bytes] | None = None
     if embedded:
         from mergetune.common.db import upgrade_head
@@ -76,6 +82,18 @@ def serve(
             log.critical("refusing to start: %s", exc)
             raise typer.Exit(1) from None
 
+    if workers > 1:  # uvicorn's supervisor: N processes accept on one socket, each builds the app
+        log.info("%d API processes on %s:%d", workers, host, port)
+        uvicorn.run(
+            "mergetune.api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=True,
+            log_config=_log_config(settings.LOG_LEVEL),
+        )
+        return
     config = uvicorn.Config(
         create_app(settings), host=host, port=port, log_level=settings.LOG_LEVEL.lower(), proxy_headers=True
     )
@@ -105,6 +123,17 @@ def serve(
             _stop_child(worker)
     if not server.started:  # the port was taken, the app failed to start, or the worker died first
         raise typer.Exit(1)
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging set-up plus the service's own loggers on stderr, applied in every process."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["mergetune"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def _server_class() -> type:

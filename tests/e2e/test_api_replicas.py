@@ -119,3 +119,30 @@ def test_one_idempotency_key_is_parsed_once_across_processes(replicas):
         assert len({ident for _, ident in mine}) == 1
     parses = sum(api.log().count("checkpoint parse:") for api in apis)
     assert parses == KEYS, [api.log()[-2000:] for api in apis]
+
+
+def test_several_processes_need_the_postgres_deployment(tmp_path):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERGETUNE_")}
+    env["MERGETUNE_HOME"] = str(tmp_path / "home")  # SQLite: one process
+    for extra in (["--embedded"], []):
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mergetune.cli",
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(ws.free_port()),
+                *extra,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert "--workers needs the Postgres deployment" in r.stderr
