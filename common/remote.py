@@ -225,8 +225,8 @@ class S3DatasetSource:
 
     def image_bytes(self, rel: str) -> bytes:
         obj = self._by_rel.get(rel)
-        if obj is None:
-            raise RemoteError(f"s3://{self.bucket}/{self.folder}{rel} is not in the listing", "not_found")
+        if obj is None:  # a split file names an image the bucket does not hold
+            raise FileNotFoundError(f"s3://{self.bucket}/{self.folder}{rel} is not in the bucket")
         if self.inputs.cache is None:
             return self.read(rel, max(obj.size, 1))
         with self.inputs.fetch(self.bucket, obj) as path:

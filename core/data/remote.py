@@ -29,7 +29,8 @@ MAX_TEXT_BYTES = 64 << 20
 
 class ObjectSource(Protocol):
     """What a store offers: ``objects()`` -> [(key relative to the dataset, size, ETag)], ``read`` of a
-    small object whole, ``image_bytes`` of one image (through a local cache on workers)."""
+    small object whole, ``image_bytes`` of one image (through a local cache on workers; FileNotFoundError
+    when the store does not hold it)."""
 
     def objects(self) -> list[tuple[str, int, str]]: ...
 
@@ -101,7 +102,11 @@ def open_listed_dataset(
             raise DatasetError(f"image {key!r} is not in the dataset", code="not_found", param="path")
         rel = key[len(prefix) :]
         try:
-            with Image.open(io.BytesIO(source.image_bytes(rel))) as im:
+            data = source.image_bytes(rel)
+        except FileNotFoundError:
+            raise DatasetError(f"image {rel!r} not found", code="not_found", param="path") from None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except OSError as e:
             raise DatasetError(f"image {rel!r} is unreadable: {e}", code="bad_image", param="path") from None

@@ -55,6 +55,18 @@ def test_a_bucket_dataset_reads_its_images_through_the_cache(settings, endpoint)
     assert again.split_sha256() == ds.split_sha256()
 
 
+def test_an_image_the_split_file_names_but_the_bucket_lacks(settings, endpoint):
+    files = s3.eurosat_files()
+    missing = next(k for k in files if k.endswith(".png") and "_test0" in k)
+    del files[missing]
+    s3.put_tree(s3.client(endpoint), "data", "holes/eurosat", files)
+    ds = open_dataset_row(settings, "coop", "s3://data/holes/eurosat", coop_name=None, options=None)
+    (rec,) = [r for r in ds.splits["test"] if r.key.endswith(missing)]
+    with pytest.raises(DatasetError) as e:
+        ds.load_image(rec.key)
+    assert (e.value.code, e.value.param) == ("not_found", "path") and "2750/" in e.value.message
+
+
 def test_a_bucket_that_went_away_is_the_datasets_fault(settings):
     with pytest.raises(DatasetError) as e:
         open_dataset_row(settings, "coop", "s3://gone-bucket/eurosat", coop_name=None, options=None)
