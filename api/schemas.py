@@ -63,6 +63,11 @@ class DeletedRead(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+class FreedRead(DeletedRead):
+    """A DELETE that removed files from the artifact store: how many, and their bytes."""
+
     freed_bytes: int = Field(default=0, description="bytes removed from the artifact store")
     freed_files: int = Field(default=0, description="files removed from the artifact store")
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from mergetune.api.errors import NotFound, error_responses
-from mergetune.api.schemas import CheckpointList, CheckpointRead, DeletedRead
+from mergetune.api.schemas import CheckpointList, CheckpointRead, FreedRead
 from mergetune.api.services import lifecycle
 from mergetune.api.services.checkpoints import create_checkpoint
 from mergetune.api.services.idempotency import create_once
@@ -87,10 +87,10 @@ def get_checkpoint(checkpoint_id: str, principal: PrincipalDep, session: Session
     return CheckpointRead.model_validate(ckpt)
 
 
-@router.delete("/{checkpoint_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
+@router.delete("/{checkpoint_id}", response_model=FreedRead, responses=error_responses(401, 404, 409))
 def delete_checkpoint(
     checkpoint_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep
-) -> DeletedRead:
+) -> FreedRead:
     """The checkpoint's files leave the store (the answer says how many bytes); its record stays,
     deleted, for the jobs that refer to it. 409 while an unfinished job uses it."""
     return lifecycle.delete_checkpoint(session, store, principal.project_id, checkpoint_id)

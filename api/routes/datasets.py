@@ -4,7 +4,7 @@ from fastapi import APIRouter, Response, status
 
 from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep
 from mergetune.api.errors import NotFound, error_responses
-from mergetune.api.schemas import DatasetCreate, DatasetList, DatasetRead, DeletedRead
+from mergetune.api.schemas import DatasetCreate, DatasetList, DatasetRead, FreedRead
 from mergetune.api.services import lifecycle
 from mergetune.api.services.datasets import create_dataset
 from mergetune.common import repositories as repo
@@ -51,7 +51,7 @@ def get_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -
     return DatasetRead.model_validate(ds)
 
 
-@router.delete("/{dataset_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
-def delete_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -> DeletedRead:
+@router.delete("/{dataset_id}", response_model=FreedRead, responses=error_responses(401, 404, 409))
+def delete_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -> FreedRead:
     """A dataset no job refers to (its data is not in the store: nothing is freed there); 409 otherwise."""
     return lifecycle.delete_dataset(session, principal.project_id, dataset_id)

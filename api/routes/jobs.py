@@ -10,9 +10,9 @@ from mergetune.api.errors import NotFound, Unprocessable, error_responses
 from mergetune.api.schemas import (
     ArtifactList,
     ArtifactRead,
-    DeletedRead,
     EventList,
     EventRead,
+    FreedRead,
     JobCreate,
     JobList,
     JobRead,
@@ -91,8 +91,8 @@ def patch_job(
     return job_read(session, settings, job)
 
 
-@router.delete("/{job_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
-def delete_job(job_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> DeletedRead:
+@router.delete("/{job_id}", response_model=FreedRead, responses=error_responses(401, 404, 409))
+def delete_job(job_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> FreedRead:
     """A finished job, its events, artifacts and every file it stored (the answer says how many bytes);
     409 while it is queued or running (cancel it first) or when it is a sweep's cell."""
     return lifecycle.delete_job(session, store, principal.project_id, job_id)

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from mergetune.api.errors import UnsupportedMediaType, error_responses, from_pydantic
-from mergetune.api.schemas import DeletedRead, SweepCreate, SweepList, SweepRead
+from mergetune.api.schemas import FreedRead, SweepCreate, SweepList, SweepRead
 from mergetune.api.services import lifecycle
 from mergetune.api.services.idempotency import create_once
 from mergetune.api.services.sweeps import (
@@ -120,8 +120,8 @@ def read_sweep(sweep_id: str, principal: PrincipalDep, session: SessionDep) -> S
     return sweep_read(session, get_sweep(session, principal.project_id, sweep_id))
 
 
-@router.delete("/{sweep_id}", response_model=DeletedRead, responses=error_responses(401, 404, 409))
-def delete_sweep(sweep_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> DeletedRead:
+@router.delete("/{sweep_id}", response_model=FreedRead, responses=error_responses(401, 404, 409))
+def delete_sweep(sweep_id: str, principal: PrincipalDep, session: SessionDep, store: StoreDep) -> FreedRead:
     """The sweep, its jobs and every file they stored (the answer says how many bytes); 409 while any
     of its jobs has not finished (cancel the sweep first)."""
     return lifecycle.delete_sweep(session, store, principal.project_id, sweep_id)

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mergetune.api.errors import Conflict, NotFound
-from mergetune.api.schemas import DeletedRead
+from mergetune.api.schemas import FreedRead
 from mergetune.common import repositories as repo
 from mergetune.common.lifecycle import Freed, free_prefix
 from mergetune.common.models import TERMINAL_STATUSES, Dataset, Job, Sweep, utcnow
@@ -21,8 +21,8 @@ from mergetune.common.storage import ArtifactStore
 _TERMINAL = [s.value for s in TERMINAL_STATUSES]
 
 
-def _answer(obj_id: str, kind: str, freed: Freed) -> DeletedRead:
-    return DeletedRead(id=obj_id, object=kind, freed_bytes=freed.bytes, freed_files=freed.files)
+def _answer(obj_id: str, kind: str, freed: Freed) -> FreedRead:
+    return FreedRead(id=obj_id, object=kind, freed_bytes=freed.bytes, freed_files=freed.files)
 
 
 def _unfinished(session: Session, *where: Any) -> list[str]:
@@ -32,7 +32,7 @@ def _unfinished(session: Session, *where: Any) -> list[str]:
     return list(rows)
 
 
-def delete_job(session: Session, store: ArtifactStore, project_id: str, job_id: str) -> DeletedRead:
+def delete_job(session: Session, store: ArtifactStore, project_id: str, job_id: str) -> FreedRead:
     job = repo.get_job(session, project_id, job_id)
     if job is None:
         raise NotFound(f"job {job_id!r} not found", param="id")
@@ -50,7 +50,7 @@ def delete_job(session: Session, store: ArtifactStore, project_id: str, job_id: 
 
 def delete_checkpoint(
     session: Session, store: ArtifactStore, project_id: str, checkpoint_id: str
-) -> DeletedRead:
+) -> FreedRead:
     """The checkpoint's files go; its row stays as a deleted record when jobs refer to it."""
     ckpt = repo.get_checkpoint(session, project_id, checkpoint_id)
     if ckpt is None:
@@ -66,7 +66,7 @@ def delete_checkpoint(
     return _answer(checkpoint_id, "checkpoint", freed)
 
 
-def delete_dataset(session: Session, project_id: str, dataset_id: str) -> DeletedRead:
+def delete_dataset(session: Session, project_id: str, dataset_id: str) -> FreedRead:
     """A dataset is a reference (its data is not in the store): the row goes once no job names it."""
     ds = repo.get_dataset(session, project_id, dataset_id)
     if ds is None:
@@ -88,7 +88,7 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> Delete
     return _answer(dataset_id, "dataset", Freed())
 
 
-def delete_sweep(session: Session, store: ArtifactStore, project_id: str, sweep_id: str) -> DeletedRead:
+def delete_sweep(session: Session, store: ArtifactStore, project_id: str, sweep_id: str) -> FreedRead:
     """The sweep, its jobs and all their files (and the sweep's own, e.g. its report)."""
     sweep = repo.get_sweep(session, project_id, sweep_id)
     if sweep is None:

@@ -4,6 +4,9 @@ bytes the store held, and whatever an unfinished job uses is refused with 409.""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import worker_support as ws
 from fastapi.testclient import TestClient
@@ -12,6 +15,14 @@ from mergetune.common.db import session_scope
 from mergetune.common.models import Project
 from mergetune.common.storage import get_store
 from mergetune.worker import pipeline
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+def _record(name: str, figures: dict) -> None:
+    """The figures a run measured (bytes freed as the store saw them), in test-artifacts/<name>.json."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def _held(store, prefix):
@@ -90,6 +101,7 @@ def test_delete_frees_the_store(request, tmp_path, worker_pg_url, ctx_ft, kind):
         assert client.get(f"/v1/datasets/{ds}", headers=h).status_code == 404
         usage = client.get("/v1/usage", headers=h).json()
         assert usage["stored_bytes"]["total"] == 0 and usage["device_seconds"] > 0  # the ledger stays
+    _record(f"delete_{kind}", {"job": [job_bytes, job_files], "checkpoint": [ck_bytes, ck_files]})
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -141,3 +153,4 @@ def test_retention_expires_old_jobs_in_the_reconciler(request, tmp_path, worker_
     assert ws.job_row(url, recent)["status"] == "succeeded" and store.list(f"jobs/{recent}/")
     assert _held(store, f"checkpoints/{ck}/")[0] > 0  # inputs are not the retention's
     assert reconcile_once(settings).expired == {}  # once
+    _record(f"retention_{kind}", {"expired_job": [held, files]})
