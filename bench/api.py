@@ -377,6 +377,35 @@ def run_mode(mode: str, args: argparse.Namespace, big: Path, workdir: Path) -> d
     return out
 
 
+async def counted_loop(
+    url: str, token: str, path: str, clients: int, per_client: int
+) -> tuple[list[float], float, int]:
+    """The closed loop, where a request whose connection drops is counted and sent again."""
+    lat: list[float] = []
+    errors = [0]
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
+
+        async def one() -> None:
+            done = 0
+            while done < per_client:
+                t = time.perf_counter()
+                try:
+                    r = await c.get(path)
+                except httpx.TransportError:
+                    errors[0] += 1
+                    continue
+                lat.append(time.perf_counter() - t)
+                r.raise_for_status()
+                done += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return lat, wall, errors[0]
+
+
 def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
     """GET /v1/jobs/{id}, ``--clients`` back to back, against 1 and N API processes
     (``mergetune serve --workers N``) on Postgres/Redis, one after the other in this run."""
@@ -392,7 +421,14 @@ def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
             job_id, _ = create_job(svc, client, workdir)
             client.close()
             path = f"/v1/jobs/{job_id}"
-            asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, 5))  # warm every process
+            for attempt in range(3):  # warm every process (a loaded box may drop a first connection)
+                try:
+                    asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, 5))
+                    break
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(2)
             loads: list[float] = []
             stop = threading.Event()
 
@@ -402,9 +438,13 @@ def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            lat, wall = asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, args.requests))
+            lat, wall, errors = asyncio.run(
+                counted_loop(svc.url, svc.token, path, args.clients, args.requests)
+            )
             stop.set()
             sampler.join()
+            if errors:
+                print(f"{n} process(es): {errors} requests lost their connection (retried)")
             rows.append(
                 (
                     n,
