@@ -17,6 +17,13 @@
      departures from the reference, ALGORITHM.md 6c);
    each evaluated on the base and novel test classes, with the verdict a job would show.
 
+Deterministic: one thread (intra- and inter-op), torch's deterministic algorithms, every random draw
+seeded from ``--seed`` (few-shot sample, adapter init, batch order, augmentations), and nothing read from
+the clock goes into the table. Two runs on one machine and torch build print the same table; the run
+time is printed after it, on its own line. docs/USAGE.md shows the table of the default run and of a
+short run (``<!-- demo_mma.py ARGS -->`` above each), and tests/core/method/test_demo_mma_docs.py checks
+that the documented tables are what the script prints.
+
 tiny-clip has 4 blocks per tower: the adapters sit on blocks 2..4 (``mergetune.core.checkpoints.mma_layout.default_span``: the
 upper two thirds of the tower, as 5..12 is of a 12-block ViT-B/16); block 1 is frozen and cached.
 """
@@ -41,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", default="source", help="built-in domain: source (default) or downstream")
     p.add_argument("--feature-mode", default="none", choices=["none", "exact"])
     p.add_argument("--seed", type=int, default=1, help="few-shot sample and training seed")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of each MergeTune run (a job's default: 5)")
     p.add_argument("--curve-step", type=float, default=0.1, help="alpha step of the report's curves")
     p.add_argument("--out", type=Path, default=ROOT / "demo-output" / "mma")
     p.add_argument("--data", type=Path, default=ROOT / ".mergetune-demo" / "data")
@@ -58,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     from mergetune.core.model.backbone import load_backbone
 
     torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (main() called twice)
+        pass
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(args.seed)
     t0 = time.monotonic()
     backbone = load_backbone(BackboneSpec(model="tiny-clip", pretrained="builtin"))
     dataset = open_dataset(DatasetKind.builtin, args.data, "", options={"domain": args.domain})
@@ -80,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"==> {shown}: read back as method {ing.method.value}")
     runs = {
         "reference": MMAHyperparameters(
-            feature_mode=args.feature_mode, seed=args.seed, curve_step=args.curve_step
+            feature_mode=args.feature_mode, seed=args.seed, curve_step=args.curve_step, epochs=args.epochs
         ),
         "MMA step": MMAHyperparameters(
             feature_mode=args.feature_mode,
+            epochs=args.epochs,
             seed=args.seed,
             curve_step=args.curve_step,
             gradient_scale=True,
@@ -94,27 +109,41 @@ def main(argv: list[str] | None = None) -> int:
     outs = {}
     for name, hp in runs.items():
         print(
-            f"==> MergeTune for MMA, {name}: W_LMC {hp.w_lmc:g}, K {hp.num_samples}, {hp.epochs} epochs, "
+            f"==> MergeTune for MMA, {name}: W_LMC {hp.w_lmc:g}, K {hp.num_samples}, "
+            f"{hp.epochs} epoch{'s' if hp.epochs != 1 else ''}, "
             f"lr {hp.lr:g}, gradient scale {'on' if hp.gradient_scale else 'off'}, "
             f"endpoints {'normalised' if hp.normalise_endpoints else 'as the reference'}"
         )
         outs[name] = recover_mma(backbone, task, ing.adapters, AdapterLayout.from_json(ing.mma_layout), hp)
     first = next(iter(outs.values())).result
     m, b = first.metrics, first.baselines
+    labels = {
+        "reference": "MergeTune, reference settings (job defaults)",
+        "MMA step": "MergeTune, MMA's step (`gradient_scale` true, `w_lmc` 1, `normalise_endpoints` true)",
+    }
     rows: list[tuple[str, Any]] = [
         ("zero-shot CLIP", m.zero_shot),
         ("MMA stage 1 (uploaded)", m.fine_tuned),
-        *[(f"MergeTune, {name}", o.result.metrics.recovered) for name, o in outs.items()],
-        (f"feature interp. a={b.feature_interpolation.alpha:.1f}", b.feature_interpolation),
-        ("zs + ft ensemble", b.ensemble),
+        *[(labels[name], o.result.metrics.recovered) for name, o in outs.items()],
+        (
+            f"feature interpolation (alpha {b.feature_interpolation.alpha:.1f}, chosen on validation)",
+            b.feature_interpolation,
+        ),
+        ("zero-shot + fine-tuned ensemble", b.ensemble),
     ]
-    print(f"\n    {'':30s} {'base':>6s} {'novel':>6s} {'HM':>6s}")
+    print(f"\nTop-1 % on the built-in test split, {args.domain} domain, seed {args.seed}:\n")
+    print("| | base | novel | HM |\n|---|---|---|---|")
     for name, r in rows:
-        print(f"    {name:30s} {r.base:6.1f} {r.novel:6.1f} {r.hm:6.1f}")
-    print(f"    (top-1 %, built-in test split, {args.domain} domain; {time.monotonic() - t0:.0f} s)")
+        print(f"| {name} | {r.base:.1f} | {r.novel:.1f} | {r.hm:.1f} |")
+    print()
+    for name, o in outs.items():
+        moved = o.result.config.get("adapter_change")
+        if moved is not None:
+            print(f"adapters moved, {name}: {moved:.2%} (relative L2)")
     for name, o in outs.items():
         if o.result.verdict is not None:  # the text names every warning
-            print(f"    verdict, {name}: {o.result.verdict.text}")
+            print(f"verdict, {name}: {o.result.verdict.text}")
+    print(f"run time: {time.monotonic() - t0:.0f} s")
     return 0
 
 
