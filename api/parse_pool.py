@@ -11,6 +11,7 @@ responsive while parses run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -137,6 +138,44 @@ class ParsePool:
             del self._running_by[project]
         self._cond.notify_all()
 
+    @contextmanager
+    def deployment_slot(self, settings: Settings, project_id: str | None) -> Iterator[None]:
+        """One of the project's admitted places across every API process of the deployment (on
+        Postgres): session advisory locks (project, i) for i below the project's admitted cap, taken
+        without waiting and held on their own connection until the parse is answered, so that one
+        project spread over several processes still holds at most the cap one process gives it; a
+        process that dies lets its places go with its connections. SQLite (one process): none needed."""
+        if not settings.DATABASE_URL.startswith("postgresql") or not project_id:
+            yield
+            return
+        from sqlalchemy import text
+
+        from mergetune.common.db import get_engine
+
+        cap = self._project_admitted_cap
+        base = int.from_bytes(
+            hashlib.sha256(f"parse\0{project_id}".encode()).digest()[:4], "big", signed=True
+        )
+        with get_engine(settings.DATABASE_URL).connect() as conn:
+            held = next(
+                (
+                    i
+                    for i in range(cap)
+                    if conn.execute(text("SELECT pg_try_advisory_lock(:a, :b)"), {"a": base, "b": i}).scalar()
+                ),
+                None,
+            )
+            conn.commit()
+            if held is None:
+                raise self._busy(
+                    f"this project already has {cap} uploads being validated; retry once one is answered"
+                )
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"), {"a": base, "b": held})
+                conn.commit()
+
     def parse(
         self,
         settings: Settings,
@@ -146,7 +185,7 @@ class ParsePool:
         method: Method | None,
         project_id: str | None = None,
     ) -> IngestedCheckpoint:
-        with self.slot(project_id):
+        with self.deployment_slot(settings, project_id), self.slot(project_id):
             run = SandboxRun()
             try:
                 result: IngestedCheckpoint = ingest_sandboxed(
@@ -170,7 +209,7 @@ class ParsePool:
         self, settings: Settings, path: str | os.PathLike, out: Path, *, project_id: str | None
     ) -> list[TreeCheckpoint]:
         """Read a sweep archive in a parse child (one slot), leaving its checkpoints in ``out``."""
-        with self.slot(project_id):
+        with self.deployment_slot(settings, project_id), self.slot(project_id):
             run = SandboxRun()
             try:
                 return unpack_sandboxed(
