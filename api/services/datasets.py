@@ -134,6 +134,12 @@ def _create_listed(
         ) from None
     except (TypeError, ValueError, KeyError) as exc:
         raise Unprocessable(f"invalid dataset options: {exc}", param="options") from None
+    except OSError as exc:  # a key no folder tree can hold (a part longer than a file name may be)
+        raise Unprocessable(
+            f"the dataset cannot be laid out: {exc.strerror or type(exc).__name__}",
+            code="dataset_unreadable",
+            param="path",
+        ) from None
     return _store_row(session, project_id, body, url, ds, task, idempotency_key, req_hash)
 
 

@@ -90,6 +90,14 @@ def test_what_cannot_be_read_is_refused_naming_path(s3_client, auth, path, kind,
     assert err["param"] == ("coop_name" if code == "unknown_dataset" else "path")
 
 
+def test_a_key_no_folder_can_hold_is_refused(s3_client, auth, endpoint):
+    s3.put_tree(s3.client(endpoint), "data", "long/pets", {f"train/cat/{'x' * 300}.png": s3.png(1)})
+    r = _post(s3_client, auth, kind="imagefolder", path="s3://data/long/pets")
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("dataset_unreadable", "path")
+    assert "cannot be laid out" in r.json()["error"]["message"]
+
+
 def test_an_unreachable_store_is_refused(make_client, auth):
     c = make_client(S3_ENDPOINT_URL=f"http://127.0.0.1:{s3.free_port()}", **s3.CREDENTIALS)
     r = _post(c, auth, kind="coop", path="s3://data/coop/eurosat")
