@@ -100,14 +100,20 @@ async def _scenario(c: Any, tmp: Path, ckpt_bytes: bytes) -> None:
     assert report["sweep"]["id"] == sweep["id"] and "table" in report
     paths = await _(c.download_sweep_report(sweep["id"], tmp / "report"))
     assert sorted(p.name for p in paths) == sorted(
-        f"{sweep['id']}-report.{f}" for f in ("csv", "html", "json", "tex")
+        f"{sweep['id']}-report.{f}" for f in ("csv", "html", "json", "tex", "txt")
     )
     with pytest.raises(ApiError) as exc:
         await _(c.get_sweep("swp_nope"))
     assert exc.value.status == 404
 
-    # a soft delete: gone from the API
-    assert (await _(c.delete_checkpoint(ckpt["id"])))["id"] == ckpt["id"]
+    # delete: refused while an unfinished job uses the checkpoint, then gone from the API and the store
+    with pytest.raises(ApiError) as exc:
+        await _(c.delete_checkpoint(ckpt["id"]))
+    assert (exc.value.status, exc.value.code) == (409, "in_use")
+    await _(c.cancel_job(jobs[1]["id"]))
+    await _(c.cancel_sweep(from_tree["id"]))
+    deleted = await _(c.delete_checkpoint(ckpt["id"]))
+    assert deleted["id"] == ckpt["id"] and deleted["deleted"] is True and deleted["freed_bytes"] > 0
     assert ckpt["id"] not in {x["id"] for x in await _(c.list_checkpoints())}
 
 
