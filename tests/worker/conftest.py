@@ -44,8 +44,26 @@ def ctx_ft():
 
 
 @pytest.fixture
-def rows(wsettings, store, ctx_ft):
-    """(project_id, checkpoint_id, dataset_id) on the tiny backbone and builtin dataset."""
+def clean_queue(wsettings):
+    """The worker tests share one database, and a worker takes the next job by fair share, not the
+    job its message names: no queued or running job of an earlier test may compete."""
+    from sqlalchemy import update
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job, utcnow
+
+    with session_scope(wsettings.DATABASE_URL) as s:
+        s.execute(
+            update(Job)
+            .where(Job.status.in_(["queued", "validating", "running", "evaluating", "cancelling"]))
+            .values(status="cancelled", finished_at=utcnow())
+        )
+
+
+@pytest.fixture
+def rows(wsettings, store, ctx_ft, clean_queue):
+    """(project_id, checkpoint_id, dataset_id) on the tiny backbone and builtin dataset, with no
+    unfinished job of an earlier test left in the shared database."""
     url = wsettings.DATABASE_URL
     project = ws.make_project(url)
     ck = ws.make_checkpoint(url, store, project, ctx_ft)

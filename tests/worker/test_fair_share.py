@@ -46,17 +46,6 @@ def _finish(url, job_id, host, seconds):
     jobdb.heartbeat(url, host, reset_job=True)
 
 
-@pytest.fixture
-def clean_queue(wsettings):
-    """The worker tests share one database: no queued or running job of an earlier test competes."""
-    with session_scope(wsettings.DATABASE_URL) as s:
-        s.execute(
-            update(Job)
-            .where(Job.status.in_(["queued", "validating", "running", "evaluating", "cancelling"]))
-            .values(status="cancelled", finished_at=utcnow())
-        )
-
-
 def test_the_project_with_less_recent_device_time_goes_first(wsettings, store, ctx_ft, rows, clean_queue):
     url = wsettings.DATABASE_URL
     a = rows

@@ -99,7 +99,7 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
     before = ws.artifacts(url, job_id)
     assert (
         pipeline.run_job(job_id, settings=wsettings, hostname="other@x", store=store)
-        == "skipped: already succeeded"
+        == "skipped: already succeeded; nothing else to run"  # and no other job is queued
     )
     assert ws.artifacts(url, job_id) == before and ws.job_row(url, job_id)["attempts"] == 1
 
@@ -257,7 +257,7 @@ def test_redelivery_skips_a_job_owned_by_a_live_worker_and_takes_over_a_dead_one
     job_id = ws.make_job(url, project, ck, ds)
     _own(url, job_id, "live@a", seen_ago=1, current=True)
     assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == (
-        "skipped: running on live worker live@a"
+        "skipped: running on live worker live@a; nothing else to run"
     )
     assert ws.job_row(url, job_id)["attempts"] == 1
 
