@@ -1,5 +1,5 @@
-"""``mergetune project list|set``: the operator's fair-share settings of each project (weight, running
-limit), written straight into the server's database."""
+"""``mergetune project list|set|usage``: the operator's settings of each project (weight, running
+limit, quotas...), written straight into the server's database, and every project's usage."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from mergetune.cli.output import print_json, print_list, say
 from mergetune.ops import load_settings, server_errors
 from mergetune.ops.tokens import open_token_db
 
-app = typer.Typer(name="project", help="projects: fair-share weight and running limit", no_args_is_help=True)
+app = typer.Typer(
+    name="project", help="projects: fair-share weight, running limit, quotas, usage", no_args_is_help=True
+)
 
 
 def parse_limit(text: str) -> int:
@@ -93,7 +95,38 @@ def list_(
     if as_json:
         print_list(rows)
         return
-    cols = ["id", "name", "weight", "max_running_jobs", "running", "queued"]
+    _table(rows, ["id", "name", "weight", "max_running_jobs", "running", "queued"])
+
+
+@app.command("usage")
+@server_errors
+def usage(
+    days: Annotated[int, typer.Option("--days", min=1, max=366, help="days of the per-day breakdown")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """The operator's view of every project's usage: device seconds, jobs and stored bytes (what
+    ``GET /v1/usage`` answers each project about itself; with ``--json``, its per-day rows too)."""
+    from sqlalchemy import select
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Project, utcnow
+    from mergetune.common.usage import project_usage
+
+    settings = open_token_db(load_settings())
+    with session_scope(settings.DATABASE_URL) as s:
+        rows = [
+            {"name": p.name, **project_usage(s, p.id, days=days, now=utcnow())}
+            for p in s.scalars(select(Project).order_by(Project.name))
+        ]
+    if as_json:
+        print_list(rows)
+        return
+    flat = [{**r, "stored_bytes": r["stored_bytes"]["total"]} for r in rows]
+    _table(flat, ["project_id", "name", "device_seconds", "jobs", "stored_bytes"])
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    """``cols`` of ``rows`` as left-aligned columns under upper-case headers ("-" for None)."""
     text = [{c: ("-" if r[c] is None else str(r[c])) for c in cols} for r in rows]
     widths = {c: max([len(c), *(len(r[c]) for r in text)]) for c in cols}
     sys.stdout.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")

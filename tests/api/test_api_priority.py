@@ -84,6 +84,18 @@ def test_operator_sets_a_projects_weight_and_running_limit(env_settings, client,
     assert json.loads(capsys.readouterr().out)["default_max_runtime_seconds"] == 3600
     assert main(["project", "set", "team-a", "--retention-days", "30"]) == 0
     assert json.loads(capsys.readouterr().out)["retention_days"] == 30
+    # the operator's view of every project's usage (a project sees only its own: GET /v1/usage)
+    assert main(["token", "create", "--project", "team-b"]) == 0
+    capsys.readouterr()
+    assert main(["project", "usage", "--json", "--days", "2"]) == 0
+    usage = {r["name"]: r for r in json.loads(capsys.readouterr().out)["data"]}
+    assert {"team-a", "team-b"} <= set(usage)
+    assert usage["team-b"]["jobs"] == 0 and usage["team-b"]["device_seconds"] == 0
+    assert usage["team-b"]["stored_bytes"]["total"] == 0 and len(usage["team-b"]["days"]) == 2
+    assert main(["project", "usage"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["PROJECT_ID", "NAME", "DEVICE_SECONDS", "JOBS", "STORED_BYTES"]
+    assert any(line.split()[1:] == ["team-b", "0.0", "0", "0"] for line in table[1:]), table
     assert main(["project", "set", "nobody", "--weight", "1"]) != 0
     assert "no project named 'nobody'" in capsys.readouterr().err
     with session_scope(env_settings.DATABASE_URL) as s:

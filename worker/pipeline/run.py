@@ -130,17 +130,7 @@ def _run_claimed(
             jobdb.add_event(
                 url, job_id, "traceback", "".join(traceback.format_exception(exc))[-8000:], "debug"
             )
-        jobdb.finish_job(
-            url,
-            job_id,
-            hostname,
-            JobStatus.failed,
-            message=f"Job failed: {err['message']}",
-            error=err,
-            level="error",
-            attempt=claim.attempt,
-        )
-        return "failed"
+        return _failed(url, job_id, hostname, claim.attempt, err)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -203,17 +193,7 @@ def _storage_full(
             "user_error": False,
         }
         logger.error("job %s failed: %s", job_id, err["message"])
-        jobdb.finish_job(
-            url,
-            job_id,
-            hostname,
-            JobStatus.failed,
-            message=f"Job failed: {err['message']}",
-            error=err,
-            level="error",
-            attempt=claim.attempt,
-        )
-        return "failed"
+        return _failed(url, job_id, hostname, claim.attempt, err)
     jobdb.add_event(
         url,
         job_id,
@@ -274,3 +254,18 @@ def _measured(run: JobRun, stage: Any) -> None:
             jobdb.add_device_seconds(run.url, run.job_id, time.monotonic() - t)
         raise
     jobdb.add_device_seconds(run.url, run.job_id, time.monotonic() - t)
+
+
+def _failed(url: str, job_id: str, hostname: str, attempt: int, err: dict[str, Any]) -> str:
+    """End the job ``failed`` with ``err`` (code, message, user_error) as its error."""
+    jobdb.finish_job(
+        url,
+        job_id,
+        hostname,
+        JobStatus.failed,
+        message=f"Job failed: {err['message']}",
+        error=err,
+        level="error",
+        attempt=attempt,
+    )
+    return "failed"
