@@ -24,14 +24,26 @@ def _epochs(url, job_id):
     return [e["data"]["epoch"] for e in ws.events(url, job_id) if e["type"] == "epoch"]
 
 
-def test_a_job_times_out_keeps_its_state_and_a_clone_resumes_from_it(wsettings, store, rows, ctx_ft):
+def test_a_job_times_out_keeps_its_state_and_a_clone_resumes_from_it(
+    wsettings, store, rows, ctx_ft, monkeypatch
+):
     url = wsettings.DATABASE_URL
     project, ck, ds = rows
     job_id = ws.make_job(url, project, ck, ds, epochs=EPOCHS, batch_size=1)
     with session_scope(url) as s:
         s.execute(update(Job).where(Job.id == job_id).values(max_runtime_seconds=4))
+    # Each step takes at least 20 ms, so the 40 epochs take longer than the deadline however warm the
+    # process's caches are (earlier tests in this process can make the tiny job finish within 4 s).
+    on_progress = pipeline.JobCallbacks.on_progress
+
+    def paced(self, *args, **kwargs):
+        time.sleep(0.02)
+        return on_progress(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.JobCallbacks, "on_progress", paced)
     t0 = time.monotonic()
     assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "timed_out"
+    monkeypatch.undo()
     took = time.monotonic() - t0
     job = ws.job_row(url, job_id)
     assert job["status"] == "timed_out" and job["error"]["code"] == "timed_out"
