@@ -193,7 +193,9 @@ def test_20_keys_x_20_parallel_uploads_leave_no_orphaned_bytes(race_api, dassl_c
     results = asyncio.run(_race(api.url, requests))
     elapsed = time.perf_counter() - t0
     ids = _check_race(results, created_status=201)
-    assert all(body["status"] == "ready" for _, _, body in results), [b for _, _, b in results if b["status"] != "ready"][:2]
+    assert all(body["status"] == "ready" for _, _, body in results), [
+        b for _, _, b in results if b["status"] != "ready"
+    ][:2]
 
     with session_scope(settings.DATABASE_URL) as s:
         rows = set(s.scalars(select(Checkpoint.id).where(Checkpoint.name.like("race-%"))))
