@@ -175,10 +175,17 @@ def test_a_job_logs_one_run_read_back_through_mlflow(wsettings, store, rows, ser
 def test_a_server_that_is_down_never_fails_the_job_and_gets_the_data_later(wsettings, store, rows, server):
     url = wsettings.DATABASE_URL
     project, ck, ds = rows
-    # Down for the whole job: the job succeeds, with warnings and no run.
+    # Down for the whole job: the job succeeds, with warnings and no run. The port stays bound (not
+    # listening) meanwhile, so connections are refused and no other socket can take it, not even a
+    # client's own ephemeral end connecting to itself.
     job_id = ws.make_job(url, project, ck, ds, epochs=2)
     _track(url, job_id, server.uri, "down")
-    assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", server.port))
+    try:
+        assert pipeline.run_job(job_id, settings=wsettings, hostname=HOST, store=store) == "succeeded"
+    finally:
+        reserved.close()
     warned = _events(url, job_id, "mlflow_unavailable")
     assert [e.level for e in warned] == ["warning", "warning"], [e.message for e in warned]
     assert "not sent: " in warned[-1].message and "artifact report.json" in warned[-1].message
