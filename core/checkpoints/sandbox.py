@@ -94,25 +94,7 @@ def ingest_sandboxed(
             "cpu_seconds": limits.cpu_seconds,
             "parse": asdict(limits.parse),
         }
-        (work / "request.json").write_text(json.dumps(request))
-        t0 = time.monotonic()
-        returncode, timed_out = _run_child(work / "request.json", limits.wall_seconds, use_server)
-        run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
-        if timed_out:
-            raise _err(
-                f"parsing the file took longer than the limit of {limits.wall_seconds:g} s", "too_slow"
-            )
-        result_path = work / "result.json"
-        if returncode != 0 or not result_path.exists():
-            if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-                raise _err(f"parsing the file used more than {limits.cpu_seconds} s of CPU", "too_slow")
-            raise _err(
-                f"parsing the file needed more than {limits.memory_bytes >> 20} MiB of memory", "too_large"
-            )
-        result = json.loads(result_path.read_text())
-        run.peak_rss_bytes = int(result.get("peak_rss_bytes", 0))
-        if "error" in result:
-            raise _err(str(result["error"]["message"]), str(result["error"]["code"]))
+        result = _run_request(work, request, limits, use_server, run, "parsing the file")
         arrays: dict[str, Any] = {}
         for name in _ARRAYS:
             p = work / f"{name}.npy"
@@ -158,23 +140,7 @@ def unpack_sandboxed(
         "cpu_seconds": limits.cpu_seconds,
         "archive": asdict(archive),
     }
-    (work / "request.json").write_text(json.dumps(request))
-    t0 = time.monotonic()
-    returncode, timed_out = _run_child(work / "request.json", limits.wall_seconds, use_server)
-    run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
-    if timed_out:
-        raise _err(f"reading the archive took longer than the limit of {limits.wall_seconds:g} s", "too_slow")
-    result_path = work / "result.json"
-    if returncode != 0 or not result_path.exists():
-        if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-            raise _err(f"reading the archive used more than {limits.cpu_seconds} s of CPU", "too_slow")
-        raise _err(
-            f"reading the archive needed more than {limits.memory_bytes >> 20} MiB of memory", "too_large"
-        )
-    result = json.loads(result_path.read_text())
-    run.peak_rss_bytes = int(result.get("peak_rss_bytes", 0))
-    if "error" in result:
-        raise _err(str(result["error"]["message"]), str(result["error"]["code"]))
+    result = _run_request(work, request, limits, use_server, run, "reading the archive")
     checkpoints = []
     for item in result["ok"]["checkpoints"]:
         ck = TreeCheckpoint(**item)
@@ -199,6 +165,30 @@ def _child_env() -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "LC_ALL": "C.UTF-8",
     }
+
+
+def _run_request(
+    work: Path, request: dict[str, Any], limits: Any, use_server: bool, run: Any, doing: str
+) -> dict[str, Any]:
+    """Run one child on ``request`` in ``work`` and return its result.json, recording wall time, exit
+    code and peak RSS on ``run``; a limit hit or the child's own error is raised as a CheckpointError
+    whose message starts with ``doing`` ("parsing the file", "reading the archive")."""
+    (work / "request.json").write_text(json.dumps(request))
+    t0 = time.monotonic()
+    returncode, timed_out = _run_child(work / "request.json", limits.wall_seconds, use_server)
+    run.wall_seconds, run.returncode = time.monotonic() - t0, returncode
+    if timed_out:
+        raise _err(f"{doing} took longer than the limit of {limits.wall_seconds:g} s", "too_slow")
+    result_path = work / "result.json"
+    if returncode != 0 or not result_path.exists():
+        if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+            raise _err(f"{doing} used more than {limits.cpu_seconds} s of CPU", "too_slow")
+        raise _err(f"{doing} needed more than {limits.memory_bytes >> 20} MiB of memory", "too_large")
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    run.peak_rss_bytes = int(result.get("peak_rss_bytes", 0))
+    if "error" in result:
+        raise _err(str(result["error"]["message"]), str(result["error"]["code"]))
+    return result
 
 
 def _run_child(request: Path, wall_seconds: float, use_server: bool) -> tuple[int, bool]:
