@@ -4,12 +4,15 @@ has to be mounted). Templates live in ``api/templates``, static files in ``api/s
 
 from __future__ import annotations
 
+import gzip
 import mimetypes
 import secrets
+from functools import cache
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import plotly
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -115,6 +118,31 @@ def error_page(
 # ----------------------------------------------------------------------------------------------- static
 
 _STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()} if STATIC_DIR.is_dir() else {}
+
+
+# The chart library (plotly.js) is the one the ``plotly`` Python package ships, served from our own origin
+# under a versioned name so browsers may keep it for a year; never from a CDN.
+PLOTLY_VERSION = plotly.__version__
+PLOTLY_URL = f"/static/vendor/plotly-{PLOTLY_VERSION}.min.js"
+templates.env.globals["PLOTLY_URL"] = PLOTLY_URL
+
+
+@cache
+def _plotly_bytes() -> tuple[bytes, bytes]:
+    raw = (Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js").read_bytes()
+    return raw, gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+@router.get("/static/vendor/{name}")
+def vendor_file(name: str, request: Request) -> Response:
+    if name != PLOTLY_URL.rsplit("/", 1)[1]:
+        return Response("not found", status_code=404)
+    raw, packed = _plotly_bytes()
+    headers = {"Cache-Control": "public, max-age=31536000, immutable", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(packed, media_type="text/javascript", headers=headers)
+    return Response(raw, media_type="text/javascript", headers=headers)
 
 
 @router.get("/static/{name}")
