@@ -1,5 +1,7 @@
 """The jobs list at ``/``: newest first by keyset pages, or searched and sorted by any column by page
-number, filtered by status and dataset, with the queue health panel."""
+number, filtered by status and dataset, with the queue health panel. ``columns=lr,w_lmc`` adds the
+jobs' resolved hyperparameters (and ``name``, ``backbone``, ``dataset``) as sortable columns; the choice
+is kept per browser in a cookie (``columns=`` empty resets it)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,17 @@ from sqlalchemy.orm import Session
 
 from mergetune.api.dashboard.auth import Viewer, ViewerDep, to_login
 from mergetune.api.dashboard.overview import queue_health
-from mergetune.api.dashboard.queries import PAGE_SIZE, project_checkpoints, project_datasets
+from mergetune.api.dashboard.queries import (
+    COLUMNS_COOKIE,
+    HP_NAMES,
+    JOB_FIELDS,
+    PAGE_SIZE,
+    column_sort_key,
+    column_value,
+    parse_columns,
+    project_checkpoints,
+    project_datasets,
+)
 from mergetune.api.dashboard.render import STATUSES, render
 from mergetune.api.deps import SessionDep
 from mergetune.common.models import Dataset, Job
@@ -38,12 +50,46 @@ def job_list(
     sort: str = "",
     order: str = "desc",
     page: Annotated[int, Query(ge=1, le=10_000)] = 1,
+    columns: Annotated[list[str] | None, Query(max_length=100)] = None,
 ) -> Response:
     if viewer is None:
         return to_login(request)
-    if q.strip() or sort in SORT_KEYS:
+    given = columns is not None
+    raw = ",".join(columns) if given else request.cookies.get(COLUMNS_COOKIE, "").replace(".", ",")
+    cols, unknown, problem = parse_columns(raw)
+    response = _job_list_page(
+        request, session, viewer, status, dataset_id, after, limit, q, sort, order, page, cols, problem
+    )
+    if given:
+        if cols:  # the valid names are remembered; an empty choice forgets
+            response.set_cookie(
+                COLUMNS_COOKIE, ".".join(cols), max_age=365 * 86400, httponly=True, samesite="lax"
+            )
+        elif not unknown:
+            response.delete_cookie(COLUMNS_COOKIE, httponly=True, samesite="lax")
+    if problem and given:
+        response.status_code = 422
+    return response
+
+
+def _job_list_page(
+    request: Request,
+    session: Session,
+    viewer: Viewer,
+    status: str | None,
+    dataset_id: str | None,
+    after: str | None,
+    limit: int,
+    q: str,
+    sort: str,
+    order: str,
+    page: int,
+    cols: list[str],
+    problem: str | None,
+) -> Response:
+    if q.strip() or sort in SORT_KEYS or sort in cols:
         return _job_list_sorted(
-            request, session, viewer, status, dataset_id, limit, q.strip(), sort, order, page
+            request, session, viewer, status, dataset_id, limit, q.strip(), sort, order, page, cols, problem
         )
     query, status = _job_query(viewer, status, dataset_id)
     if after:
@@ -54,6 +100,8 @@ def job_list(
     base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id)) if v}
     if limit != PAGE_SIZE:
         base["limit"] = str(limit)
+    if cols:
+        base["columns"] = ",".join(cols)
     next_url = "/?" + urlencode({**base, "after": jobs[-1].id}) if more and jobs else None
     first_url = "/?" + urlencode(base) if after else None
     page_urls = (next_url, first_url)
@@ -70,6 +118,8 @@ def job_list(
         sort="",
         order="desc",
         sort_url=lambda key: _sort_url(base, key, "", "desc"),
+        columns=cols,
+        columns_problem=problem,
     )
 
 
@@ -106,6 +156,9 @@ def _render_jobs(
     """The jobs page: ``lists`` from _job_list_names, the (next, first) page links, the queue health,
     and the page's own search/sort context."""
     datasets, names, ckpt_names = lists
+    cols: list[str] = context.get("columns") or []
+    context["column_values"] = {j.id: {c: column_value(j, c, names) for c in cols} for j in jobs}
+    context.update(hp_names=HP_NAMES, job_fields=JOB_FIELDS)
     return render(
         request,
         "jobs.html",
@@ -165,6 +218,8 @@ def _job_list_sorted(
     sort: str,
     order: str,
     page: int,
+    cols: list[str],
+    problem: str | None,
 ) -> Response:
     """Search (job id or name, tag, checkpoint name or id, dataset name or id; case-insensitive) and
     sort by any column, over the project's newest SEARCH_LIMIT jobs; pages by number."""
@@ -189,18 +244,25 @@ def _job_list_sorted(
 
         rows = [j for j in rows if needle in hay(j)]
     order = "asc" if order == "asc" else "desc"
-    if sort in SORT_KEYS:
-        values = {j.id: job_row_values(j)[sort] for j in rows}
+    if sort in SORT_KEYS or sort in cols:
+        values: dict[str, Any] = {
+            j.id: job_row_values(j)[sort]
+            if sort in SORT_KEYS
+            else column_sort_key(column_value(j, sort, names))
+            for j in rows
+        }
         present = [j for j in rows if values[j.id] is not None]
         present.sort(key=lambda j: (values[j.id], j.id), reverse=order == "desc")
         rows = present + [j for j in rows if values[j.id] is None]  # jobs without the value last
     total = len(rows)
     jobs = rows[(page - 1) * limit : page * limit]
     base = {k: v for k, v in (("status", status), ("dataset_id", dataset_id), ("q", q)) if v}
-    if sort in SORT_KEYS:
+    if sort in SORT_KEYS or sort in cols:
         base |= {"sort": sort, "order": order}
     if limit != PAGE_SIZE:
         base["limit"] = str(limit)
+    if cols:
+        base["columns"] = ",".join(cols)
     next_url = "/?" + urlencode({**base, "page": str(page + 1)}) if page * limit < total else None
     first_url = "/?" + urlencode(base) if page > 1 else None
     sort_base = {k: v for k, v in base.items() if k not in ("sort", "order")}
@@ -215,8 +277,10 @@ def _job_list_sorted(
         dataset_id,
         page_urls,
         q=q,
-        sort=sort if sort in SORT_KEYS else "",
+        sort=sort if sort in SORT_KEYS or sort in cols else "",
         order=order,
         total=total,
         sort_url=lambda key: _sort_url(sort_base, key, sort, order),
+        columns=cols,
+        columns_problem=problem,
     )

@@ -1,0 +1,139 @@
+"""The dashboard's exploring pages over HTTP (real Postgres, no worker): the job list's hyperparameter
+columns and their cookie, the compare page's warnings, names and "only differences" toggle, the sweep
+page's scatter data, human dates and the HTML report opened in the browser."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from browser_support import dataset_row, login, new_project
+from fastapi.testclient import TestClient
+
+
+def make_rows(url: str, project_id: str, *, jobs: list[dict[str, Any]], datasets: int = 1) -> dict[str, Any]:
+    """A ready checkpoint, ``datasets`` datasets and jobs in ``project_id``: each job a dict of Job column
+    overrides (``dataset`` picks a dataset by index, 0 by default)."""
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Checkpoint, Job, new_id
+
+    with session_scope(url) as s:
+        ck = Checkpoint(
+            project_id=project_id, name="coop-ckpt", filename="m.pth.tar", bytes=100, sha256="ab" * 32,
+            format="dassl", method="coop", status="ready", n_ctx=4, ctx_dim=64, csc=False,
+        )  # fmt: skip
+        sets = [dataset_row(project_id) for _ in range(datasets)]
+        s.add_all([ck, *sets])
+        s.flush()
+        ids = []
+        for i, overrides in enumerate(jobs):
+            values: dict[str, Any] = {
+                "job_type": "prompt",
+                "backbone": {"model": "tiny-test", "pretrained": "random"},
+                "hyperparameters": {"epochs": 2},
+                **overrides,
+            }
+            ds = sets[values.pop("dataset", 0)]
+            job = Job(
+                id=new_id("job")[:-2] + f"{i:02x}", project_id=project_id, checkpoint_id=ck.id,
+                dataset_id=ds.id, **values,
+            )  # fmt: skip
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+        return {"job_ids": ids, "dataset_names": [d.name for d in sets]}
+
+
+def _metrics(zs: float, ft: float, rec: float) -> dict[str, Any]:
+    return {
+        "zero_shot": {"base": zs + 10, "novel": zs, "hm": zs + 4},
+        "fine_tuned": {"base": ft + 20, "novel": ft - 10, "hm": ft},
+        "recovered": {"base": rec + 5, "novel": rec - 5, "hm": rec},
+    }
+
+
+def _jobs_rows(html: str) -> list[str]:
+    return re.findall(r'<tr data-job-id="(job_[0-9a-z]+)"', html)
+
+
+def _column(html: str, name: str) -> list[str]:
+    return [v.strip() for v in re.findall(rf'data-col="hp\.{re.escape(name)}" class="hp">([^<]*)<', html)]
+
+
+def test_job_list_shows_chosen_hyperparameter_columns_sorted_and_remembered(
+    app_client: TestClient, settings: Any
+) -> None:
+    project, secret = new_project(settings.DATABASE_URL)
+    rows = make_rows(
+        settings.DATABASE_URL,
+        project,
+        jobs=[
+            {"status": "succeeded", "hyperparameters": {"epochs": 2, "lr": 0.002, "w_lmc": 1.0},
+             "metadata_": {"name": "base-lr"}, "metrics": _metrics(60, 50, 55)},
+            {"status": "succeeded", "hyperparameters": {"epochs": 4, "lr": 0.0005, "w_lmc": 10.0},
+             "metadata_": {"name": "small-lr"}, "metrics": _metrics(60, 52, 58)},
+            {"status": "queued", "hyperparameters": {"epochs": 3, "lr": 0.01, "w_lmc": 0.5}},
+        ],
+    )  # fmt: skip
+    a, b, c = rows["job_ids"]
+    login(app_client, secret)
+
+    r = app_client.get("/", params={"columns": "lr,w_lmc,epochs,name"})
+    assert r.status_code == 200
+    for label in ("lr", "w_lmc", "epochs", "name"):
+        assert f'data-sort="{label}"' in r.text  # sortable header
+    ids = _jobs_rows(r.text)
+    assert ids == [c, b, a]  # newest first
+    assert _column(r.text, "lr") == ["0.01", "0.0005", "0.002"]
+    assert _column(r.text, "w_lmc") == ["0.5", "10.0", "1.0"]
+    assert _column(r.text, "name") == ["—", "small-lr", "base-lr"]
+    # The choice is remembered in a cookie; the filter form and the page links carry it.
+    assert "mergetune_columns=lr.w_lmc.epochs.name" in r.headers["set-cookie"]
+    assert 'name="columns" value="lr,w_lmc,epochs,name"' in r.text
+
+    again = app_client.get("/")  # no columns: the cookie's choice
+    assert _column(again.text, "epochs") == ["3", "4", "2"]
+
+    by_lr = app_client.get("/", params={"sort": "lr", "order": "asc"})
+    assert _jobs_rows(by_lr.text) == [b, a, c]
+    assert _column(by_lr.text, "lr") == ["0.0005", "0.002", "0.01"]
+    flip = re.search(r'href="([^"]+)" class="sort sorted-asc" data-sort="lr"', by_lr.text)
+    assert flip and "columns=lr%2Cw_lmc%2Cepochs%2Cname" in flip.group(1)
+    by_lr_desc = app_client.get(flip.group(1).replace("&amp;", "&"))
+    assert _jobs_rows(by_lr_desc.text) == [c, a, b]
+    next_link = app_client.get("/", params={"sort": "w_lmc", "limit": 1})
+    link = re.search(r'href="([^"]+)" id="page-next"', next_link.text)
+    assert link and "columns=" in link.group(1) and "sort=w_lmc" in link.group(1)
+
+    # The picker lists the known names with the chosen ones ticked.
+    picker = re.search(r'<details class="column-picker".*?</details>', again.text, re.S)
+    assert picker and 'value="w_zs"' in picker.group(0) and 'value="backbone"' in picker.group(0)
+    assert re.search(r'value="lr" checked', picker.group(0))
+    assert not re.search(r'value="w_zs" checked', picker.group(0))
+
+    # The picker's form sends an empty value first and one value per ticked box.
+    picked = app_client.get("/?columns=&columns=backbone&columns=dataset")
+    assert _column(picked.text, "backbone") == ["tiny-test / random"] * 3
+    assert len(_column(picked.text, "dataset")) == 3 and "—" not in _column(picked.text, "dataset")
+    assert _column(picked.text, "lr") == []
+
+    reset = app_client.get("/?columns=")
+    assert "mergetune_columns=" in reset.headers["set-cookie"]
+    assert _column(reset.text, "backbone") == []
+    assert _column(app_client.get("/").text, "backbone") == []  # forgotten
+
+
+def test_unknown_column_names_are_named_with_the_closest_known_ones(
+    app_client: TestClient, settings: Any
+) -> None:
+    project, secret = new_project(settings.DATABASE_URL)
+    make_rows(settings.DATABASE_URL, project, jobs=[{"status": "queued", "hyperparameters": {"lr": 0.002}}])
+    login(app_client, secret)
+    r = app_client.get("/", params={"columns": "lr,w_lmcc,bogus"})
+    assert r.status_code == 422
+    message = re.search(r'<p class="error" id="columns-error"[^>]*>([^<]*)</p>', r.text)
+    assert message, r.text[:2000]
+    text = message.group(1).replace("&#39;", "'")
+    assert "'w_lmcc' (did you mean 'w_lmc'?)" in text and "'bogus'" in text
+    assert _column(r.text, "lr") == ["0.002"]  # the known one is still shown
