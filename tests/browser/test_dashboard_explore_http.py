@@ -137,3 +137,72 @@ def test_unknown_column_names_are_named_with_the_closest_known_ones(
     text = message.group(1).replace("&#39;", "'")
     assert "'w_lmcc' (did you mean 'w_lmc'?)" in text and "'bogus'" in text
     assert _column(r.text, "lr") == ["0.002"]  # the known one is still shown
+
+
+def test_compare_names_runs_warns_when_incomparable_and_shows_only_differences(
+    app_client: TestClient, settings: Any
+) -> None:
+    project, secret = new_project(settings.DATABASE_URL)
+    rows = make_rows(
+        settings.DATABASE_URL,
+        project,
+        datasets=2,
+        jobs=[
+            {"status": "succeeded", "metadata_": {"name": "lr-low"}, "metrics": _metrics(60, 50, 55),
+             "hyperparameters": {"epochs": 2, "lr": 0.001, "w_lmc": 1.0}},
+            {"status": "succeeded", "metadata_": {"name": "lr-high"}, "metrics": _metrics(60, 52, 58),
+             "hyperparameters": {"epochs": 2, "lr": 0.004, "w_lmc": 1.0}},
+            {"status": "succeeded", "metrics": _metrics(70, 72, 80), "dataset": 1,
+             "backbone": {"model": "tiny-test", "pretrained": "random:7"},
+             "hyperparameters": {"epochs": 2, "lr": 0.002, "w_lmc": 1.0}},
+        ],
+    )  # fmt: skip
+    a, b, c = rows["job_ids"]
+    set_a, set_b = rows["dataset_names"]
+    login(app_client, secret)
+
+    comparable = app_client.get(f"/compare?ids={a}&ids={b}").text
+    assert 'id="compare-warning"' not in comparable
+    assert "<h1>Compare lr-low, lr-high</h1>" in comparable
+    assert f'title="{a}">lr-low</a>' in comparable  # the name links to the run, its id in the title
+    assert f'<th title="{b}">lr-high</th>' in comparable  # the settings columns are named too
+    assert 'data-metric="recovered.hm"><strong>58.00</strong>' in comparable
+
+    page = app_client.get(f"/compare?ids={a}&ids={b}&ids={c}")
+    assert page.status_code == 200
+    html = page.text
+    warning = re.search(r'<div class="warning" id="compare-warning".*?</div>', html, re.S)
+    assert warning, "no warning for runs on different datasets and weights"
+    text = warning.group(0)
+    short_c = "…" + c[-8:]
+    assert f"<code>{set_a}</code> (lr-low, lr-high); <code>{set_b}</code> ({short_c})" in text
+    assert 'data-differs="pretrained weights"' in text and "<code>random:7</code>" in text
+    assert 'data-differs="dataset"' in text and 'data-differs="job type"' not in text
+    # c (HM 80) is alone in its group: nothing of it is bolded; lr-high still wins among a and b.
+    row_c = re.search(rf'<tr data-job-id="{c}" data-group="B">.*?</tr>', html, re.S)
+    assert row_c and "<strong>" not in row_c.group(0) and 'data-metric="recovered.hm">80.00' in row_c.group(0)
+    row_b = re.search(rf'<tr data-job-id="{b}" data-group="A">.*?</tr>', html, re.S)
+    assert row_b and 'data-metric="recovered.hm"><strong>58.00</strong>' in row_b.group(0)
+    assert "best value is bolded only within each group" in html
+
+    # Settings: every row by default; ?diff=1 hides the equal ones (the switch links back).
+    assert re.search(r'<tr class="" data-key="hyperparameters.epochs"><th>', html)
+    assert re.search(r'<tr class="differs" data-key="hyperparameters.lr"><th>hyperparameters.lr</th>'
+                     r"<td>0.001</td><td>0.004</td><td>0.002</td>", html)  # fmt: skip
+    only = app_client.get(f"/compare?ids={a}&ids={b}&ids={c}&diff=1").text
+    assert re.search(r'<tr class="" data-key="hyperparameters.epochs" hidden>', only)
+    assert re.search(r'<tr class="" data-key="checkpoint_id" hidden>', only)
+    assert re.search(r'<tr class="differs" data-key="hyperparameters.lr">', only)
+    assert re.search(r'<tr class="differs" data-key="backbone">', only)
+    switch = re.search(r'<a href="([^"]+)" id="diff-toggle" role="switch" aria-checked="true"', only)
+    assert switch and "diff=1" not in switch.group(1) and c in switch.group(1)
+
+    # The scatter's data: each run's name, link, hyperparameters and metrics; lr first among x choices.
+    data = json.loads(re.search(r'id="explore-data">(.*?)</script>', html, re.S).group(1))
+    assert [r["label"] for r in data["runs"]] == ["lr-low", "lr-high", short_c]
+    assert data["runs"][2]["hp"]["lr"] == 0.002 and data["runs"][2]["href"] == f"/jobs/{c}"
+    assert data["runs"][1]["metrics"]["recovered.hm"] == 58.0
+    assert data["runs"][1]["metrics"]["hm_vs_zero_shot"] == 58.0 - 64.0
+    assert data["runs"][0]["metrics"]["hm_vs_fine_tuned"] == 5.0
+    assert data["differing"] == ["lr"]
+    assert 'id="explore-parcoords"' in html and 'id="explore-parcoords"' not in comparable
