@@ -228,14 +228,21 @@
       var runs = JSON.parse(compare.textContent);
       var box = document.getElementById("compare-charts");
       var charts = [
-        ["total loss per epoch", "loss", function (r) { return r.epochs.map(function (e) { return [e.epoch, e.loss]; }); }],
-        ["validation accuracy (%) per epoch", "epoch", function (r) { return r.epochs.map(function (e) { return [e.epoch, e.val_acc]; }); }],
-        ["HM (%) from zero-shot (0) to recovered (1)", "alpha", function (r) { return r.interpolation; }]
+        ["compare-chart-loss", "total loss per epoch", "epoch", "loss",
+         function (r) { return r.epochs.map(function (e) { return [e.epoch, e.loss]; }); }],
+        ["compare-chart-acc", "validation accuracy (%) per epoch", "epoch", "accuracy (%)",
+         function (r) { return r.epochs.map(function (e) { return [e.epoch, e.val_acc]; }); }],
+        ["compare-chart-alpha", "HM (%) from zero-shot (0) to recovered (1)", "alpha", "HM (%)",
+         function (r) { return r.interpolation || []; }]
       ];
       charts.forEach(function (c) {
-        var fig = window.MTCharts.lineChart(c[0], runs.map(function (r) { return { label: r.label, points: c[2](r) }; }),
-                                            { xLabel: c[1] === "alpha" ? "alpha" : "epoch" });
-        if (fig) { box.appendChild(fig); }
+        var series = runs.map(function (r) { return { label: r.label, points: c[4](r) }; });
+        var drawable = series.some(function (s) { return s.points.some(function (p) { return typeof p[1] === "number"; }); });
+        if (!drawable) { return; }
+        var fig = document.createElement("figure");
+        fig.id = c[0];
+        box.appendChild(fig);
+        window.MTCharts.lineChart(fig, c[1], series, { xTitle: c[2], yTitle: c[3], markEnds: c[2] === "alpha" });
       });
     }
     var picker = document.getElementById("compare-form");
