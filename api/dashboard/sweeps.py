@@ -1,8 +1,10 @@
-"""The sweep pages: the project's sweeps, one sweep's table (filled in as cells finish), its report
-downloads and its cancel button."""
+"""The sweep pages: the project's sweeps, one sweep's table (filled in as cells finish) with the swept
+hyperparameters against each cell's recovered HM, its reports (the HTML one opens in the browser, the
+others download) and its cancel button."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -41,7 +43,42 @@ def sweep_detail(
     if sweep is None:
         return not_found(request, viewer, f"sweep {sweep_id}")
     report = sweep_service.sweep_report(session, get_store(settings), sweep)
-    return render(request, "sweep.html", viewer, report=report, job_href="/jobs/")
+    return render(
+        request,
+        "sweep.html",
+        viewer,
+        report=report,
+        job_href="/jobs/",
+        created_at=sweep.created_at,
+        finished_at=sweep.finished_at,
+        explore=sweep_explore(report),
+    )
+
+
+def sweep_explore(report: dict[str, Any]) -> dict[str, Any]:
+    """The sweep page's scatter: the swept axes (grid keys with more than one value) and every finished
+    cell's grid values, recovered HM, name and link."""
+    sweep = report["sweep"]
+    grid: dict[str, list[Any]] = sweep.get("grid") or {}
+    axes = [k for k, values in grid.items() if len(values) > 1]
+    points: list[dict[str, Any]] = sweep.get("points") or [{}]
+    cells = []
+    for row in report["jobs"]:
+        rec = row.get("recovered") or {}
+        hm = rec.get("hm") if isinstance(rec, dict) else None
+        if not isinstance(hm, int | float) or isinstance(hm, bool):
+            continue
+        params = points[row["point"]] if 0 <= row["point"] < len(points) else {}
+        setting = ", ".join(f"{k}={params.get(k)}" for k in axes)
+        cells.append(
+            {
+                "params": params,
+                "hm": float(hm),
+                "label": f"{row['dataset']} seed {row['seed']}" + (f" ({setting})" if setting else ""),
+                "href": f"/jobs/{row['job_id']}",
+            }
+        )
+    return {"axes": axes, "cells": cells}
 
 
 @router.get("/ui/sweeps/{sweep_id}/table")
@@ -67,7 +104,9 @@ def sweep_table_html(
 def sweep_report_file(
     request: Request, session: SessionDep, viewer: ViewerDep, settings: SettingsDep, sweep_id: str, fmt: str
 ) -> Response:
-    """The REST report formats (json, csv, tex, txt, html) for the logged-in viewer, as downloads."""
+    """The REST report formats (json, csv, tex, html) for the logged-in viewer: the HTML one opens in the
+    browser (our own Jinja-rendered page, served sandboxed: no scripts, nothing loaded from elsewhere;
+    ``?download=1`` downloads it), the others download."""
     if viewer is None:
         return to_login(request)
     sweep = repo.get_sweep(session, viewer.project_id, sweep_id)
@@ -75,8 +114,12 @@ def sweep_report_file(
         return not_found(request, viewer, f"sweep {sweep_id} report.{fmt}")
     report = sweep_service.sweep_report(session, get_store(settings), sweep)
     body, media_type = sweep_service.render_report(report, fmt, str(request.base_url) + "jobs/")
-    disposition = f'attachment; filename="{sweep.id}-report.{fmt}"'
-    return Response(body, media_type=media_type, headers={"Content-Disposition": disposition})
+    inline = fmt == "html" and request.query_params.get("download") != "1"
+    disposition = f'{"inline" if inline else "attachment"}; filename="{sweep.id}-report.{fmt}"'
+    headers = {"Content-Disposition": disposition, "X-Content-Type-Options": "nosniff"}
+    if fmt == "html":
+        headers["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'"
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.post("/sweeps/{sweep_id}/cancel")

@@ -206,3 +206,87 @@ def test_compare_names_runs_warns_when_incomparable_and_shows_only_differences(
     assert data["runs"][0]["metrics"]["hm_vs_fine_tuned"] == 5.0
     assert data["differing"] == ["lr"]
     assert 'id="explore-parcoords"' in html and 'id="explore-parcoords"' not in comparable
+
+
+def make_sweep(url: str, project_id: str, *, lrs: list[float], w_lmcs: list[float]) -> dict[str, Any]:
+    """A finished sweep of one cell (a dataset, seed 1) over the grid lr x w_lmc, each job succeeded
+    with a recovered HM that grows with lr and shrinks with w_lmc."""
+    from datetime import timedelta
+
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Sweep, utcnow
+
+    points = [{"lr": lr, "w_lmc": w} for lr in lrs for w in w_lmcs]
+    jobs = [
+        {"status": "succeeded", "metrics": _metrics(60, 50, 50 + 1000 * p["lr"] - p["w_lmc"]),
+         "hyperparameters": {"epochs": 2, **p}, "metadata_": {"sweep_point": i, "sweep_cell": 0}}
+        for i, p in enumerate(points)
+    ]  # fmt: skip
+    rows = make_rows(url, project_id, jobs=jobs)
+    with session_scope(url) as s:
+        from mergetune.common.models import Job
+
+        first = s.get(Job, rows["job_ids"][0])
+        created = utcnow() - timedelta(minutes=7)
+        sweep = Sweep(
+            project_id=project_id, name="lr-by-wlmc", created_at=created, finished_at=created + timedelta(minutes=3),
+            spec={"backbone": {"model": "tiny-test", "pretrained": "random"}, "protocol": "base2novel",
+                  "prompt": None, "hyperparameters": {"epochs": 2}, "grid": {"lr": lrs, "w_lmc": w_lmcs},
+                  "points": points, "selection": "val_acc", "metadata": {}},
+            cells=[{"checkpoint_id": first.checkpoint_id, "dataset_id": first.dataset_id, "dataset": "builtin",
+                    "seed": 1, "source": None}],
+        )  # fmt: skip
+        s.add(sweep)
+        s.flush()
+        for job_id in rows["job_ids"]:
+            s.get(Job, job_id).sweep_id = sweep.id
+        return {"sweep_id": sweep.id, "job_ids": rows["job_ids"], "points": points}
+
+
+def test_sweep_page_plots_swept_axes_with_human_dates_and_opens_its_html_report(
+    app_client: TestClient, settings: Any
+) -> None:
+    project, secret = new_project(settings.DATABASE_URL)
+    made = make_sweep(settings.DATABASE_URL, project, lrs=[0.001, 0.002, 0.004], w_lmcs=[1.0, 10.0])
+    sweep_id = made["sweep_id"]
+    login(app_client, secret)
+
+    page = app_client.get(f"/sweeps/{sweep_id}")
+    assert page.status_code == 200
+    html = page.text
+    created = re.search(
+        r'<td id="sweep-created"><time datetime="([0-9T:-]+Z)" title="([^"]+) UTC">([^<]+)</time>', html
+    )
+    assert (
+        created
+        and created.group(3) == "7 min ago"
+        and created.group(1).replace("T", " ")[:-1] == created.group(2)
+    )
+    assert re.search(
+        r'id="sweep-finished"><time [^>]*>4 min ago</time> <span class="muted small">\(took 3m 00s\)', html
+    )
+    data = json.loads(re.search(r'id="sweep-explore-data">(.*?)</script>', html, re.S).group(1))
+    assert data["axes"] == ["lr", "w_lmc"]
+    assert len(data["cells"]) == 6
+    by_point = {(c["params"]["lr"], c["params"]["w_lmc"]): c for c in data["cells"]}
+    assert by_point[(0.004, 1.0)]["hm"] == 53.0 and by_point[(0.001, 10.0)]["hm"] == 41.0
+    assert by_point[(0.002, 10.0)]["label"] == "builtin seed 1 (lr=0.002, w_lmc=10.0)"
+    assert by_point[(0.002, 10.0)]["href"] == f"/jobs/{made['job_ids'][3]}"
+    assert '<select id="sweep-x"><option value="lr">lr</option><option value="w_lmc">w_lmc</option>' in html
+
+    listing = app_client.get("/sweeps").text
+    assert re.search(
+        rf'{sweep_id}</code>.*?<time datetime="[0-9T:-]+Z" title="[^"]+ UTC">7 min ago</time>', listing, re.S
+    )
+
+    # The HTML report opens in the browser (sandboxed); ?download=1 and the other formats download.
+    report = app_client.get(f"/sweeps/{sweep_id}/report.html")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert report.headers["content-disposition"].startswith("inline;")
+    assert report.headers["content-security-policy"].startswith("sandbox")
+    assert report.headers["x-content-type-options"] == "nosniff"
+    assert "<h1>Sweep lr-by-wlmc" in report.text
+    download = app_client.get(f"/sweeps/{sweep_id}/report.html?download=1")
+    assert download.headers["content-disposition"] == f'attachment; filename="{sweep_id}-report.html"'
+    csv = app_client.get(f"/sweeps/{sweep_id}/report.csv")
+    assert csv.headers["content-disposition"].startswith("attachment;")
