@@ -21,7 +21,7 @@ from mergetune.api import dashboard
 from mergetune.api.errors import install_error_handlers
 from mergetune.api.hygiene import InputHygieneMiddleware
 from mergetune.api.metrics import LatencyMiddleware, Metrics
-from mergetune.api.routes import checkpoints, datasets, jobs, ops, sweeps, usage, webhooks
+from mergetune.api.routes import checkpoints, datasets, jobs, ops, sweeps, usage, webhooks, weights
 from mergetune.common.db import DatabaseNotMigrated, check_migrated, get_engine
 from mergetune.common.settings import Settings, get_settings
 
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sweeps.router)
     app.include_router(webhooks.router)
     app.include_router(usage.router)
+    app.include_router(weights.router)
     app.include_router(dashboard.router)  # server-rendered MLOps pages under /
     return app
 

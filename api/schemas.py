@@ -242,6 +242,7 @@ class UsageDay(BaseModel):
 class StoredBytes(BaseModel):
     checkpoints: int
     artifacts: int
+    weights: int = Field(default=0, description="uploaded backbone weights (POST /v1/weights)")
     total: int
 
 
@@ -252,14 +253,6 @@ class UsageRead(BaseModel):
     jobs: int
     stored_bytes: StoredBytes = Field(description="what the project keeps in the artifact store now")
     days: list[UsageDay] = Field(description="oldest first, today last")
-
-
-class EstimateRange(BaseModel):
-    """When the job will likely finish at the earliest and the latest, and what that is based on."""
-
-    earliest: datetime
-    latest: datetime
-    basis: str = Field(description='e.g. "this job\'s 5 measured epochs"')
 
 
 class JobRead(BaseModel):
@@ -295,10 +288,7 @@ class JobRead(BaseModel):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    estimated_finish: datetime | None = Field(
-        default=None, description="the likely finish (UTC); null once the job ended or while it is cancelled"
-    )
-    estimated_finish_range: EstimateRange | None = None
+    estimated_finish: datetime | None = None
     tags: list[str] = Field(default_factory=list)
     notes: str | None = None
 

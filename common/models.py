@@ -186,6 +186,30 @@ class Checkpoint(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class UploadedWeights(Base):
+    """Backbone weights uploaded once to the service (``POST /v1/weights``) and named by jobs as
+    ``backbone.pretrained = "weights:<id>"`` or ``"sha256:<hex>"``: one record per project and content
+    (sha256); the file lies in the artifact store under ``storage_key`` (content-addressed)."""
+
+    __tablename__ = "weights"
+    __table_args__ = (
+        Index("ix_weights_project_id_id", "project_id", "id"),
+        UniqueConstraint("project_id", "sha256", name="uq_weights_project_id_sha256"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wgt"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(32))  # safetensors | state_dict
+    storage_key: Mapped[str] = mapped_column(String(512))
+    #: What the validation found: tensor count, parameters, dtypes, layout and the widths it could read.
+    summary: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_project_id_id", "project_id", "id"),)

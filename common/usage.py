@@ -10,28 +10,33 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from mergetune.common.models import Artifact, Checkpoint, DeviceUsage, Job
+from mergetune.common.models import Artifact, Checkpoint, DeviceUsage, Job, UploadedWeights
 
 
 def stored_bytes(s: Any, project_id: str | None = None) -> dict[str, dict[str, int]]:
-    """{project_id: {checkpoints, artifacts, total}}: the bytes each project keeps in the store."""
+    """{project_id: {checkpoints, artifacts, weights, total}}: the bytes each project keeps in the store."""
     ck = select(Checkpoint.project_id, func.coalesce(func.sum(Checkpoint.bytes), 0)).where(
         Checkpoint.deleted_at.is_(None)
     )
     art = select(Job.project_id, func.coalesce(func.sum(Artifact.bytes), 0)).join(
         Job, Job.id == Artifact.job_id
     )
+    wgt = select(UploadedWeights.project_id, func.coalesce(func.sum(UploadedWeights.bytes), 0))
     if project_id is not None:
         ck, art = ck.where(Checkpoint.project_id == project_id), art.where(Job.project_id == project_id)
+        wgt = wgt.where(UploadedWeights.project_id == project_id)
     out: dict[str, dict[str, int]] = {}
+    empty = {"checkpoints": 0, "artifacts": 0, "weights": 0}
     for pid, n in s.execute(ck.group_by(Checkpoint.project_id)):
-        out.setdefault(pid, {"checkpoints": 0, "artifacts": 0})["checkpoints"] = int(n)
+        out.setdefault(pid, dict(empty))["checkpoints"] = int(n)
     for pid, n in s.execute(art.group_by(Job.project_id)):
-        out.setdefault(pid, {"checkpoints": 0, "artifacts": 0})["artifacts"] = int(n)
+        out.setdefault(pid, dict(empty))["artifacts"] = int(n)
+    for pid, n in s.execute(wgt.group_by(UploadedWeights.project_id)):
+        out.setdefault(pid, dict(empty))["weights"] = int(n)
     for v in out.values():
-        v["total"] = v["checkpoints"] + v["artifacts"]
+        v["total"] = v["checkpoints"] + v["artifacts"] + v["weights"]
     if project_id is not None and project_id not in out:
-        out[project_id] = {"checkpoints": 0, "artifacts": 0, "total": 0}
+        out[project_id] = {**empty, "total": 0}
     return out
 
 
@@ -82,6 +87,12 @@ def daily(s: Any, project_id: str, *, days: int, now: datetime) -> list[dict[str
     for created, n in s.execute(
         select(Checkpoint.created_at, Checkpoint.bytes).where(
             Checkpoint.project_id == project_id, Checkpoint.created_at >= since
+        )
+    ):
+        bump(created, "bytes_added", int(n or 0))
+    for created, n in s.execute(
+        select(UploadedWeights.created_at, UploadedWeights.bytes).where(
+            UploadedWeights.project_id == project_id, UploadedWeights.created_at >= since
         )
     ):
         bump(created, "bytes_added", int(n or 0))

@@ -9,7 +9,9 @@ from typing import Any
 
 from mergetune.common.objcache import CacheError
 from mergetune.common.remote import RemoteError, S3DatasetSource, inputs_for, is_reference, split_reference
+from mergetune.common.uploaded_weights import is_uploaded_reference
 from mergetune.core.errors import BackboneError, DatasetError
+from mergetune.worker.uploaded_weights import fetched_weights
 
 WEIGHTS_PARAM = "backbone.pretrained"
 
@@ -35,9 +37,16 @@ def open_dataset_row(
 
 
 @contextlib.contextmanager
-def local_weights(settings: Any, spec: Any) -> Iterator[Any]:
-    """``spec`` itself, or for ``s3://`` weights a copy of it naming the verified file in the cache (kept
-    there while the block runs)."""
+def local_weights(
+    settings: Any, spec: Any, *, url: str = "", project_id: str = "", store: Any = None
+) -> Iterator[Any]:
+    """``spec`` itself, or for ``s3://`` weights and weights uploaded to the service (``weights:<id>``,
+    ``sha256:<hex>``: the job's project's, read from ``store``) a copy of it naming the verified file in
+    the cache (kept there while the block runs)."""
+    if is_uploaded_reference(spec.pretrained):
+        with fetched_weights(settings, spec, url=url, project_id=project_id, store=store) as local:
+            yield local
+        return
     if not is_reference(spec.pretrained):
         yield spec
         return

@@ -375,6 +375,10 @@ def _child(request_path: str) -> int:
     try:
         if request.get("task") == "archive":
             payload = _unpack(request, archive, out)
+        elif request.get("task") == "weights":  # an uploaded backbone weights file: its summary
+            from mergetune.core.checkpoints.weights_file import scan_weights
+
+            payload = {"ok": scan_weights(request["path"], parse)}
         else:
             payload = _parse(request, parse, out)
     except MemoryError:
@@ -384,11 +388,10 @@ def _child(request_path: str) -> int:
     except CheckpointError as e:
         payload = {"error": {"code": e.code, "message": e.message}}
     except Exception as e:  # noqa: BLE001 - any other failure on a hostile file is a refusal
-        what, code = (
-            ("archive", "malformed_archive")
-            if request.get("task") == "archive"
-            else ("checkpoint", "not_a_checkpoint")
-        )
+        what, code = {
+            "archive": ("archive", "malformed_archive"),
+            "weights": ("weights file", "not_weights"),
+        }.get(request.get("task"), ("checkpoint", "not_a_checkpoint"))
         payload = {"error": {"code": code, "message": f"could not read the {what}: {type(e).__name__}"}}
     payload["peak_rss_bytes"] = _peak_rss()
     try:

@@ -128,7 +128,9 @@ def stage_backbone(run: JobRun) -> None:
         )
     run.tensors = _load_tensors(run.store, run.ck["tensors_key"])
     cache_dir, model_root, forbidden = weights_sources(run.settings)
-    with local_weights(run.settings, run.spec) as spec:  # s3:// weights: a verified file in the input cache
+    with local_weights(  # s3:// or uploaded weights: a verified file in the input cache
+        run.settings, run.spec, url=run.url, project_id=run.job["project_id"], store=run.store
+    ) as spec:
         if spec is not run.spec:
             model_root, forbidden = None, ()
         run.backbone, run.cached = get_backbone(
