@@ -255,6 +255,14 @@ class UsageRead(BaseModel):
     days: list[UsageDay] = Field(description="oldest first, today last")
 
 
+class EstimateRange(BaseModel):
+    """When the job will likely finish at the earliest and the latest, and what that is based on."""
+
+    earliest: datetime
+    latest: datetime
+    basis: str = Field(description='e.g. "this job\'s 5 measured epochs"')
+
+
 class JobRead(BaseModel):
     id: str
     object: str = "job"
@@ -288,7 +296,10 @@ class JobRead(BaseModel):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    estimated_finish: datetime | None = None
+    estimated_finish: datetime | None = Field(
+        default=None, description="the likely finish (UTC); null once the job ended or while it is cancelled"
+    )
+    estimated_finish_range: EstimateRange | None = None
     tags: list[str] = Field(default_factory=list)
     notes: str | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
@@ -95,7 +96,25 @@ def _queue_facts(session: Session, settings: Settings, job: Job) -> dict[str, An
         "queue_reason": read.queue.reason if read.queue else None,
         "queue_message": read.queue.message if read.queue else "",
         "estimated_finish": fmt_time(read.estimated_finish) if read.estimated_finish else "—",
+        "eta_text": eta_text(read),
     }
+
+
+def eta_text(read: Any) -> str:
+    """The estimated finish as the job page shows it: "18:42 – 18:51 UTC (likely 18:45; from this
+    job's 5 measured epochs)"; seconds shown when the range is under 10 minutes wide."""
+    rng = read.estimated_finish_range
+    if read.estimated_finish is None or rng is None:
+        return "—"
+    earliest, likely, latest = (t.astimezone(UTC) for t in (rng.earliest, read.estimated_finish, rng.latest))
+    form = "%H:%M:%S" if (latest - earliest).total_seconds() < 600 else "%H:%M"
+    if latest.date() != datetime.now(UTC).date():
+        form = "%Y-%m-%d " + form
+    return (
+        f"{earliest.strftime(form)} – {latest.strftime(form)} UTC "
+        f"(likely {likely.strftime(form)}; from {rng.basis})"
+    )
+
 
 
 def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -13,10 +13,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mergetune.api.errors import ApiError, Conflict, NotFound, Unprocessable, from_pydantic
-from mergetune.api.schemas import JobCreate, JobError, JobRead, JobUpdate, Progress, QueueInfo
+from mergetune.api.schemas import (
+    EstimateRange,
+    JobCreate,
+    JobError,
+    JobRead,
+    JobUpdate,
+    Progress,
+    QueueInfo,
+)
+from mergetune.api.services import estimates
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.api.services.remote_weights import check_remote_weights
 from mergetune.api.services.weights import check_uploaded_weights
+from mergetune.common import eta
 from mergetune.common import repositories as repo
 from mergetune.common.models import (
     TERMINAL_STATUSES,
@@ -471,94 +481,28 @@ def event_seq_before(session: Session, job_id: str, event_id: int | None) -> int
     return int(session.scalar(query) or 0)
 
 
-MEASURED_JOBS = 20  # recent succeeded jobs whose durations the estimates use
-_MEASURED_TTL = 30.0  # seconds a measurement is reused (the job list reads it once per job)
-_measured_cache: dict[str, tuple[float, tuple[float, float] | None]] = {}
+def measured_pace(session: Session) -> list[eta.Finished]:
+    """The recent succeeded jobs' measurements (seconds per epoch, the rest of the run, evaluation
+    time, model, mode and training images) that the estimates draw similar jobs from: one query,
+    reused for ~30 s per process (``mergetune.api.services.estimates``)."""
+    return estimates.history(session)
 
 
-def _median(values: list[float]) -> float:
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+def _estimate(session: Session, settings: Settings, job: Job, position: int | None) -> eta.Estimate | None:
+    """Estimated finish as a range with its basis (``mergetune.common.eta``): running jobs from their
+    own measured epochs, others from finished jobs like them plus their wait in the queue;
+    ESTIMATE_SECONDS_PER_EPOCH before any such job has finished. None once the job ended."""
+    return estimates.estimate(session, job, position, settings.ESTIMATE_SECONDS_PER_EPOCH)
 
 
-def measured_pace(session: Session) -> tuple[float, float] | None:
-    """(seconds per training epoch, seconds of evaluation after training): medians over the last
-    MEASURED_JOBS succeeded jobs, measured from their start, their "evaluating" status event and their
-    finish. None before any job has succeeded."""
-    import time
-
-    from sqlalchemy import select
-
-    from mergetune.common.models import JobEvent
-
-    bind = session.get_bind()
-    key = str(getattr(bind, "url", id(bind)))
-    hit = _measured_cache.get(key)
-    if hit is not None and time.monotonic() - hit[0] < _MEASURED_TTL:
-        return hit[1]
-    rows = session.execute(
-        select(Job.id, Job.started_at, Job.finished_at, Job.hyperparameters)
-        .where(
-            Job.status == JobStatus.succeeded.value, Job.started_at.is_not(None), Job.finished_at.is_not(None)
-        )
-        .order_by(Job.finished_at.desc())
-        .limit(MEASURED_JOBS)
-    ).all()
-    evaluating: dict[str, datetime] = {}
-    if rows:
-        for job_id, at in session.execute(
-            select(JobEvent.job_id, JobEvent.created_at).where(
-                JobEvent.job_id.in_([r[0] for r in rows]),
-                JobEvent.type == "status",
-                JobEvent.message.startswith("Training done"),
-            )
-        ):
-            evaluating[job_id] = at
-    per_epoch: list[float] = []
-    evals: list[float] = []
-    for job_id, started, finished, hp in rows:
-        total = (finished - started).total_seconds()
-        mark = evaluating.get(job_id)
-        ev = (finished - mark).total_seconds() if mark is not None and started <= mark <= finished else None
-        epochs = int((hp or {}).get("epochs") or 1)
-        per_epoch.append(max(0.0, total - (ev or 0.0)) / max(1, epochs))
-        if ev is not None:
-            evals.append(ev)
-    pace = (_median(per_epoch), _median(evals) if evals else 0.0) if per_epoch else None
-    _measured_cache[key] = (time.monotonic(), pace)
-    return pace
-
-
-def _estimate(session: Session, settings: Settings, job: Job, position: int | None) -> datetime | None:
-    """Estimated finish. Queued: (jobs ahead / live workers + 1) x this job's measured duration (its
-    epochs x the measured seconds per epoch + the measured evaluation time; ESTIMATE_SECONDS_PER_EPOCH
-    before any job has finished). Running: the pace of this job's own training so far, plus the
-    measured evaluation time. Evaluating: its start plus the measured evaluation time."""
-    status = JobStatus(job.status)
-    if status in TERMINAL_STATUSES:
-        return None
-    epochs = int(job.hyperparameters.get("epochs") or 1)
-    pace = measured_pace(session)
-    sec_epoch, sec_eval = pace if pace is not None else (settings.ESTIMATE_SECONDS_PER_EPOCH, 0.0)
-    evaluation = timedelta(seconds=sec_eval)
-    per_job = timedelta(seconds=epochs * sec_epoch) + evaluation
-    now = utcnow()
-    if status in (JobStatus.queued, JobStatus.validating):
-        workers = max(1, len(repo.live_workers(session, now - timedelta(minutes=2))))
-        ahead = (position or 1) - 1 + repo.count_active_jobs(session)
-        return now + per_job * (ahead / workers + 1)
-    if status == JobStatus.evaluating:
-        return max(now, (job.progress_at or now) + evaluation)
-    started = job.started_at or now
-    p: dict[str, Any] = job.progress or {}
-    try:
-        done = (int(p["epoch"]) - 1 + int(p["step"]) / max(1, int(p["steps"]))) / max(1, int(p["epochs"]))
-    except (KeyError, TypeError, ValueError):
-        done = 0.0
-    if 0.02 < done <= 1.0:
-        return started + (now - started) / done + evaluation
-    return started + per_job
+def _eta_fields(session: Session, settings: Settings, job: Job, position: int | None) -> dict[str, Any]:
+    e = _estimate(session, settings, job, position)
+    if e is None:
+        return {"estimated_finish": None, "estimated_finish_range": None}
+    return {
+        "estimated_finish": e.likely,
+        "estimated_finish_range": EstimateRange(earliest=e.earliest, latest=e.latest, basis=e.basis),
+    }
 
 
 def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
@@ -594,7 +538,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         queued_at=job.queued_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        estimated_finish=_estimate(session, settings, job, position),
+        **_eta_fields(session, settings, job, position),
         tags=[str(t) for t in job.tags or []],
         notes=job.notes,
     )

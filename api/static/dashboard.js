@@ -99,7 +99,7 @@
       document.getElementById("queue-position").textContent = data.queue_position || "—";
       document.getElementById("queue-reason").textContent = data.queue_reason || "—";
       document.getElementById("queue-message").textContent = data.queue_message || "";
-      document.getElementById("job-eta").textContent = data.estimated_finish;
+      document.getElementById("job-eta").textContent = data.eta_text || data.estimated_finish;
       document.getElementById("job-worker").textContent = data.worker_host || "—";
       if (data.status !== status) {
         status = data.status;

@@ -4,6 +4,7 @@ and the estimates use measured epoch, evaluation and job times."""
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -87,52 +88,59 @@ def test_events_are_numbered_per_job(app_client: TestClient, settings: Any) -> N
     assert [(e["seq"], e["message"]) for e in live["events"]] == [(3, "b3"), (4, "b4"), (5, "b5")]
 
 
-def test_estimates_use_measured_epoch_evaluation_and_job_times(
+def test_the_job_page_shows_the_estimate_as_a_range_from_the_jobs_own_epochs(
     app_client: TestClient, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mergetune.api.services import jobs as job_service
-    from mergetune.common.db import session_scope
-    from mergetune.common.models import Job
+    from mergetune.api.services import estimates
 
-    job_service._measured_cache.clear()
-    # the queue (and the database) is shared: measure on the latest finished job only, this one
-    monkeypatch.setattr(job_service, "MEASURED_JOBS", 1)
+    estimates.clear()
+    monkeypatch.setattr(estimates, "HISTORY_TTL", 0.0)  # read the finished jobs on every request
     url = settings.DATABASE_URL
     project, secret = new_project(url)
     now = datetime.now(UTC)
-    t0 = now - timedelta(seconds=101)
-    # a finished 10-epoch job: 100 s in all, of which the last 20 s were evaluation -> 8 s/epoch, 20 s eval
+    t0 = now - timedelta(seconds=200)
+    hp = {"epochs": 4, "feature_mode": "none"}  # cached features: no other test finishes such a job
+    # finished: 4 epochs of 8 s after a 9 s first one, then 20 s of evaluation after its last epoch
     rows = make_rows(url, project, jobs=[
-        {"status": "succeeded", "started_at": t0,
-         "finished_at": t0 + timedelta(seconds=100)},
+        {"status": "succeeded", "started_at": t0, "finished_at": t0 + timedelta(seconds=60),
+         "progress": {"epoch": 4, "epochs": 4, "epoch_seconds": [9.0, 8.0, 8.0, 8.0], "epochs_measured": 4,
+                      "epochs_done": 4, "epoch_done_at": (t0 + timedelta(seconds=40)).isoformat()}},
         {"status": "running", "started_at": now - timedelta(seconds=40),
-         "progress": {"epoch": 3, "epochs": 10, "step": 0, "steps": 4}},
+         "progress": {"epoch": 5, "epochs": 10, "step": 1, "steps": 4, "epoch_seconds": [12.0, 8.0, 8.0, 8.0],
+                      "epochs_measured": 4, "epochs_done": 4,
+                      "epoch_done_at": (now - timedelta(seconds=2)).isoformat()}},
     ])  # fmt: skip
-    done, running = rows["job_ids"]
-    from mergetune.common import repositories as repo
+    running = rows["job_ids"][1]
+    from mergetune.common.db import session_scope
+    from mergetune.common.models import Job
 
     with session_scope(url) as s:
-        for job_id in (done, running):
-            s.get(Job, job_id).hyperparameters = {"epochs": 10}
-        s.flush()
-        e = repo.add_event(s, done, "status", "Training done; evaluating", data={"status": "evaluating"})
-        e.created_at = t0 + timedelta(seconds=80)
-        assert job_service.measured_pace(s) == (8.0, 20.0)
-        job_service._measured_cache.clear()
-        job = s.get(Job, running)
-        # running: 20 % of training in 40 s -> training ends at start + 200 s, then 20 s of evaluation
-        eta = job_service._estimate(s, settings, job, None)
-        expected = job.started_at + timedelta(seconds=220)
-        assert abs((eta - expected).total_seconds()) < 2, (eta, expected)
-        # queued first in line: (running jobs ahead / live workers + 1) x (5 x 8 + 20) s
-        job.status, job.hyperparameters = "queued", {"epochs": 5}
-        s.flush()
-        ahead = repo.count_active_jobs(s)  # the database is shared with this module's other tests
-        workers = max(1, len(repo.live_workers(s, datetime.now(UTC) - timedelta(minutes=2))))
-        eta = job_service._estimate(s, settings, job, 1)
-        expected = (ahead / workers + 1) * 60
-        assert abs((eta - datetime.now(UTC)).total_seconds() - expected) < 3, (eta, expected)
-        s.rollback()
+        s.get(Job, rows["job_ids"][0]).hyperparameters = hp
+        s.get(Job, running).hyperparameters = {**hp, "epochs": 10}
+    login(app_client, secret)
+    # 6 epochs of 8 s after the last one's end (2 s ago), then 20 s of evaluation: ~66 s from now
+    likely = now + timedelta(seconds=-2 + 6 * 8 + 20)
+    pattern = (
+        r"(\d\d:\d\d:\d\d) – (\d\d:\d\d:\d\d) UTC \(likely (\d\d:\d\d:\d\d); from this job's 4 measured "
+        r"epochs; evaluation time from similar jobs\)"
+    )
+    page = app_client.get(f"/jobs/{running}").text
+    shown = re.search(r'<span id="job-eta">([^<]*)</span>', page)
+    assert shown and re.fullmatch(pattern, html.unescape(shown.group(1))), shown and shown.group(1)
+    live = app_client.get(f"/ui/jobs/{running}/live").json()
+    match = re.fullmatch(pattern, live["eta_text"])
+    assert match, live["eta_text"]
+    earliest, latest, at = (
+        datetime.combine(now.date(), datetime.strptime(t, "%H:%M:%S").time(), UTC) for t in match.groups()
+    )
+    assert (
+        abs((at - likely).total_seconds()) <= 2
+        and earliest < at < latest
+        and earliest >= now.replace(microsecond=0)
+    )
+    assert live["estimated_finish"] == at.strftime("%Y-%m-%d %H:%M:%S")
+    done = app_client.get(f"/ui/jobs/{rows['job_ids'][0]}/live").json()
+    assert done["eta_text"] == "—" and done["estimated_finish"] == "—"
 
 
 def test_per_epoch_curves_come_from_the_epoch_events(app_client: TestClient, settings: Any) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mergetune.common.models import utcnow
 from mergetune.common.storage import ArtifactStore, LocalStore
 from mergetune.worker import jobdb, mlflow_tracking
 from mergetune.worker.pipeline import mma
@@ -17,6 +18,7 @@ from mergetune.worker.pipeline.job import JobRun, state_key
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 1.0  # seconds between progress writes
+RECENT_EPOCHS = 20  # measured epoch durations kept in the job's progress (the estimate's pace)
 CANCEL_CHECK_EVERY = 0.5  # seconds between reads of jobs.cancel_requested
 
 
@@ -50,6 +52,12 @@ class JobCallbacks:
         self._evaluating = False
         self.progress: dict[str, Any] = {}
         self.progress_writes = 0
+        #: Wall seconds of each epoch this run finished (the first from the callbacks' creation, so it
+        #: carries the warm-up) and when the last one ended: reported in progress for the estimate.
+        self.epoch_seconds: list[float] = []
+        self._epoch_mark = clock()
+        self._epoch_done_at: str | None = None
+        self._epochs_done = 0
         self.cancel_reads = 0
         self.tracker: mlflow_tracking.Tracker | None = None
 
@@ -63,6 +71,7 @@ class JobCallbacks:
             "step": int(step) + 1,
             "steps": int(steps) if steps is not None else None,
             "loss": float(loss),
+            **self._timing(),
         }
         now = self.clock()
         end_of_epoch = steps is not None and step + 1 >= steps
@@ -70,6 +79,19 @@ class JobCallbacks:
             self._last_progress = now
             self.progress_writes += 1
             jobdb.write_progress(self.url, self.job_id, self.progress, self.hostname)
+
+    def _timing(self) -> dict[str, Any]:
+        """The measured epochs, once there is one: ``epoch_seconds`` (the last RECENT_EPOCHS),
+        ``epochs_measured`` (all of this run), ``epochs_done`` (the last finished epoch, counting a
+        resumed run's earlier ones) and ``epoch_done_at`` (when it ended, UTC ISO 8601)."""
+        if not self.epoch_seconds:
+            return {}
+        return {
+            "epoch_seconds": self.epoch_seconds[-RECENT_EPOCHS:],
+            "epochs_measured": len(self.epoch_seconds),
+            "epochs_done": self._epochs_done,
+            "epoch_done_at": self._epoch_done_at,
+        }
 
     def should_stop(self) -> bool:
         if self._cancel:
@@ -96,6 +118,14 @@ class JobCallbacks:
             return  # never overwrite the new owner's state
 
         epoch = int(state.get("epoch", self.progress.get("epoch", 0)))
+        now = self.clock()
+        seconds = round(max(0.0, now - self._epoch_mark), 3)
+        self._epoch_mark = now
+        self.epoch_seconds.append(seconds)
+        self._epoch_done_at = utcnow().isoformat()
+        self._epochs_done = epoch
+        if self.progress:
+            self.progress.update(self._timing())
         # the epoch's means: loss parts and validation accuracy (mergetune.core.evaluation.result.EpochLog)
         record = {k: v for k, v in ((state.get("history") or [{}])[-1]).items() if k != "epoch"}
         with tempfile.TemporaryDirectory(prefix="mergetune-state-") as tmp:
@@ -115,6 +145,7 @@ class JobCallbacks:
             epochs=self.epochs,
             loss=self.progress.get("loss"),
             record=record,
+            seconds=seconds,
         )
         mlflow_tracking.epoch_end(self.tracker, epoch, record)
         if epoch >= self.epochs and not self._evaluating:
