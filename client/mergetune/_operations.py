@@ -125,6 +125,34 @@ class Operations:
     def delete_checkpoint(self, checkpoint_id: str) -> Flow[dict[str, Any]]:
         return (yield Call("DELETE", f"/v1/checkpoints/{checkpoint_id}"))
 
+    # -- weights -----------------------------------------------------------------------------
+    @operation
+    def upload_weights(self, path: str | Path, *, name: str | None = None) -> Flow[dict[str, Any]]:
+        """Stream backbone weights (a safetensors file or a torch state dict) to the service; the same
+        bytes again answer the record already there. Jobs name it by its ``pretrained``
+        (``"weights:<id>"``)."""
+        return (
+            yield Call(
+                "POST",
+                "/v1/weights",
+                data={"name": name} if name else {},
+                files={"file": Upload(Path(path))},
+            )
+        )
+
+    @operation
+    def get_weights(self, weights_id: str) -> Flow[dict[str, Any]]:
+        return (yield Call("GET", f"/v1/weights/{weights_id}"))
+
+    @operation
+    def list_weights(self, *, page_size: int = 100) -> Flow[list[dict[str, Any]]]:
+        return (yield from self._paginate("/v1/weights", page_size=page_size))
+
+    @operation
+    def delete_weights(self, weights_id: str) -> Flow[dict[str, Any]]:
+        """409 ``in_use`` while a queued or running job names them."""
+        return (yield Call("DELETE", f"/v1/weights/{weights_id}"))
+
     # -- datasets ----------------------------------------------------------------------------
     @operation
     def create_dataset(

@@ -12,6 +12,7 @@ Client side (``--url`` / MERGETUNE_URL, ``--token`` / MERGETUNE_TOKEN)::
     mergetune job get|cancel|events JOB, mergetune job list
     mergetune download JOB [--name NAME ...] [--out DIR]
     mergetune sweep create|wait|download|get|cancel|list
+    mergetune weights upload FILE [--name N], mergetune weights list|get|delete
 
 Server side (:mod:`mergetune.ops`, only where the server is installed): ``serve [--embedded]``,
 ``worker``, ``migrate``, ``reconcile``, ``token create|list|revoke``.
@@ -31,7 +32,7 @@ import httpx
 import typer
 from typer.main import get_command
 
-from mergetune.cli import checkpoints, datasets, jobs, sweeps
+from mergetune.cli import checkpoints, datasets, jobs, sweeps, weights
 from mergetune.cli.options import UserError
 from mergetune.client import ApiError
 
@@ -90,7 +91,7 @@ def build_app() -> typer.Typer:
         epilog="--debug (anywhere on the line) prints the full traceback of an error.",
     )
     app.callback()(_root)
-    for group in (checkpoints, datasets, jobs, sweeps):
+    for group in (checkpoints, datasets, jobs, sweeps, weights):
         group.register(app)
     _add_ops(app)
     return app
