@@ -114,8 +114,44 @@ def hyperparameter_fields() -> list[dict[str, Any]]:
     return out
 
 
+#: The job type a checkpoint's method starts (the job's hyperparameter set).
+JOB_TYPE_OF_METHOD = {
+    Method.coop.value: "prompt",
+    Method.kgcoop.value: "prompt",
+    Method.linear_head.value: "head",
+    Method.mma.value: "mma",
+}
+
+#: The form's groups of settings: (id, legend, the job types whose hyperparameters are exactly these).
+HP_GROUPS = [
+    ("common", "Common to every job", ("prompt", "head", "mma")),
+    ("prompt", "MergeTune prompt recovery (CoOp, KgCoOp checkpoints)", ("prompt",)),
+    ("prompt-mma", "Warm-up and feature mode (prompt and MMA jobs)", ("prompt", "mma")),
+    ("head", "Linear-head recovery (linear-head checkpoints)", ("head",)),
+    ("mma", "MMA (Multi-Modal Adapter checkpoints)", ("mma",)),
+]
+
+
+def job_types_of(name: str) -> tuple[str, ...]:
+    """The job types whose hyperparameters include ``name``, in the order prompt, head, mma."""
+    sets = (("prompt", Hyperparameters), ("head", HeadHyperparameters), ("mma", MMAHyperparameters))
+    return tuple(kind for kind, model in sets if name in model.model_fields)
+
+
+def grouped_fields(fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``fields`` in the form's groups: [{id, legend, job_types, fields}], every field in exactly one."""
+    groups = [{"id": g, "legend": legend, "job_types": types, "fields": []} for g, legend, types in HP_GROUPS]
+    by_types = {g["job_types"]: g for g in groups}
+    for field in fields:
+        by_types[job_types_of(field["name"])]["fields"].append(field)
+    return groups
+
+
 HP_FIELDS = hyperparameter_fields()
+HP_FIELD_GROUPS = grouped_fields(HP_FIELDS)
 templates.env.globals["HP_FIELDS"] = HP_FIELDS
+templates.env.globals["HP_FIELD_GROUPS"] = HP_FIELD_GROUPS
+templates.env.globals["JOB_TYPE_OF_METHOD"] = JOB_TYPE_OF_METHOD
 
 
 class FormError(Exception):

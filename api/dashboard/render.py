@@ -7,14 +7,14 @@ from __future__ import annotations
 import gzip
 import mimetypes
 import secrets
-from functools import cache
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import plotly
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from mergetune.api.dashboard.auth import Viewer
@@ -143,6 +143,12 @@ def vendor_file(name: str, request: Request) -> Response:
         headers["Content-Encoding"] = "gzip"
         return Response(packed, media_type="text/javascript", headers=headers)
     return Response(raw, media_type="text/javascript", headers=headers)
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico whatever the page links: the SVG icon, permanently."""
+    return RedirectResponse("/static/favicon.svg", status_code=301)
 
 
 @router.get("/static/{name}")

@@ -194,6 +194,84 @@
     window.setTimeout(poll, 2000);
   }
 
+  // ----------------------------------------------------------------------------- new-job form
+  // Only the groups of settings that apply to the chosen checkpoint's job type are shown (the others are
+  // hidden and disabled, so they are neither sent nor validated); "Start job" stays disabled, with the
+  // reason next to it, until a checkpoint and a dataset are chosen and every shown field is valid.
+  function newJobForm(form) {
+    var checkpoint = form.querySelector("#checkpoint_id");
+    var dataset = form.querySelector("#dataset_id");
+    var submit = form.querySelector("#new-job-submit");
+    var why = document.getElementById(submit.getAttribute("aria-describedby"));
+    var groups = Array.prototype.slice.call(form.querySelectorAll("fieldset[data-job-types]"));
+
+    function labelOf(el) {
+      var label = el.id && form.querySelector('label[for="' + el.id + '"]');
+      return label ? label.textContent.replace(/\s+/g, " ").trim() : el.name;
+    }
+
+    function showGroups() {
+      var option = checkpoint.options[checkpoint.selectedIndex];
+      var type = option && option.value ? option.getAttribute("data-job-type") : "";
+      groups.forEach(function (g) {
+        var applies = !type || g.getAttribute("data-job-types").split(" ").indexOf(type) >= 0;
+        g.hidden = !applies;
+        g.disabled = !applies;
+      });
+    }
+
+    function reason() {
+      if (!checkpoint.value) { return "Choose a checkpoint to start a job."; }
+      if (!dataset.value) { return "Choose a dataset to start a job."; }
+      var fields = form.querySelectorAll("input, select, textarea");
+      for (var i = 0; i < fields.length; i++) {
+        var el = fields[i];
+        if (el.type === "hidden" || !el.willValidate || el.validity.valid) { continue; }
+        return labelOf(el) + ": " + el.validationMessage;
+      }
+      return "";
+    }
+
+    function update() {
+      showGroups();
+      var text = reason();
+      submit.disabled = text !== "";
+      why.textContent = text;
+    }
+
+    form.addEventListener("input", update);
+    form.addEventListener("change", update);
+    form.addEventListener("submit", function (ev) {
+      update();
+      if (submit.disabled) { ev.preventDefault(); }
+    });
+    update();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var form = document.getElementById("new-job-form");
+    if (form) { newJobForm(form); }
+  });
+
+  // ----------------------------------------------------------------------------- relative times
+  // "12 s ago" words in <time datetime=...> elements, re-rendered every few seconds (as fmt_ago words them).
+  var AGO = /^\d+ (s|min|h|d) ago$/;
+  function agoText(ms) {
+    var s = Math.max(0, Math.floor(ms / 1000));
+    var units = [["d", 86400], ["h", 3600], ["min", 60]];
+    for (var i = 0; i < units.length; i++) { if (s >= units[i][1]) { return Math.floor(s / units[i][1]) + " " + units[i][0] + " ago"; } }
+    return s + " s ago";
+  }
+  function tickTimes() {
+    document.querySelectorAll("time[datetime]").forEach(function (t) {
+      var at = Date.parse(t.getAttribute("datetime"));
+      if (isNaN(at) || !AGO.test(t.textContent.trim())) { return; }
+      var text = agoText(Date.now() - at);
+      if (t.textContent !== text) { t.textContent = text; }
+    });
+  }
+  window.setInterval(tickTimes, 5000);
+
   // ----------------------------------------------------------------------------- copy buttons
   function copyText(text) {
     if (navigator.clipboard && window.isSecureContext) { return navigator.clipboard.writeText(text); }

@@ -58,7 +58,7 @@ def test_pages_need_a_login_and_csrf(hooks, auth) -> None:
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
     csrf = login(hooks, auth)
     page = hooks.get("/webhooks").text
-    assert '<a href="/webhooks" class="active">Webhooks</a>' in page
+    assert '<a href="/webhooks" class="active" aria-current="page">Webhooks</a>' in page
     assert "No webhooks yet." in page
     body = {"url": "https://93.184.215.14/h", "events": "job.failed"}
     assert hooks.post("/webhooks", data=body).status_code == 403
