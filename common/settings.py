@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     PARSE_WORKERS: int = Field(default=2, ge=1, description="parses running at once (API process)")
     PARSE_QUEUE: int = Field(default=4, ge=0, description="uploads waiting for a parse slot before 503")
     PARSE_RETRY_AFTER: int = Field(default=5, ge=1, description="Retry-After (s) of a 503 when full")
+    #: Server-sent event streams of job events one API process keeps open at once; beyond it: 503.
+    MAX_EVENT_STREAMS: int = Field(default=100, ge=1, description="open event streams per API process")
     #: One project holds at most this share of the running parses and of the admitted ones (running +
     #: waiting; at least one each), so that another project's upload always finds a slot.
     PARSE_PROJECT_SHARE: float = Field(default=0.5, gt=0, le=1, description="share of parse slots")

@@ -21,12 +21,13 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mergetune.api.dashboard.auth import ViewerDep, check_csrf, to_login
+from mergetune.api.dashboard.auth import COOKIE, Viewer, ViewerDep, check_csrf, lookup_token, to_login
 from mergetune.api.dashboard.queries import REPORT_MAX_BYTES, epoch_series, job_artifacts, project_job
 from mergetune.api.dashboard.render import TERMINAL, fmt_duration, fmt_time, not_found, render
 from mergetune.api.deps import SessionDep, SettingsDep
 from mergetune.api.errors import ApiError, error_body
 from mergetune.api.schemas import JobUpdate
+from mergetune.api.services import event_stream
 from mergetune.api.services import jobs as job_service
 from mergetune.common.models import Artifact, Checkpoint, Dataset, Job, JobEvent
 from mergetune.common.settings import Settings
@@ -155,6 +156,32 @@ def job_live_json(
     if job is None:
         return JSONResponse(error_body("not_found", f"job {job_id!r} not found", "job_id"), status_code=404)
     return JSONResponse(job_live(session, settings, job, after), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/ui/jobs/{job_id}/events/stream")
+async def job_events_stream(request: Request, settings: SettingsDep, job_id: str) -> Response:
+    """The job's events as server-sent events (what ``GET /v1/jobs/{id}/events/stream`` sends), for
+    the job page's EventSource: the login cookie instead of a bearer token; 401/404 as ``/live``."""
+    raw = request.cookies.get(COOKIE)
+
+    def authorise(session: Session) -> tuple[bool, bool]:
+        token = lookup_token(session, raw)
+        if token is None or not raw:
+            return False, False
+        return True, project_job(session, Viewer(token, raw), job_id) is not None
+
+    viewer_ok, found = await event_stream.with_session(request, settings, authorise)
+    if not viewer_ok:
+        return JSONResponse(error_body("unauthenticated", "log in at /login"), status_code=401)
+    if not found:
+        return JSONResponse(error_body("not_found", f"job {job_id!r} not found", "job_id"), status_code=404)
+    try:
+        start = event_stream.parse_after(
+            request.headers.get("last-event-id"), request.query_params.get("after")
+        )
+    except ApiError as exc:
+        return JSONResponse(error_body(exc.code, exc.message, exc.param), status_code=exc.status_code)
+    return event_stream.open_stream(request, settings, job_id, start, named=False)
 
 
 # ---------------------------------------------------------------------------------------- training charts

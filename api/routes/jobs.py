@@ -2,10 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
+from mergetune.api.deps import (
+    IdempotencyKeyHeader,
+    PageDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    get_principal,
+)
 from mergetune.api.errors import NotFound, Unprocessable, error_responses
 from mergetune.api.schemas import (
     ArtifactList,
@@ -18,7 +26,7 @@ from mergetune.api.schemas import (
     JobRead,
     JobUpdate,
 )
-from mergetune.api.services import lifecycle
+from mergetune.api.services import event_stream, lifecycle
 from mergetune.api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
 from mergetune.common import repositories as repo
 from mergetune.common.models import Job, JobStatus
@@ -131,6 +139,42 @@ def get_events(
         has_more=p.has_more,
         next_cursor=str(p.items[-1].id) if p.has_more and p.items else None,
     )
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The job's events as server-sent events"},
+        **error_responses(401, 404, 422, 503),
+    },
+    summary="Follow a job's events as server-sent events",
+)
+async def stream_events(
+    job_id: str,
+    request: Request,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="seq of the last event received")
+    ] = None,
+    after: Annotated[
+        str | None, Query(max_length=20, description="seq of the last event seen (without Last-Event-ID)")
+    ] = None,
+) -> StreamingResponse:
+    """`text/event-stream`: every event of the job as `id: <seq>`, `event: <type>`, `data: <the
+    object GET /events gives>`, from after `Last-Event-ID` (or `after`), else from the first; `event:
+    job` with the status and progress whenever they change; `: keep-alive` every 15 s; `event: end`
+    with the terminal status, then the stream closes. 503 `too_many_streams` (Retry-After) when this
+    server process already holds MAX_EVENT_STREAMS streams."""
+
+    def authorise(session: SessionDep) -> str:
+        principal = get_principal(session, authorization)
+        return _get_job(session, principal.project_id, job_id).id
+
+    found = await event_stream.with_session(request, settings, authorise)
+    start = event_stream.parse_after(last_event_id, after)
+    return event_stream.open_stream(request, settings, found, start)
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, responses=error_responses(401, 404))

@@ -17,9 +17,9 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from mergetune._follow import TERMINAL, follow_stream, poll_events
 from mergetune._requests import Call, Download, Sleep, Step, Upload, missing_dirs, remove_dirs
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "expired"})
 SWEEP_TERMINAL = TERMINAL
 REPORT_FORMATS = ("json", "csv", "tex", "txt", "html")
 
@@ -51,6 +51,10 @@ class Operations:
     """The API's operations; a subclass supplies ``_run`` (carry out a generator of steps)."""
 
     def _run(self, flow: Flow[Any]) -> Any:  # pragma: no cover - supplied by the subclasses
+        raise NotImplementedError
+
+    def _iterate(self, flow: Flow[Any]) -> Any:  # pragma: no cover - supplied by the subclasses
+        """An iterator (async iterator) of the values ``flow`` emits."""
         raise NotImplementedError
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -245,10 +249,39 @@ class Operations:
         interval: float = 1.0,
         timeout: float | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
+        stream: bool = True,
     ) -> Flow[dict[str, Any]]:
-        """Poll until the job is succeeded, failed or cancelled; returns the final job object.
-        ``on_update`` is called with every job object polled; past ``timeout`` s: TimeoutError."""
-        return (yield from self._poll("job", job_id, interval, timeout, on_update))
+        """Wait until the job is finished (succeeded, failed, cancelled, timed_out, expired); returns
+        the final job object. Follows the job's event stream (server-sent events, resumed after a
+        dropped connection); polls every ``interval`` s instead where the server has no stream, the
+        stream keeps failing, or ``stream=False``. ``on_update`` is called with the job object as its
+        status or progress changes; past ``timeout`` s: TimeoutError."""
+        start = time.monotonic()
+        if stream:
+            job = yield Call("GET", f"/v1/jobs/{job_id}")
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            followed = yield from follow_stream(job, timeout=timeout, on_update=on_update)
+            if followed.job is not None:
+                return followed.job
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+        return (yield from self._poll("job", job_id, interval, left, on_update))
+
+    def stream_job_events(self, job_id: str, after: int | None = None) -> Any:
+        """The job's events as they happen, oldest first, from after seq ``after`` (else the first),
+        until the job is finished: an iterator of event objects (``GET /v1/jobs/{id}/events``'s),
+        an async iterator on :class:`mergetune.AsyncClient`. Follows the event stream (resumed after a
+        dropped connection without losing or repeating events); polls where the server has none."""
+        return self._iterate(self._follow_events(job_id, after or 0))
+
+    def _follow_events(self, job_id: str, after: int) -> Flow[dict[str, Any]]:
+        job = yield Call("GET", f"/v1/jobs/{job_id}")
+        followed = yield from follow_stream(job, after=after, emit=True)
+        if followed.job is not None:
+            return followed.job
+        return (yield from poll_events(job_id, after=followed.seq))
 
     # -- artifacts ---------------------------------------------------------------------------
     @operation

@@ -61,7 +61,39 @@ class Sleep:
     seconds: float
 
 
-Step = Call | Download | Sleep
+@dataclass(frozen=True)
+class Open:
+    """Send ``call`` and keep its response open for :class:`Read` steps; the result is a handle (an
+    error answer raises :class:`ApiError`). ``read_timeout``: seconds a read may wait for bytes."""
+
+    call: Call
+    read_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Read:
+    """The next bytes of an :class:`Open` response as they arrive; ``b""`` once it has ended."""
+
+    handle: Any
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close an :class:`Open` response (the driver closes any left open when an operation ends)."""
+
+    handle: Any
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A value handed to the caller of an iterating operation (``stream_job_events``); no I/O."""
+
+    value: Any
+
+
+Step = Call | Download | Sleep | Open | Read | Close | Emit
+#: What a dropped or silent connection raises in the drivers (a stream reconnects on these).
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError,)
 CHUNK = 1024 * 1024
 
 
