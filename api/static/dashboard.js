@@ -118,12 +118,66 @@
       return true;
     }
 
-    function poll() {
-      getJSON("/ui/jobs/" + encodeURIComponent(id) + "/live?after=" + after)
-        .then(function (data) { if (update(data)) { window.setTimeout(poll, 1000); } })
+    // Live updates: the job's event stream (server-sent events) says when something changed, and each
+    // message schedules one read of /live (a burst is one read, at most one every 300 ms). Without
+    // EventSource, or when the stream fails 3 times in a row or is refused, the page polls /live.
+    var base = "/ui/jobs/" + encodeURIComponent(id);
+    var source = null, streamFailures = 0, polling = false, done = false;
+    var timer = null, reading = false, readAgain = false, lastRead = 0;
+
+    function read() {
+      timer = null;
+      if (done) { return; }
+      if (reading) { readAgain = true; return; }
+      reading = true;
+      lastRead = Date.now();
+      getJSON(base + "/live?after=" + after)
+        .then(function (data) {
+          reading = false;
+          if (!update(data)) { done = true; closeStream(); return; }
+          if (readAgain) { readAgain = false; schedule(); }
+        })
+        .catch(function () {
+          reading = false;
+          if (readAgain || !source) { readAgain = false; window.setTimeout(schedule, 1000); }
+        });
+    }
+    function schedule() {
+      if (done || timer !== null) { return; }
+      timer = window.setTimeout(read, Math.max(0, 300 - (Date.now() - lastRead)));
+    }
+    function closeStream() {
+      if (source) { source.close(); source = null; }
+    }
+    function poll() {  // the fallback: /live every second
+      if (done) { return; }
+      getJSON(base + "/live?after=" + after)
+        .then(function (data) { if (update(data)) { window.setTimeout(poll, 1000); } else { done = true; } })
         .catch(function () { window.setTimeout(poll, 3000); });
     }
-    if (root.dataset.terminal !== "true") { window.setTimeout(poll, 1000); }
+    function fallBack() {
+      closeStream();
+      root.dataset.liveMode = "poll";
+      if (!polling && !done) { polling = true; window.setTimeout(poll, 1000); }
+    }
+    function follow() {
+      if (!window.EventSource) { fallBack(); return; }
+      source = new EventSource(base + "/events/stream");
+      root.dataset.liveMode = "stream";
+      var heard = function () { streamFailures = 0; schedule(); };
+      source.onopen = schedule;
+      source.onmessage = heard;                     // an event row
+      source.addEventListener("job", heard);        // the status or progress changed
+      source.addEventListener("end", function () {  // the job finished: one last read, no reconnect
+        closeStream();
+        schedule();
+      });
+      source.onerror = function () {
+        streamFailures += 1;
+        if (!source || source.readyState === EventSource.CLOSED || streamFailures >= 3) { fallBack(); }
+      };
+    }
+    if (root.dataset.terminal !== "true") { follow(); }
 
     var cancel = document.getElementById("cancel-form");
     if (cancel) {
