@@ -413,3 +413,23 @@ def test_a_dropped_connection_resumes_with_last_event_id(stack):
         proxy.close()
     assert proxy.cuts == 1 and proxy.connections >= 2
     assert got == expected
+
+
+def test_job_events_follow_prints_one_event_a_line(stack):
+    job_id = stack.job(events=4)
+    env = {**stack.env, "MERGETUNE_URL": stack.apis["b"].url, "MERGETUNE_TOKEN": stack.secrets["p1"]}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergetune.cli", "job", "events", job_id, "--follow", "--after", "2"],
+        cwd=ws.REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = json.loads(proc.stdout.readline())  # printed while the job still runs
+    assert first["seq"] == 3 and proc.poll() is None
+    stack.finish(job_id)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    printed = [first] + [json.loads(line) for line in out.splitlines()]
+    assert printed == all_events(stack, job_id)[2:] and [e["seq"] for e in printed] == [3, 4, 5]

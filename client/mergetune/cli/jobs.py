@@ -3,6 +3,8 @@ follow it, and fetch what it made."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -72,13 +74,19 @@ def wait(
     interval: o.Interval = 1.0,
     wait_timeout: o.WaitTimeout = None,
     quiet: o.Quiet = False,
+    poll: Annotated[
+        bool, typer.Option("--poll", help="poll every --interval instead of following the event stream")
+    ] = False,
     url: o.Url = None,
     token: o.Token = None,
     timeout: o.Timeout = 300.0,
 ) -> None:
-    """Wait for a job with a progress bar on stderr; exit 0 when it succeeded."""
+    """Wait for a job with a progress bar on stderr; exit 0 when it succeeded. Follows the job's event
+    stream (server-sent events); polls every --interval where the server has none."""
     with o.connect(url, token, timeout) as c, ProgressBar(job_progress) as bar:
-        done = c.wait_job(job, interval=interval, timeout=wait_timeout, on_update=None if quiet else bar)
+        done = c.wait_job(
+            job, interval=interval, timeout=wait_timeout, on_update=None if quiet else bar, stream=not poll
+        )
     print_json(done)
     # the last line a person sees (stderr, so stdout stays one JSON document): the verdict or the error
     verdict, error = done.get("verdict") or {}, done.get("error") or {}
@@ -117,12 +125,26 @@ def events(
     ] = None,
     limit: Annotated[int, typer.Option(metavar="N", help="events per page (1-1000)")] = 100,
     all_pages: Annotated[bool, typer.Option("--all", help="follow next_cursor until the last event")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="print every event as it happens, one JSON object a line, until the job is finished "
+            "(--after is then an event seq)",
+        ),
+    ] = False,
     url: o.Url = None,
     token: o.Token = None,
     timeout: o.Timeout = 300.0,
 ) -> None:
-    """Print a job's events as JSON, oldest first (one page, or every page with --all)."""
+    """Print a job's events as JSON, oldest first (one page, or every page with --all, or each as it
+    happens with --follow)."""
     with o.connect(url, token, timeout) as c:
+        if follow:
+            for event in c.stream_job_events(job, after=after):
+                sys.stdout.write(json.dumps(event, default=str) + "\n")
+                sys.stdout.flush()
+            return
         if all_pages:
             found = c.list_job_events(job, after=after, page_size=limit)
             page = {"data": found, "has_more": False, "next_cursor": None}
