@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     S3_ACCESS_KEY_ID: str | None = None
     S3_SECRET_ACCESS_KEY: str | None = None
     MAX_UPLOAD_BYTES: int = Field(default=512 * 1024 * 1024, ge=1)
+    #: Backbone weights (POST /v1/weights) are larger than checkpoints: a ViT-B-16 in float32 is 600 MB.
+    MAX_WEIGHTS_BYTES: int = Field(default=8 << 30, ge=1, description="largest weights upload")
     UPLOAD_CHUNK_BYTES: int = Field(default=1024 * 1024, ge=1024)
     #: Checkpoint parsing runs in a child process with these hard limits (API uploads and the worker's
     #: check of stored tensors); at most PARSE_WORKERS at once, PARSE_QUEUE more waiting, then 503.

@@ -82,7 +82,7 @@ async def upload_weights(
     session: SessionDep,
     store: StoreDep,
 ) -> WeightsRead:
-    upload = await receive_multipart(request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_UPLOAD_BYTES)
+    upload = await receive_multipart(request, tmp_dir=settings.tmp_dir, max_bytes=settings.MAX_WEIGHTS_BYTES)
     try:
         row, created = await run_in_threadpool(
             create_weights, session, settings, store, principal.project_id, upload

@@ -186,3 +186,17 @@ def test_uploads_count_in_the_stored_bytes_quota(wclient, auth, settings):
     r = _upload(wclient, auth, _clip_state_dict(512))
     assert r.status_code == 403 and r.json()["error"]["code"] == "quota_exceeded", r.text
     assert r.json()["error"]["param"] == "file"
+
+
+def test_weights_have_their_own_size_limit(make_client, auth, endpoint):
+    s3_settings = {"ARTIFACT_URL": f"s3://{BUCKET}/sized", "S3_ENDPOINT_URL": endpoint, **s3.CREDENTIALS}
+    data = _clip_state_dict(512)
+    # checkpoints capped far below the file: weights are not
+    roomy = make_client(MAX_UPLOAD_BYTES=1024, MAX_WEIGHTS_BYTES=len(data), **s3_settings)
+    assert _upload(roomy, auth, data).status_code == 201
+    tight = make_client(MAX_WEIGHTS_BYTES=len(data) - 1, **s3_settings)
+    r = _upload(tight, auth, _clip_state_dict(768))  # larger than the limit
+    assert r.status_code == 413 and r.json()["error"]["param"] == "file", r.text
+    assert [w["sha256"] for w in tight.get("/v1/weights", headers=auth).json()["data"]] == [
+        hashlib.sha256(data).hexdigest()
+    ]
