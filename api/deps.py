@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from mergetune.api.errors import Unauthorized
 from mergetune.common import repositories as repo
 from mergetune.common.db import get_sessionmaker
+from mergetune.common.localcache import TTLCache, generation
 from mergetune.common.models import utcnow
 from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactStore, get_store
@@ -58,7 +60,10 @@ async def get_session(request: Request, settings: SettingsDep) -> AsyncIterator[
         try:
             yield session
         finally:
-            await run_in_threadpool(_close, session)
+            if session.in_transaction():  # a round trip (ROLLBACK): not in the event loop
+                await run_in_threadpool(_close, session)
+            else:  # nothing to end (no connection held, or the route ended its transaction)
+                session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -80,18 +85,57 @@ class Principal:
 
 _TOUCH_EVERY = timedelta(minutes=1)
 
+#: Seconds an API process reuses a token it authenticated (its project, expiry and last-use time) without
+#: reading the token row again. A revocation (``mergetune token revoke``) is refused by the process that
+#: made it at once and by every other API process within this time; an expiry is checked on every request.
+AUTH_CACHE_SECONDS = 5.0
 
-def get_principal(
-    session: SessionDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
+_principals = TTLCache(AUTH_CACHE_SECONDS, maxsize=10_000)
+_loading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Future[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass(frozen=True)
+class _Known:
+    principal: Principal
+    expires_at: datetime | None
+    touched: datetime  # last_used_at as stored (touched again once older than _TOUCH_EVERY)
+
+
+def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized("missing Authorization: Bearer <token> header", code="missing_token")
     scheme, _, secret = authorization.partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise Unauthorized("Authorization header must be `Bearer <token>`", code="invalid_token")
-    found = repo.find_token(session, secret) if len(secret) <= 512 else None
+    if len(secret) > 512:
+        raise Unauthorized("invalid or revoked token", code="invalid_token")
+    return secret
+
+
+def _cache_key(session: Session, secret: str) -> tuple[Any, str]:
+    return session.get_bind(), repo.hash_token(secret)
+
+
+def _cached(key: tuple[Any, str]) -> Principal | None:
+    """The principal this process authenticated for the token within AUTH_CACHE_SECONDS, while it is
+    not expired and its last-use time needs no update."""
+    known: _Known | None = _principals.get(key)
+    if known is None:
+        return None
+    now = utcnow()
+    if (known.expires_at is not None and known.expires_at <= now) or now - known.touched > _TOUCH_EVERY:
+        return None
+    return known.principal
+
+
+def _authenticate(session: Session, secret: str, key: tuple[Any, str]) -> Principal:
+    """The token row read, checked and touched; kept for AUTH_CACHE_SECONDS unless this process
+    wrote meanwhile (the touch included: the next request reads it again and keeps it)."""
+    before = generation()
+    found = repo.find_token(session, secret)
     if found is None:
         raise Unauthorized("invalid or revoked token", code="invalid_token")
     token, project_name = found
@@ -101,15 +145,58 @@ def get_principal(
     if refusal == "token_expired":
         raise Unauthorized(f"token {token.prefix}... expired; create a new one", code=refusal)
     now = utcnow()
-    if token.last_used_at is None or now - token.last_used_at > _TOUCH_EVERY:
+    touched = token.last_used_at
+    if touched is None or now - touched > _TOUCH_EVERY:
         repo.touch_token(session, token.id, now, every=_TOUCH_EVERY)  # a conditional UPDATE
+        touched = now
     # End the authentication transaction: commits the touch and hands the connection back to the pool
     # while the request goes on (an upload streams its body before it needs the database again).
     session.commit()
-    return Principal(project_id=token.project_id, project_name=project_name, token_id=token.id)
+    principal = Principal(project_id=token.project_id, project_name=project_name, token_id=token.id)
+    _principals.put(key, _Known(principal, token.expires_at, touched), generation=before)
+    return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+def get_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """The token's project (401 when the header is missing, malformed, unknown, revoked or expired)."""
+    secret = _bearer(authorization)
+    key = _cache_key(session, secret)
+    return _cached(key) or _authenticate(session, secret, key)
+
+
+async def require_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """:func:`get_principal` as the routes' dependency: a token this process knows is answered in the
+    event loop; reading the token row takes a thread."""
+    secret = _bearer(authorization)
+    key = _cache_key(session, secret)
+    known = _cached(key)
+    if known is not None:
+        return known
+    # One read per token at a time: the requests that arrive meanwhile wait for it (without a thread
+    # or a connection) instead of all reading the same row when its cached entry expires.
+    loading = _loading.setdefault(asyncio.get_running_loop(), {})
+    pending = loading.get(key)
+    if pending is not None:
+        await asyncio.shield(pending)
+        known = _cached(key)
+        if known is not None:
+            return known
+    done = loading[key] = asyncio.get_running_loop().create_future()
+    try:
+        return await run_in_threadpool(_authenticate, session, secret, key)
+    finally:
+        if loading.get(key) is done:
+            del loading[key]
+        done.set_result(None)
+
+
+PrincipalDep = Annotated[Principal, Depends(require_principal)]
 
 
 @dataclass(frozen=True)

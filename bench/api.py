@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/api.py                         # embedded (SQLite) and Postgres/Redis modes
     .venv/bin/python bench/api.py --modes embedded --requests 20
+    .venv/bin/python bench/api.py --replicas 1,2 --requests 60   # 1 vs 2 API processes, GET only
 
 For each mode a fresh service is started in its own state directory:
 
@@ -45,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: python bench/api.py
 
 import httpx  # noqa: E402
 
-from bench.benchlib import ROOT, free_port, machine  # noqa: E402
+from bench.benchlib import ROOT, cpu_model, free_port, machine  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MERGETUNE = str(BIN / "mergetune")
@@ -377,94 +378,232 @@ def run_mode(mode: str, args: argparse.Namespace, big: Path, workdir: Path) -> d
     return out
 
 
-async def counted_loop(
-    url: str, token: str, path: str, clients: int, per_client: int
-) -> tuple[list[float], float, int]:
-    """The closed loop, where a request whose connection drops is counted and sent again."""
-    lat: list[float] = []
-    errors = [0]
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as c:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-        async def one() -> None:
-            done = 0
-            while done < per_client:
-                t = time.perf_counter()
-                try:
-                    r = await c.get(path)
-                except httpx.TransportError:
-                    errors[0] += 1
-                    continue
-                lat.append(time.perf_counter() - t)
-                r.raise_for_status()
-                done += 1
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        wall = time.perf_counter() - t0
-    return lat, wall, errors[0]
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (uvicorn's supervisor and its API processes)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
+
+
+def _postgres_backends(db_name: str) -> tuple[list[int], int]:
+    """The pids of the Postgres processes serving ``db_name`` now, and how many sessions it has had."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as c:
+        rows = c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db_name,)
+        ).fetchall()
+        c.execute("SELECT pg_stat_clear_snapshot()")
+        sessions = c.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", (db_name,)
+        ).fetchone()
+    return [r[0] for r in rows], int(sessions[0] if sessions else 0)
+
+
+class CpuMeter:
+    """CPU seconds used between :meth:`start` and :meth:`stop` by the service's processes and by the
+    Postgres backends serving its database (a backend opened meanwhile counts from zero; one opened
+    and closed meanwhile is not seen: :meth:`stop` also says how many connections were opened)."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def _sample(self) -> tuple[dict[int, float], dict[int, float], int]:
+        assert self.svc.proc is not None
+        server = {p: _cpu_seconds(p) for p in _process_tree(self.svc.proc.pid)}
+        pids, sessions = _postgres_backends(self.svc.db_name)
+        return server, {p: _cpu_seconds(p) for p in pids}, sessions
+
+    def start(self) -> None:
+        self.before = self._sample()
+
+    def stop(self) -> tuple[float, float, int]:
+        time.sleep(0.6)  # pg_stat_database counts a closed session within PGSTAT_MIN_INTERVAL (0.5 s)
+        after = self._sample()
+        server = sum(v - self.before[0].get(p, 0.0) for p, v in after[0].items())
+        pg = sum(v - self.before[1].get(p, 0.0) for p, v in after[1].items())
+        return server, pg, after[2] - self.before[2]
+
+
+def _replica_jobs(svc: Service, client: httpx.Client, workdir: Path) -> dict[str, str]:
+    """Three jobs of one project: the first made ``running`` (progress half way through its first
+    epoch), the other two ``queued`` behind it. Answers {"queued": the last, "running": the first}."""
+    import psycopg
+
+    first, _ = create_job(svc, client, workdir)
+    job = client.get(f"/v1/jobs/{first}").json()
+    body = {k: job[k] for k in ("checkpoint_id", "dataset_id", "backbone", "hyperparameters")}
+    ids = [first] + [client.post("/v1/jobs", json=body).raise_for_status().json()["id"] for _ in range(2)]
+    progress = '{"epoch": 1, "epochs": 2, "step": 5, "steps": 10, "loss": 1.25}'
+    with psycopg.connect(svc.env["MERGETUNE_DATABASE_URL"].replace("+psycopg", ""), autocommit=True) as c:
+        c.execute(
+            "UPDATE jobs SET status = 'running', worker_host = 'bench@host', started_at = now() - "
+            "interval '60 seconds', attempt_started_at = now() - interval '60 seconds', progress = %s, "
+            "progress_at = now() WHERE id = %s",
+            (progress, first),
+        )
+    return {"queued": ids[-1], "running": first}
+
+
+def statements_per_get(svc: Service, path: str, n: int = 20) -> tuple[float, float]:
+    """(SQL statements, pool checkouts) per authenticated GET of ``path`` after warm-up: the service's
+    app built in this process on the same database, called through ASGI (every middleware, dependency
+    and the route). A checkout costs one more round trip (the pool's liveness ping), not counted."""
+    from sqlalchemy import event
+    from starlette.testclient import TestClient
+
+    from mergetune.api.main import create_app
+    from mergetune.common.db import get_engine
+    from mergetune.common.settings import Settings
+
+    url = svc.env["MERGETUNE_DATABASE_URL"]
+    settings = Settings(
+        HOME=svc.home / "in-process", DATABASE_URL=url, BROKER_URL=svc.env["MERGETUNE_BROKER_URL"]
+    )
+    engine = get_engine(url)
+    counts = [0, 0]
+
+    def statement(*_a: object) -> None:
+        counts[0] += 1
+
+    def checkout(*_a: object) -> None:
+        counts[1] += 1
+
+    headers = {"Authorization": f"Bearer {svc.token}"}
+    with TestClient(create_app(settings)) as c:
+        for _ in range(3):
+            c.get(path, headers=headers).raise_for_status()
+        event.listen(engine, "before_cursor_execute", statement)
+        event.listen(engine.pool, "checkout", checkout)
+        try:
+            for _ in range(n):
+                c.get(path, headers=headers).raise_for_status()
+        finally:
+            event.remove(engine, "before_cursor_execute", statement)
+            event.remove(engine.pool, "checkout", checkout)
+    return counts[0] / n, counts[1] / n
 
 
 def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
-    """GET /v1/jobs/{id}, ``--clients`` back to back, against 1 and N API processes
-    (``mergetune serve --workers N``) on Postgres/Redis, one after the other in this run."""
-    rows = []
-    for n in [int(x) for x in args.replicas.split(",") if x]:
+    """GET /v1/jobs/{id} of a queued and of a running job, ``--clients`` back to back, against 1 and N
+    API processes (``mergetune serve --workers N``) on Postgres/Redis, one after the other in this run."""
+    from bench.httpload import build_get, closed_loop, percentile
+
+    counts = [int(x) for x in args.replicas.split(",") if x]
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        "client: raw asyncio HTTP/1.1 keep-alive connections (uvloop), one pre-built request, in this process; "
+        f"service log level {args.log_level} (no access log below INFO)"
+    )
+    rows, statements = [], {}
+    for n in counts:
         home = Path(tempfile.mkdtemp(prefix=f"mt-bench-x{n}-", dir=workdir))
         svc = Service("postgres", home, args, processes=n)
         try:
             svc.start()
-            client = httpx.Client(
+            with httpx.Client(
                 base_url=svc.url, headers={"Authorization": f"Bearer {svc.token}"}, timeout=120
-            )
-            job_id, _ = create_job(svc, client, workdir)
-            client.close()
-            path = f"/v1/jobs/{job_id}"
-            for attempt in range(3):  # warm every process (a loaded box may drop a first connection)
-                try:
-                    asyncio.run(closed_loop(svc.url, svc.token, path, args.clients, 5))
-                    break
-                except httpx.TransportError:
-                    if attempt == 2:
-                        raise
-                    time.sleep(2)
-            loads: list[float] = []
-            stop = threading.Event()
+            ) as cl:
+                jobs = _replica_jobs(svc, cl, workdir)
+            for kind, job_id in jobs.items():
+                path = f"/v1/jobs/{job_id}"
+                request = build_get("127.0.0.1", svc.port, path, {"Authorization": f"Bearer {svc.token}"})
+                if kind not in statements:
+                    statements[kind] = statements_per_get(svc, path)
+                closed_loop("127.0.0.1", svc.port, request, args.clients, 5)  # warm every process
+                for clients, per_client in ((args.clients, args.requests), (1, args.single)):
+                    if not per_client:
+                        continue
+                    loads: list[float] = []
+                    stop = threading.Event()
 
-            def sample(loads: list[float] = loads, stop: threading.Event = stop) -> None:
-                while not stop.wait(1.0):
-                    loads.append(os.getloadavg()[0])
+                    def sample(loads: list[float] = loads, stop: threading.Event = stop) -> None:
+                        while not stop.wait(1.0):
+                            loads.append(os.getloadavg()[0])
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            lat, wall, errors = asyncio.run(
-                counted_loop(svc.url, svc.token, path, args.clients, args.requests)
-            )
-            stop.set()
-            sampler.join()
-            if errors:
-                print(f"{n} process(es): {errors} requests lost their connection (retried)")
-            rows.append(
-                (
-                    n,
-                    len(lat) / wall,
-                    pct(lat, 0.5),
-                    pct(lat, 0.99),
-                    max(loads or [os.getloadavg()[0]]),
-                    len(lat),
-                )
-            )
+                    sampler = threading.Thread(target=sample, daemon=True)
+                    meter = CpuMeter(svc)
+                    meter.start()
+                    sampler.start()
+                    res = closed_loop("127.0.0.1", svc.port, request, clients, per_client)
+                    stop.set()
+                    sampler.join()
+                    server_cpu, pg_cpu, opened = meter.stop()
+                    bad = {s: c for s, c in res.statuses.items() if s != 200}
+                    if bad or res.reconnects:
+                        print(
+                            f"{n} process(es), {kind}: answers other than 200 {bad}, reconnects {res.reconnects}"
+                        )
+                    k = len(res.latencies)
+                    rows.append(
+                        {
+                            "n": n,
+                            "job": kind,
+                            "clients": clients,
+                            "requests": k,
+                            "rps": res.rps,
+                            "p50": percentile(res.latencies, 0.5),
+                            "p99": percentile(res.latencies, 0.99),
+                            "load": max(loads or [os.getloadavg()[0]]),
+                            "server_ms": server_cpu / k * 1e3,
+                            "pg_ms": pg_cpu / k * 1e3,
+                            "client_ms": res.cpu_seconds / k * 1e3,
+                            "opened": opened,
+                        }
+                    )
         finally:
             svc.stop()
             shutil.rmtree(home, ignore_errors=True)
-    print(f"\nGET /v1/jobs/{{id}}, {args.clients} clients back to back (closed loop), Postgres + Redis")
-    print("| API processes | requests | req/s | p50 ms | p99 ms | load average (1 min, peak) |")
-    print("|---|---|---|---|---|---|")
-    for n, rps, p50, p99, load, count in rows:
-        print(f"| {n} | {count} | {rps:.0f} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} | {load:.2f} |")
-    if len(rows) >= 2:
-        print(f"ratio {rows[-1][0]} : {rows[0][0]} processes: {rows[-1][1] / rows[0][1]:.2f}x req/s")
+    print(
+        "\nGET /v1/jobs/{id}, closed loop (each client sends its next request when the answer is in), Postgres + Redis"
+    )
+    print(
+        "CPU ms per request: the API processes / the Postgres backends of its database / the load generator"
+    )
+    print(
+        "| API processes | job | clients | requests | req/s | p50 ms | p99 ms | CPU ms: API / Postgres / client | connections opened | load average (1 min, peak) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['n']} | {r['job']} | {r['clients']} | {r['requests']} | {r['rps']:.0f} | {r['p50'] * 1e3:.1f} | "
+            f"{r['p99'] * 1e3:.1f} | {r['server_ms']:.2f} / {r['pg_ms']:.2f} / {r['client_ms']:.2f} | {r['opened']} | {r['load']:.2f} |"
+        )
+    for kind, (st, co) in statements.items():
+        print(f"SQL statements per GET of the {kind} job after warm-up: {st:.2f} ({co:.2f} pool checkouts)")
+    many = [r for r in rows if r["clients"] == args.clients]
+    for kind in statements:
+        by_n = {r["n"]: r for r in many if r["job"] == kind}
+        if len(counts) >= 2 and counts[0] in by_n and counts[-1] in by_n:
+            lo, hi = by_n[counts[0]], by_n[counts[-1]]
+            goal = "MET" if hi["rps"] >= 250 and hi["p99"] <= 0.3 else "MISSED"
+            print(
+                f"{kind} job: {counts[-1]} : {counts[0]} processes {hi['rps'] / lo['rps']:.2f}x req/s; goal with "
+                f"{counts[-1]} processes (>= 250 req/s, p99 <= 300 ms at {args.clients} clients): {goal}"
+            )
 
 
 def main() -> None:
@@ -476,12 +615,24 @@ def main() -> None:
     ap.add_argument("--poll-seconds", type=float, default=10.0)
     ap.add_argument("--sequential", type=int, default=200, help="GETs of the one-client / in-process runs")
     ap.add_argument("--redis-db", type=int, default=13)
-    ap.add_argument("--log-level", default="INFO", help="MERGETUNE_LOG_LEVEL of the service (default INFO)")
+    ap.add_argument(
+        "--log-level",
+        default=None,
+        help="MERGETUNE_LOG_LEVEL of the service (default INFO; WARNING with --replicas: no access log)",
+    )
+    ap.add_argument(
+        "--single",
+        type=int,
+        default=200,
+        help="with --replicas: GETs of the one-client run after each (0: none)",
+    )
     ap.add_argument("--job-timeout", type=float, default=180.0)
     ap.add_argument(
         "--replicas", default="", help="e.g. 1,2: only the GET closed loop against that many API processes"
     )
     args = ap.parse_args()
+    if args.log_level is None:
+        args.log_level = "WARNING" if args.replicas else "INFO"
     if args.replicas:
         workdir = Path(tempfile.mkdtemp(prefix="mt-bench-api-"))
         try:

@@ -8,13 +8,15 @@ The worker's claim (:func:`mergetune.worker.jobdb.claim_job`) calls :func:`pick_
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
 
-from mergetune.common.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Project
+from mergetune.common.localcache import TTLCache, generation
+from mergetune.common.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job, JobStatus, Project, utcnow
 from mergetune.common.quotas import device_blocked
 
 ACTIVE = [s.value for s in ACTIVE_STATUSES]
@@ -240,4 +242,30 @@ def queue_plan(s: Any, now: datetime, window: float) -> dict[str, QueueSpot]:
         usage[pid] += unit / weights[pid]
         sim_running[pid] += 1
     s.info[key] = plan
+    return plan
+
+
+#: Seconds one process reuses the queue plan (a whole-queue computation of several statements) for the
+#: queued jobs' GETs, dropped at once when this process writes (mergetune.common.localcache).
+PLAN_CACHE_SECONDS = 1.0
+
+_plans = TTLCache(PLAN_CACHE_SECONDS, maxsize=64)
+_plan_lock = threading.Lock()
+
+
+def current_queue_plan(s: Any, window: float, job_id: str | None = None) -> dict[str, QueueSpot]:
+    """:func:`queue_plan` now, reused for PLAN_CACHE_SECONDS by this process. A change made by another
+    process (a worker starting or finishing a job, a job queued through another API process) shows
+    within that time; one made here, at once. A queued ``job_id`` missing from the reused plan (queued
+    after it was computed) gets a fresh plan."""
+    key = (s.get_bind(), window)
+    plan: dict[str, QueueSpot] | None = _plans.get(key)
+    if plan is not None and (job_id is None or job_id in plan):
+        return plan
+    with _plan_lock:  # one computation at a time: the threads that wait take its result
+        plan = _plans.get(key)
+        if plan is None or (job_id is not None and job_id not in plan):
+            before = generation()
+            plan = queue_plan(s, utcnow(), window)
+            _plans.put(key, plan, generation=before)
     return plan

@@ -92,6 +92,7 @@ def serve(
             workers=workers,
             proxy_headers=True,
             log_config=_log_config(settings.LOG_LEVEL),
+            log_level=settings.LOG_LEVEL.lower(),  # as one process: no access log below INFO
         )
         return
     config = uvicorn.Config(

@@ -27,6 +27,7 @@ from mergetune.api.schemas import (
     JobUpdate,
 )
 from mergetune.api.services import event_stream, lifecycle
+from mergetune.api.services.job_view import IfNoneMatch, job_answer
 from mergetune.api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
 from mergetune.common import repositories as repo
 from mergetune.common.models import Job, JobStatus
@@ -85,9 +86,23 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=error_responses(401, 404))
-def get_job(job_id: str, principal: PrincipalDep, settings: SettingsDep, session: SessionDep) -> JobRead:
-    return job_read(session, settings, _get_job(session, principal.project_id, job_id))
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses={
+        304: {"description": "Not modified (If-None-Match named the ETag)"},
+        **error_responses(401, 404),
+    },
+)
+async def get_job(
+    job_id: str,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The job, with an `ETag`: `If-None-Match` naming it answers 304 while the object is unchanged."""
+    return await job_answer(session, settings, principal.project_id, job_id, if_none_match)
 
 
 @router.patch("/{job_id}", response_model=JobRead, responses=error_responses(401, 404, 422))

@@ -28,6 +28,7 @@ from mergetune.api.services.remote_weights import check_remote_weights
 from mergetune.api.services.weights import check_uploaded_weights
 from mergetune.common import eta
 from mergetune.common import repositories as repo
+from mergetune.common.localcache import TTLCache, generation
 from mergetune.common.models import (
     TERMINAL_STATUSES,
     CheckpointStatus,
@@ -41,7 +42,7 @@ from mergetune.common.models import (
 from mergetune.common.queue import enqueue_job
 from mergetune.common.quotas import device_over
 from mergetune.common.remote import is_reference
-from mergetune.common.scheduling import queue_plan
+from mergetune.common.scheduling import current_queue_plan
 from mergetune.common.settings import Settings
 from mergetune.common.uploaded_weights import is_uploaded_reference
 from mergetune.core.checkpoints.mma_layout import AdapterLayout
@@ -505,10 +506,31 @@ def _eta_fields(session: Session, settings: Settings, job: Job, position: int | 
     }
 
 
+#: Seconds one process reuses a queued job's estimate (it reads every active job and the live workers):
+#: the polls of one job within that time answer the same estimate.
+ESTIMATE_REUSE_SECONDS = 1.0
+
+_queued_etas = TTLCache(ESTIMATE_REUSE_SECONDS, maxsize=4096)
+
+
+def _eta_reused(session: Session, settings: Settings, job: Job, position: int | None) -> dict[str, Any]:
+    """:func:`_eta_fields`, reused for ESTIMATE_REUSE_SECONDS for a queued job at the same place (dropped
+    at once when this process writes); other jobs' estimates read nothing new once warm."""
+    if job.status not in (JobStatus.queued, JobStatus.validating) or job.cancel_requested:
+        return _eta_fields(session, settings, job, position)
+    key = (session.get_bind(), job.id, job.status, position)
+    fields: dict[str, Any] | None = _queued_etas.get(key)
+    if fields is None:
+        before = generation()
+        fields = _eta_fields(session, settings, job, position)
+        _queued_etas.put(key, fields, generation=before)
+    return fields
+
+
 def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
     spot = None
     if job.status in (JobStatus.queued, JobStatus.validating) and not job.cancel_requested:
-        spot = queue_plan(session, utcnow(), settings.FAIR_SHARE_WINDOW).get(job.id)
+        spot = current_queue_plan(session, settings.FAIR_SHARE_WINDOW, job.id).get(job.id)
     position = spot.position if spot is not None else repo.queue_position(session, job)
     return JobRead(
         id=job.id,
@@ -538,7 +560,7 @@ def job_read(session: Session, settings: Settings, job: Job) -> JobRead:
         queued_at=job.queued_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        **_eta_fields(session, settings, job, position),
+        **_eta_reused(session, settings, job, position),
         tags=[str(t) for t in job.tags or []],
         notes=job.notes,
     )
