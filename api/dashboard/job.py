@@ -1,6 +1,7 @@
-"""One job's page, ``/jobs/{job_id}``: its settings, metrics, status history, events, artifacts and
-training charts; the JSON the page polls while the job runs (``/ui/jobs/{job_id}/live``); the
-annotate (name, tags, notes) and cancel forms; and artifact downloads.
+"""One job's page, ``/jobs/{job_id}``: its name, status, verdict, progress and live chart first, then
+its metrics, training charts, artifacts, settings and events; the JSON the page polls while the job
+runs (``/ui/jobs/{job_id}/live``); the annotate (name, tags, notes) and cancel forms; and artifact
+downloads.
 
 Cancelling and annotating go through the same service functions as ``POST /v1/jobs/{id}/cancel``
 and ``PATCH /v1/jobs/{id}``."""
@@ -16,7 +17,6 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
-from markupsafe import Markup
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -209,32 +209,22 @@ def _training_log(settings: Settings, artifacts: list[Artifact]) -> list[dict[st
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
-def training_charts(rows: list[dict[str, Any]], width: int = 240, height: int = 120) -> list[dict[str, Any]]:
-    """One small SVG line chart per training record that has finite values (server-side, no script)."""
+def training_charts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One chart per training quantity that has finite values: its points (drawn by charts.js with a y
+    range that does not blow small changes up) and the numbers its caption states."""
     charts = []
     for key, title in TRAINING_PANELS:
         pts = [
-            (float(r.get("epoch", i)), float(v))
+            [float(r.get("epoch", i)), float(v)]
             for i, r in enumerate(rows)
-            if isinstance(v := r.get(key), int | float) and math.isfinite(v)
+            if isinstance(v := r.get(key), int | float) and not isinstance(v, bool) and math.isfinite(v)
         ]
         if not pts:
             continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-        pad, w, h = 6.0, width - 12.0, height - 12.0
-        line = " ".join(
-            f"{pad + (x - x0) / ((x1 - x0) or 1.0) * w:.1f},{height - pad - (y - y0) / ((y1 - y0) or 1.0) * h:.1f}"
-            for x, y in pts
-        )
-        svg = (
-            f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{title}"><rect x="0" y="0" width="{width}" height="{height}" fill="none" '
-            f'stroke="#d8dde3"/><polyline fill="none" stroke="#2458b3" stroke-width="1.5" points="{line}"/></svg>'
-        )
+        ys = [p[1] for p in pts]
         charts.append(
-            {"key": key, "title": title, "svg": Markup(svg), "first": ys[0], "last": ys[-1], "min": y0}
-            | {"max": y1}
+            {"key": key, "title": title, "points": pts, "first": ys[0], "last": ys[-1], "min": min(ys)}
+            | {"max": max(ys)}
         )
     return charts
 

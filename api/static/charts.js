@@ -70,6 +70,7 @@
                 font: { size: 11, color: t.fg }, bgcolor: "rgba(0,0,0,0)" },
       xaxis: axis(t, opts.xTitle),
       yaxis: axis(t, opts.yTitle),
+      modebar: { bgcolor: "rgba(0,0,0,0)", color: t.muted, activecolor: t.fg },
       uirevision: "keep",
       dragmode: "zoom"
     };
@@ -227,8 +228,23 @@
     plot.setAttribute("role", "img");
     plot.setAttribute("aria-label", label);
     box.appendChild(plot);
+    watchSize(plot);
     return plot;
   }
+
+  // plotly sizes a responsive chart on window resizes only: follow the element's own width too (a
+  // neighbour chart added to the same row, a card that wraps).
+  var sizes = window.ResizeObserver ? new window.ResizeObserver(function (entries) {
+    entries.forEach(function (e) {
+      var plot = e.target;
+      var w = Math.round(e.contentRect.width);
+      if (w && plot._mtWidth !== w && plot.classList.contains("js-plotly-plot") && window.Plotly) {
+        plot._mtWidth = w;
+        window.Plotly.Plots.resize(plot);
+      }
+    });
+  }) : null;
+  function watchSize(plot) { if (sizes) { sizes.observe(plot); } }
 
   function noPlotly(box, title) {
     box.textContent = "";

@@ -62,6 +62,15 @@
     }
     try { drawEpochs(JSON.parse(document.getElementById("epoch-data").textContent)); } catch (e) { /* no data */ }
 
+    // report.json's training records: one chart per quantity (a finished job's page)
+    var training = document.getElementById("training-data");
+    if (training && window.MTCharts) {
+      JSON.parse(training.textContent).forEach(function (c) {
+        var box = document.getElementById("training-" + c.key);
+        if (box) { window.MTCharts.lineChart(box, c.title, [{ label: c.title, points: c.points }], { xTitle: "epoch", height: 220 }); }
+      });
+    }
+
     var scroller = document.getElementById("events-scroll");
     scroller.scrollTop = scroller.scrollHeight;
 

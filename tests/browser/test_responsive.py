@@ -96,9 +96,11 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
 
     # the per-epoch chart of the finished job: one point per epoch on the total-loss line
     page.goto(f"{stack.url}/jobs/{finished_job['id']}")
-    line = page.locator('#live-charts polyline[data-series="total loss"]')
-    points = (line.get_attribute("points") or "").split()
-    assert len(points) == finished_job["hyperparameters"]["epochs"], points
+    page.wait_for_selector("#live-chart-loss .mt-plot.js-plotly-plot")
+    xs = page.evaluate(
+        "document.querySelector('#live-chart-loss .mt-plot').data.find(t => t.name === 'total loss').x"
+    )
+    assert len(xs) == finished_job["hyperparameters"]["epochs"], xs
     # the login page (logged out) too
     page.context.clear_cookies()
     for kind, (width, height) in VIEWPORTS.items():
@@ -121,7 +123,7 @@ def test_compare_two_jobs_picked_in_the_list(logged_in, stack: Stack, finished_j
     page.wait_for_url("**/compare?*")
     assert finished_job["id"] in page.url and other in page.url  # a shareable address
     assert page.locator("#compare-metrics tbody tr").count() == 2
-    assert page.locator("#compare-charts svg").count() >= 1
+    page.wait_for_selector("#compare-charts .mt-plot.js-plotly-plot")
     shared = page.url
     page.goto(shared)  # the same comparison from the address alone
     assert page.locator("#compare-metrics tbody tr").count() == 2
