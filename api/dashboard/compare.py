@@ -241,11 +241,13 @@ def compare_context(
         }
         for i, job in enumerate(jobs)
     ]
-    differing_hp = [
-        r["key"].removeprefix("hyperparameters.")
+    # The differing hyperparameters, the one with the most distinct values first (the scatter's default x).
+    spread = {
+        r["key"].removeprefix("hyperparameters."): len({json.dumps(v, default=str) for v in r["values"]})
         for r in rows
         if r["differs"] and r["key"].startswith("hyperparameters.")
-    ]
+    }
+    differing_hp = sorted(spread, key=lambda k: (-spread[k], k))
     return {
         "settings_rows": rows,
         "series": series,

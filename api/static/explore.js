@@ -39,7 +39,11 @@
     if (!total) { return message(box, opts.empty || "No run has both values yet."); }
     if (!window.Plotly) { return message(box, title + ": the chart library did not load."); }
     if (series.length === 1 && !opts.logX && window.MTCharts && window.MTCharts.scatter) {
-      return window.MTCharts.scatter(box, title, series[0].points, opts);
+      var drawn = window.MTCharts.scatter(box, title, series[0].points, opts);
+      if (drawn && opts.names && drawn.data) {  // a few runs: their names next to the points
+        window.Plotly.restyle(drawn, { mode: "markers+text", textposition: "top center", cliponaxis: false });
+      }
+      return drawn;
     }
     box.textContent = "";
     var plot = document.createElement("div");
@@ -50,11 +54,12 @@
     var palette = colors();
     var traces = series.map(function (s, k) {
       return {
-        type: "scatter", mode: "markers", name: s.name,
+        type: "scatter", mode: opts.names ? "markers+text" : "markers", name: s.name,
         x: s.points.map(function (p) { return p.x; }), y: s.points.map(function (p) { return p.y; }),
         text: s.points.map(function (p) { return p.label; }),
         customdata: s.points.map(function (p) { return p.href || ""; }),
         marker: { color: palette[k % palette.length], size: 9 },
+        textposition: "top center", cliponaxis: false,
         hovertemplate: "%{text}<br>" + opts.xTitle + " %{x:.4~g}<br>" + opts.yTitle + " %{y:.4~g}<extra>" + s.name + "</extra>"
       };
     });
@@ -124,7 +129,7 @@
         return { x: r.hp[x], y: r.metrics[y], label: r.label, href: r.href };
       });
       drawScatter(box, labels[y] + " by " + x, [{ name: labels[y], points: points }],
-                  { xTitle: x, yTitle: labels[y], empty: "No run has both " + x + " and " + labels[y] + " (runs still going, or failed)." });
+                  { xTitle: x, yTitle: labels[y], names: true, empty: "No run has both " + x + " and " + labels[y] + " (runs still going, or failed)." });
       box.dataset.x = x;
       box.dataset.y = y;
     }
