@@ -98,7 +98,7 @@ def _scan(settings: Settings, path: Path, project_id: str) -> dict[str, Any]:
                 path, limits=sandbox_limits(settings), tmp_dir=Path(settings.tmp_dir), run=run
             )
     except CheckpointError as exc:
-        code = exc.code if exc.code in ("too_large", "too_slow") else "not_weights"
+        code = exc.code if exc.code in ("too_large", "too_slow", "unsafe_pickle") else "not_weights"
         raise Unprocessable(exc.message, code=code, param="file") from None
     finally:
         log.info("weights scan: %.2f s, exit %s", run.wall_seconds, run.returncode)

@@ -102,12 +102,18 @@ def scan_weights(path: str | os.PathLike[str], limits: ParseLimits) -> dict[str,
 
     path = os.fspath(path)
     kind = sniff(path)
-    if kind == "safetensors":
-        tensors, _ = _read_safetensors(path, limits.max_tensor_bytes)
-        return summarize(tensors, "safetensors")
-    if kind not in ("zip", "legacy_torch", "pickle"):
-        raise _bad("the file is neither safetensors nor a torch.save file")
-    loaded = load_torch_file(path, limits=limits)
+    try:
+        if kind == "safetensors":
+            tensors, _ = _read_safetensors(path, limits.max_tensor_bytes)
+            return summarize(tensors, "safetensors")
+        if kind not in ("zip", "legacy_torch", "pickle"):
+            raise _bad("the file is neither safetensors nor a torch.save file")
+        loaded = load_torch_file(path, limits=limits)
+    except CheckpointError as exc:
+        if exc.code in ("too_large", "not_weights", "unsafe_pickle"):
+            raise
+        hint = " (torch.jit.load(f).state_dict() gives its weights)" if "TorchScript" in exc.message else ""
+        raise _bad(exc.message + hint) from None
     try:
         return summarize(_tensors_of(loaded.obj), "state_dict")
     finally:

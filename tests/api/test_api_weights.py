@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from typing import Any
 
 import pytest
@@ -103,24 +104,46 @@ def test_upload_once_by_content_list_read_and_delete(wclient, auth, endpoint):
     assert project_keys[0] not in keys
 
 
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/mergetune-weights-pwned",))
+
+
 @pytest.mark.parametrize(
-    ("data", "filename", "says"),
+    ("data", "filename", "says", "code"),
     [
-        (b"just some text, not weights\n" * 10, "notes.pt", "neither safetensors nor a torch.save file"),
-        (None, "mixed.pt", "entry 'epoch' is a int, not a tensor"),
+        (
+            b"just some text, not weights\n" * 10,
+            "notes.pt",
+            "neither safetensors nor a torch.save",
+            "not_weights",
+        ),
+        ("mixed", "mixed.pt", "entry 'epoch' is a int, not a tensor", "not_weights"),
+        ("torchscript", "ViT-B-16.pt", "TorchScript archive", "not_weights"),
+        ("code", "evil.pt", "which can run code", "unsafe_pickle"),
     ],
 )
-def test_a_file_that_is_not_weights_is_refused_naming_file(wclient, auth, data, filename, says):
-    if data is None:
-        import torch
+def test_a_file_that_is_not_weights_is_refused_naming_file(wclient, auth, data, filename, says, code):
+    import pickle
 
-        buf = io.BytesIO()
+    import torch
+
+    buf = io.BytesIO()
+    if data == "code":
+        data = pickle.dumps(_RunsCode())
+    if data == "mixed":
         torch.save({"w": torch.zeros(3), "epoch": 3}, buf)
+        data = buf.getvalue()
+    elif data == "torchscript":  # what OpenAI published: the service never runs such an archive's code
+        torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), buf)
         data = buf.getvalue()
     r = _upload(wclient, auth, data, filename=filename)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
-    assert err["param"] == "file" and err["code"] == "not_weights" and says in err["message"], err
+    assert err["param"] == "file" and err["code"] == code and says in err["message"], err
+    assert not os.path.exists("/tmp/mergetune-weights-pwned")  # nothing in the file ran
     assert wclient.get("/v1/weights", headers=auth).json()["data"] == []
 
 
