@@ -7,6 +7,7 @@ with the settings the override gives."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -91,13 +92,14 @@ def test_the_stand_in_serves_the_overrides_bucket(compose, override, tmp_path):
     )
     try:
         ready = f"objectstore: bucket {store_env['OBJECTSTORE_BUCKETS']} ready on port {port}"
-        deadline = time.monotonic() + 60
+        deadline, seen = time.monotonic() + 60, ""
         assert proc.stdout is not None
-        for line in proc.stdout:
-            if ready in line or time.monotonic() > deadline:
-                break
-        else:
-            pytest.fail("the stand-in stopped before its bucket was ready")
+        while ready not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                pytest.fail(f"the stand-in's bucket was not ready: {seen[-2000:]}")
+            if select.select([proc.stdout], [], [], min(left, 1.0))[0]:
+                seen += proc.stdout.readline()
         s = Settings(
             HOME=tmp_path,
             ARTIFACT_URL=env["MERGETUNE_ARTIFACT_URL"],
