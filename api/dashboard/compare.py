@@ -215,7 +215,7 @@ def compare_context(
                 "interpolation": interpolation_hm(report),
             }
         )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"key": k, "values": v, "differs": len({json.dumps(x, sort_keys=True, default=str) for x in v}) > 1}
         for k, v in settings_rows.items()
     ]

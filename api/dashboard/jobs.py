@@ -55,7 +55,11 @@ def job_list(
     if viewer is None:
         return to_login(request)
     given = columns is not None
-    raw = ",".join(columns) if given else request.cookies.get(COLUMNS_COOKIE, "").replace(".", ",")
+    raw = (
+        ",".join(columns)
+        if columns is not None
+        else request.cookies.get(COLUMNS_COOKIE, "").replace(".", ",")
+    )
     cols, unknown, problem = parse_columns(raw)
     response = _job_list_page(
         request, session, viewer, status, dataset_id, after, limit, q, sort, order, page, cols, problem
