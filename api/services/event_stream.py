@@ -2,10 +2,11 @@
 /v1/jobs/{id}/events/stream`` (bearer token) and the dashboard's ``/ui/jobs/{id}/events/stream``
 (login cookie).
 
-Nothing of a stream lives in the process beyond its own position: every POLL_SECONDS the generator
-reads the job's status and its new event rows from Postgres with a fresh, short-lived session (a
-threadpool hop holding a database slot for a few milliseconds), so any API process can serve any
-stream, whichever process or worker wrote the rows, and a waiting stream holds neither a
+Nothing of a stream lives in the process beyond its own position: every POLL_SECONDS one
+:class:`JobWatch` per process asks Postgres, with a fresh short-lived session, which of the streamed
+jobs changed (status, progress or a newer event row: two queries for all of them), and only their
+streams read their new rows (again a short session each). So any API process can serve any stream,
+whichever process or worker wrote the rows, and a waiting stream holds neither a database
 connection nor a thread. What a stream sends:
 
 - ``retry: RETRY_MS`` once, first;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ HEARTBEAT_SECONDS = 15.0  # a comment after this long without anything else (kee
 RETRY_MS = 2000  # the reconnection delay the stream asks EventSource for
 BATCH = 500  # event rows read per look; a full batch is followed at once by the next
 RETRY_AFTER = 5  # Retry-After (s) of the 503 when every slot is taken
+
+log = logging.getLogger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
@@ -201,6 +205,103 @@ def _look(session: Session, job_id: str, after_id: int) -> _Look:
     return _Look(row.status, row.progress, [EventRead.model_validate(e) for e in session.scalars(query)])
 
 
+# ---------------------------------------------------------------------------------------- the watcher
+
+
+class JobWatch:
+    """One look at Postgres every POLL_SECONDS for every job this process streams: two small queries
+    (each job's status and progress, and its newest event id) however many streams are open. A job
+    whose answer differs from the last look wakes its streams, which then read their new rows; idle
+    streams cost no queries of their own. It runs while some stream is open."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._seen: dict[str, tuple[Any, ...] | None] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.looks = 0  # how many looks it took (tests and benchmarks read it)
+
+    def subscribe(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return event
+
+    def unsubscribe(self, job_id: str, event: asyncio.Event) -> None:
+        waiting = self._waiters.get(job_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiters[job_id]
+                self._seen.pop(job_id, None)
+
+    async def _run(self) -> None:
+        settings: Settings = self._app.state.settings
+        while self._waiters:
+            await asyncio.sleep(POLL_SECONDS)
+            ids = sorted(self._waiters)
+            if not ids:
+                break
+            try:
+                async with _app_session_slots(self._app):
+                    now = await run_in_threadpool(_versions, settings.DATABASE_URL, ids)
+            except Exception:  # noqa: BLE001 - the streams read for themselves and report the failure
+                log.warning("event streams: the look at the database failed", exc_info=True)
+                now = {}
+            self.looks += 1
+            for job_id in ids:
+                version = now.get(job_id)
+                if job_id in self._seen and self._seen[job_id] == version and version is not None:
+                    continue
+                if job_id in self._waiters:
+                    self._seen[job_id] = version
+                    for event in self._waiters[job_id]:
+                        event.set()
+
+
+def _versions(url: str, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+    """(status, progress, newest event id) of each job; a job that is gone is left out."""
+    session = get_sessionmaker(url)()
+    try:
+        out: dict[str, tuple[Any, ...]] = {}
+        jobs = session.execute(select(Job.id, Job.status, Job.progress).where(Job.id.in_(ids)))
+        for job_id, status, progress in jobs:
+            out[job_id] = (status, json.dumps(progress, sort_keys=True, default=str), 0)
+        newest = session.execute(
+            select(JobEvent.job_id, func.max(JobEvent.id))
+            .where(JobEvent.job_id.in_(ids))
+            .group_by(JobEvent.job_id)
+        )
+        for job_id, last in newest:
+            if job_id in out:
+                out[job_id] = (*out[job_id][:2], int(last))
+        return out
+    finally:
+        try:
+            session.rollback()
+        finally:
+            session.close()
+
+
+def job_watch(request: Request) -> JobWatch:
+    state = request.app.state
+    watch: JobWatch | None = getattr(state, "event_stream_watch", None)
+    if watch is None:
+        watch = state.event_stream_watch = JobWatch(request.app)
+    return watch
+
+
+def _app_session_slots(app: Any) -> asyncio.Semaphore:
+    """The process's database slots (:data:`mergetune.api.deps.MAX_DB_SESSIONS`), as requests take them."""
+    return _session_slots(_AppOnly(app))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _AppOnly:
+    app: Any
+
+
 # ------------------------------------------------------------------------------------------ the stream
 
 
@@ -237,31 +338,41 @@ async def job_events(
     yield f"retry: {RETRY_MS}\n\n"
     last_sent = time.monotonic()
     shown: tuple[str | None, str] | None = None
-    while True:
-        look = await with_session(request, settings, lambda s: _look(s, job_id, pos.last_id))
-        for event in look.events:
-            pos.last_seq += 1
-            pos.last_id = event.id
-            yield _event_message(event, pos.last_seq, named)
-            last_sent = time.monotonic()
-        if look.status is None:
-            yield sse(json.dumps({"id": job_id, "status": None}), event="end")
-            return
-        state = (look.status, json.dumps(look.progress, sort_keys=True, default=str))
-        if state != shown:
-            shown = state
-            body = {"id": job_id, "status": look.status, "progress": look.progress or {}}
-            yield sse(json.dumps(body, default=str), event="job")
-            last_sent = time.monotonic()
-        if len(look.events) >= BATCH:
-            continue  # more rows are waiting
-        if look.status in _TERMINAL:
-            yield sse(json.dumps({"id": job_id, "status": look.status}), event="end")
-            return
-        if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(POLL_SECONDS)
+    watch = job_watch(request)
+    changed = watch.subscribe(job_id)
+    try:
+        while True:
+            changed.clear()  # before the read: a change committed during it wakes the next wait
+            look = await with_session(request, settings, lambda s: _look(s, job_id, pos.last_id))
+            for event in look.events:
+                pos.last_seq += 1
+                pos.last_id = event.id
+                yield _event_message(event, pos.last_seq, named)
+                last_sent = time.monotonic()
+            if look.status is None:
+                yield sse(json.dumps({"id": job_id, "status": None}), event="end")
+                return
+            state = (look.status, json.dumps(look.progress, sort_keys=True, default=str))
+            if state != shown:
+                shown = state
+                body = {"id": job_id, "status": look.status, "progress": look.progress or {}}
+                yield sse(json.dumps(body, default=str), event="job")
+                last_sent = time.monotonic()
+            if len(look.events) >= BATCH:
+                continue  # more rows are waiting
+            if look.status in _TERMINAL:
+                yield sse(json.dumps({"id": job_id, "status": look.status}), event="end")
+                return
+            while True:  # until the watcher sees the job change; a comment every HEARTBEAT_SECONDS
+                quiet = HEARTBEAT_SECONDS - (time.monotonic() - last_sent)
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=max(0.0, quiet))
+                    break
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+    finally:
+        watch.unsubscribe(job_id, changed)
 
 
 def open_stream(
