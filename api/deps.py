@@ -23,7 +23,8 @@ from mergetune.common.settings import Settings
 from mergetune.common.storage import ArtifactStore, get_store
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
+    """The app's settings (``async``: FastAPI would run a plain function in a worker thread)."""
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -205,7 +206,7 @@ class PageParams:
     after: str | None
 
 
-def get_page_params(
+async def get_page_params(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size (1..100)")] = 20,
     after: Annotated[
         str | None, Query(max_length=64, description="Cursor: `next_cursor` of the previous page")

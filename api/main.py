@@ -59,10 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     app.add_middleware(InputHygieneMiddleware)  # outermost: control characters never reach a route
 
+    app.include_router(jobs.router)  # first: routes are matched in order, and jobs are polled most
     app.include_router(ops.router)
     app.include_router(checkpoints.router)
     app.include_router(datasets.router)
-    app.include_router(jobs.router)
     app.include_router(sweeps.router)
     app.include_router(webhooks.router)
     app.include_router(usage.router)

@@ -163,7 +163,7 @@ def revoke(
         str, typer.Argument(metavar="PREFIX_OR_ID", help="token id (tok_...) or prefix (mt_...)")
     ],
 ) -> None:
-    """Revoke a token at once (by id tok_... or prefix mt_...): refused (401) from the next request on."""
+    """Revoke a token (by id tok_... or prefix mt_...): refused (401) by every API process within 5 s."""
     from mergetune.common import repositories as repo
     from mergetune.common.db import session_scope
 

@@ -146,3 +146,43 @@ def test_several_processes_need_the_postgres_deployment(tmp_path):
         )
         assert r.returncode == 2, r.stderr[-2000:]
         assert "--workers needs the Postgres deployment" in r.stderr
+
+
+def test_a_revoked_token_is_refused_by_every_process_within_the_cache_time(replicas):
+    """Each process reuses a token it authenticated for AUTH_CACHE_SECONDS; a revocation made by a
+    third process (here, as `mergetune token revoke` would) is refused by both within that time."""
+    import time
+
+    import httpx
+
+    from mergetune.api.deps import AUTH_CACHE_SECONDS
+    from mergetune.common import repositories as repo
+    from mergetune.common.db import session_scope
+
+    apis, _ = replicas
+    database = apis[0].env["MERGETUNE_DATABASE_URL"]
+    with session_scope(database) as s:
+        token, secret = repo.create_token(s, repo.get_or_create_project(s, "replicas-revoke"))
+        token_id = token.id
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(timeout=30) as c:
+        for api in apis:  # both know the token (the first use records last_used_at; then it is kept)
+            for _ in range(3):
+                assert c.get(f"{api.url}/v1/jobs", headers=headers).status_code == 200
+        with session_scope(database) as s:
+            repo.revoke_token(s, s.get(type(token), token_id))
+        revoked = time.monotonic()
+        refused: dict[str, float] = {}
+        while len(refused) < len(apis):
+            for api in apis:
+                if api.url in refused:
+                    continue
+                r = c.get(f"{api.url}/v1/jobs", headers=headers)
+                if r.status_code == 401:
+                    assert r.json()["error"]["code"] == "token_revoked"
+                    refused[api.url] = time.monotonic() - revoked
+                else:
+                    assert r.status_code == 200
+            assert time.monotonic() - revoked < AUTH_CACHE_SECONDS + 2.0, f"still accepted: {refused}"
+            time.sleep(0.1)
+    assert max(refused.values()) <= AUTH_CACHE_SECONDS + 2.0
