@@ -5,8 +5,8 @@
 //   MTCharts.lineChart(box, title, series, opts) -> the plot element; MTCharts.update(box, series)
 //   MTCharts.scatter(box, title, points, opts), MTCharts.parcoords(box, title, dims, opts)
 //   MTCharts.epochCharts(box, epochs)    the job page's live per-epoch charts (loss parts, validation accuracy)
-// Every chart is a role="img" element with an aria-label summing it up, followed by a visually hidden
-// table of its numbers.
+// Every chart's drawing is a role="img" element with an aria-label summing it up, followed by a visually
+// hidden table of its numbers.
 (function () {
   "use strict";
 
@@ -219,17 +219,46 @@
     return box && box.classList && box.classList.contains("mt-plot") ? box.parentNode : box;
   }
 
-  // Sets up `box` to hold one chart: a plot element (role="img") and a hidden table after it.
+  // Sets up `box` to hold one chart: the plot element and, once drawn, a hidden table after it. The
+  // drawing (plotly's first SVG layer) is the role="img" element with the summary as its aria-label;
+  // the toolbar beside it (the PNG button) stays a toolbar. Before anything is drawn the plot element
+  // itself is that image.
   function frame(box, label) {
     box.textContent = "";
     box.classList.add("mt-chart");
     var plot = document.createElement("div");
     plot.className = "mt-plot";
-    plot.setAttribute("role", "img");
-    plot.setAttribute("aria-label", label);
     box.appendChild(plot);
+    setSummary(plot, label);
     watchSize(plot);
     return plot;
+  }
+
+  function setSummary(plot, label) {
+    plot.dataset.summary = label;
+    labelDrawing(plot);
+  }
+
+  function labelDrawing(plot) {
+    var layers = plot.querySelectorAll("svg.main-svg");
+    if (!layers.length) {
+      plot.setAttribute("role", "img");
+      plot.setAttribute("aria-label", plot.dataset.summary);
+      return;
+    }
+    plot.removeAttribute("role");
+    plot.removeAttribute("aria-label");
+    layers[0].setAttribute("role", "img");
+    layers[0].setAttribute("aria-label", plot.dataset.summary);
+    for (var i = 1; i < layers.length; i++) { layers[i].setAttribute("aria-hidden", "true"); }
+  }
+
+  function draw(plot, traces, layout, title) {
+    var first = !plot.classList.contains("js-plotly-plot");
+    var done = (first ? window.Plotly.newPlot : window.Plotly.react)(plot, traces, layout, config(title));
+    if (first) { plot.on("plotly_afterplot", function () { labelDrawing(plot); }); }
+    labelDrawing(plot);
+    return done;
   }
 
   // plotly sizes a responsive chart on window resizes only: follow the element's own width too (a
@@ -265,11 +294,11 @@
     var plot = frame(box, summary(title, series, opts));
     box._mt = { kind: "line", title: title, opts: opts, plot: plot };
     if (!series.length) {
-      plot.setAttribute("aria-label", title + ": no data yet");
+      setSummary(plot, title + ": no data yet");
       return plot;
     }
     var fig = lineFigure(title, series, opts);
-    window.Plotly.newPlot(plot, fig.traces, fig.layout, config(title));
+    draw(plot, fig.traces, fig.layout, title);
     box.appendChild(dataTable(title, series, opts));
     return plot;
   }
@@ -283,8 +312,8 @@
     if (!series.length || !window.Plotly) { return st.plot; }
     if (!st.plot.classList.contains("js-plotly-plot")) { return lineChart(box, st.title, series, st.opts); }
     var fig = lineFigure(st.title, series, st.opts);
-    window.Plotly.react(st.plot, fig.traces, fig.layout, config(st.title));
-    st.plot.setAttribute("aria-label", summary(st.title, series, st.opts));
+    st.plot.dataset.summary = summary(st.title, series, st.opts);
+    draw(st.plot, fig.traces, fig.layout, st.title);
     var old = box.querySelector("table.mt-chart-data");
     var table = dataTable(st.title, series, st.opts);
     if (old) { box.replaceChild(table, old); } else { box.appendChild(table); }
@@ -312,7 +341,7 @@
       marker: { color: COLORS[0], size: 9, line: { color: COLORS[0], width: 1 } },
       hovertemplate: "%{text}<br>" + (opts.xTitle || "x") + " %{x:.4~g}<br>" + (opts.yTitle || "y") + " %{y:.4~g}<extra></extra>"
     };
-    window.Plotly.newPlot(plot, [trace], layout, config(title));
+    draw(plot, [trace], layout, title);
     plot.on("plotly_click", function (ev) {
       var href = ev && ev.points && ev.points[0] && ev.points[0].customdata;
       if (href) { window.location.href = href; }
@@ -344,7 +373,7 @@
       labelfont: { color: t.fg, size: 12 }, tickfont: { color: t.muted, size: 11 }, rangefont: { color: t.muted, size: 10 },
       dimensions: dims.map(function (d) { return { label: d.label, values: d.values, tickformat: ".3~g" }; })
     };
-    window.Plotly.newPlot(plot, [trace], layout, config(title));
+    draw(plot, [trace], layout, title);
     var rows = [];
     for (var i = 0; i < n; i++) { rows.push(i); }
     var table = document.createElement("table");

@@ -57,10 +57,12 @@ def test_line_chart_colours_range_hover_table_and_update(chart_page) -> None:
              {label: 'other', points: [[1, 2.2], [2, 2.25], [3, null]], dash: true}],
            {xTitle: 'epoch', yTitle: 'loss', refLines: [{y: 2.0, label: 'floor'}]})"""
     )
-    plot = page.locator("#a .mt-plot")
-    assert plot.get_attribute("role") == "img"
-    label = plot.get_attribute("aria-label")
+    # the drawing is the one role="img" element of the chart (plotly's PNG button stays outside it)
+    image = page.locator("#a [role=img]")
+    assert image.count() == 1 and image.evaluate("e => e.querySelectorAll('button, a[href]').length") == 0
+    label = image.get_attribute("aria-label")
     assert label.startswith("loss: 3 series, epoch 1-3"), label
+    assert page.locator("#a .modebar-btn").count() == 1  # download as PNG, nothing else
     colours = page.evaluate("document.querySelector('#a .mt-plot').data.map(t => t.line.color)")
     assert len(set(colours)) == 3, colours
     # the hidden table carries every number
@@ -113,7 +115,7 @@ def test_scatter_click_follows_the_link_and_parcoords_draws(chart_page) -> None:
              {label: 'HM', values: [60, 70, 65]}])"""
     )
     assert page.locator("#d .axis-title").all_text_contents() == ["lr", "epochs", "HM"]
-    assert page.locator("#d .mt-plot").get_attribute("aria-label") == "sweep: 3 dimensions, 3 rows"
+    assert page.locator("#d [role=img]").get_attribute("aria-label") == "sweep: 3 dimensions, 3 rows"
     page.evaluate(
         """() => MTCharts.scatter(document.getElementById('c'), 'HM vs cost', [
              {x: 1, y: 60, label: 'job a', href: '/target'}, {x: 2, y: 70, label: 'job b'}],

@@ -118,10 +118,8 @@ def _lead(page, stack: Stack, running: str, finished_job: dict[str, Any], reques
     assert len(colours) == 4 and len(set(colours)) == 4, colours
     hover = _hover(page, "#live-chart-loss", 0.97, "2.291")
     assert "total loss" in hover and "1.791" in hover, hover  # total and cross-entropy at epoch 2
-    label = plot.get_attribute("aria-label")
-    assert plot.get_attribute("role") == "img" and label.startswith(
-        "training loss (per-epoch means): 4 series, epoch 1-2"
-    )
+    label = plot.locator("[role=img]").get_attribute("aria-label")
+    assert label.startswith("training loss (per-epoch means): 4 series, epoch 1-2"), label
 
     # relative times tick while the page is open
     ago = page.locator("#job-created-ago")
