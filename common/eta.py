@@ -15,8 +15,9 @@ order (the first level that has a finished job is used, and the basis says which
 A queued job also waits: the remaining time of the running jobs plus a typical job for each queued job
 ahead, shared among the live workers. Once the job has finished an epoch, its own measured epochs pace
 the rest of its training: the median of its recent epoch durations (a slow first epoch, or one slow
-epoch, does not move it), anchored at the end of its last epoch; the range is their spread, never
-narrower than a floor that shrinks as epochs accumulate. Evaluation time comes from similar jobs.
+epoch, does not move it), anchored at the end of its last epoch; while it has few, similar jobs' pace
+counts as ``PRIOR_EPOCHS`` more epochs. The range is their spread, never narrower than a floor that
+shrinks as epochs accumulate. Evaluation time comes from similar jobs.
 
 ``stabilize`` keeps successive estimates of one job from swinging by more than their measured spread.
 The result never finishes before now, nor before the job's (estimated) start.
@@ -36,8 +37,12 @@ SIZE_RATIO = 3.2
 RECENT_EPOCHS = 20
 #: Relative half-width of a running job's range with one measured epoch (shrinks with 1/sqrt(epochs)).
 RUNNING_FLOOR = 0.3
+#: While a running job has few measured epochs, similar jobs' pace counts as this many more.
+PRIOR_EPOCHS = 2
 #: Relative half-width of a duration predicted from one similar job (shrinks with 1/sqrt(jobs)).
 SIMILAR_FLOOR = 0.5
+#: Before any similar job has finished, evaluation counts as this many epochs at the default pace.
+DEFAULT_EVAL_EPOCHS = 3
 #: A job takes at least this long: the range never reaches its start.
 MIN_SECONDS = 1.0
 #: A step of at most this many seconds is always allowed between two estimates of one job.
@@ -179,6 +184,8 @@ class Duration:
     eval_high: float
     basis: str
     known: bool  # False: the configured default, no finished job measured
+    #: Likely seconds of one of this job's epochs, from the same jobs (None: the configured default).
+    epoch_likely: float | None = None
 
 
 def _scale(job: JobState, done: Finished, by_model: bool) -> tuple[float, float]:
@@ -213,21 +220,25 @@ def predict(job: JobState, history: Sequence[Finished], default_epoch_seconds: f
             f"and image count (no finished {job.model} {_mode_text(job.mode)} job)"
         )
     else:
-        total = job.epochs * default_epoch_seconds
+        evaluation = DEFAULT_EVAL_EPOCHS * default_epoch_seconds
+        total = job.epochs * default_epoch_seconds + evaluation
         return Duration(
             total * 0.5,
             total,
             total * 2.0,
-            0.0,
-            0.0,
-            0.0,
-            f"the configured default of {default_epoch_seconds:g} s per epoch: no similar job has finished",
+            evaluation * 0.5,
+            evaluation,
+            evaluation * 2.0,
+            f"the configured default of {default_epoch_seconds:g} s per epoch (evaluation counted as "
+            f"{DEFAULT_EVAL_EPOCHS} epochs): no similar job has finished",
             known=False,
         )
     totals: list[float] = []
     evals: list[float] = []
+    epochs: list[float] = []
     for h in pool:
         per_epoch, rest = _scale(job, h, by_model)
+        epochs.append(h.epoch_seconds * per_epoch)
         totals.append(job.epochs * h.epoch_seconds * per_epoch + h.other_seconds * rest)
         if h.eval_seconds is not None:
             evals.append(h.eval_seconds * rest)
@@ -251,6 +262,7 @@ def predict(job: JobState, history: Sequence[Finished], default_epoch_seconds: f
         e_high,
         basis,
         True,
+        statistics.median(epochs),
     )
 
 
@@ -267,27 +279,37 @@ def _measured(job: JobState) -> int:
     return job.epochs_measured if job.epochs_measured is not None else len(job.epoch_seconds)
 
 
-def _training_left(job: JobState, now: datetime) -> tuple[datetime, float, float, str] | None:
+def _training_left(
+    job: JobState, now: datetime, prior: float | None = None
+) -> tuple[datetime, float, float, str] | None:
     """(training end, its relative half-width, remaining training seconds, basis) from the job's own
-    epochs; None before its first measured epoch."""
+    epochs; None before its first measured epoch. ``prior``: seconds per epoch of similar jobs, which
+    counts as PRIOR_EPOCHS measured epochs while the job has few of its own."""
     xs = _recent(job)
     if not xs or job.epoch_done_at is None:
         return None
     med = statistics.median(xs)
+    pace, pull = med, 0.0
+    if prior is not None and prior > 0:
+        weight = len(xs) / (len(xs) + PRIOR_EPOCHS)
+        pace = weight * med + (1 - weight) * prior
+        pull = (1 - weight) * abs(med - prior) / pace if pace > 0 else 0.0
     left = max(0, job.epochs - job.epochs_done)
-    end = job.epoch_done_at + timedelta(seconds=left * med)
+    end = job.epoch_done_at + timedelta(seconds=left * pace)
     if left:
-        # the current epoch overran the median: the rest cannot start before now
-        end = max(end, now + timedelta(seconds=(left - 1) * med))
+        # the current epoch overran the pace: the rest cannot start before now
+        end = max(end, now + timedelta(seconds=(left - 1) * pace))
     spread = (percentile(xs, 80) - percentile(xs, 20)) / med if med > 0 and len(xs) > 1 else 0.0
-    width = max(spread / 2, RUNNING_FLOOR / math.sqrt(max(1, _measured(job))))
+    width = max(spread / 2, RUNNING_FLOOR / math.sqrt(max(1, _measured(job))), pull)
     basis = f"this job's {_plural(_measured(job), 'measured epoch')}"
+    if pull:
+        basis += " and similar jobs' pace"
     return end, width, (end - now).total_seconds(), basis
 
 
 def _remaining(job: JobState, duration: Duration, now: datetime) -> float:
     """Likely seconds until a running job finishes (used for the queue ahead of another job)."""
-    own = _training_left(job, now)
+    own = _training_left(job, now, duration.epoch_likely)
     if own is not None:
         return max(0.0, own[2]) + duration.eval_likely
     elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
@@ -330,11 +352,7 @@ def estimate(
     start = job.started_at or now
     if status == "evaluating" or (job.epochs_done >= job.epochs and job.epoch_done_at is not None):
         since = job.evaluating_since or job.epoch_done_at or now
-        basis = (
-            f"evaluation time of {duration.basis}"
-            if duration.known
-            else "evaluation started; no similar job has finished to time it"
-        )
+        basis = f"evaluation time of {duration.basis}" if duration.known else f"evaluation: {duration.basis}"
         return _ordered(
             since + timedelta(seconds=duration.eval_low),
             since + timedelta(seconds=duration.eval_likely),
@@ -343,7 +361,7 @@ def estimate(
             start,
             floor=now,
         )
-    own = _training_left(job, now)
+    own = _training_left(job, now, duration.epoch_likely)
     if own is None:  # not one epoch measured yet: as predicted, from the actual start
         return _ordered(
             start + timedelta(seconds=duration.low),
@@ -357,6 +375,8 @@ def estimate(
     left = max(0.0, left)
     if duration.known and duration.eval_likely:
         basis += "; evaluation time from similar jobs"
+    elif not duration.known:
+        basis += f"; evaluation counted as {DEFAULT_EVAL_EPOCHS} epochs at the configured default"
     return _ordered(
         end - timedelta(seconds=left * width) + timedelta(seconds=duration.eval_low),
         end + timedelta(seconds=duration.eval_likely),

@@ -1,7 +1,7 @@
 """The facts ``mergetune.common.eta`` estimates a job's finish from, read from the database.
 
 One query reads the recent succeeded jobs' measurements (cached ``HISTORY_TTL`` seconds per process and
-database); a queued job also reads the active jobs and the live workers. The last estimate of each job
+database, or until the process answers for a job that succeeded after it was read); a queued job also reads the active jobs and the live workers. The last estimate of each job
 is kept per process so that successive polls do not swing (``eta.stabilize``).
 """
 
@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,7 +28,7 @@ LIVE_WORKER_SECONDS = 120  # a worker whose heartbeat is older does not count fo
 _KEPT = 4096  # jobs whose last estimate a process remembers
 
 _lock = threading.Lock()
-_history_cache: dict[str, tuple[float, list[eta.Finished]]] = {}
+_history_cache: dict[str, tuple[float, list[eta.Finished], datetime]] = {}
 _datasets: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
 _previous: OrderedDict[str, eta.Estimate] = OrderedDict()
 
@@ -120,6 +120,7 @@ def history(session: Session) -> list[eta.Finished]:
         hit = _history_cache.get(key)
     if hit is not None and time.monotonic() - hit[0] < HISTORY_TTL:
         return hit[1]
+    read_at = utcnow()
     rows = session.execute(
         select(
             Job.job_type,
@@ -142,8 +143,21 @@ def history(session: Session) -> list[eta.Finished]:
     ).all()
     out = [f for f in (finished(*row) for row in rows) if f is not None]
     with _lock:
-        _history_cache[key] = (time.monotonic(), out)
+        _history_cache[key] = (time.monotonic(), out, read_at)
     return out
+
+
+def _seen_finished(session: Session, job: Job) -> None:
+    """A job this process sees succeeded after it read the history: read it again next time."""
+    if job.status != JobStatus.succeeded.value or job.finished_at is None:
+        return
+    bind = session.get_bind()
+    key = str(getattr(bind, "url", id(bind)))
+    finished_at = job.finished_at if job.finished_at.tzinfo else job.finished_at.replace(tzinfo=UTC)
+    with _lock:
+        hit = _history_cache.get(key)
+        if hit is not None and hit[2] <= finished_at:
+            del _history_cache[key]
 
 
 def _dataset_facts(session: Session, dataset_id: str) -> tuple[int, dict[str, Any]]:
@@ -206,6 +220,7 @@ def estimate(
     if job.status not in ("validating", "queued", "running", "evaluating") or job.cancel_requested:
         with _lock:
             _previous.pop(job.id, None)
+        _seen_finished(session, job)
         return None
     now = utcnow()
     queue = _queue(session, job, position, now) if job.status in ("validating", "queued") else None

@@ -39,20 +39,21 @@ def test_a_300_epoch_job_at_epoch_5_is_paced_by_its_steady_epochs_not_its_warm_u
     assert abs((e.likely - truth).total_seconds()) <= 0.2 * 2950
     assert abs((e.likely - truth).total_seconds()) <= 30  # the median of the 4 steady epochs: 10.0 s
     assert e.earliest <= truth <= e.latest
-    assert e.basis == "this job's 5 measured epochs"
+    assert e.basis == "this job's 5 measured epochs; evaluation counted as 3 epochs at the configured default"
     # the mean of the epochs so far (what a pace over the whole run gives) would be 1.9x too late
     mean_pace = NOW + 295 * (sum([60.0, 10.0, 10.2, 9.8, 10.0]) / 5) * S
     assert (mean_pace - truth).total_seconds() > 0.8 * 2950
 
 
 def test_the_range_narrows_as_epochs_accumulate():
-    few = eta.estimate(running(100, [10.0] * 4), [], NOW, default_epoch_seconds=5.0)
-    many = eta.estimate(running(100, [10.0] * 64), [], NOW, default_epoch_seconds=5.0)
+    # (no evaluation to speak of: the default pace is 1 ms)
+    few = eta.estimate(running(100, [10.0] * 4), [], NOW, default_epoch_seconds=0.001)
+    many = eta.estimate(running(100, [10.0] * 64), [], NOW, default_epoch_seconds=0.001)
     width_few = (few.latest - few.earliest).total_seconds() / (few.likely - NOW).total_seconds()
     width_many = (many.latest - many.earliest).total_seconds() / (many.likely - NOW).total_seconds()
     assert width_many < width_few / 3
     # noisy epochs give a wider range than steady ones
-    noisy = eta.estimate(running(100, [6.0, 14.0] * 32), [], NOW, default_epoch_seconds=5.0)
+    noisy = eta.estimate(running(100, [6.0, 14.0] * 32), [], NOW, default_epoch_seconds=0.001)
     width_noisy = (noisy.latest - noisy.earliest).total_seconds() / (noisy.likely - NOW).total_seconds()
     assert width_noisy > 2 * width_many
 
@@ -135,8 +136,11 @@ def test_similarity_falls_back_step_by_step_and_says_so():
     factor = eta.model_cost("ViT-B-16") / eta.model_cost("ViT-L-14")
     assert abs((e.likely - NOW).total_seconds() - (10 * 40.0 + 80.0) * factor) < 1e-3
     e = eta.estimate(job, [], NOW, default_epoch_seconds=5.0)
-    assert e.basis == "the configured default of 5 s per epoch: no similar job has finished"
-    assert e.likely == NOW + 50 * S and e.earliest == NOW + 25 * S and e.latest == NOW + 100 * S
+    assert e.basis == (
+        "the configured default of 5 s per epoch (evaluation counted as 3 epochs): no similar job has finished"
+    )
+    # 10 epochs and 3 more for the evaluation, 5 s each; half to twice that
+    assert e.likely == NOW + 65 * S and e.earliest == NOW + 32.5 * S and e.latest == NOW + 130 * S
 
 
 def test_before_its_first_epoch_a_started_job_counts_from_its_start():
@@ -214,3 +218,16 @@ def test_train_images_and_model_costs():
     assert train_images({}, "all", 10, {"train": 300}) == 300
     assert eta.model_cost("ViT-L-14") > eta.model_cost("ViT-B-16") > eta.model_cost("ViT-B-32")
     assert eta.model_cost("tiny-test") < eta.model_cost("RN50")
+
+
+def test_few_measured_epochs_lean_on_similar_jobs_pace_many_do_not():
+    history = [done(per_epoch=10.0, ev=0.0)] * 3
+    # one slow first epoch (30 s): alone it would say 99 x 30 s; similar jobs' 10 s counts as 2 epochs
+    one = eta.estimate(running(100, [30.0]), history, NOW, default_epoch_seconds=5.0)
+    pace = (30.0 + 2 * 10.0) / 3
+    assert abs((one.likely - NOW).total_seconds() - 99 * pace) < 1
+    assert one.basis == "this job's 1 measured epoch and similar jobs' pace"
+    assert one.earliest <= NOW + 99 * 10.0 * S and one.latest >= NOW + 99 * 23 * S
+    # 20 epochs of 20 s: the job's own pace, 20 s, within 10 %
+    many = eta.estimate(running(100, [20.0] * 20), history, NOW, default_epoch_seconds=5.0)
+    assert abs((many.likely - NOW).total_seconds() - 80 * 20.0) < 0.1 * 80 * 20.0

@@ -17,16 +17,19 @@ def test_finished_epochs_report_their_seconds_in_progress_and_events(wsettings, 
     now = [100.0]
     cb = pipeline.JobCallbacks(url, job_id, store, epochs=3, clock=lambda: now[0])
     before = utcnow()
-    for epoch, seconds in enumerate([25.0, 10.0, 10.5]):  # the first one carries the warm-up
-        now[0] += seconds
-        cb.on_progress(epoch, 3, 1.0, epochs=3, steps=4)
+    now[0] += 30.0  # setting up (features, model) before the first step: not an epoch
+    for epoch, step_seconds in enumerate([2.5, 2.5, 2.625]):
+        for step in range(4):
+            now[0] += step_seconds
+            cb.on_progress(epoch, step, 1.0, epochs=3, steps=4)
+        # the first epoch is timed from its first reported step: 3 steps of 2.5 s, scaled to 4 steps
         cb.on_epoch_end({"epoch": epoch + 1, "history": [{"loss": 1.0}]})
         progress = ws.job_row(url, job_id)["progress"]
-        assert progress["epoch_seconds"] == [25.0, 10.0, 10.5][: epoch + 1]
+        assert progress["epoch_seconds"] == [10.0, 10.0, 10.5][: epoch + 1]
         assert progress["epochs_measured"] == progress["epochs_done"] == epoch + 1
         assert before <= datetime.fromisoformat(progress["epoch_done_at"]) <= utcnow()
     now[0] += 1.0
     cb.on_progress(2, 0, 0.5, epochs=3, steps=4)  # later steps keep the measurements
-    assert ws.job_row(url, job_id)["progress"]["epoch_seconds"] == [25.0, 10.0, 10.5]
+    assert ws.job_row(url, job_id)["progress"]["epoch_seconds"] == [10.0, 10.0, 10.5]
     epochs = [e["data"] for e in ws.events(url, job_id) if e["type"] == "epoch"]
-    assert [(d["epoch"], d["seconds"]) for d in epochs] == [(1, 25.0), (2, 10.0), (3, 10.5)]
+    assert [(d["epoch"], d["seconds"]) for d in epochs] == [(1, 10.0), (2, 10.0), (3, 10.5)]

@@ -52,10 +52,13 @@ class JobCallbacks:
         self._evaluating = False
         self.progress: dict[str, Any] = {}
         self.progress_writes = 0
-        #: Wall seconds of each epoch this run finished (the first from the callbacks' creation, so it
-        #: carries the warm-up) and when the last one ended: reported in progress for the estimate.
+        #: Wall seconds of each epoch this run finished and when the last one ended: reported in
+        #: progress for the estimate. The first is timed from its first reported step and scaled to all
+        #: its steps, so the setup before training is not counted as an epoch; later ones end to end.
         self.epoch_seconds: list[float] = []
-        self._epoch_mark = clock()
+        self._epoch_mark: float | None = None
+        self._steps_before_mark = 0
+        self._created = clock()
         self._epoch_done_at: str | None = None
         self._epochs_done = 0
         self.cancel_reads = 0
@@ -74,6 +77,8 @@ class JobCallbacks:
             **self._timing(),
         }
         now = self.clock()
+        if self._epoch_mark is None:
+            self._epoch_mark, self._steps_before_mark = now, int(step) + 1
         end_of_epoch = steps is not None and step + 1 >= steps
         if end_of_epoch or now - self._last_progress >= PROGRESS_EVERY:
             self._last_progress = now
@@ -119,8 +124,15 @@ class JobCallbacks:
 
         epoch = int(state.get("epoch", self.progress.get("epoch", 0)))
         now = self.clock()
-        seconds = round(max(0.0, now - self._epoch_mark), 3)
-        self._epoch_mark = now
+        seconds = max(0.0, now - (self._epoch_mark if self._epoch_mark is not None else self._created))
+        steps = self.progress.get("steps")
+        if not self.epoch_seconds:
+            if isinstance(steps, int) and steps > self._steps_before_mark:
+                seconds *= steps / (steps - self._steps_before_mark)  # the steps before the first report
+            else:  # a one-step epoch: from the start of the stage, setup included
+                seconds = max(0.0, now - self._created)
+        seconds = round(seconds, 3)
+        self._epoch_mark, self._steps_before_mark = now, 0
         self.epoch_seconds.append(seconds)
         self._epoch_done_at = utcnow().isoformat()
         self._epochs_done = epoch
