@@ -123,7 +123,7 @@ def test_the_readme_walk_through_runs_as_written(tmp_path):
             start_new_session=True,
         )
         try:
-            rc = proc.wait(timeout=400)
+            rc = proc.wait(timeout=540)
         except subprocess.TimeoutExpired:
             rc = None  # reported below with the log's tail
         finally:
@@ -132,7 +132,7 @@ def test_the_readme_walk_through_runs_as_written(tmp_path):
             except ProcessLookupError:
                 pass
     text = log.read_text(errors="replace")
-    assert rc == 0, f"exit status {rc} (None: still running after 400 s)\n{text[-6000:]}"
+    assert rc == 0, f"exit status {rc} (None: still running after 540 s)\n{text[-6000:]}"
     assert "true" in text  # jq -e '.status == "succeeded"'
     assert text.count("Recovered HM") >= 2, text[-3000:]  # the README's verdict and the walk-through's
 
