@@ -85,6 +85,9 @@
   function diffToggle(link) {
     var table = document.getElementById("compare-settings");
     if (!table) { return; }
+    link.addEventListener("keydown", function (ev) {  // a switch toggles on Space as well as Enter
+      if (ev.key === " ") { ev.preventDefault(); link.click(); }
+    });
     link.addEventListener("click", function (ev) {
       ev.preventDefault();
       var on = link.getAttribute("aria-checked") !== "true";
