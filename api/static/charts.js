@@ -143,7 +143,8 @@
       }
       return tr;
     });
-    var layout = baseLayout({ title: title, xTitle: opts.xTitle, yTitle: opts.yTitle, height: opts.height });
+    var layout = baseLayout({ title: title, xTitle: opts.xTitle, yTitle: opts.yTitle, height: opts.height,
+                              legend: series.length > 1 || opts.legend === true });
     layout.yaxis.range = honestRange(ex.ys.concat((opts.refLines || []).map(function (r) { return r.y; })), opts.yMin, opts.yMax);
     if (ex.x1 === ex.x0) { layout.xaxis.range = [ex.x0 - 1, ex.x0 + 1]; }
     if (Number.isInteger(ex.x0) && Number.isInteger(ex.x1) && ex.x1 - ex.x0 <= 12 && !opts.markEnds) {
@@ -285,7 +286,8 @@
   }
 
   // series: [{label, points: [[x, y], ...], dash?, color?}]
-  // opts: {xTitle, yTitle, yMin?, yMax?, refLines?: [{y, label}], markEnds?: bool, height?}
+  // opts: {xTitle, yTitle, yMin?, yMax?, refLines?: [{y, label}], markEnds?: bool, height?, legend?: true
+  // (a legend even for one series; several series always have one)}
   function lineChart(box, title, series, opts) {
     box = resolve(box);
     opts = opts || {};

@@ -383,7 +383,7 @@
         var fig = document.createElement("figure");
         fig.id = c[0];
         box.appendChild(fig);
-        window.MTCharts.lineChart(fig, c[1], series, { xTitle: c[2], yTitle: c[3], markEnds: c[2] === "alpha" });
+        window.MTCharts.lineChart(fig, c[1], series, { xTitle: c[2], yTitle: c[3], markEnds: c[2] === "alpha", legend: true });
       });
     }
     var picker = document.getElementById("compare-form");
