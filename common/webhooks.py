@@ -197,6 +197,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "started_at": _ts(job.started_at),
         "finished_at": _ts(job.finished_at),
         "estimated_finish": None,
+        "estimated_finish_range": None,
         "tags": [str(t) for t in job.tags or []],
         "notes": job.notes,
     }
