@@ -11,7 +11,7 @@ import sys, time, urllib.request
 
 port, buckets = sys.argv[1], sys.argv[2:]
 url = f"http://127.0.0.1:{port}"
-for _ in range(300):
+for _ in range(1200):  # moto imports slowly on a busy machine: up to 2 minutes
     try:
         urllib.request.urlopen(url + "/", timeout=1).read()
         break

@@ -92,7 +92,7 @@ def test_the_stand_in_serves_the_overrides_bucket(compose, override, tmp_path):
     )
     try:
         ready = f"objectstore: bucket {store_env['OBJECTSTORE_BUCKETS']} ready on port {port}"
-        deadline, seen = time.monotonic() + 60, ""
+        deadline, seen = time.monotonic() + 180, ""
         assert proc.stdout is not None
         while ready not in seen:
             left = deadline - time.monotonic()
