@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery
 
+from mergetune.common.fsqueue import TRANSPORT as FS_TRANSPORT
 from mergetune.common.settings import Settings
 from mergetune.common.tasks import JOBS_QUEUE, RUN_JOB
 
@@ -24,6 +25,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.BROKER_URL,
         "broker_transport_options": settings.broker_transport_options(),
+        # The filesystem queue writes each message under a hidden name and renames it into place.
+        "broker_transport": FS_TRANSPORT if settings.BROKER_URL.startswith("filesystem://") else None,
         "broker_connection_retry_on_startup": True,
         "task_default_queue": JOBS_QUEUE,
         "task_serializer": "json",
