@@ -51,7 +51,10 @@ def test_empty_project_pages_say_what_to_do_first(app_client: TestClient, settin
 
     page = app_client.get("/jobs/new").text
     assert 'id="new-job-empty"' in page
-    assert 'href="/checkpoints">Upload a checkpoint</a>' in page and 'href="/datasets">Register a dataset</a>' in page
+    assert (
+        'href="/checkpoints">Upload a checkpoint</a>' in page
+        and 'href="/datasets">Register a dataset</a>' in page
+    )
     assert '<button type="submit" id="new-job-submit" aria-describedby="new-job-why" disabled>' in page
     assert "Start is off: this project has no ready checkpoint yet." in page
 
