@@ -58,7 +58,7 @@ RETRY_AFTER = 5  # Retry-After (s) of the 503 when every slot is taken
 
 log = logging.getLogger(__name__)
 
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 T = TypeVar("T")

@@ -433,3 +433,15 @@ def test_job_events_follow_prints_one_event_a_line(stack):
     assert proc.returncode == 0, err
     printed = [first] + [json.loads(line) for line in out.splitlines()]
     assert printed == all_events(stack, job_id)[2:] and [e["seq"] for e in printed] == [3, 4, 5]
+
+
+def test_wait_job_gives_up_at_its_timeout_on_a_quiet_stream(stack):
+    from mergetune import Client
+
+    job_id = stack.job(events=1)
+    started = time.monotonic()
+    with Client(stack.apis["b"].url, stack.secrets["p1"]) as c, pytest.raises(TimeoutError) as exc:
+        c.wait_job(job_id, timeout=1.5)
+    assert 1.5 <= time.monotonic() - started < 4.0
+    assert str(exc.value) == f"job {job_id} still running after 1.5 s"
+    stack.finish(job_id)
