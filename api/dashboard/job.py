@@ -117,7 +117,6 @@ def eta_text(read: Any) -> str:
     )
 
 
-
 def job_live(session: Session, settings: Settings, job: Job, after: int = 0) -> dict[str, Any]:
     """What the job page polls: status, progress, metrics, queue facts, new events."""
     return {
