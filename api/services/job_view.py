@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import weakref
-from typing import Annotated
+from types import SimpleNamespace
+from typing import Annotated, Any, cast
 
 from fastapi import Header, Response
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from mergetune.api.errors import NotFound
 from mergetune.api.services.jobs import job_read
-from mergetune.common import repositories as repo
+from mergetune.common.models import Job
 from mergetune.common.settings import Settings
 
 IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", include_in_schema=False)]
@@ -36,17 +38,37 @@ def _read_slots() -> asyncio.Semaphore:
     return slots
 
 
+def _columns() -> list[Any]:
+    global _COLUMNS
+    if _COLUMNS is None:  # every column of the job, labelled with its attribute name (metadata_, ...)
+        _COLUMNS = [getattr(Job, a.key).label(a.key) for a in inspect(Job).column_attrs]
+    return _COLUMNS
+
+
+_COLUMNS: list[Any] | None = None
+
+
+def read_job(engine: Engine, project_id: str, job_id: str) -> Job | None:
+    """The job's row as a plain object with the model's attribute names: one SELECT on a connection of
+    its own in autocommit (no BEGIN, no ROLLBACK, no ORM bookkeeping; about half the work of loading
+    the mapped object), read only."""
+    stmt = select(*_columns()).where(Job.id == job_id, Job.project_id == project_id)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        row = conn.execute(stmt).mappings().first()
+    return cast(Job, SimpleNamespace(**row)) if row is not None else None
+
+
 def job_json(session: Session, settings: Settings, project_id: str, job_id: str) -> bytes:
-    """The job object as JSON (what ``response_model=JobRead`` would send); 404 naming ``id``."""
-    # Autocommit: a single-statement read needs no BEGIN and no ROLLBACK (two round trips fewer).
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    """The job object as JSON (what ``response_model=JobRead`` would send); 404 naming ``id``. The
+    session reads only what the per-process caches miss (the queue plan, a queued job's estimate)."""
     try:
-        job = repo.get_job(session, project_id, job_id)
+        job = read_job(session.get_bind(), project_id, job_id)  # type: ignore[arg-type]
         if job is None:
             raise NotFound(f"job {job_id!r} not found", param="id")
         read = job_read(session, settings, job)
     finally:
-        session.rollback()  # read only: end the transaction here, in this thread
+        if session.in_transaction():
+            session.rollback()  # read only: end the transaction here, in this thread
     return read.__pydantic_serializer__.to_json(read, by_alias=True)
 
 
