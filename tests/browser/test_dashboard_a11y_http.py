@@ -76,3 +76,18 @@ def test_pages_with_rows_show_their_tables(app_client: TestClient, settings: Any
     assert '<button type="submit" id="new-job-submit" aria-describedby="new-job-why">' in page
     for group in ("common", "prompt", "prompt-mma", "head", "mma"):
         assert f'<fieldset class="hp-group" id="hp-{group}"' in page, group
+
+
+def test_every_hyperparameter_sits_in_the_group_of_the_jobs_that_take_it() -> None:
+    from mergetune.api.dashboard.new_job import HP_FIELD_GROUPS, HP_FIELDS, job_types_of
+
+    placed = [f["name"] for g in HP_FIELD_GROUPS for f in g["fields"]]
+    assert sorted(placed) == sorted(f["name"] for f in HP_FIELDS) and len(placed) == len(set(placed))
+    by_id = {g["id"]: [f["name"] for f in g["fields"]] for g in HP_FIELD_GROUPS}
+    assert by_id["mma"] == ["adapter_scale", "gradient_scale", "normalise_endpoints"]
+    assert by_id["head"] == ["lam"]
+    assert by_id["prompt"] == ["w_zs", "loss_type", "bank_views"]
+    assert by_id["prompt-mma"] == ["warmup_epochs", "warmup_lr", "feature_mode"]
+    for group in HP_FIELD_GROUPS:
+        for field in group["fields"]:
+            assert job_types_of(field["name"]) == group["job_types"], field["name"]
