@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mergetune.common.models import Priority
 from mergetune.core.config import BackboneSpec, DatasetKind, PromptOptions, Protocol
@@ -73,6 +73,45 @@ class FreedRead(DeletedRead):
 
 
 # -- datasets -----------------------------------------------------------------------------------
+class DatasetCredentials(BaseModel):
+    """A dataset's own object-store identity (s3:// paths only), stored sealed, never shown back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    access_key_id: str = Field(min_length=1, max_length=256)
+    secret_access_key: SecretStr = Field(min_length=1, max_length=1024)
+    session_token: SecretStr | None = Field(default=None, max_length=8192)
+    endpoint_url: str | None = Field(
+        default=None, max_length=1024, description="S3-compatible endpoint (default: the service's)"
+    )
+    region: str | None = Field(default=None, max_length=64)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v.startswith(("http://", "https://")) or len(v) <= len("https://"):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+    def plain(self) -> dict[str, str]:
+        """The values, secrets revealed (for sealing and for the store client only)."""
+        return {
+            "access_key_id": self.access_key_id.strip(),
+            "secret_access_key": self.secret_access_key.get_secret_value(),
+            "session_token": self.session_token.get_secret_value() if self.session_token else "",
+            "endpoint_url": self.endpoint_url or "",
+            "region": self.region or "",
+        }
+
+
+class CredentialsRead(BaseModel):
+    access_key_id: str = Field(description="Masked: the first and last four characters")
+    stored: bool = True
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +125,10 @@ class DatasetCreate(BaseModel):
     coop_name: str | None = Field(default=None, max_length=64, description="CoOp layout name, e.g. eurosat")
     options: dict[str, Any] | None = Field(
         default=None, description="Kind-specific options (builtin: domain, seed)"
+    )
+    credentials: DatasetCredentials | None = Field(
+        default=None,
+        description="The bucket's own credentials (s3:// paths only; needs MERGETUNE_SECRET_KEY on the server)",
     )
 
 
@@ -105,6 +148,18 @@ class DatasetRead(_Read):
     template: str
     sha256_of_split: str
     created_at: datetime
+    credentials: CredentialsRead | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials(cls, data: Any) -> Any:
+        hint = getattr(data, "credentials_hint", None)
+        if hint is not None or getattr(data, "credentials_sealed", None) is not None:
+            fields = {
+                k: getattr(data, k) for k in cls.model_fields if hasattr(data, k) and k != "credentials"
+            }
+            return {**fields, "credentials": {"access_key_id": hint or "", "stored": True}}
+        return data
 
 
 class DatasetList(ListResponse[DatasetRead]):

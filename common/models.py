@@ -229,6 +229,10 @@ class Dataset(Base):
     template: Mapped[str] = mapped_column(Text)
     sha256_of_split: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The dataset's own object-store credentials as a Fernet token (mergetune.common.secrets), and the
+    #: masked access key id shown in answers; both null when the service's identity reads the bucket.
+    credentials_sealed: Mapped[str | None] = mapped_column(Text, default=None)
+    credentials_hint: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Job(Base):

@@ -47,14 +47,19 @@ class Expected:
     md5: str | None = None
 
 
-def entry_name(*, location: str, etag: str | None, sha256: str | None, suffix: str = "") -> str:
+def entry_name(
+    *, location: str, etag: str | None, sha256: str | None, suffix: str = "", scope: str | None = None
+) -> str:
     """The content name of an object: by sha256 when known, else by (location, ETag). ``suffix`` keeps
-    the file's extension (readers tell formats by it)."""
+    the file's extension (readers tell formats by it). With ``scope`` (a store's endpoint and bucket,
+    for inputs read with a dataset's own credentials) the name is prefixed by a digest of it: entries
+    of different stores never meet, whatever sha256 or key they claim."""
     suffix = suffix.lower() if re.fullmatch(r"(\.[A-Za-z0-9]{1,10}){0,2}", suffix or "") else ""
+    prefix = f"scoped-{hashlib.sha256(scope.encode()).hexdigest()[:24]}-" if scope is not None else ""
     if sha256:
-        return f"sha256-{sha256.lower()}{suffix}"
+        return f"{prefix}sha256-{sha256.lower()}{suffix}"
     digest = hashlib.sha256(f"{location}\0{etag or ''}".encode()).hexdigest()
-    return f"etag-{digest}{suffix}"
+    return f"{prefix}etag-{digest}{suffix}"
 
 
 def etag_md5(etag: str | None) -> str | None:

@@ -29,10 +29,26 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class RemoteError(Exception):
     """An object-store reference that cannot be read; ``reason`` is a short code."""
 
-    def __init__(self, message: str, reason: str = "unreadable") -> None:
+    def __init__(self, message: str, reason: str = "unreadable", store_code: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason  # "bad_reference", "not_found", "unreadable", "too_many_objects"
+        self.store_code = store_code  # the store's own error code (AccessDenied, InvalidAccessKeyId, ...)
+
+
+#: Store error codes that mean the credentials themselves were refused.
+CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "403",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +105,27 @@ def _sha256_of(head: dict[str, Any]) -> str | None:
 class S3Inputs:
     """Reading inputs from S3-compatible stores with one client (boto3 clients are thread-safe)."""
 
-    def __init__(self, settings: Any = None, *, client: Any = None, cache: ObjectCache | None = None) -> None:
+    def __init__(
+        self,
+        settings: Any = None,
+        *,
+        client: Any = None,
+        cache: ObjectCache | None = None,
+        credentials: dict[str, str] | None = None,
+    ) -> None:
+        #: Set for a dataset's own credentials: cache entries are then named within the store's
+        #: endpoint and bucket, so two teams' identical keys (or claimed sha256) never share an entry.
+        self.scope: str | None = None
+        if credentials is not None:
+            endpoint = credentials.get("endpoint_url") or getattr(settings, "S3_ENDPOINT_URL", None) or ""
+            self.scope = endpoint
+            settings = _Own(
+                S3_ENDPOINT_URL=endpoint or None,
+                S3_REGION=credentials.get("region") or getattr(settings, "S3_REGION", None),
+                S3_ACCESS_KEY_ID=credentials.get("access_key_id"),
+                S3_SECRET_ACCESS_KEY=credentials.get("secret_access_key"),
+                S3_SESSION_TOKEN=credentials.get("session_token"),
+            )
         if client is None:
             try:
                 import boto3
@@ -102,6 +138,7 @@ class S3Inputs:
                 region_name=getattr(settings, "S3_REGION", None) or None,
                 aws_access_key_id=getattr(settings, "S3_ACCESS_KEY_ID", None) or None,
                 aws_secret_access_key=getattr(settings, "S3_SECRET_ACCESS_KEY", None) or None,
+                aws_session_token=getattr(settings, "S3_SESSION_TOKEN", None) or None,
                 config=Config(
                     retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60
                 ),
@@ -128,7 +165,9 @@ class S3Inputs:
             raise
         except Exception as exc:  # noqa: BLE001 - no such bucket, access denied, no endpoint: unreadable
             reason = "not_found" if _error_code(exc) in ("NoSuchBucket", "404") else "unreadable"
-            raise RemoteError(f"s3://{bucket}/{folder} cannot be listed: {_describe(exc)}", reason) from None
+            raise RemoteError(
+                f"s3://{bucket}/{folder} cannot be listed: {_describe(exc)}", reason, _error_code(exc)
+            ) from None
         return sorted(out, key=lambda o: o.key)
 
     def head(self, bucket: str, key: str) -> RemoteObject:
@@ -173,13 +212,34 @@ class S3Inputs:
             etag=obj.etag,
             sha256=obj.sha256,
             suffix="".join(PurePosixPath(obj.key).suffixes[-2:]),
+            scope=None if self.scope is None else f"{self.scope}\0{bucket}",
         )
         expected = Expected(size=obj.size, sha256=obj.sha256, md5=etag_md5(obj.etag))
         with self.cache.fetch(name, lambda out: self._download(bucket, obj.key, out), expected) as path:
             yield path
 
 
+class _Own:
+    """Settings-like holder of a dataset's own S3 endpoint, region and keys."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    def __repr__(self) -> str:  # never the keys
+        return "_Own(...)"
+
+
 _INPUTS: dict[tuple[Any, ...], S3Inputs] = {}
+
+
+def dataset_inputs(settings: Any, credentials: dict[str, str] | None, *, with_cache: bool = True) -> S3Inputs:
+    """The service's S3Inputs, or for a dataset with its own credentials a fresh one reading with them
+    (its cache entries scoped to the store's endpoint and bucket)."""
+    if credentials is None:
+        return inputs_for(settings, with_cache=with_cache)
+    cache_dir = getattr(settings, "INPUT_CACHE_DIR", None) if with_cache else None
+    cache = ObjectCache(cache_dir, settings.INPUT_CACHE_MAX_BYTES) if cache_dir else None
+    return S3Inputs(settings, cache=cache, credentials=credentials)
 
 
 def inputs_for(settings: Any, *, with_cache: bool = True) -> S3Inputs:

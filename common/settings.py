@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     WEBHOOKS_ALLOW_PRIVATE: bool = False
     MLFLOW_ALLOW_PRIVATE: bool = False  # a job's own MLflow server may be on a private address
     WEBHOOK_POLL_INTERVAL: float = Field(default=1.0, gt=0, description="dispatcher poll (s)")
+    #: Fernet key(s), comma-separated, that seal datasets' own credentials (the first seals; any opens).
+    SECRET_KEY: SecretStr | None = Field(default=None, description="Fernet key(s) for stored credentials")
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -140,6 +142,13 @@ class Settings(BaseSettings):
         if self.INPUT_CACHE_DIR is None:
             self.INPUT_CACHE_DIR = home / "cache"
         _ = self.webhook_retry_schedule  # refuse a malformed schedule at start-up
+        if self.SECRET_KEY is not None:
+            from mergetune.common.secrets import SecretKeyError, parse_keys
+
+            try:
+                parse_keys(self.SECRET_KEY.get_secret_value())  # a malformed key is refused at start-up
+            except SecretKeyError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     # -- derived helpers ---------------------------------------------------------------------

@@ -79,7 +79,10 @@ def weights_report(settings: Any) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a report failure must never stop the heartbeat
         logger.warning("could not list the loadable weights", exc_info=True)
         return {"files": [], "tags": [], "error": True}
-    return {"files": files, "tags": tags, "remote": _remote_schemes()}
+    from mergetune.common.secrets import has_key
+
+    # secret_key: this worker can open datasets' own (sealed) credentials
+    return {"files": files, "tags": tags, "remote": _remote_schemes(), "secret_key": has_key(settings)}
 
 
 def _remote_schemes() -> list[str]:

@@ -4,9 +4,9 @@ from fastapi import APIRouter, Response, status
 
 from mergetune.api.deps import IdempotencyKeyHeader, PageDep, PrincipalDep, SessionDep, SettingsDep
 from mergetune.api.errors import NotFound, error_responses
-from mergetune.api.schemas import DatasetCreate, DatasetList, DatasetRead, FreedRead
+from mergetune.api.schemas import DatasetCreate, DatasetCredentials, DatasetList, DatasetRead, FreedRead
 from mergetune.api.services import lifecycle
-from mergetune.api.services.datasets import create_dataset
+from mergetune.api.services.datasets import create_dataset, set_credentials
 from mergetune.common import repositories as repo
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 422))
@@ -55,3 +55,33 @@ def get_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -
 def delete_dataset(dataset_id: str, principal: PrincipalDep, session: SessionDep) -> FreedRead:
     """A dataset no job refers to (its data is not in the store: nothing is freed there); 409 otherwise."""
     return lifecycle.delete_dataset(session, principal.project_id, dataset_id)
+
+
+@router.put(
+    "/{dataset_id}/credentials",
+    response_model=DatasetRead,
+    responses=error_responses(401, 404, 422),
+    summary="Replace an s3:// dataset's own credentials (checked by listing its bucket with them)",
+)
+def put_dataset_credentials(
+    dataset_id: str,
+    body: DatasetCredentials,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    session: SessionDep,
+) -> DatasetRead:
+    ds = set_credentials(session, settings, principal.project_id, dataset_id, body)
+    return DatasetRead.model_validate(ds)
+
+
+@router.delete(
+    "/{dataset_id}/credentials",
+    response_model=DatasetRead,
+    responses=error_responses(401, 404, 422),
+    summary="Forget a dataset's own credentials: the service's identity reads its bucket again",
+)
+def delete_dataset_credentials(
+    dataset_id: str, principal: PrincipalDep, settings: SettingsDep, session: SessionDep
+) -> DatasetRead:
+    ds = set_credentials(session, settings, principal.project_id, dataset_id, None)
+    return DatasetRead.model_validate(ds)

@@ -10,12 +10,20 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mergetune.api.errors import ApiError, BadRequest, Unprocessable, core_status
-from mergetune.api.schemas import DatasetCreate
+from mergetune.api.errors import ApiError, BadRequest, NotFound, Unprocessable, core_status
+from mergetune.api.schemas import DatasetCreate, DatasetCredentials
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.common import repositories as repo
 from mergetune.common.models import Dataset, new_id
-from mergetune.common.remote import RemoteError, S3DatasetSource, inputs_for, is_reference
+from mergetune.common.remote import (
+    CREDENTIAL_CODES,
+    RemoteError,
+    S3DatasetSource,
+    dataset_inputs,
+    is_reference,
+)
+from mergetune.common.secrets import SETTING as SECRET_SETTING
+from mergetune.common.secrets import SecretKeyError, mask, seal
 from mergetune.common.settings import Settings
 from mergetune.core.config import DatasetKind
 from mergetune.core.data import base_to_novel, open_dataset
@@ -63,6 +71,10 @@ def create_dataset(
 
     assert settings.DATA_ROOT is not None
     path: str | None = None
+    if body.credentials is not None and not (body.path and is_reference(body.path)):
+        raise Unprocessable(
+            "credentials are only for s3:// paths (a dataset in its own bucket)", param="credentials"
+        )
     if body.path and is_reference(body.path):
         return _create_listed(session, settings, project_id, body, idempotency_key, req_hash)
     if body.kind != DatasetKind.builtin:
@@ -96,10 +108,16 @@ def create_dataset(
 
 
 def open_reference(
-    settings: Settings, kind: DatasetKind, url: str, coop_name: str | None, options: dict
+    settings: Settings,
+    kind: DatasetKind,
+    url: str,
+    coop_name: str | None,
+    options: dict,
+    credentials: dict[str, str] | None = None,
 ) -> Any:
-    """An ``s3://bucket/prefix`` dataset opened from its listing (the images are not read here)."""
-    source = S3DatasetSource(inputs_for(settings, with_cache=False), url)
+    """An ``s3://bucket/prefix`` dataset opened from its listing (the images are not read here), with
+    the dataset's own credentials when it has them, else the service's S3 settings."""
+    source = S3DatasetSource(dataset_inputs(settings, credentials, with_cache=False), url)
     return open_listed_dataset(
         kind, source, name=source.name, shown=url, coop_name=coop_name, options=options
     )
@@ -120,14 +138,12 @@ def _create_listed(
             f"kind {body.kind.value} cannot be read from an object store; s3:// paths are for coop and imagefolder",
             param="path",
         )
+    credentials = _plain_credentials(settings, body.credentials)
     try:
-        ds = open_reference(settings, body.kind, url, body.coop_name, body.options or {})
+        ds = open_reference(settings, body.kind, url, body.coop_name, body.options or {}, credentials)
         task = base_to_novel(ds, shots=1, seed=1)
     except RemoteError as exc:
-        code = {"bad_reference": "invalid_reference", "not_found": "not_found"}.get(
-            exc.reason, "dataset_unreadable"
-        )
-        raise Unprocessable(exc.message, code=code, param="path") from None
+        raise _remote_refusal(exc, credentials) from None
     except DatasetError as exc:
         raise ApiError(
             exc.message, code=exc.code, param=exc.param or "path", status_code=core_status(exc)
@@ -140,7 +156,70 @@ def _create_listed(
             code="dataset_unreadable",
             param="path",
         ) from None
-    return _store_row(session, project_id, body, url, ds, task, idempotency_key, req_hash)
+    return _store_row(
+        session, project_id, body, url, ds, task, idempotency_key, req_hash, _sealed(settings, credentials)
+    )
+
+
+def _plain_credentials(settings: Settings, given: DatasetCredentials | None) -> dict[str, str] | None:
+    """The given credentials' values; refused (422 naming credentials) when nothing can seal them."""
+    if given is None:
+        return None
+    if settings.SECRET_KEY is None:
+        raise Unprocessable(
+            f"this service stores no credentials: {SECRET_SETTING} is not configured",
+            code="secret_key_missing",
+            param="credentials",
+        )
+    return given.plain()
+
+
+def _sealed(settings: Settings, credentials: dict[str, str] | None) -> tuple[str, str] | None:
+    """(token, masked access key id) of credentials to store."""
+    if credentials is None:
+        return None
+    try:
+        return seal(settings, credentials), mask(credentials["access_key_id"])
+    except SecretKeyError as exc:
+        raise Unprocessable(str(exc), code="secret_key_missing", param="credentials") from None
+
+
+def _remote_refusal(exc: RemoteError, credentials: dict[str, str] | None) -> Unprocessable:
+    if credentials is not None and exc.store_code in CREDENTIAL_CODES:
+        return Unprocessable(
+            f"the store refused these credentials: {exc.message}",
+            code="credentials_rejected",
+            param="credentials",
+        )
+    code = {"bad_reference": "invalid_reference", "not_found": "not_found"}.get(
+        exc.reason, "dataset_unreadable"
+    )
+    return Unprocessable(exc.message, code=code, param="path")
+
+
+def set_credentials(
+    session: Session, settings: Settings, project_id: str, ds_id: str, given: DatasetCredentials | None
+) -> Dataset:
+    """Store new credentials for an s3:// dataset (checked by listing its bucket with them), or clear
+    them (``None``): the service's own identity reads the bucket again."""
+    row = repo.get_dataset(session, project_id, ds_id)
+    if row is None:
+        raise NotFound(f"dataset {ds_id!r} not found", param="id")
+    if not is_reference(row.path):
+        raise Unprocessable(
+            "credentials are only for s3:// paths (a dataset in its own bucket)", param="credentials"
+        )
+    credentials = _plain_credentials(settings, given)
+    if credentials is not None:
+        try:
+            S3DatasetSource(dataset_inputs(settings, credentials, with_cache=False), row.path or "").objects()
+        except RemoteError as exc:
+            raise _remote_refusal(exc, credentials) from None
+    sealed = _sealed(settings, credentials)
+    row.credentials_sealed, row.credentials_hint = sealed if sealed else (None, None)
+    session.commit()
+    log.info("dataset %s credentials %s", row.id, "replaced" if sealed else "cleared")
+    return row
 
 
 def _store_row(
@@ -152,6 +231,7 @@ def _store_row(
     task: Any,
     idempotency_key: str | None,
     req_hash: str,
+    sealed: tuple[str, str] | None = None,
 ) -> tuple[Dataset, bool]:
     row = Dataset(
         id=new_id("ds"),
@@ -168,6 +248,8 @@ def _store_row(
         split_sizes={s: len(r) for s, r in ds.splits.items()},
         template=ds.template,
         sha256_of_split=ds.split_sha256(),
+        credentials_sealed=sealed[0] if sealed else None,
+        credentials_hint=sealed[1] if sealed else None,
     )
     session.add(row)
     replay = commit_or_replay(

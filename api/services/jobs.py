@@ -184,6 +184,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         raise NotFound(f"dataset {body.dataset_id!r} not found", param="dataset_id")
 
     eval_ids = _eval_datasets(session, project_id, body.eval_dataset_ids)
+    check_dataset_credentials(session, project_id, [body.dataset_id, *eval_ids])
 
     is_head = ckpt.method == Method.linear_head.value
     is_mma = ckpt.method == Method.mma.value
@@ -430,6 +431,24 @@ def check_backbone(
                 ) from None
     except BackboneError as exc:
         raise Unprocessable(exc.message, code=exc.code, param=WEIGHTS_PARAM) from None
+
+
+def check_dataset_credentials(session: Session, project_id: str, ds_ids: list[str]) -> None:
+    """Datasets with their own (sealed) credentials need a worker holding MERGETUNE_SECRET_KEY: refused
+    when live workers report and none says it has the key."""
+    for i, ds_id in enumerate(ds_ids):
+        ds = repo.get_dataset(session, project_id, ds_id)
+        if ds is None or ds.credentials_sealed is None:
+            continue
+        inventories = _inventories(session)
+        if inventories and not any(inv.get("secret_key") for inv in inventories):
+            raise Unprocessable(
+                f"dataset {ds_id!r} reads its bucket with its own credentials, and no live worker has "
+                f"MERGETUNE_SECRET_KEY to open them ({len(inventories)} worker(s) report)",
+                code="secret_key_missing",
+                param="dataset_id" if i == 0 else f"eval_dataset_ids[{i - 1}]",
+            )
+        return
 
 
 def _inventories(session: Session) -> list[dict[str, Any]]:

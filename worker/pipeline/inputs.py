@@ -74,6 +74,7 @@ def _open_eval_datasets(
                 row.get("path") or "",
                 coop_name=row.get("coop_name"),
                 options=row.get("options"),
+                credentials=row.get("credentials_sealed"),
             )
             eval_records(dataset)  # raises when it has neither test nor val images
         except CoreError as exc:
@@ -159,6 +160,7 @@ def stage_features(run: JobRun) -> None:
         ds_row.get("path") or "",
         coop_name=ds_row.get("coop_name"),
         options=ds_row.get("options"),
+        credentials=ds_row.get("credentials_sealed"),
     )
     # prompt jobs follow the job's protocol; heads pick their rows from the checkpoint (mergetune.core.method.recovery)
     task = make_task(dataset, "base2novel" if run.head else run.protocol, run.hp.shots, run.hp.seed)
