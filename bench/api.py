@@ -303,7 +303,7 @@ def handler_time(svc: Service, job_id: str, n: int) -> dict[str, float]:
     for _ in range(n):
         t0 = time.perf_counter()
         s = sm()
-        p = get_principal(settings, s, f"Bearer {svc.token}")
+        p = get_principal(s, f"Bearer {svc.token}")
         t1 = time.perf_counter()
         job = _get_job(s, p.project_id, job_id)
         t2 = time.perf_counter()
