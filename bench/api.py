@@ -518,6 +518,10 @@ def run_replicas(args: argparse.Namespace, workdir: Path) -> None:
         "client: raw asyncio HTTP/1.1 keep-alive connections (uvloop), one pre-built request, in this process; "
         f"service log level {args.log_level} (no access log below INFO)"
     )
+    import importlib.util
+
+    stack = [m for m in ("uvloop", "httptools") if importlib.util.find_spec(m) is not None]
+    print(f"server: uvicorn, {' + '.join(stack) or 'asyncio + h11'} (its 'auto' choice)")
     rows, statements = [], {}
     for n in counts:
         home = Path(tempfile.mkdtemp(prefix=f"mt-bench-x{n}-", dir=workdir))
