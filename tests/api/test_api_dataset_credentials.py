@@ -6,6 +6,7 @@ searched for in the answers and in the database column)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -67,7 +68,10 @@ def _mask(key_id: str) -> str:
     return f"{key_id[:4]}…{key_id[-4:]}"
 
 
-def test_a_dataset_registered_with_its_own_credentials_never_shows_the_secret(api, auth, settings, store):
+def test_a_dataset_registered_with_its_own_credentials_never_shows_the_secret(
+    api, auth, settings, store, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="mergetune")
     a = store[1]["team-a"]
     refused = _post(api, auth)  # the service's identity may not read team A's bucket
     assert refused.status_code == 422, refused.text
@@ -96,6 +100,7 @@ def test_a_dataset_registered_with_its_own_credentials_never_shows_the_secret(ap
     }
     with pytest.raises(secrets.SecretKeyError, match="MERGETUNE_SECRET_KEY"):
         secrets.unseal(settings.model_copy(update={"SECRET_KEY": SecretStr(OLD_KEY)}), sealed)
+    assert caplog.records and a.secret_access_key not in caplog.text  # nor in the service's log
 
 
 @pytest.mark.parametrize(
