@@ -167,11 +167,30 @@ class Operations:
         *,
         coop_name: str | None = None,
         options: dict[str, Any] | None = None,
+        credentials: dict[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Flow[dict[str, Any]]:
-        body = {"name": name, "kind": kind, "path": path, "coop_name": coop_name, "options": options}
+        """``credentials`` (s3:// paths): the bucket's own ``access_key_id``, ``secret_access_key`` and
+        optional ``session_token``, ``endpoint_url``, ``region``; stored sealed, shown back masked."""
+        body = {
+            "name": name,
+            "kind": kind,
+            "path": path,
+            "coop_name": coop_name,
+            "options": options,
+            "credentials": credentials,
+        }
         body = {k: v for k, v in body.items() if v is not None}
         return (yield Call("POST", "/v1/datasets", json=body, headers=_key(idempotency_key)))
+
+    @operation
+    def set_dataset_credentials(
+        self, dataset_id: str, credentials: dict[str, str] | None
+    ) -> Flow[dict[str, Any]]:
+        """Replace an s3:// dataset's own credentials (checked by the server), or forget them (None)."""
+        if credentials is None:
+            return (yield Call("DELETE", f"/v1/datasets/{dataset_id}/credentials"))
+        return (yield Call("PUT", f"/v1/datasets/{dataset_id}/credentials", json=credentials))
 
     @operation
     def get_dataset(self, dataset_id: str) -> Flow[dict[str, Any]]:

@@ -229,3 +229,25 @@ def test_jobs_on_such_a_dataset_need_a_worker_with_the_key(api, auth, settings, 
             row = s.get(WorkerHeartbeat, host)
             if row is not None:
                 row.last_seen = utcnow().replace(year=2000)
+
+
+def test_the_client_registers_rotates_and_clears_credentials(settings, store):
+    from api_support import live_server, new_token
+
+    import mergetune
+
+    endpoint, users = store
+    a, a2 = users["team-a"], users["team-a2"]
+    served = settings.model_copy(
+        update={"S3_ENDPOINT_URL": endpoint, "S3_REGION": "us-east-1", "SECRET_KEY": SecretStr(KEY)}
+    )
+    token = new_token(settings.DATABASE_URL)
+    with live_server(served) as port, mergetune.Client(f"http://127.0.0.1:{port}", token) as c:
+        ds = c.create_dataset("eurosat", "coop", "s3://bucket-a/coop/eurosat", credentials=a.credentials())
+        assert ds["credentials"] == {"access_key_id": _mask(a.access_key_id), "stored": True}
+        with pytest.raises(mergetune.ApiError) as exc:
+            c.set_dataset_credentials(ds["id"], {**a2.credentials(), "secret_access_key": "not-the-secret"})
+        assert exc.value.param == "credentials" and "SignatureDoesNotMatch" in str(exc.value)
+        rotated = c.set_dataset_credentials(ds["id"], a2.credentials())
+        assert rotated["credentials"]["access_key_id"] == _mask(a2.access_key_id)
+        assert c.set_dataset_credentials(ds["id"], None)["credentials"] is None
