@@ -78,10 +78,7 @@ def _executed(state: ORMExecuteState) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _committed(session: Session) -> None:
+    # The mark outlives a rollback (a savepoint's rollback keeps the outer transaction's writes): at
+    # worst one commit more drops the caches.
     if session.info.pop(_WROTE, False):
         invalidate_all()
-
-
-@event.listens_for(Session, "after_soft_rollback")
-def _rolled_back(session: Session, _previous: Any) -> None:
-    session.info.pop(_WROTE, None)
