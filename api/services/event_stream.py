@@ -189,6 +189,7 @@ class _Look:
     status: str | None  # None: the job is gone
     progress: dict[str, Any] | None
     events: list[EventRead]  # read while the session was open (without their seq)
+    seq_before: int = 0  # how many of the job's events have ids up to the last one sent
 
 
 def _look(session: Session, job_id: str, after_id: int) -> _Look:
@@ -202,7 +203,14 @@ def _look(session: Session, job_id: str, after_id: int) -> _Look:
         .order_by(JobEvent.id)
         .limit(BATCH)
     )
-    return _Look(row.status, row.progress, [EventRead.model_validate(e) for e in session.scalars(query)])
+    events = [EventRead.model_validate(e) for e in session.scalars(query)]
+    before = 0
+    if events and after_id:
+        # Counted, not carried: an event committed late with a smaller id (two writers at once) then
+        # shows as a gap in the stream's seq while every seq stays the one GET /events gives.
+        count = select(func.count()).where(JobEvent.job_id == job_id, JobEvent.id <= after_id)
+        before = int(session.scalar(count) or 0)
+    return _Look(row.status, row.progress, events, before)
 
 
 # ---------------------------------------------------------------------------------------- the watcher
@@ -344,6 +352,8 @@ async def job_events(
         while True:
             changed.clear()  # before the read: a change committed during it wakes the next wait
             look = await with_session(request, settings, lambda s: _look(s, job_id, pos.last_id))
+            if look.events:
+                pos.last_seq = look.seq_before
             for event in look.events:
                 pos.last_seq += 1
                 pos.last_id = event.id
