@@ -140,11 +140,13 @@ def job_types_of(name: str) -> tuple[str, ...]:
 
 def grouped_fields(fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``fields`` in the form's groups: [{id, legend, job_types, fields}], every field in exactly one."""
-    groups = [{"id": g, "legend": legend, "job_types": types, "fields": []} for g, legend, types in HP_GROUPS]
-    by_types = {g["job_types"]: g for g in groups}
+    members: dict[tuple[str, ...], list[dict[str, Any]]] = {types: [] for _, _, types in HP_GROUPS}
     for field in fields:
-        by_types[job_types_of(field["name"])]["fields"].append(field)
-    return groups
+        members[job_types_of(field["name"])].append(field)
+    return [
+        {"id": g, "legend": legend, "job_types": types, "fields": members[types]}
+        for g, legend, types in HP_GROUPS
+    ]
 
 
 HP_FIELDS = hyperparameter_fields()
