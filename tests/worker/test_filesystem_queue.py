@@ -20,7 +20,12 @@ PAYLOAD = {"job_id": "job_" + "x" * 2000}  # large enough that writing it is not
 
 
 def _connection(folder: Path) -> Connection:
-    opts = {"data_folder_in": str(folder), "data_folder_out": str(folder), "polling_interval": 0.001}
+    opts = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder.parent / "control"),
+        "polling_interval": 0.001,
+    }
     return Connection("filesystem://", transport="mergetune.common.fsqueue:Transport", transport_options=opts)
 
 
@@ -35,6 +40,8 @@ def test_filesystem_broker_uses_the_whole_message_transport(tmp_path: Path) -> N
 
 
 def test_put_leaves_only_whole_messages(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "queue"
+    tmp_path.mkdir()
     with _connection(tmp_path) as conn:
         q = conn.SimpleQueue("jobs")
         q.put(PAYLOAD)
@@ -47,6 +54,8 @@ def test_put_leaves_only_whole_messages(tmp_path: Path) -> None:
 
 def test_consumer_racing_the_producer_reads_every_message(tmp_path: Path) -> None:
     n = 200
+    tmp_path = tmp_path / "queue"
+    tmp_path.mkdir()
     errors: list[BaseException] = []
     got: list[dict] = []
 
