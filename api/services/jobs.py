@@ -184,7 +184,7 @@ def build_job(session: Session, settings: Settings, project_id: str, body: JobCr
         raise NotFound(f"dataset {body.dataset_id!r} not found", param="dataset_id")
 
     eval_ids = _eval_datasets(session, project_id, body.eval_dataset_ids)
-    check_dataset_credentials(session, project_id, [body.dataset_id, *eval_ids])
+    check_dataset_credentials(session, settings, project_id, [body.dataset_id, *eval_ids])
 
     is_head = ckpt.method == Method.linear_head.value
     is_mma = ckpt.method == Method.mma.value
@@ -433,22 +433,36 @@ def check_backbone(
         raise Unprocessable(exc.message, code=exc.code, param=WEIGHTS_PARAM) from None
 
 
-def check_dataset_credentials(session: Session, project_id: str, ds_ids: list[str]) -> None:
+def check_dataset_credentials(
+    session: Session, settings: Settings, project_id: str, ds_ids: list[str]
+) -> None:
     """Datasets with their own (sealed) credentials need a worker holding MERGETUNE_SECRET_KEY: refused
-    when live workers report and none says it has the key."""
+    when live workers report and none says it has the key, or when the API's own key (the workers' too)
+    no longer opens them (the key that sealed them was dropped)."""
+    from mergetune.common.secrets import SecretKeyError, has_key, unseal
+
     for i, ds_id in enumerate(ds_ids):
         ds = repo.get_dataset(session, project_id, ds_id)
         if ds is None or ds.credentials_sealed is None:
             continue
+        param = "dataset_id" if i == 0 else f"eval_dataset_ids[{i - 1}]"
+        if has_key(settings):
+            try:
+                unseal(settings, ds.credentials_sealed)
+            except SecretKeyError as exc:
+                raise Unprocessable(
+                    f"dataset {ds_id!r}: {exc}; store its credentials again",
+                    code="secret_key_missing",
+                    param=param,
+                ) from None
         inventories = _inventories(session)
         if inventories and not any(inv.get("secret_key") for inv in inventories):
             raise Unprocessable(
                 f"dataset {ds_id!r} reads its bucket with its own credentials, and no live worker has "
                 f"MERGETUNE_SECRET_KEY to open them ({len(inventories)} worker(s) report)",
                 code="secret_key_missing",
-                param="dataset_id" if i == 0 else f"eval_dataset_ids[{i - 1}]",
+                param=param,
             )
-        return
 
 
 def _inventories(session: Session) -> list[dict[str, Any]]:

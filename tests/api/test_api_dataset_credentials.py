@@ -198,13 +198,26 @@ def test_a_malformed_secret_key_is_refused_at_start_up(tmp_path):
         Settings(HOME=tmp_path, SECRET_KEY=f"{KEY},not-a-key")
 
 
-def test_jobs_on_such_a_dataset_need_a_worker_with_the_key(api, auth, settings, store, checkpoint):
+def test_jobs_on_such_a_dataset_need_a_worker_with_the_key(
+    api, make_client, auth, settings, store, checkpoint
+):
     from mergetune.common.models import WorkerHeartbeat, utcnow
     from mergetune.worker import jobdb
 
     a = store[1]["team-a"]
     ds = _post(api, auth, a.credentials()).json()
     body = {"checkpoint_id": checkpoint["id"], "dataset_id": ds["id"]}
+
+    # sealed with a key since dropped: the API (and so the workers) can no longer open them
+    dropped = make_client(S3_ENDPOINT_URL=store[0], S3_REGION="us-east-1", SECRET_KEY=SecretStr(OLD_KEY))
+    lost = _post(dropped, auth, a.credentials()).json()
+    r = api.post("/v1/jobs", headers=auth, json={**body, "eval_dataset_ids": [lost["id"]]})
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (
+        "secret_key_missing",
+        "eval_dataset_ids[0]",
+    )
+    assert "MERGETUNE_SECRET_KEY" in r.json()["error"]["message"]
     host = f"keyless-{os.getpid()}@test"
     url = settings.DATABASE_URL
     try:
