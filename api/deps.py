@@ -168,12 +168,9 @@ def get_principal(
     return _cached(key) or _authenticate(session, secret, key)
 
 
-async def require_principal(
-    session: SessionDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Principal:
-    """:func:`get_principal` as the routes' dependency: a token this process knows is answered in the
-    event loop; reading the token row takes a thread."""
+async def principal_of(authorization: str | None, session: Session) -> Principal:
+    """The token's project, for async code: a token this process knows is answered in the event loop
+    (the session is not used); reading the token row takes a thread."""
     secret = _bearer(authorization)
     key = _cache_key(session, secret)
     known = _cached(key)
@@ -195,6 +192,14 @@ async def require_principal(
         if loading.get(key) is done:
             del loading[key]
         done.set_result(None)
+
+
+async def require_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """:func:`get_principal` as the routes' dependency (:func:`principal_of`)."""
+    return await principal_of(authorization, session)
 
 
 PrincipalDep = Annotated[Principal, Depends(require_principal)]

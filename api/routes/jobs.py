@@ -27,7 +27,7 @@ from mergetune.api.schemas import (
     JobUpdate,
 )
 from mergetune.api.services import event_stream, lifecycle
-from mergetune.api.services.job_view import IfNoneMatch, job_answer
+from mergetune.api.services.job_view import job_answer
 from mergetune.api.services.jobs import cancel_job, create_job, event_seq_before, job_read, update_job
 from mergetune.common import repositories as repo
 from mergetune.common.models import Job, JobStatus
@@ -94,15 +94,9 @@ def list_jobs(
         **error_responses(401, 404),
     },
 )
-async def get_job(
-    job_id: str,
-    principal: PrincipalDep,
-    settings: SettingsDep,
-    session: SessionDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
+async def get_job(job_id: str, request: Request) -> Response:
     """The job, with an `ETag`: `If-None-Match` naming it answers 304 while the object is unchanged."""
-    return await job_answer(session, settings, principal.project_id, job_id, if_none_match)
+    return await job_answer(request, job_id)  # the most polled route: no dependencies (job_view)
 
 
 @router.patch("/{job_id}", response_model=JobRead, responses=error_responses(401, 404, 422))

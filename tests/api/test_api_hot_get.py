@@ -174,6 +174,10 @@ def test_etag_answers_304_while_unchanged(client, auth, job_body, settings):
     changed = client.get(f"/v1/jobs/{job_id}", headers={**auth, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.json()["notes"] == "looked at"
     assert changed.headers["ETag"] != etag
-    # Unknown jobs stay 404 naming id.
+    # Unknown jobs stay 404 naming id; a missing or unknown token 401.
     missing = client.get("/v1/jobs/job_nope", headers=auth)
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "id"
+    r = client.get(f"/v1/jobs/{job_id}")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_token"
+    r = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer mt_unknown"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
