@@ -64,9 +64,10 @@ def server_errors(fn: F) -> F:
 
 def register(app: typer.Typer) -> None:
     """Add serve, worker, migrate, reconcile and the token group to the ``mergetune`` app."""
-    from mergetune.ops import projects, serve, tokens, worker
+    from mergetune.ops import projects, secret_keys, serve, tokens, worker
 
     serve.register(app)
     worker.register(app)
     tokens.register(app)
     projects.register(app)
+    secret_keys.register(app)

@@ -264,3 +264,41 @@ def test_the_client_registers_rotates_and_clears_credentials(settings, store):
         rotated = c.set_dataset_credentials(ds["id"], a2.credentials())
         assert rotated["credentials"]["access_key_id"] == _mask(a2.access_key_id)
         assert c.set_dataset_credentials(ds["id"], None)["credentials"] is None
+
+
+def test_the_operator_reseals_stored_credentials_with_the_first_key(
+    env_settings, make_client, auth, store, monkeypatch, capsys
+):
+    from mergetune.cli import main
+    from mergetune.common.models import Dataset
+    from mergetune.common.settings import get_settings
+
+    a = store[1]["team-a"]
+    before = make_client(S3_ENDPOINT_URL=store[0], S3_REGION="us-east-1", SECRET_KEY=SecretStr(OLD_KEY))
+    ds = _post(before, auth, a.credentials()).json()
+    old_token, _ = _column(env_settings, ds["id"])
+
+    assert main(["secret-key", "new"]) == 0
+    fresh = capsys.readouterr().out.strip()
+    assert Fernet(fresh.encode())  # a usable key
+
+    monkeypatch.setenv("MERGETUNE_SECRET_KEY", f"{KEY},{OLD_KEY}")
+    get_settings.cache_clear()
+    assert main(["secret-key", "rotate"]) == 0
+    assert "sealed with the first key" in capsys.readouterr().err
+    token, _ = _column(env_settings, ds["id"])
+    assert token != old_token
+    new_only = env_settings.model_copy(update={"SECRET_KEY": SecretStr(KEY)})
+    assert secrets.unseal(new_only, token)["secret_access_key"] == a.secret_access_key
+
+    # credentials no configured key opens are named, and left as they are
+    stranger = env_settings.model_copy(update={"SECRET_KEY": SecretStr(Fernet.generate_key().decode())})
+    with session_scope(env_settings.DATABASE_URL) as s:
+        s.get(Dataset, ds["id"]).credentials_sealed = secrets.seal(stranger, a.credentials())
+    try:
+        assert main(["secret-key", "rotate"]) != 0
+        assert ds["id"] in capsys.readouterr().err
+    finally:
+        with session_scope(env_settings.DATABASE_URL) as s:
+            s.get(Dataset, ds["id"]).credentials_sealed = token
+        get_settings.cache_clear()
