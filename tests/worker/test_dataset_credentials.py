@@ -73,6 +73,19 @@ def _env(wsettings, home, endpoint, service: iam.Team, secret_key: str | None):
     return env
 
 
+def _reports_key(url: str, host: str) -> object:
+    from mergetune.common.models import WorkerHeartbeat
+
+    def report() -> object:
+        with session_scope(url) as s:
+            row = s.get(WorkerHeartbeat, host)
+            weights = (row.info or {}).get("weights") if row is not None else None
+            return weights.get("secret_key") if isinstance(weights, dict) else None
+
+    ws.wait_for(lambda: report() is not None, 30, 0.2, f"{host}'s report")
+    return report()
+
+
 def _finished(url: str, job_id: str) -> dict:
     ws.wait_for(lambda: ws.job_row(url, job_id)["status"] in ("succeeded", "failed"), 240, 0.2, job_id)
     return ws.job_row(url, job_id)
@@ -100,6 +113,7 @@ def test_jobs_read_each_teams_bucket_with_its_own_credentials(tmp_path, wsetting
             for job_id in jobs:
                 job = _finished(url, job_id)
                 assert job["status"] == "succeeded", (job["error"], worker.log()[-3000:])
+            assert _reports_key(url, "keyed@test") is True  # what the API's creation check reads
         finally:
             worker.stop()
         # the secrets are nowhere a user or operator reads: the worker's log, events, job rows, artifacts
@@ -129,6 +143,7 @@ def test_jobs_read_each_teams_bucket_with_its_own_credentials(tmp_path, wsetting
             job_id = ws.make_job(url, project, ck, ds_a, epochs=1, batch_size=4, shots=2)
             enqueue_job(wsettings, job_id)
             job = _finished(url, job_id)
+            assert _reports_key(url, "keyless@test") is False
         finally:
             keyless.stop()
         assert job["status"] == "failed", keyless.log()[-3000:]
