@@ -1,13 +1,15 @@
-"""The embedded mode's queue: kombu's filesystem transport, with messages that appear whole.
+"""The embedded mode's queue: kombu's filesystem transport, with files that appear whole.
 
 kombu writes a message straight into the queue folder under its final name, so a consumer listing the
-folder can take the file while it is still empty and fail to decode it (kombu issue #1551). Here a
-message is written under a hidden name that no consumer matches, flushed, and renamed into place:
-a consumer sees either no file or the whole message.
+folder can take the file while it is still empty and fail to decode it (kombu issue #1551); it creates
+an exchange's binding table the same way, so a producer can read an empty table and drop the message.
+Here every file is written under a hidden name that no reader matches, flushed, and renamed into place:
+a reader sees either no file or the whole file. Binding updates are serialised by a lock file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from time import monotonic
@@ -22,23 +24,45 @@ from kombu.utils.json import dumps
 TRANSPORT = "mergetune.common.fsqueue:Transport"
 
 
+def _write_whole(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees part of it."""
+    folder, name = os.path.split(path)
+    partial = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.part")  # matched by no reader
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except OSError:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+
+
 class Channel(filesystem.Channel):
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        final = os.path.join(self.data_folder_out, name)
-        partial = os.path.join(self.data_folder_out, f".{name}.part")  # matched by no consumer
+        path = os.path.join(self.data_folder_out, name)
         try:
-            with open(partial, "wb") as f:
-                f.write(str_to_bytes(dumps(payload)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, final)
+            _write_whole(path, str_to_bytes(dumps(payload)))
         except OSError as exc:
-            try:
-                os.unlink(partial)
-            except OSError:
-                pass
-            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+            raise ChannelError(f"Cannot add file {path!r} to directory") from exc
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(parents=True, exist_ok=True)
+        entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            with open(self.control_folder / ".bindings.lock", "a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                table = self.get_table(exchange)
+                if entry not in table:
+                    _write_whole(str(file), str_to_bytes(dumps([entry, *table])))
+        except OSError as exc:
+            raise ChannelError(f"Cannot open {file}") from exc
 
 
 class Transport(filesystem.Transport):
