@@ -41,7 +41,7 @@ def list_(url: Url = None, token: Token = None, timeout: Timeout = 300.0) -> Non
 
 @app.command("get")
 def get(
-    weights_id: Annotated[str, typer.Argument(metavar="ID")],
+    weights_id: Annotated[str, typer.Argument(metavar="ID", help="the weights id (weights_...)")],
     url: Url = None,
     token: Token = None,
     timeout: Timeout = 300.0,
@@ -53,7 +53,7 @@ def get(
 
 @app.command("delete")
 def delete(
-    weights_id: Annotated[str, typer.Argument(metavar="ID")],
+    weights_id: Annotated[str, typer.Argument(metavar="ID", help="the weights id (weights_...)")],
     url: Url = None,
     token: Token = None,
     timeout: Timeout = 300.0,
