@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import worker_support as ws
@@ -39,13 +39,19 @@ def test_job_succeeds_with_one_set_of_artifacts_and_is_not_rerun(wsettings, stor
     assert job["status"] == "succeeded" and job["attempts"] == 1 and job["worker_host"] == HOST
     assert job["error"] is None and job["finished_at"] >= job["started_at"]
     # 3 base classes x 4 shots = 12 images, batch 4 -> 3 steps per epoch; progress is 1-based.
-    assert job["progress"] == {
+    progress = job["progress"]
+    assert {k: progress[k] for k in ("epoch", "epochs", "step", "steps")} == {
         "epoch": 2,
         "epochs": 2,
         "step": 3,
         "steps": 3,
-        "loss": job["progress"]["loss"],
     }
+    # the measured epochs the estimate is paced from: both, each a positive duration, the last one's end
+    assert progress["epochs_done"] == 2 and progress["epochs_measured"] == 2
+    assert len(progress["epoch_seconds"]) == 2 and all(sec > 0 for sec in progress["epoch_seconds"])
+    assert job["started_at"] <= datetime.fromisoformat(progress["epoch_done_at"]) <= job["finished_at"]
+    assert set(progress) == {"epoch", "epochs", "step", "steps", "loss", "epoch_seconds", "epochs_measured",
+                             "epochs_done", "epoch_done_at"}  # fmt: skip
     assert set(job["metrics"]) == {"zero_shot", "fine_tuned", "recovered"}
     for m in job["metrics"].values():
         assert set(m) == {"base", "novel", "hm"} and all(0.0 <= v <= 100.0 for v in m.values())
