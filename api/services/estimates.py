@@ -1,8 +1,11 @@
 """The facts ``mergetune.common.eta`` estimates a job's finish from, read from the database.
 
 One query reads the recent succeeded jobs' measurements (cached ``HISTORY_TTL`` seconds per process and
-database, or until the process answers for a job that succeeded after it was read); a queued job also reads the active jobs and the live workers. The last estimate of each job
-is kept per process so that successive polls do not swing (``eta.stabilize``).
+database, or until the process answers for a job that succeeded after it was read); a queued job also
+reads the active jobs and the live workers. The last estimate of each job is kept per process and
+database so that successive polls do not swing (``eta.stabilize``), as long as the job stays in the
+phase it was estimated in: one made while it waited in the queue holds that wait, so a job that has
+started (or was queued again) starts over from its new estimate.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ _KEPT = 4096  # jobs whose last estimate a process remembers
 
 _lock = threading.Lock()
 _history_cache: dict[str, tuple[float, list[eta.Finished], datetime]] = {}
-_datasets: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
-_previous: OrderedDict[str, eta.Estimate] = OrderedDict()
+_datasets: OrderedDict[tuple[str, str], tuple[int, dict[str, Any]]] = OrderedDict()
+_previous: OrderedDict[tuple[str, str], tuple[bool, eta.Estimate]] = OrderedDict()
+_WAITING = ("validating", "queued")
 
 
 def clear() -> None:
@@ -39,6 +43,12 @@ def clear() -> None:
         _history_cache.clear()
         _datasets.clear()
         _previous.clear()
+
+
+def _database(session: Session) -> str:
+    """The key of the session's database in the per-process caches (its URL)."""
+    bind = session.get_bind()
+    return str(getattr(bind, "url", id(bind)))
 
 
 def train_images(
@@ -114,8 +124,7 @@ def finished(
 
 def history(session: Session) -> list[eta.Finished]:
     """The recent succeeded jobs' measurements: one query, reused HISTORY_TTL seconds."""
-    bind = session.get_bind()
-    key = str(getattr(bind, "url", id(bind)))
+    key = _database(session)
     with _lock:
         hit = _history_cache.get(key)
     if hit is not None and time.monotonic() - hit[0] < HISTORY_TTL:
@@ -151,8 +160,7 @@ def _seen_finished(session: Session, job: Job) -> None:
     """A job this process sees succeeded after it read the history: read it again next time."""
     if job.status != JobStatus.succeeded.value or job.finished_at is None:
         return
-    bind = session.get_bind()
-    key = str(getattr(bind, "url", id(bind)))
+    key = _database(session)
     finished_at = job.finished_at if job.finished_at.tzinfo else job.finished_at.replace(tzinfo=UTC)
     with _lock:
         hit = _history_cache.get(key)
@@ -161,9 +169,10 @@ def _seen_finished(session: Session, job: Job) -> None:
 
 
 def _dataset_facts(session: Session, dataset_id: str) -> tuple[int, dict[str, Any]]:
-    """(num_classes, split_sizes) of a dataset: fixed once created, so kept per process."""
+    """(num_classes, split_sizes) of a dataset: fixed once created, so kept per process and database."""
+    key = (_database(session), dataset_id)
     with _lock:
-        hit = _datasets.get(dataset_id)
+        hit = _datasets.get(key)
     if hit is not None:
         return hit
     row = session.execute(
@@ -171,7 +180,7 @@ def _dataset_facts(session: Session, dataset_id: str) -> tuple[int, dict[str, An
     ).first()
     facts = (int(row[0]), dict(row[1] or {})) if row is not None else (0, {})
     with _lock:
-        _datasets[dataset_id] = facts
+        _datasets[key] = facts
         while len(_datasets) > _KEPT:
             _datasets.popitem(last=False)
     return facts
@@ -217,13 +226,15 @@ def estimate(
     session: Session, job: Job, position: int | None, default_epoch_seconds: float
 ) -> eta.Estimate | None:
     """The job's estimated finish (None once it ended or while it is being cancelled)."""
-    if job.status not in ("validating", "queued", "running", "evaluating") or job.cancel_requested:
+    key = (_database(session), job.id)
+    if job.status not in (*_WAITING, "running", "evaluating") or job.cancel_requested:
         with _lock:
-            _previous.pop(job.id, None)
+            _previous.pop(key, None)
         _seen_finished(session, job)
         return None
     now = utcnow()
-    queue = _queue(session, job, position, now) if job.status in ("validating", "queued") else None
+    waiting = job.status in _WAITING
+    queue = _queue(session, job, position, now) if waiting else None
     new = eta.estimate(
         job_state(session, job),
         history(session),
@@ -234,9 +245,11 @@ def estimate(
     if new is None:
         return None
     with _lock:
-        result = eta.stabilize(_previous.get(job.id), new, now)
-        _previous[job.id] = result
-        _previous.move_to_end(job.id)
+        kept = _previous.get(key)
+        # an estimate made while the job waited holds that wait: once it started it no longer applies
+        result = eta.stabilize(kept[1] if kept is not None and kept[0] == waiting else None, new, now)
+        _previous[key] = (waiting, result)
+        _previous.move_to_end(key)
         while len(_previous) > _KEPT:
             _previous.popitem(last=False)
     return result

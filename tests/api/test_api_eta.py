@@ -52,12 +52,9 @@ def test_queued_running_and_finished_jobs_show_their_estimate(client, auth, job_
 
     # 7 epochs of 8 s after the last one's end, then the finished job's 15 s of evaluation
     expected = now - 4 * S + (7 * 8 + 15) * S
-    # this process showed the job queued (a guess from the default pace): the first polls step over,
-    # each by at most half the range, to its own pace
-    shown = []
-    for _ in range(3):
-        got = client.get(f"/v1/jobs/{run}", headers=auth).json()
-        shown.append(_at(got["estimated_finish"]))
+    # this process showed the job queued (a guess from the default pace plus its wait behind whatever
+    # else the database holds): now that it runs, its first answer is its own pace, not a step from there
+    got = client.get(f"/v1/jobs/{run}", headers=auth).json()
     rng = got["estimated_finish_range"]
     assert abs((_at(got["estimated_finish"]) - expected).total_seconds()) < 2, (
         got["estimated_finish"],
@@ -77,6 +74,23 @@ def test_queued_running_and_finished_jobs_show_their_estimate(client, auth, job_
     # its own 10 x 8 s + 20 s, after the running job's remaining time at least
     assert _at(got["estimated_finish"]) - now >= (100 + 60) * S
     assert now < _at(rng["earliest"]) < _at(got["estimated_finish"]) < _at(rng["latest"])
+
+    # while it runs, its answers still do not swing: once its epochs take 30 s instead of 8 s, its
+    # finish moves later over successive polls, by at most half the range each, not all at once
+    shown = [_at(again["estimated_finish"])]
+    with session_scope(settings.DATABASE_URL) as s:
+        j = s.get(Job, run)
+        j.progress = {
+            **j.progress, "epoch": 7, "epoch_seconds": [30.0] * 6, "epochs_measured": 6, "epochs_done": 6,
+            "epoch_done_at": utcnow().isoformat(),
+        }  # fmt: skip
+    for _ in range(3):
+        got = client.get(f"/v1/jobs/{run}", headers=auth).json()
+        rng = got["estimated_finish_range"]
+        assert _at(rng["earliest"]) <= _at(got["estimated_finish"]) <= _at(rng["latest"])
+        shown.append(_at(got["estimated_finish"]))
+    steps = [(b - a).total_seconds() for a, b in zip(shown, shown[1:], strict=False)]
+    assert steps[0] > 5 and steps[1] > 5, steps
 
 
 S = timedelta(seconds=1)
