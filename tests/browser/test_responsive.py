@@ -17,7 +17,7 @@ SCREENS = ARTIFACTS / "screens"
 VIEWPORTS = {"desktop": (1440, 900), "mobile": (390, 844)}
 
 
-def _failed_job(stack: Stack) -> str:
+def _failed_job(stack: Stack, name: str = "a-run-with-a-rather-long-name-" + "z" * 40) -> str:
     """A failed job whose error names a field (a row, as the worker writes it)."""
     from mergetune.common import repositories as repo
     from mergetune.common.db import session_scope
@@ -30,7 +30,7 @@ def _failed_job(stack: Stack) -> str:
             hyperparameters={"epochs": 2}, status="failed", started_at=utcnow(), finished_at=utcnow(),
             error={"code": "dataset_unreadable", "param": "dataset_id",
                    "message": "the split file lists an image that is not there: " + "x/" * 40 + "img.jpg"},
-            metadata_={"name": "a-run-with-a-rather-long-name-" + "z" * 40},
+            metadata_={"name": name},
         )  # fmt: skip
         s.add(job)
         s.flush()
@@ -110,10 +110,19 @@ def test_no_page_scrolls_sideways_and_the_header_fits(
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
-def test_compare_two_jobs_picked_in_the_list(logged_in, stack: Stack, finished_job: dict[str, Any]) -> None:
+@pytest.mark.parametrize("kind", list(VIEWPORTS))
+def test_compare_two_jobs_picked_in_the_list(
+    logged_in, stack: Stack, finished_job: dict[str, Any], kind: str
+) -> None:
     page = logged_in
-    other = _failed_job(stack)
-    page.goto(f"{stack.url}/")
+    width, height = VIEWPORTS[kind]
+    page.set_viewport_size({"width": width, "height": height})
+    # The list shows 20 jobs a page, newest first, and the tests before this one add jobs to the same
+    # project, so the finished job may be on an older page. The run it is compared with is named after
+    # it and the list is searched for its id: both are on the one page, however many jobs came before.
+    other = _failed_job(stack, name=f"retry of {finished_job['id']}")
+    page.goto(f"{stack.url}/?q={finished_job['id']}")
+    assert page.locator("#page-next").count() == 0
     page.check(f'input.compare-pick[value="{finished_job["id"]}"]')
     page.once("dialog", lambda d: d.accept())  # one job only: the page says so and stays
     page.click("#compare-button")
