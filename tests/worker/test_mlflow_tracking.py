@@ -100,8 +100,14 @@ def _track(url: str, job_id: str, uri: str, experiment: str) -> None:
 
 
 def _events(url: str, job_id: str, type_: str) -> list[JobEvent]:
+    """The job's events of this type, oldest first. Without ORDER BY, Postgres returns rows in their
+    physical order, which on the shared worker database (rows of earlier tests deleted, space reused)
+    is not the order they were written in."""
     with session_scope(url) as s:
-        rows = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == type_)))
+        query = (
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == type_).order_by(JobEvent.id)
+        )
+        rows = list(s.scalars(query))
         s.expunge_all()
         return rows
 
