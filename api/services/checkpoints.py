@@ -17,10 +17,11 @@ from mergetune.api.errors import ApiError, ServiceUnavailable, Unprocessable
 from mergetune.api.parse_pool import parse_pool
 from mergetune.api.services.idempotency import commit_or_replay, replayed_id, request_hash, still_there
 from mergetune.api.uploads import ReceivedUpload, safe_filename
+from mergetune.common.db import is_unavailable
 from mergetune.common.models import Checkpoint, CheckpointStatus, new_id
 from mergetune.common.quotas import stored_over
 from mergetune.common.settings import Settings
-from mergetune.common.storage import ArtifactStore
+from mergetune.common.storage import ArtifactStore, is_storage_full
 from mergetune.core.checkpoints.ingest import IngestedCheckpoint
 from mergetune.core.config import ClassTokenPosition, Method
 from mergetune.core.errors import CheckpointError
@@ -104,6 +105,9 @@ def create_checkpoint(
         class_token_position=position.value if position is not None else None,
     )
     ingested: IngestedCheckpoint | None = None
+    # End the read transaction: the parse may wait for a slot and holds connections of its own (the
+    # project's place in the deployment), so this request must not keep one more meanwhile.
+    session.commit()
     try:  # in a limited child process (memory, CPU, wall time); 503 when the parse pool is full
         ingested = parse_pool(settings).parse(
             settings, upload.path, filename=filename, method=method, project_id=project_id
@@ -115,6 +119,8 @@ def create_checkpoint(
             raise Unprocessable(exc.message, code=exc.code, param="file") from None
         _reject(ckpt, exc.code, exc.message, exc.param or "file")
     except Exception as exc:  # the loader must never turn bad input into a 500
+        if is_unavailable(exc) or is_storage_full(exc):  # the server is busy or short of disk, the file
+            raise  # may be fine: 503 / 507 with Retry-After (mergetune.api.errors), nothing stored
         log.warning("checkpoint %s: unexpected ingestion failure", ckpt_id, exc_info=True)
         _reject(ckpt, "not_a_checkpoint", f"could not read the checkpoint: {type(exc).__name__}", "file")
 
