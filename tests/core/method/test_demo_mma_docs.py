@@ -79,4 +79,35 @@ SHORT = next((a for a in documented_tables() if a), "")
 )
 def test_documented_table_is_what_the_demo_prints(args: str, tmp_path: Path) -> None:
     table, stdout = printed_table(args, tmp_path)
-    assert table == documented_tables()[args], stdout
+    documented = documented_tables()[args]
+    if table == documented:
+        return  # the machine that printed the page's tables, or one that rounds the same
+    # Another CPU rounds differently (other vector kernels): the same rows, every number within
+    # ROUNDING of the page's, and the same conclusion (the page's best row is best here too).
+    assert [_label(r) for r in table] == [_label(r) for r in documented], stdout
+    got, shown = _numbers(table), _numbers(documented)
+    for label in shown:
+        assert all(abs(a - b) <= ROUNDING for a, b in zip(got[label], shown[label], strict=True)), (
+            label,
+            stdout,
+        )
+    best_shown = max(shown, key=lambda k: shown[k][2])
+    assert got[best_shown][2] >= max(v[2] for v in got.values()) - ROUNDING, stdout
+
+
+#: How far another x86-64 CPU's numbers may be from the page's (seen: 0.2 on an AMD EPYC for a page
+#: printed on an Intel Xeon, short run).
+ROUNDING = 0.3
+
+
+def _label(row: str) -> str:
+    return row.split("|")[1].strip()
+
+
+def _numbers(table: list[str]) -> dict[str, list[float]]:
+    """``{row label: [base, novel, HM]}`` of a printed table's data rows."""
+    out = {}
+    for row in table[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        out[cells[0]] = [float(c) for c in cells[1:]]
+    return out
