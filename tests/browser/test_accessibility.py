@@ -15,6 +15,7 @@ entry says where); every other rule must pass there too.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ def _rows(stack: Stack) -> dict[str, str]:
     disabled webhook endpoint (disabled: nothing is delivered during the suite)."""
     from mergetune.common import repositories as repo
     from mergetune.common.db import session_scope
-    from mergetune.common.models import Job, WebhookEndpoint, new_id, utcnow
+    from mergetune.common.models import Job, WebhookEndpoint, WorkerHeartbeat, new_id, utcnow
 
     common = dict(project_id=stack.project_id, checkpoint_id=stack.checkpoint_id, dataset_id=stack.dataset_id,
                   job_type="prompt", backbone={"model": "tiny-test", "pretrained": "random"},
@@ -53,7 +54,11 @@ def _rows(stack: Stack) -> dict[str, str]:
                                events=["job.succeeded", "job.failed"], description="CI", secret="whsec_" + "A" * 32,
                                enabled=False, disabled_at=utcnow(), disabled_reason="disabled by the a11y test",
                                created_at=utcnow())  # fmt: skip
-        s.add_all([running, failed, hook])
+        # the running job's worker stays alive for the test: else the stack's reconciler hands the job to
+        # its own worker, which runs it to the end and the page reloads while axe reads it
+        beat = s.get(WorkerHeartbeat, "elsewhere@test") or WorkerHeartbeat(hostname="elsewhere@test")
+        beat.current_job_id, beat.last_seen = running.id, utcnow() + timedelta(hours=1)
+        s.add_all([running, failed, hook, beat])
         s.flush()
         repo.add_event(s, running.id, "status", "Job started on elsewhere@test", data={"status": "running"})
         repo.add_event(s, failed.id, "status", "Job failed", level="error", data={"status": "failed"})
@@ -63,11 +68,14 @@ def _rows(stack: Stack) -> dict[str, str]:
 def _end_running(stack: Stack, job_id: str) -> None:
     """The running row is cancelled afterwards, so no worker of a later test takes it as orphaned."""
     from mergetune.common.db import session_scope
-    from mergetune.common.models import Job, utcnow
+    from mergetune.common.models import Job, WorkerHeartbeat, utcnow
 
     with session_scope(stack.database_url) as s:
         job = s.get(Job, job_id)
         job.status, job.finished_at = "cancelled", utcnow()
+        beat = s.get(WorkerHeartbeat, "elsewhere@test")
+        if beat is not None:  # other tests count workers
+            s.delete(beat)
 
 
 def _sweep(stack: Stack) -> str:
